@@ -1,0 +1,49 @@
+"""The compression-stage contract: ``apply(model, cfg, ctx) -> model``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+from engine.importance.base import LayerScores
+from engine.registry import Registry
+
+__all__ = ["STAGES", "StageContext", "StageFn", "register_stage"]
+
+
+@dataclass
+class StageContext:
+    """What a stage may use besides the model it transforms.
+
+    Attributes:
+        teacher: the fine-tuned teacher (eval mode; never modified).
+        train: training tensors {"input_ids", "attention_mask", "labels"} (CPU).
+        teacher_logits: the teacher's logits on ``train``, computed once per study.
+        importance: method name → LayerScores of the teacher's layers.
+        seed: the trial seed.
+        device: where to run.
+        threads: torch intra-op threads for this trial.
+        record: what the stages did (written to results and the model's JSON).
+    """
+
+    teacher: PreTrainedModel
+    train: dict[str, torch.Tensor]
+    teacher_logits: torch.Tensor
+    importance: dict[str, LayerScores]
+    seed: int
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    record: dict[str, Any] = field(default_factory=dict)
+    report: Callable[[dict[str, float]], None] | None = None
+
+
+StageFn = Callable[[PreTrainedModel, Any, StageContext], PreTrainedModel]
+
+STAGES: Registry[StageFn] = Registry("compression stage")
+
+
+def register_stage(name: str) -> Callable[[StageFn], StageFn]:
+    return STAGES.register(name)

