@@ -287,22 +287,29 @@ def trial_configs(cfg: StudyConfig, source: str = "study") -> list[dict[str, Any
     import itertools
 
     keys = list(cfg.search.space)
-    combos = [dict(zip(keys, vals, strict=True)) for vals in itertools.product(
-        *(cfg.search.space[k] for k in keys))]
+    combos = [
+        dict(zip(keys, vals, strict=True))
+        for vals in itertools.product(*(cfg.search.space[k] for k in keys))
+    ]
     return combos or [{}]
 
 
 def load_study(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> StudyConfig:
     """Load, override and validate a study; every search-space value is validated too."""
     path = study_path(name_or_path)
-    source = str(path.relative_to(SWEEPS_DIR.parent)) if path.is_relative_to(
-        SWEEPS_DIR.parent) else str(path)
+    source = (
+        str(path.relative_to(SWEEPS_DIR.parent))
+        if path.is_relative_to(SWEEPS_DIR.parent)
+        else str(path)
+    )
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError([f"{source}:{where} not valid YAML: {getattr(e, 'problem', e)}"]) from None
+        raise ConfigError(
+            [f"{source}:{where} not valid YAML: {getattr(e, 'problem', e)}"]
+        ) from None
     except OSError as e:
         raise ConfigError([f"{source}: cannot read: {e.strerror}"]) from None
     if not isinstance(raw, dict):

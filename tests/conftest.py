@@ -55,8 +55,15 @@ def tiny_gpt2(num_layers: int = 4, num_labels: int = 5, seed: int = 0):
 
     torch.manual_seed(seed)
     cfg = GPT2Config(
-        vocab_size=200, n_embd=32, n_layer=num_layers, n_head=4, n_positions=64,
-        num_labels=num_labels, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        vocab_size=200,
+        n_embd=32,
+        n_layer=num_layers,
+        n_head=4,
+        n_positions=64,
+        num_labels=num_labels,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
     )
     return GPT2ForSequenceClassification(cfg).eval()
 
@@ -67,15 +74,22 @@ def tiny_llama(num_layers: int = 4, num_labels: int = 5, seed: int = 0):
 
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=200, hidden_size=32, intermediate_size=64, num_hidden_layers=num_layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-        num_labels=num_labels, pad_token_id=0,
+        vocab_size=200,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        num_labels=num_labels,
+        pad_token_id=0,
     )
     return LlamaForSequenceClassification(cfg).eval()
 
 
-def toy_batches(n_batches: int = 3, batch_size: int = 8, seq: int = 12, num_labels: int = 5,
-                seed: int = 0) -> list[dict[str, torch.Tensor]]:
+def toy_batches(
+    n_batches: int = 3, batch_size: int = 8, seq: int = 12, num_labels: int = 5, seed: int = 0
+) -> list[dict[str, torch.Tensor]]:
     """Random token batches with a padded tail, for tiny models (vocab 200)."""
     g = torch.Generator().manual_seed(seed)
     out = []

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, model_validator
 
 from engine.configbase import Section
 
@@ -14,7 +16,8 @@ class ImportanceConfig(Section):
 
     ``methods`` are registered names (see :data:`engine.importance.IMPORTANCE`). Scores are
     computed on ``num_batches`` calibration batches of ``batch_size`` training examples, split
-    across ``actors`` Ray actors each holding the model once.
+    across ``actors`` Ray actors each holding the model once. Every other field is a parameter
+    of one method, prefixed by the method's name.
     """
 
     methods: tuple[str, ...] = ("fisher", "ablation")
@@ -24,3 +27,64 @@ class ImportanceConfig(Section):
     cpus_per_actor: float = Field(1.0, ge=0)
     gpus_per_actor: float = Field(0.0, ge=0)
     seed: int = Field(0, ge=0)
+
+    # confidence intervals: percentile bootstrap over calibration batches
+    bootstrap_samples: int = Field(1000, ge=10)
+    ci_level: float = Field(0.95, gt=0, lt=1)
+    # bf16 autocast on CUDA (forward only; losses and score reductions stay in float32/64)
+    autocast_bf16: bool = True
+
+    # ablation: "loss" = CE increase when skipped; "kl" = KL(clean ‖ skipped)
+    ablation_metric: Literal["loss", "kl"] = "loss"
+    # attention: "concentration" = 1 − normalised entropy (higher = sharper); "entropy"
+    attention_score: Literal["concentration", "entropy"] = "concentration"
+    # mutual_info: estimator of I(pooled layer output; label), computed per batch on a fixed
+    # seeded random projection to mi_projection_dims dimensions
+    mi_estimator: Literal["knn", "binned"] = "knn"
+    mi_neighbors: int = Field(3, ge=1)
+    mi_bins: int = Field(4, ge=2)
+    mi_projection_dims: int = Field(8, ge=1)
+    mi_pooling: Literal["mean", "cls", "last"] = "mean"
+    # conductance: captum LayerConductance
+    conductance_steps: int = Field(16, ge=2)
+    conductance_internal_batch_size: int | None = Field(None, ge=1)
+    # mc_dropout: dropout on one layer's residual update, mc_samples stochastic passes
+    mc_samples: int = Field(8, ge=2)
+    mc_dropout_p: float = Field(0.1, gt=0, lt=1)
+    mc_metric: Literal["entropy", "variance"] = "entropy"
+    # activation_patching: how the corrupted run is made
+    patch_corruption: Literal["token_noise", "other_example"] = "token_noise"
+    patch_noise_frac: float = Field(0.5, gt=0, le=1)
+    # hybrid: weighted sum of per-batch normalised component scores
+    hybrid_weights: dict[str, float] = Field(
+        default_factory=lambda: {"fisher": 1.0, "attention": 1.0, "gradient": 1.0}
+    )
+    hybrid_normalisation: Literal["minmax", "rank", "zscore"] = "minmax"
+    # consensus: mean rank-normalised score of these methods
+    consensus_methods: tuple[str, ...] = (
+        "fisher",
+        "gradient",
+        "taylor",
+        "ablation",
+        "block_influence",
+    )
+
+    @model_validator(mode="after")
+    def _derived_inputs(self) -> ImportanceConfig:
+        problems = []
+        if not self.hybrid_weights:
+            problems.append("hybrid_weights: needs at least one method")
+        if any(w < 0 for w in self.hybrid_weights.values()):
+            problems.append(f"hybrid_weights: weights must be ≥ 0 (got {self.hybrid_weights})")
+        if not self.consensus_methods:
+            problems.append("consensus_methods: needs at least one method")
+        for key, names in (
+            ("hybrid_weights", tuple(self.hybrid_weights)),
+            ("consensus_methods", self.consensus_methods),
+        ):
+            bad = [n for n in names if n in ("hybrid", "consensus")]
+            if bad:
+                problems.append(f"{key}: cannot include derived methods {bad}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self

@@ -1,0 +1,203 @@
+"""Report figures (matplotlib, Agg backend), plus a registry of the run-level plots.
+
+A registered plot has one signature: ``plot(run: RunData, out_dir: Path) -> Path | None``
+(the PNG written, or None when the run has nothing to show). The report places the known
+ones in their sections and appends any other registered plot at the end::
+
+    @PLOTS.register("latency_vs_params")
+    def _latency(run: RunData, out_dir: Path) -> Path | None: ...
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from analysis.frontier import pareto_mask
+from analysis.rundir import TEACHER_ID, RunData
+from engine.registry import Registry
+
+__all__ = ["AXIS_LABELS", "PLOTS", "importance_heatmap", "pareto_plot", "rank_normalised"]
+
+PLOTS: Registry = Registry("plot")
+
+AXIS_LABELS = {
+    "accuracy": "test accuracy",
+    "macro_f1": "test macro-F1",
+    "gflops": "GFLOPs per example",
+    "params": "parameters",
+    "weights_bytes": "weights (bytes)",
+    "latency_ms_p50": "p50 batch latency (ms)",
+}
+STRATEGY_COL = "pipeline.truncate.strategy"
+KD_COL = "pipeline.distill.kd"
+
+
+def _truthy(col: pd.Series) -> pd.Series:
+    """Booleans that may have round-tripped through strings ("True"/"false"/1)."""
+    return col.astype(str).str.lower().isin({"true", "1", "1.0"})
+
+
+def _cost_label(cost: str, seq_len: int | None) -> str:
+    label = AXIS_LABELS.get(cost, cost)
+    if cost == "gflops" and seq_len:
+        label += f" at sequence length {seq_len}"
+    return label
+
+
+def pareto_plot(
+    results: pd.DataFrame,
+    path: Path,
+    quality: str = "accuracy",
+    cost: str = "gflops",
+    *,
+    seq_len: int | None = None,
+    title: str | None = None,
+) -> Path:
+    """Scatter of ``quality`` vs ``cost`` for the ok rows; the teacher as a star, the
+    non-dominated points joined by a step line, colours by layer-selection strategy and
+    marker by distillation on/off when those columns exist. Always writes ``path``."""
+    path = Path(path)
+    df = results
+    if "status" in df:
+        df = df[df["status"] == "ok"]
+    df = df[np.isfinite(df[quality].astype(float)) & np.isfinite(df[cost].astype(float))]
+    is_teacher = df["trial_id"].astype(str).eq(TEACHER_ID) if "trial_id" in df else False
+    teacher, trials = df[is_teacher], df[~is_teacher]
+
+    fig, ax = plt.subplots(figsize=(7.5, 5), dpi=120)
+    if STRATEGY_COL in trials and trials[STRATEGY_COL].notna().any():
+        groups = list(trials.groupby(trials[STRATEGY_COL].astype(str), sort=True))
+    else:
+        groups = [("trials", trials)]
+    colors = plt.get_cmap("tab10").colors
+    has_kd = KD_COL in trials and trials[KD_COL].nunique() > 1
+    for i, (name, g) in enumerate(groups):
+        color = colors[i % len(colors)]
+        if has_kd:
+            for kd, marker in ((True, "o"), (False, "^")):
+                sub = g[_truthy(g[KD_COL]) == kd]
+                ax.scatter(sub[cost], sub[quality], color=color, marker=marker, s=45, alpha=0.85)
+            ax.scatter([], [], color=color, marker="s", label=name)
+        else:
+            ax.scatter(g[cost], g[quality], color=color, s=45, alpha=0.85, label=name)
+    if has_kd:
+        ax.scatter([], [], color="grey", marker="o", label="distilled (KD)")
+        ax.scatter([], [], color="grey", marker="^", label="labels only")
+    if len(teacher):
+        ax.scatter(
+            teacher[cost],
+            teacher[quality],
+            marker="*",
+            s=260,
+            color="black",
+            zorder=4,
+            label="teacher",
+        )
+    front = df[pareto_mask(df[quality].to_numpy(float), df[cost].to_numpy(float))]
+    front = front.sort_values([cost, quality], ascending=[True, False])
+    if len(front):
+        ax.step(
+            front[cost],
+            front[quality],
+            where="post",
+            color="grey",
+            linestyle="--",
+            linewidth=1.2,
+            zorder=1,
+            label="Pareto front",
+        )
+        ax.scatter(
+            front[cost],
+            front[quality],
+            facecolors="none",
+            edgecolors="black",
+            s=110,
+            linewidths=1.0,
+            zorder=3,
+        )
+    if df.empty:
+        ax.text(0.5, 0.5, "no successful trials", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel(_cost_label(cost, seq_len))
+    ax.set_ylabel(AXIS_LABELS.get(quality, quality))
+    ax.set_title(title or f"{AXIS_LABELS.get(quality, quality)} vs cost")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        legend_title = "layer selection" if STRATEGY_COL in trials else None
+        ax.legend(title=legend_title, fontsize=8, title_fontsize=8, loc="best")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def rank_normalised(importance: pd.DataFrame) -> pd.DataFrame:
+    """Layer × method table of ``1 - rank / (layers - 1)``: 1 = most important, 0 = least."""
+    df = importance.copy()
+    n = df.groupby("method")["layer"].transform("count")
+    df["norm"] = 1.0 - df["rank"] / (n - 1).where(n > 1, 1)
+    return df.pivot_table(index="layer", columns="method", values="norm").sort_index()
+
+
+def importance_heatmap(importance_df: pd.DataFrame, path: Path) -> Path:
+    """Heatmap of rank-normalised layer importance, layers down, methods across; each cell
+    is labelled with its rank (0 = most important)."""
+    path = Path(path)
+    table = rank_normalised(importance_df)
+    ranks = importance_df.pivot_table(index="layer", columns="method", values="rank")
+    ranks = ranks.reindex(index=table.index, columns=table.columns)
+    width = max(5.5, 2.6 + 1.1 * table.shape[1])
+    fig, ax = plt.subplots(figsize=(width, 1.4 + 0.45 * table.shape[0]), dpi=120)
+    im = ax.imshow(table.to_numpy(float), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    for (r, c), v in np.ndenumerate(ranks.to_numpy(float)):
+        if np.isfinite(v):
+            shade = table.iat[r, c]
+            ax.text(
+                c,
+                r,
+                f"{int(v)}",
+                ha="center",
+                va="center",
+                color="black" if shade > 0.6 else "white",
+                fontsize=9,
+            )
+    ax.set_xticks(range(table.shape[1]), [str(m) for m in table.columns])
+    ax.set_yticks(range(table.shape[0]), [str(i) for i in table.index])
+    ax.set_xlabel("importance method")
+    ax.set_ylabel("layer (0 = nearest the embeddings)")
+    ax.set_title("Layer importance by method\n(cell text = rank, 0 = most important)", fontsize=10)
+    fig.colorbar(im, ax=ax, label="rank-normalised importance (1 = most)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+@PLOTS.register("pareto")
+def _pareto(run: RunData, out_dir: Path) -> Path | None:
+    if run.quality_metric not in run.results or run.cost_metric not in run.results:
+        return None
+    return pareto_plot(
+        run.results,
+        out_dir / "pareto.png",
+        run.quality_metric,
+        run.cost_metric,
+        seq_len=run.seq_len,
+        title=f"{run.name}: quality vs cost",
+    )
+
+
+@PLOTS.register("importance")
+def _importance(run: RunData, out_dir: Path) -> Path | None:
+    if run.importance is None or run.importance.empty:
+        return None
+    return importance_heatmap(run.importance, out_dir / "importance.png")

@@ -1,0 +1,167 @@
+"""A report as a list of blocks, rendered to Markdown and to self-contained HTML.
+
+Building the content once and rendering it twice keeps ``report.md`` and ``report.html`` in
+step. Tables are pre-formatted strings (see :func:`format_table`); images are relative paths.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import dataclass
+from numbers import Integral, Real
+
+import pandas as pd
+
+__all__ = [
+    "Block",
+    "Code",
+    "Heading",
+    "Image",
+    "Para",
+    "Table",
+    "format_table",
+    "format_value",
+    "to_html",
+    "to_markdown",
+]
+
+_DECIMALS = {
+    "accuracy": 4,
+    "macro_f1": 4,
+    "gflops": 4,
+    "latency_ms_p50": 2,
+    "latency_ms_p95": 2,
+    "wall_s": 1,
+    "score": 4,
+    "ci_low": 4,
+    "ci_high": 4,
+}
+
+
+@dataclass(frozen=True)
+class Heading:
+    text: str
+    level: int = 2
+
+
+@dataclass(frozen=True)
+class Para:
+    text: str  # may hold `inline code`
+
+
+@dataclass(frozen=True)
+class Table:
+    df: pd.DataFrame  # already formatted to strings
+
+
+@dataclass(frozen=True)
+class Image:
+    src: str
+    alt: str
+
+
+@dataclass(frozen=True)
+class Code:
+    text: str
+
+
+Block = Heading | Para | Table | Image | Code
+
+
+def format_value(value: object, column: str = "") -> str:
+    """Readable cell text: NaN/None → "—", ints with thousands separators, floats by column."""
+    if value is None or (
+        not isinstance(value, str) and pd.api.types.is_scalar(value) and pd.isna(value)
+    ):
+        return "—"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, Integral):
+        return f"{int(value):,}"
+    if isinstance(value, Real):
+        v = float(value)
+        base = re.sub(r"_(mean|std|ci_low|ci_high)$", "", column)
+        if base in _DECIMALS:
+            return f"{v:.{_DECIMALS[base]}f}"
+        if v.is_integer() and abs(v) >= 1:
+            return f"{int(v):,}"
+        return f"{v:.4g}"
+    return str(value)
+
+
+def format_table(df: pd.DataFrame, rename: dict[str, str] | None = None) -> pd.DataFrame:
+    """All cells to strings via :func:`format_value`; columns renamed for display."""
+    out = pd.DataFrame(
+        {c: [format_value(v, str(c)) for v in df[c].tolist()] for c in df.columns},
+        index=range(len(df)),
+    )
+    return out.rename(columns=rename or {})
+
+
+def _md_cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(blocks: list[Block]) -> str:
+    parts: list[str] = []
+    for b in blocks:
+        if isinstance(b, Heading):
+            parts.append(f"{'#' * b.level} {b.text}")
+        elif isinstance(b, Para):
+            parts.append(b.text)
+        elif isinstance(b, Image):
+            parts.append(f"![{b.alt}]({b.src})")
+        elif isinstance(b, Code):
+            parts.append(f"```\n{b.text.rstrip()}\n```")
+        elif isinstance(b, Table):
+            cols = [str(c) for c in b.df.columns]
+            lines = [
+                "| " + " | ".join(_md_cell(c) for c in cols) + " |",
+                "|" + "|".join("---" for _ in cols) + "|",
+            ]
+            for row in b.df.itertuples(index=False):
+                lines.append("| " + " | ".join(_md_cell(v) for v in row) + " |")
+            parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222;
+       padding: 0 1em; line-height: 1.45; }
+table { border-collapse: collapse; margin: 0.6em 0 1.2em; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
+th { background: #f2f2f2; } td:first-child, th:first-child { text-align: left; }
+code, pre { background: #f6f6f6; } pre { padding: 0.6em; overflow-x: auto; font-size: 0.85em; }
+img { max-width: 100%; }
+"""
+
+
+def _inline(text: str) -> str:
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
+def to_html(blocks: list[Block], title: str) -> str:
+    body: list[str] = []
+    for b in blocks:
+        if isinstance(b, Heading):
+            body.append(f"<h{b.level}>{html.escape(b.text)}</h{b.level}>")
+        elif isinstance(b, Para):
+            body.append(f"<p>{_inline(b.text)}</p>")
+        elif isinstance(b, Image):
+            body.append(f'<p><img src="{html.escape(b.src)}" alt="{html.escape(b.alt)}"></p>')
+        elif isinstance(b, Code):
+            body.append(f"<pre>{html.escape(b.text.rstrip())}</pre>")
+        elif isinstance(b, Table):
+            head = "".join(f"<th>{html.escape(str(c))}</th>" for c in b.df.columns)
+            rows = "".join(
+                "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
+                for row in b.df.itertuples(index=False)
+            )
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+    return (
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )

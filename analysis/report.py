@@ -1,0 +1,300 @@
+"""Write ``report.md`` and ``report.html`` (plus PNGs) into a run directory.
+
+Reads only the run-directory files (:mod:`analysis.rundir`); needs no Ray and no GPU.
+Failed trials (NaN metrics) and an all-failed run are reported, never crash the report.
+
+Usage: ``python -m analysis.report RUN_DIR`` prints the path of ``report.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.frontier import hypervolume_2d, pareto_front
+from analysis.plots import PLOTS
+from analysis.render import (
+    Block,
+    Code,
+    Heading,
+    Image,
+    Para,
+    Table,
+    format_table,
+    to_html,
+    to_markdown,
+)
+from analysis.rundir import TEACHER_ID, RunData, load_run, students, varying_config_columns
+from analysis.stats import summarize
+
+__all__ = ["build_blocks", "main", "write_report"]
+
+SECTION_PLOTS = ("pareto", "importance")  # placed in their own sections
+
+
+def _short(col: str) -> str:
+    return col.removeprefix("pipeline.")
+
+
+def _cols(df: pd.DataFrame, wanted: list[str]) -> list[str]:
+    return [c for c in dict.fromkeys(wanted) if c in df]
+
+
+def _table(df: pd.DataFrame, cols: list[str]) -> Table:
+    cols = _cols(df, cols)
+    return Table(format_table(df[cols], {c: _short(c) for c in cols}))
+
+
+def _blank_teacher(df: pd.DataFrame, varying: list[str]) -> pd.DataFrame:
+    """The teacher row carries the study defaults in its config columns; they do not apply."""
+    if "trial_id" not in df or not varying:
+        return df
+    df = df.copy()
+    df[varying] = df[varying].astype(object)
+    df.loc[df["trial_id"] == TEACHER_ID, varying] = None
+    return df
+
+
+def _header(run: RunData) -> list[Block]:
+    man, df = run.manifest, run.results
+    trials = students(df)
+    ok = int((trials.get("status", pd.Series(dtype=str)) == "ok").sum())
+    seeds = man.get("seeds", sorted(df["seed"].dropna().unique().tolist()) if "seed" in df else [])
+    info = [
+        f"Run directory: `{run.run_dir}`",
+        f"git commit `{man.get('git_commit', '?')}`",
+        f"started {man.get('started', '?')}, finished {man.get('finished', '?')}",
+        f"seeds {list(seeds)}",
+        f"trials: {len(trials)} ({ok} ok, {len(trials) - ok} failed)",
+    ]
+    blocks: list[Block] = [Heading(f"Compression study: {run.name}", 1)]
+    if run.description:
+        blocks.append(Para(run.description))
+    blocks.append(Para("; ".join(info) + "."))
+    return blocks
+
+
+def _teacher(run: RunData) -> list[Block]:
+    df = run.results
+    rows: list[dict[str, object]] = []
+    teacher = df[df["trial_id"] == TEACHER_ID] if "trial_id" in df else df.iloc[:0]
+    metric_cols = ["accuracy", "macro_f1", "gflops", "params", "weights_bytes", "latency_ms_p50"]
+    for _, t in teacher.iterrows():
+        rows.append({"model": "teacher", **{c: t.get(c) for c in metric_cols}})
+    majority = (run.manifest.get("baselines") or {}).get("majority")
+    if majority:
+        rows.append(
+            {
+                "model": "majority class (of train)",
+                "accuracy": majority.get("accuracy"),
+                "macro_f1": majority.get("macro_f1"),
+            }
+        )
+    blocks: list[Block] = [Heading("Teacher and baseline")]
+    if not rows:
+        return [*blocks, Para("No teacher row and no baseline in this run.")]
+    table = pd.DataFrame(rows)
+    return [*blocks, _table(table, ["model", *metric_cols])]
+
+
+def _results(run: RunData, varying: list[str], quality: str, cost: str) -> list[Block]:
+    cols = [
+        "trial_id",
+        "seed",
+        *varying,
+        "accuracy",
+        "macro_f1",
+        quality,
+        "gflops",
+        cost,
+        "params",
+        "latency_ms_p50",
+        "status",
+    ]
+    return [
+        Heading("Results (one row per trial)"),
+        _table(_blank_teacher(run.results, varying), cols),
+    ]
+
+
+def _summary(run: RunData, varying: list[str], quality: str, cost: str) -> list[Block]:
+    metrics = list(dict.fromkeys(["accuracy", "macro_f1", quality, cost]))
+    summ = summarize(run.results, by=varying, metrics=metrics)
+    blocks: list[Block] = [
+        Heading("Across seeds"),
+        Para(
+            "Mean, sample std and 95 % Student-t interval over the successful seeds of each "
+            "config (interval shown as — with fewer than 2 seeds)."
+        ),
+    ]
+    if summ.empty or (summ["n"] == 0).all():
+        return [*blocks, Para("No successful trials.")]
+    show = summ[[*varying, "n", "n_failed"]].copy()
+    for m in metrics:
+        show[f"{m}_mean"] = summ[f"{m}_mean"]
+        show[f"{m}_std"] = summ[f"{m}_std"]
+        if m in ("accuracy", "macro_f1", quality):
+            lo = format_table(summ[[f"{m}_ci_low"]])[f"{m}_ci_low"]
+            hi = format_table(summ[[f"{m}_ci_high"]])[f"{m}_ci_high"]
+            show[f"{m}_ci95"] = [
+                "—" if a == "—" else f"[{a}, {b}]" for a, b in zip(lo, hi, strict=True)
+            ]
+    return [*blocks, Table(format_table(show, {c: _short(c) for c in varying}))]
+
+
+def _pareto(
+    run: RunData, varying: list[str], quality: str, cost: str, images: dict[str, Path]
+) -> list[Block]:
+    df = run.results
+    blocks: list[Block] = [Heading(f"Pareto set ({quality} up, {cost} down)")]
+    if quality not in df or cost not in df:
+        return [*blocks, Para(f"Columns {quality!r} / {cost!r} are missing from the results.")]
+    ok = df[df["status"] == "ok"] if "status" in df else df
+    front = pareto_front(ok, quality, cost)
+    if front.empty:
+        blocks.append(Para("No successful rows with finite metrics: no Pareto set."))
+    else:
+        blocks.append(
+            Para(
+                f"{len(front)} non-dominated of {len(ok)} successful rows "
+                "(teacher included), cheapest first."
+            )
+        )
+        blocks.append(
+            _table(
+                _blank_teacher(front, varying),
+                [
+                    "trial_id",
+                    "seed",
+                    *varying,
+                    quality,
+                    cost,
+                    "accuracy",
+                    "macro_f1",
+                    "gflops",
+                    "params",
+                    "latency_ms_p50",
+                ],
+            )
+        )
+        majority = ((run.manifest.get("baselines") or {}).get("majority") or {}).get(quality)
+        teacher = ok[ok["trial_id"] == TEACHER_ID][cost] if "trial_id" in ok else pd.Series()
+        student_rows = students(ok)
+        if majority is not None and len(teacher) and len(student_rows):
+            ref = (float(majority), float(teacher.iloc[0]))
+            hv = hypervolume_2d(student_rows[[quality, cost]].to_numpy(float), ref)
+            blocks.append(
+                Para(
+                    f"Student hypervolume: {hv:.4g} ({quality} × {cost} area above the majority "
+                    f"baseline {ref[0]:.4f} and below the teacher's {cost} {ref[1]:.4g})."
+                )
+            )
+    if "pareto" in images:
+        blocks.append(Image(images["pareto"].name, f"{quality} vs {cost}"))
+    return blocks
+
+
+def _importance(run: RunData, images: dict[str, Path]) -> list[Block]:
+    imp = run.importance
+    if imp is None or imp.empty:
+        return []
+    blocks: list[Block] = [
+        Heading("Layer importance"),
+        Para(
+            "Per method: score (higher = more important to keep), rank (0 = most important) "
+            "and the score's interval where the method provides one."
+        ),
+    ]
+    for method, g in imp.groupby("method", sort=True):
+        blocks.append(Heading(f"{method}", 3))
+        blocks.append(
+            _table(g.sort_values("rank"), ["layer", "rank", "score", "ci_low", "ci_high"])
+        )
+    if "importance" in images:
+        blocks.append(Image(images["importance"].name, "rank-normalised layer importance"))
+    return blocks
+
+
+def _failures(run: RunData, varying: list[str]) -> list[Block]:
+    df = run.results
+    failed = df[df["status"] != "ok"] if "status" in df else df.iloc[:0]
+    blocks: list[Block] = [Heading("Failed trials")]
+    if failed.empty:
+        return [*blocks, Para("None.")]
+    shown = failed.copy()
+    errors = shown["error"].fillna("") if "error" in shown else pd.Series("", shown.index)
+    shown["error"] = [(str(e).strip().splitlines() or ["(no message)"])[-1][:200] for e in errors]
+    blocks.append(_table(shown, ["trial_id", "seed", *varying, "status", "error"]))
+    for tid, err in zip(shown.get("trial_id", shown.index), errors, strict=True):
+        if str(err).strip():
+            blocks.append(Para(f"`{tid}`:"))
+            blocks.append(Code("\n".join(str(err).strip().splitlines()[-25:])))
+    return blocks
+
+
+def build_blocks(run: RunData, images: dict[str, Path]) -> list[Block]:
+    """The report's content, section by section."""
+    quality, cost = run.quality_metric, run.cost_metric
+    varying = varying_config_columns(run.results)
+    seq = run.seq_len
+    seq_text = f"S = {seq} (`data.max_length`)" if seq else "S (`data.max_length`)"
+    blocks = [
+        *_header(run),
+        *_teacher(run),
+        *_results(run, varying, quality, cost),
+        *_summary(run, varying, quality, cost),
+        *_pareto(run, varying, quality, cost, images),
+        *_importance(run, images),
+        *_failures(run, varying),
+    ]
+    extra = [name for name in images if name not in SECTION_PLOTS]
+    if extra:
+        blocks.append(Heading("More plots"))
+        blocks += [Image(images[name].name, name) for name in extra]
+    blocks += [
+        Heading("Notes"),
+        Para(
+            "GFLOPs = 2 × multiply-adds counted by fvcore on the built model, per example at "
+            f"sequence length {seq_text}; matmul-class ops only (linear layers and attention "
+            "QKᵀ/AV), norms and activations excluded. Latency is per batch of "
+            f"{(run.config.get('measure') or {}).get('batch_size', '?')} examples on the device "
+            "in the `device` column."
+        ),
+    ]
+    return blocks
+
+
+def write_report(run_dir: Path) -> Path:
+    """Write ``report.md``, ``report.html`` and the plots into ``run_dir``; return the .md."""
+    run_dir = Path(run_dir)
+    run = load_run(run_dir)
+    images: dict[str, Path] = {}
+    for name in PLOTS:
+        path = PLOTS.get(name)(run, run_dir)
+        if path is not None:
+            images[name] = path
+    blocks = build_blocks(run, images)
+    md = run_dir / "report.md"
+    md.write_text(to_markdown(blocks))
+    (run_dir / "report.html").write_text(to_html(blocks, f"Compression study: {run.name}"))
+    return md
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__)
+    parser.add_argument("run_dir", type=Path, help="a run directory with results.parquet")
+    args = parser.parse_args(argv)
+    try:
+        path = write_report(args.run_dir)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

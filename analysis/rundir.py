@@ -1,0 +1,106 @@
+"""Read a run directory (the public contract the engine writes) into one object.
+
+Files: ``results.parquet`` (one row per trial plus the ``teacher`` row), optional
+``importance.parquet`` and ``manifest.json``. Config columns are the dotted-path columns
+(``pipeline.truncate.strategy``); metric columns have plain names (``accuracy``, ``gflops``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+__all__ = [
+    "METRIC_COLUMNS",
+    "TEACHER_ID",
+    "RunData",
+    "config_columns",
+    "load_run",
+    "students",
+    "varying_config_columns",
+]
+
+TEACHER_ID = "teacher"
+METRIC_COLUMNS = (
+    "accuracy",
+    "macro_f1",
+    "gflops",
+    "params",
+    "weights_bytes",
+    "latency_ms_p50",
+    "latency_ms_p95",
+    "student_layers",
+)
+
+
+def config_columns(df: pd.DataFrame) -> list[str]:
+    """Dotted-path columns, in table order: the knobs a trial's result depends on."""
+    return [c for c in df.columns if "." in str(c)]
+
+
+def students(df: pd.DataFrame) -> pd.DataFrame:
+    """All rows except the teacher's."""
+    if "trial_id" not in df:
+        return df
+    return df[df["trial_id"].astype(str) != TEACHER_ID]
+
+
+def varying_config_columns(df: pd.DataFrame) -> list[str]:
+    """Config columns that take more than one value across the (non-teacher) trials."""
+    rows = students(df)
+    return [c for c in config_columns(df) if rows[c].astype(str).nunique(dropna=False) > 1]
+
+
+@dataclass(frozen=True)
+class RunData:
+    """Everything the report reads from one run directory."""
+
+    run_dir: Path
+    results: pd.DataFrame
+    importance: pd.DataFrame | None = None
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.manifest.get("config") or {}
+
+    @property
+    def name(self) -> str:
+        return str(self.config.get("name") or self.run_dir.name)
+
+    @property
+    def description(self) -> str:
+        return str(self.config.get("description") or "")
+
+    @property
+    def quality_metric(self) -> str:
+        return str((self.config.get("report") or {}).get("quality_metric") or "accuracy")
+
+    @property
+    def cost_metric(self) -> str:
+        return str((self.config.get("report") or {}).get("cost_metric") or "gflops")
+
+    @property
+    def seq_len(self) -> int | None:
+        value = (self.config.get("data") or {}).get("max_length")
+        return int(value) if value is not None else None
+
+
+def load_run(run_dir: Path | str) -> RunData:
+    """Load ``run_dir``; only ``results.parquet`` is required."""
+    run_dir = Path(run_dir)
+    results_path = run_dir / "results.parquet"
+    if not results_path.is_file():
+        raise FileNotFoundError(f"{results_path} not found: is {run_dir} a run directory?")
+    results = pd.read_parquet(results_path)
+    if "trial_id" in results:
+        results["trial_id"] = results["trial_id"].astype(str)
+    imp_path = run_dir / "importance.parquet"
+    importance = pd.read_parquet(imp_path) if imp_path.is_file() else None
+    man_path = run_dir / "manifest.json"
+    manifest = json.loads(man_path.read_text()) if man_path.is_file() else {}
+    return RunData(run_dir=run_dir, results=results, importance=importance, manifest=manifest)

@@ -1,0 +1,151 @@
+"""Benchmark the importance engine against a plain PyTorch loop (run by hand, not a test).
+
+Measures, on one calibration set (``--batches`` × ``--batch`` random token sequences):
+
+1. samples/s of a plain fwd+bwd loop (the floor: what one backward pass costs);
+2. samples/s of the gradient-sharing methods (fisher, fisher_mask, gradient, taylor) through
+   the engine — one shared backward per batch, so this should be close to (1);
+3. wall time of the ten base methods together, as a multiple of one plain fwd+bwd pass over
+   the calibration set.
+
+Usage::
+
+    python bench/importance.py --model minilm --batch 32 --seq 64 --device cpu
+    python bench/importance.py --model bert-base --batch 64 --seq 128 --device cuda --ray
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.importance.compute import score_methods
+from engine.importance.config import ImportanceConfig
+from engine.models import EMBEDDED_TEACHER, build_classifier
+
+__all__ = ["main"]
+
+GRADIENT_METHODS = ("fisher", "fisher_mask", "gradient", "taylor")
+TEN_METHODS = (
+    "fisher",
+    "gradient",
+    "taylor",
+    "ablation",
+    "block_influence",
+    "attention",
+    "mutual_info",
+    "conductance",
+    "mc_dropout",
+    "activation_patching",
+)
+
+
+def build_model(name: str, num_labels: int = 5) -> torch.nn.Module:
+    if name == "minilm":
+        return build_classifier(EMBEDDED_TEACHER, num_labels)
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    return BertForSequenceClassification(BertConfig(num_labels=num_labels))  # BERT-base shape
+
+
+def make_data(n: int, seq: int, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1000, vocab, (n, seq))
+    mask = np.ones_like(ids)
+    mask[::2, (3 * seq) // 4 :] = 0  # half the rows padded in their last quarter
+    ids[mask == 0] = 0
+    return {"input_ids": ids, "attention_mask": mask, "labels": rng.integers(0, 5, n)}
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
+def plain_fwd_bwd(model: torch.nn.Module, batches: list[dict], device: torch.device) -> None:
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    )
+    for b in batches:
+        model.zero_grad(set_to_none=True)
+        with autocast:
+            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        F.cross_entropy(logits.float(), b["labels"]).backward()
+    model.zero_grad(set_to_none=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--model", choices=("minilm", "bert-base"), default="minilm")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--seq", type=int, default=64)
+    ap.add_argument("--batches", type=int, default=4)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--conductance-steps", type=int, default=16)
+    ap.add_argument("--skip-ten", action="store_true", help="skip the 10-method wall time")
+    ap.add_argument("--ray", action="store_true", help="also time compute_importance on 1 actor")
+    args = ap.parse_args()
+
+    device = torch.device(args.device)
+    model = build_model(args.model).to(device).eval()
+    vocab = int(model.get_input_embeddings().num_embeddings)
+    data = make_data(args.batches * args.batch, args.seq, vocab)
+    batches = [
+        {
+            k: torch.from_numpy(v[i * args.batch : (i + 1) * args.batch]).to(device)
+            for k, v in data.items()
+        }
+        for i in range(args.batches)
+    ]
+    n = args.batches * args.batch
+    cfg = ImportanceConfig(
+        num_batches=args.batches,
+        batch_size=args.batch,
+        conductance_steps=args.conductance_steps,
+        gpus_per_actor=1.0 if device.type == "cuda" else 0.0,
+    )
+    print(f"model={args.model} device={device} batch={args.batch} seq={args.seq} n={n}")
+
+    plain_fwd_bwd(model, batches[:1], device)  # warm-up (kernels, allocator)
+    t_plain = timed(lambda: plain_fwd_bwd(model, batches, device), device)
+    print(f"plain fwd+bwd:           {n / t_plain:10.1f} samples/s  ({t_plain:.2f} s)")
+
+    t_grad = timed(lambda: score_methods(model, batches, GRADIENT_METHODS, cfg), device)
+    print(
+        f"engine {'+'.join(GRADIENT_METHODS)}: {n / t_grad:10.1f} samples/s  "
+        f"({t_grad:.2f} s, {t_grad / t_plain:.2f}× plain)"
+    )
+
+    if not args.skip_ten:
+        t_ten = timed(lambda: score_methods(model, batches, TEN_METHODS, cfg), device)
+        print(f"10 methods:              {t_ten:.2f} s = {t_ten / t_plain:.1f}× one fwd+bwd pass")
+        for m in TEN_METHODS:
+            t_m = timed(lambda m=m: score_methods(model, batches, (m,), cfg), device)
+            print(f"  {m:<20} {t_m:7.2f} s  {t_m / t_plain:6.1f}×")
+
+    if args.ray:
+        import ray
+
+        from engine.importance.runner import compute_importance
+
+        ray.init(include_dashboard=False, log_to_driver=False)
+        ray_cfg = cfg.model_copy(update={"methods": GRADIENT_METHODS})
+        t_ray = timed(lambda: compute_importance(model, data, ray_cfg), device)
+        print(f"compute_importance (1 actor, incl. start-up): {t_ray:.2f} s")
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()

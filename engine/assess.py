@@ -1,0 +1,72 @@
+"""Measure one built model: quality on valid/test, fvcore GFLOPs, size, latency.
+
+Used for the teacher row and for every trial, so both are measured the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel
+
+from engine.config import StudyConfig
+from engine.measure import (
+    classification_metrics,
+    count_gflops,
+    count_params,
+    count_params_nonzero,
+    measure_latency,
+    weights_bytes,
+)
+from engine.models import num_layers
+
+__all__ = ["assess"]
+
+
+def _predict(
+    model: PreTrainedModel, data: dict[str, np.ndarray], batch_size: int, device: torch.device
+) -> np.ndarray:
+    out = []
+    with torch.inference_mode():
+        for s in range(0, len(data["labels"]), batch_size):
+            ids = torch.as_tensor(data["input_ids"][s : s + batch_size], device=device)
+            mask = torch.as_tensor(data["attention_mask"][s : s + batch_size], device=device)
+            out.append(model(input_ids=ids, attention_mask=mask).logits.float().cpu())
+    return torch.cat(out).numpy()
+
+
+def assess(
+    model: PreTrainedModel,
+    splits: dict[str, dict[str, np.ndarray]],
+    study: StudyConfig,
+    num_labels: int,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Quality on each split (``test`` unprefixed, others prefixed ``<split>_``) and cost."""
+    model.to(device).eval()
+    row: dict[str, Any] = {}
+    for split, data in splits.items():
+        logits = _predict(model, data, study.measure.eval_batch_size, device)
+        metrics = classification_metrics(logits, data["labels"], num_labels)
+        prefix = "" if split == "test" else f"{split}_"
+        row.update({f"{prefix}{k}": float(v) for k, v in metrics.items()})
+    seq = study.data.max_length
+    row["gflops"] = float(count_gflops(model, seq))
+    row["params"] = int(count_params(model))
+    row["params_nonzero"] = int(count_params_nonzero(model))
+    row["weights_bytes"] = int(weights_bytes(model))
+    row["student_layers"] = int(num_layers(model))
+    test = splits["test"]
+    bs = study.measure.batch_size
+    batch = {
+        "input_ids": torch.as_tensor(test["input_ids"][:bs], device=device),
+        "attention_mask": torch.as_tensor(test["attention_mask"][:bs], device=device),
+    }
+    lat = measure_latency(
+        model, batch, repeats=study.measure.latency_repeats, warmup=study.measure.warmup
+    )
+    row.update({k: float(v) for k, v in lat.items()})
+    row["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return row

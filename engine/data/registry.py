@@ -1,0 +1,221 @@
+"""Corpus registry, the normalised row schema every reader emits, and the data errors.
+
+A corpus is a pair of plain functions (no Ray import) registered under a name:
+
+* ``read_reviews(path, data, item_titles) -> Iterator[dict]`` turns one file's bytes into
+  rows built with :func:`review_row` (valid or not) or :func:`bad_row`;
+* optionally ``read_items(path, data) -> Iterator[dict]`` turns a side file (item metadata)
+  into rows built with :func:`item_row`, whose titles are joined onto reviews by ``item_id``.
+
+Readers never raise for bad input: every record becomes exactly one row, and an invalid one
+carries its ``reason``. Counting, quarantine and the ``max_bad_fraction`` policy live in
+:mod:`engine.data.read`, once for all corpora.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from engine.registry import Registry
+
+__all__ = [
+    "CORPORA",
+    "ROW_SCHEMA",
+    "Corpus",
+    "DataError",
+    "FileRecord",
+    "ItemReader",
+    "ReviewReader",
+    "bad_row",
+    "item_row",
+    "register_corpus",
+    "review_row",
+]
+
+RAW_CHARS = 500  # how much of a bad record is kept for the report
+
+ReviewReader = Callable[[str, bytes, Mapping[str, str]], Iterator[dict]]
+ItemReader = Callable[[str, bytes], Iterator[dict]]
+
+# One schema for every corpus. ``reason`` is "" for a valid row; ``raw`` is kept only for
+# invalid rows. ``source_line`` is 1-based, None where no line applies (a truncated stream).
+ROW_SCHEMA = pa.schema(
+    [
+        ("user_id", pa.string()),
+        ("item_id", pa.string()),
+        ("rating", pa.float64()),
+        ("timestamp", pa.int64()),
+        ("text", pa.string()),
+        ("title", pa.string()),
+        ("item_title", pa.string()),
+        ("source_file", pa.string()),
+        ("source_line", pa.int64()),
+        ("reason", pa.string()),
+        ("raw", pa.string()),
+    ]
+)
+
+
+class DataError(ValueError):
+    """A data file cannot be used: missing, unreadable, empty, or too much of it is invalid.
+
+    The message is one line and names the file.
+    """
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """What happened to one input file: its checksum and where each row went."""
+
+    path: str
+    sha256: str
+    rows_read: int
+    rows_kept: int
+    rows_skipped: int
+    skip_reasons: dict[str, int] = field(default_factory=dict)
+
+
+def _blank(path: str, line: int | None) -> dict:
+    return {
+        "user_id": "",
+        "item_id": "",
+        "rating": math.nan,
+        "timestamp": 0,
+        "text": "",
+        "title": "",
+        "item_title": "",
+        "source_file": path,
+        "source_line": line,
+        "reason": "",
+        "raw": "",
+    }
+
+
+def bad_row(path: str, line: int | None, reason: str, raw: str = "") -> dict:
+    """An invalid record: counted, quarantined, never used."""
+    row = _blank(path, line)
+    row.update(reason=reason, raw=raw[:RAW_CHARS])
+    return row
+
+
+def _text(value: object) -> str:
+    return "" if value is None else str(value).strip()
+
+
+def review_row(
+    path: str,
+    line: int,
+    *,
+    user_id: object,
+    item_id: object,
+    rating: object,
+    timestamp: object = None,
+    text: object = None,
+    title: object = None,
+    item_title: str = "",
+    raw: str = "",
+) -> dict:
+    """Validate and normalise one review; return a :func:`bad_row` if it is invalid.
+
+    ``user_id`` None means the field is missing (invalid); ``""`` means the corpus has no
+    users (e.g. women's reviews), which turns off the (user, item) de-duplication for it.
+    ``timestamp`` None means unknown and becomes 0. Empty text is valid here: whether a row
+    needs text is the task's decision, not the reader's.
+    """
+    if user_id is None or item_id is None or _text(item_id) == "" or rating is None:
+        return bad_row(path, line, "missing_field", raw)
+    if isinstance(rating, bool):
+        return bad_row(path, line, "invalid_rating", raw)
+    try:
+        value = float(rating)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return bad_row(path, line, "invalid_rating", raw)
+    if math.isnan(value):
+        return bad_row(path, line, "invalid_rating", raw)
+    if not 1.0 <= value <= 5.0:
+        return bad_row(path, line, "rating_out_of_range", raw)
+    seconds = 0
+    if timestamp not in (None, ""):
+        try:
+            seconds = int(float(timestamp))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return bad_row(path, line, "invalid_timestamp", raw)
+        if seconds < 0:
+            return bad_row(path, line, "invalid_timestamp", raw)
+    return {
+        "user_id": _text(user_id),
+        "item_id": _text(item_id),
+        "rating": value,
+        "timestamp": seconds,
+        "text": _text(text),
+        "title": _text(title),
+        "item_title": item_title,
+        "source_file": path,
+        "source_line": line,
+        "reason": "",
+        "raw": "",
+    }
+
+
+def item_row(path: str, line: int, *, item_id: object, item_title: object, raw: str = "") -> dict:
+    """One item's metadata (only ``item_id`` and ``item_title`` are used)."""
+    if item_id is None or _text(item_id) == "":
+        return bad_row(path, line, "missing_field", raw)
+    row = _blank(path, line)
+    row.update(item_id=_text(item_id), item_title=_text(item_title))
+    return row
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """A registered corpus: its readers and where its files are by default.
+
+    ``default_path`` is relative to the repository root. When a path is a directory, files
+    matching ``review_globs`` are reviews and files matching ``item_globs`` are item
+    metadata (never both). For a single review file, item files are looked for beside it.
+    """
+
+    name: str
+    read_reviews: ReviewReader
+    default_path: str
+    review_globs: tuple[str, ...]
+    item_globs: tuple[str, ...] = ()
+    read_items: ItemReader | None = None
+    has_text: bool = True
+
+    def __call__(self, path: str, data: bytes, item_titles: Mapping[str, str]) -> Iterator[dict]:
+        return self.read_reviews(path, data, item_titles)
+
+
+CORPORA: Registry[Corpus] = Registry("corpus")
+
+
+def register_corpus(
+    name: str,
+    *,
+    default_path: str,
+    review_globs: tuple[str, ...],
+    item_globs: tuple[str, ...] = (),
+    read_items: ItemReader | None = None,
+    has_text: bool = True,
+) -> Callable[[ReviewReader], ReviewReader]:
+    """Decorator: register ``read_reviews`` as corpus ``name`` (a duplicate name is an error)."""
+
+    def deco(read_reviews: ReviewReader) -> ReviewReader:
+        corpus = Corpus(
+            name=name,
+            read_reviews=read_reviews,
+            default_path=default_path,
+            review_globs=tuple(review_globs),
+            item_globs=tuple(item_globs),
+            read_items=read_items,
+            has_text=has_text,
+        )
+        CORPORA.register(name)(corpus)
+        return read_reviews
+
+    return deco

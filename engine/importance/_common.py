@@ -1,0 +1,122 @@
+"""Helpers shared by the importance methods: forward calls, layer hooks, seeded randomness.
+
+Layer hooks see a block's hidden-state input and output whatever the architecture: in
+transformers 5 a BertLayer returns a tensor, GPT2Block / LlamaDecoderLayer a tensor or a
+tuple whose first element is the hidden state.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.importance.base import Batch
+from engine.models import layer_list
+
+__all__ = [
+    "LayerHook",
+    "batch_generator",
+    "first_tensor",
+    "forward_logits",
+    "layer_hooks",
+    "replace_first",
+    "token_mask",
+]
+
+# hook(layer_index, hidden_in, hidden_out) -> replacement hidden_out, or None to keep it
+LayerHook = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None]
+
+
+def first_tensor(out: Any) -> torch.Tensor:
+    """The hidden state in a block's output (a tensor, or the first element of a tuple)."""
+    return out if isinstance(out, torch.Tensor) else out[0]
+
+
+def replace_first(out: Any, new: torch.Tensor) -> Any:
+    """``out`` with its hidden state replaced by ``new``, keeping the container type."""
+    if isinstance(out, torch.Tensor):
+        return new
+    return (new, *tuple(out)[1:])
+
+
+def _hidden_in(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+@contextmanager
+def layer_hooks(model: nn.Module, hook: LayerHook) -> Iterator[None]:
+    """Run ``hook`` on every transformer block while the context is open."""
+    handles = []
+    for i, block in enumerate(layer_list(model)):
+
+        def fn(_m: nn.Module, args: tuple, kwargs: dict, out: Any, i: int = i) -> Any:
+            new = hook(i, _hidden_in(args, kwargs), first_tensor(out))
+            return None if new is None else replace_first(out, new)
+
+        handles.append(block.register_forward_hook(fn, with_kwargs=True))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def forward_logits(model: nn.Module, batch: Batch, **kwargs: Any) -> torch.Tensor:
+    """Logits ``[B, C]`` of a sequence classifier; the KV cache is off (no generation here)."""
+    out = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        use_cache=False,
+        **kwargs,
+    )
+    return out.logits
+
+
+def loss_per_example(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy per example in float32 (safe under bf16 autocast)."""
+    return F.cross_entropy(logits.float(), labels, reduction="none")
+
+
+def token_mask(batch: Batch) -> torch.Tensor:
+    """Boolean ``[B, S]``: real (non-padding) tokens."""
+    return batch["attention_mask"].bool()
+
+
+def batch_generator(batch: Batch, seed: int, salt: str = "") -> torch.Generator:
+    """A generator seeded from ``seed`` and the batch's token ids.
+
+    Randomness then depends on what a batch contains, not on which actor runs it or in what
+    order, so splitting batches across actors cannot change a result.
+    """
+    ids = batch["input_ids"].detach().to("cpu", torch.int64).contiguous().numpy().tobytes()
+    key = zlib.crc32(ids, zlib.crc32(salt.encode(), seed & 0xFFFFFFFF))
+    g = torch.Generator(device=batch["input_ids"].device)
+    g.manual_seed(key)
+    return g
+
+
+def layer_params(model: nn.Module) -> list[list[nn.Parameter]]:
+    """Trainable-or-not parameters of each block, in forward order."""
+    return [list(block.parameters()) for block in layer_list(model)]
+
+
+def pooled(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """Pool ``[B, S, H]`` to ``[B, H]``: masked mean, first token (``cls``) or last real token."""
+    hidden = hidden.float()
+    if how == "cls":
+        return hidden[:, 0]
+    if how == "last":
+        last = mask.long().sum(1).clamp(min=1) - 1
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+def num_examples(batches: Sequence[Batch]) -> list[int]:
+    return [int(b["labels"].shape[0]) for b in batches]

@@ -1,0 +1,197 @@
+"""Agreement between importance methods, and the ``consensus`` method.
+
+Statistics over a set of methods' layer scores (higher = more important):
+
+- :func:`kendall_w` — Kendall's coefficient of concordance W ∈ [0, 1] of the methods'
+  rankings of the layers (Kendall & Babington Smith 1939), with the tie correction:
+  ``W = 12 S / (m²(n³ − n) − m Σ_i T_i)``, ``S = Σ_j (R_j − m(n + 1)/2)²``, R_j the rank sum of
+  layer j over m methods, n layers, T_i = Σ (t³ − t) over tie groups of method i.
+- :func:`pairwise_correlation` — Kendall's τ-b or Spearman's ρ for every pair of methods.
+- :func:`topk_jaccard` — Jaccard overlap |A ∩ B| / |A ∪ B| of two methods' top-k layers.
+- :func:`consensus_ranking` — layers ordered by mean rank over methods, with the share of
+  methods that put each layer in their top k.
+- :func:`consensus_share` — "consensus 75 %": the share of layers on whose top-k membership
+  at least 75 % of methods agree, i.e. layers that ≥ 75 % of methods put in their top k or
+  ≥ 75 % of methods leave out of it. 1.0 means every layer's keep/drop decision is backed by
+  at least three quarters of the methods.
+
+Top-k sets use :meth:`LayerScores.top_k` (ties broken by layer index) throughout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import combinations
+
+import numpy as np
+import pandas as pd
+from scipy.stats import kendalltau, rankdata, spearmanr
+from torch import nn
+
+from engine.importance.base import Batch, LayerScores, register_derived, register_importance
+from engine.importance.config import ImportanceConfig
+from engine.importance.hybrid import weighted_per_batch
+
+__all__ = [
+    "agreement_table",
+    "consensus_ranking",
+    "consensus_share",
+    "kendall_w",
+    "pairwise_correlation",
+    "score",
+    "score_matrix",
+    "topk_jaccard",
+]
+
+
+def score_matrix(scores: Mapping[str, LayerScores]) -> tuple[list[str], np.ndarray]:
+    """Method names and their scores as a ``[methods, layers]`` array."""
+    names = list(scores)
+    lengths = {len(scores[m].scores) for m in names}
+    if len(lengths) != 1:
+        raise ValueError(f"methods score different numbers of layers: {sorted(lengths)}")
+    return names, np.array([scores[m].scores for m in names], dtype=np.float64)
+
+
+def kendall_w(matrix: np.ndarray | Sequence[Sequence[float]]) -> float:
+    """Kendall's W of a ``[raters, items]`` score matrix (higher score = better), tie-corrected.
+
+    Returns 1.0 for a single rater; nan when every rater ties every item.
+    """
+    x = np.asarray(matrix, dtype=np.float64)
+    m, n = x.shape
+    ranks = np.vstack([rankdata(-row, method="average") for row in x])
+    rank_sums = ranks.sum(axis=0)
+    s = float(((rank_sums - m * (n + 1) / 2.0) ** 2).sum())
+    ties = 0.0
+    for row in x:
+        _, counts = np.unique(row, return_counts=True)
+        ties += float((counts**3 - counts).sum())
+    denom = m**2 * (n**3 - n) - m * ties
+    return float("nan") if denom <= 0 else 12.0 * s / denom
+
+
+def pairwise_correlation(scores: Mapping[str, LayerScores], kind: str = "kendall") -> pd.DataFrame:
+    """Square DataFrame of Kendall τ-b (``kind="kendall"``) or Spearman ρ between methods."""
+    names, x = score_matrix(scores)
+    fn = {"kendall": kendalltau, "spearman": spearmanr}[kind]
+    out = np.eye(len(names))
+    for i, j in combinations(range(len(names)), 2):
+        out[i, j] = out[j, i] = float(fn(x[i], x[j])[0])
+    return pd.DataFrame(out, index=names, columns=names)
+
+
+def _jaccard(a: Iterable[int], b: Iterable[int]) -> float:
+    a, b = set(a), set(b)
+    return len(a & b) / len(a | b) if a | b else 1.0
+
+
+def topk_jaccard(scores: Mapping[str, LayerScores], k: int) -> pd.DataFrame:
+    """Square DataFrame of the Jaccard overlap of every pair of methods' top-k layers."""
+    names = list(scores)
+    tops = {m: scores[m].top_k(k) for m in names}
+    out = [[_jaccard(tops[a], tops[b]) for b in names] for a in names]
+    return pd.DataFrame(out, index=names, columns=names)
+
+
+def consensus_ranking(scores: Mapping[str, LayerScores], k: int) -> pd.DataFrame:
+    """Per layer: ``mean_rank`` over methods (0 = most important), ``consensus_rank`` (layers
+    ordered by mean rank, ties by index) and ``share_top_k`` (share of methods with the layer
+    in their top k)."""
+    names, _ = score_matrix(scores)
+    ranks = np.array([scores[m].ranks() for m in names], dtype=np.float64)
+    mean_rank = ranks.mean(axis=0)
+    order = sorted(range(len(mean_rank)), key=lambda j: (mean_rank[j], j))
+    consensus_rank = np.empty(len(order), dtype=int)
+    consensus_rank[order] = np.arange(len(order))
+    share = (ranks < k).mean(axis=0)
+    return pd.DataFrame(
+        {
+            "layer": np.arange(len(mean_rank)),
+            "mean_rank": mean_rank,
+            "consensus_rank": consensus_rank,
+            "share_top_k": share,
+        }
+    )
+
+
+def consensus_share(scores: Mapping[str, LayerScores], k: int, threshold: float = 0.75) -> float:
+    """Share of layers whose top-k membership at least ``threshold`` of the methods agree on
+    (in or out); see the module docstring ("consensus 75 %")."""
+    share = consensus_ranking(scores, k)["share_top_k"].to_numpy()
+    agree = (share >= threshold) | (1.0 - share >= threshold)
+    return float(agree.mean())
+
+
+def agreement_table(
+    scores: Mapping[str, LayerScores], ks: Sequence[int] | None = None, threshold: float = 0.75
+) -> pd.DataFrame:
+    """Long table for ``agreement.parquet``: ``statistic, method_a, method_b, k, value``.
+
+    Rows: ``kendall_w`` (all methods), ``kendall_tau`` and ``spearman`` per method pair,
+    ``jaccard_top_k`` per pair and k, ``consensus_share`` per k (at ``threshold``). ``k`` is -1
+    where it does not apply; ``method_a``/``method_b`` are "*" for all-method statistics.
+    """
+    names, x = score_matrix(scores)
+    ks = list(range(1, x.shape[1])) if ks is None else list(ks)
+    rows: list[dict[str, object]] = [
+        {"statistic": "kendall_w", "method_a": "*", "method_b": "*", "k": -1, "value": kendall_w(x)}
+    ]
+    for kind, stat in (("kendall", "kendall_tau"), ("spearman", "spearman")):
+        corr = pairwise_correlation(scores, kind)
+        for a, b in combinations(names, 2):
+            rows.append(
+                {
+                    "statistic": stat,
+                    "method_a": a,
+                    "method_b": b,
+                    "k": -1,
+                    "value": float(corr.loc[a, b]),
+                }
+            )
+    for k in ks:
+        jac = topk_jaccard(scores, k)
+        for a, b in combinations(names, 2):
+            rows.append(
+                {
+                    "statistic": "jaccard_top_k",
+                    "method_a": a,
+                    "method_b": b,
+                    "k": k,
+                    "value": float(jac.loc[a, b]),
+                }
+            )
+        rows.append(
+            {
+                "statistic": "consensus_share",
+                "method_a": "*",
+                "method_b": "*",
+                "k": k,
+                "value": consensus_share(scores, k, threshold),
+            }
+        )
+    return pd.DataFrame(rows, columns=["statistic", "method_a", "method_b", "k", "value"])
+
+
+# --- the consensus method -------------------------------------------------------------------
+
+
+def components(cfg: ImportanceConfig) -> tuple[str, ...]:
+    return tuple(cfg.consensus_methods)
+
+
+def combine(parts: Mapping[str, LayerScores], cfg: ImportanceConfig) -> LayerScores:
+    """Per batch, the mean rank-normalised score over ``cfg.consensus_methods``."""
+    weights = dict.fromkeys(cfg.consensus_methods, 1.0)
+    return weighted_per_batch("consensus", parts, weights, "rank")
+
+
+register_derived("consensus", components, combine)
+
+
+@register_importance("consensus")
+def score(model: nn.Module, batches: Sequence[Batch], *, cfg: ImportanceConfig) -> LayerScores:
+    """Mean rank-normalised score of ``cfg.consensus_methods`` (1 = ranked first by all)."""
+    from engine.importance.compute import score_methods
+
+    return score_methods(model, batches, ("consensus",), cfg)["consensus"]

@@ -1,0 +1,107 @@
+"""Mutual information between a layer's pooled representation and the label.
+
+The block output is pooled per example (``cfg.mi_pooling``: masked mean, first token, or last
+real token) and mapped by a fixed random Gaussian projection (seeded by ``cfg.seed``, the same
+for every batch and actor) to ``cfg.mi_projection_dims`` dimensions, because both estimators
+degrade quickly with dimension. ``I(Z; Y)`` in nats is then estimated per batch by:
+
+- ``knn`` (default): Ross 2014, "Mutual Information between Discrete and Continuous Data
+  Sets" (the estimator behind scikit-learn's ``mutual_info_classif``), with Chebyshev
+  distances and ``k = cfg.mi_neighbors``::
+
+      I = ψ(N) + ⟨ψ(k_i)⟩ − ⟨ψ(N_{y_i})⟩ − ⟨ψ(m_i)⟩
+
+  where k_i = min(k, N_{y_i} − 1), d_i is the distance to the k_i-th nearest example with the
+  same label and m_i counts all examples strictly closer than d_i (itself included). Examples
+  whose label occurs once in the batch are left out. Clipped at 0.
+- ``binned``: plug-in MI of equal-frequency bins (``cfg.mi_bins`` per dimension) and the
+  label, averaged over the projected dimensions.
+
+Per-batch estimates are averaged (example-weighted), so values depend on the batch size;
+compare layers, not absolute numbers. Computed from the engine's shared forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from scipy.special import digamma
+from torch import nn
+
+from engine.importance._common import pooled
+from engine.importance.base import Batch, LayerScores, register_importance
+from engine.importance.config import ImportanceConfig
+from engine.importance.fwdpass import FwdBatch, register_fwd_reducer, run_forward_pass
+
+__all__ = ["binned_mi", "knn_mi", "score"]
+
+
+def knn_mi(z: np.ndarray, y: np.ndarray, k: int = 3) -> float:
+    """Ross (2014) k-NN estimate of I(Z; Y) in nats for continuous ``z [N, d]``, labels ``y``."""
+    labels, counts = np.unique(y, return_counts=True)
+    keep = np.isin(y, labels[counts > 1])
+    z, y = z[keep], y[keep]
+    n = len(y)
+    if n < 2:
+        return 0.0
+    dist = np.abs(z[:, None, :] - z[None, :, :]).max(-1)  # Chebyshev, [n, n]
+    np.fill_diagonal(dist, np.inf)
+    k_i = np.empty(n)
+    n_y = np.empty(n)
+    m_i = np.empty(n)
+    for i in range(n):
+        same = np.flatnonzero(y == y[i])
+        kk = min(k, len(same) - 1)
+        radius = np.sort(dist[i, same])[kk - 1]
+        k_i[i], n_y[i] = kk, len(same)
+        m_i[i] = np.count_nonzero(dist[i] < radius) + 1  # +1: the example itself
+    mi = digamma(n) + digamma(k_i).mean() - digamma(n_y).mean() - digamma(m_i).mean()
+    return max(float(mi), 0.0)
+
+
+def binned_mi(z: np.ndarray, y: np.ndarray, bins: int = 4) -> float:
+    """Plug-in MI in nats between each column of ``z`` (equal-frequency bins) and ``y``,
+    averaged over columns."""
+    _, y_idx = np.unique(y, return_inverse=True)
+    total = 0.0
+    for col in z.T:
+        edges = np.quantile(col, np.linspace(0, 1, bins + 1)[1:-1])
+        x_idx = np.searchsorted(edges, col, side="right")
+        joint = np.zeros((bins, y_idx.max() + 1))
+        np.add.at(joint, (x_idx, y_idx), 1.0)
+        joint /= joint.sum()
+        px = joint.sum(1, keepdims=True)
+        py = joint.sum(0, keepdims=True)
+        nz = joint > 0
+        total += float((joint[nz] * np.log(joint[nz] / (px @ py)[nz])).sum())
+    return total / z.shape[1]
+
+
+def _projection(hidden: int, dims: int, seed: int) -> torch.Tensor | None:
+    if dims >= hidden:
+        return None
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(hidden, dims, generator=g, dtype=torch.float64) / dims**0.5
+
+
+@register_fwd_reducer("mutual_info")
+def mutual_info_per_batch(fb: FwdBatch, cfg: ImportanceConfig) -> np.ndarray:
+    y = fb.labels.cpu().numpy()
+    proj = _projection(fb.hidden_out[0].shape[-1], cfg.mi_projection_dims, cfg.seed)
+    out = []
+    for h in fb.hidden_out:
+        z = pooled(h, fb.mask, cfg.mi_pooling).double().cpu()
+        z = (z if proj is None else z @ proj).numpy()
+        if cfg.mi_estimator == "knn":
+            out.append(knn_mi(z, y, cfg.mi_neighbors))
+        else:
+            out.append(binned_mi(z, y, cfg.mi_bins))
+    return np.array(out)
+
+
+@register_importance("mutual_info")
+def score(model: nn.Module, batches: Sequence[Batch], *, cfg: ImportanceConfig) -> LayerScores:
+    """Estimated I(pooled layer output; label) per layer (higher = more informative)."""
+    return run_forward_pass(model, batches, cfg, frozenset({"mutual_info"}))["mutual_info"]

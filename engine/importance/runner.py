@@ -1,0 +1,162 @@
+"""Run importance methods on Ray actors and merge the results on the driver.
+
+Each actor receives the model once (one ``ray.put``) and a contiguous shard of calibration
+batches; it returns per-batch score vectors. The driver concatenates them in batch order and
+re-averages (example-weighted), so any number of actors gives exactly the result of one.
+Derived methods (hybrid, consensus) and bootstrap confidence intervals are computed on the
+driver from the merged per-batch vectors.
+
+Example::
+
+    ray.init(num_cpus=2)
+    scores = compute_importance(model, data, ImportanceConfig(methods=("fisher", "ablation")))
+    importance_table(scores)  # method, layer, score, rank, ci_low, ci_high, ...
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import ray
+import torch
+from torch import nn
+
+from engine.importance.base import (
+    DERIVED,
+    Batch,
+    LayerScores,
+    bootstrap_ci,
+    merge_scores,
+    rank_normalise,
+)
+from engine.importance.compute import expand_methods, score_methods
+from engine.importance.config import ImportanceConfig
+
+__all__ = ["ImportanceWorker", "calibration_batches", "compute_importance", "importance_table"]
+
+log = logging.getLogger(__name__)
+
+DATA_KEYS = ("input_ids", "attention_mask", "labels")
+# actors together leave at least this share of the cluster's CPUs free (reads, driver)
+CPU_HEADROOM = 0.25
+
+
+def calibration_batches(data: Mapping[str, np.ndarray], cfg: ImportanceConfig) -> list[dict]:
+    """The first ``num_batches × batch_size`` rows of ``data`` cut into numpy batches."""
+    missing = [k for k in DATA_KEYS if k not in data]
+    if missing:
+        raise ValueError(f"calibration data lacks keys {missing} (needs {list(DATA_KEYS)})")
+    rows = min(len(data["labels"]), cfg.num_batches * cfg.batch_size)
+    if rows == 0:
+        raise ValueError("calibration data has no rows")
+    out = []
+    for start in range(0, rows, cfg.batch_size):
+        stop = min(start + cfg.batch_size, rows)
+        out.append({k: np.asarray(data[k][start:stop], dtype=np.int64) for k in DATA_KEYS})
+    return out
+
+
+@ray.remote
+class ImportanceWorker:
+    """Holds one copy of the model; scores the batch shards it is sent."""
+
+    def __init__(self, model: nn.Module, cfg: ImportanceConfig, threads: int) -> None:
+        torch.set_num_threads(threads)
+        use_cuda = cfg.gpus_per_actor > 0 and torch.cuda.is_available()
+        self.device = torch.device("cuda" if use_cuda else "cpu")
+        self.model = model.to(self.device).eval()
+        self.cfg = cfg
+
+    def score(self, shard: list[dict], methods: tuple[str, ...]) -> dict[str, LayerScores]:
+        batches: list[Batch] = [
+            {k: torch.from_numpy(v).to(self.device) for k, v in b.items()} for b in shard
+        ]
+        return score_methods(self.model, batches, methods, self.cfg, derive=False)
+
+
+def _cpus_per_actor(cfg: ImportanceConfig) -> float:
+    """``cfg.cpus_per_actor``, capped so the actors never take every CPU of the cluster."""
+    total = float(ray.cluster_resources().get("CPU", 1.0))
+    cap = total * (1.0 - CPU_HEADROOM) / cfg.actors
+    if cfg.cpus_per_actor > cap:
+        log.info(
+            "cpus_per_actor %.2f capped to %.2f (cluster CPUs %.1f)", cfg.cpus_per_actor, cap, total
+        )
+        return cap
+    return cfg.cpus_per_actor
+
+
+def compute_importance(
+    model: nn.Module, data: Mapping[str, np.ndarray], cfg: ImportanceConfig
+) -> dict[str, LayerScores]:
+    """Score ``cfg.methods`` on calibration batches from ``data`` across ``cfg.actors`` actors.
+
+    Returns method → LayerScores (raw scores, per-batch vectors, bootstrap CIs when there are
+    ≥ 2 batches), for the requested methods only.
+
+    Raises:
+        RuntimeError: Ray is not initialised.
+        UnknownNameError: a method is not registered.
+    """
+    if not ray.is_initialized():
+        raise RuntimeError("compute_importance needs a running Ray: call ray.init() first")
+    methods = expand_methods(cfg.methods, cfg)
+    base = tuple(m for m in methods if m not in DERIVED)
+    batches = calibration_batches(data, cfg)
+    n_actors = min(cfg.actors, len(batches))
+    num_cpus = _cpus_per_actor(cfg)
+    threads = max(1, int(num_cpus))
+    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+    model_ref = ray.put(model if on_cpu else copy.deepcopy(model).cpu())
+    actors = [
+        ImportanceWorker.options(num_cpus=num_cpus, num_gpus=cfg.gpus_per_actor).remote(
+            model_ref, cfg, threads
+        )
+        for _ in range(n_actors)
+    ]
+    try:
+        shards = [s.tolist() for s in np.array_split(np.arange(len(batches)), n_actors)]
+        futures = [
+            a.score.remote([batches[i] for i in shard], base)
+            for a, shard in zip(actors, shards, strict=True)
+        ]
+        parts = ray.get(futures)
+    finally:
+        for a in actors:
+            ray.kill(a)
+    merged: dict[str, LayerScores] = {m: merge_scores([p[m] for p in parts]) for m in base}
+    for m in methods:
+        if m in DERIVED:
+            merged[m] = DERIVED[m].combine(merged, cfg)
+    return {
+        m: bootstrap_ci(merged[m], samples=cfg.bootstrap_samples, level=cfg.ci_level, seed=cfg.seed)
+        for m in cfg.methods
+    }
+
+
+def importance_table(scores: Mapping[str, LayerScores] | Sequence[LayerScores]) -> pd.DataFrame:
+    """One row per (method, layer): ``method, layer, score, rank, ci_low, ci_high,
+    score_rank_normalised`` (rank 0 = most important; rank-normalised 1 = most important)."""
+    items = list(scores.values()) if isinstance(scores, Mapping) else list(scores)
+    rows = []
+    for s in items:
+        ranks = s.ranks()
+        norm = rank_normalise(s.scores)
+        for layer, value in enumerate(s.scores):
+            rows.append(
+                {
+                    "method": s.method,
+                    "layer": layer,
+                    "score": float(value),
+                    "rank": ranks[layer],
+                    "ci_low": np.nan if s.ci_low is None else s.ci_low[layer],
+                    "ci_high": np.nan if s.ci_high is None else s.ci_high[layer],
+                    "score_rank_normalised": float(norm[layer]),
+                }
+            )
+    cols = ["method", "layer", "score", "rank", "ci_low", "ci_high", "score_rank_normalised"]
+    return pd.DataFrame(rows, columns=cols)

@@ -1,0 +1,38 @@
+"""First-order Taylor importance (PII): ``Σ_{θ∈layer} |θ · ∂L_b/∂θ|`` averaged over batches.
+
+``θ·∂L/∂θ`` is the first-order estimate of the loss change when θ is set to zero
+(Molchanov et al. 2019, "Importance Estimation for Neural Network Pruning"; summed per
+parameter in absolute value as in LLM-Pruner's element-wise criterion, Ma et al. 2023).
+Computed from the engine's shared backward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from torch import nn
+
+from engine.importance.base import Batch, LayerScores, register_importance
+from engine.importance.config import ImportanceConfig
+from engine.importance.gradpass import GradBatch, register_grad_reducer, run_backward_pass
+
+__all__ = ["score", "taylor_per_batch"]
+
+
+@register_grad_reducer("taylor")
+def taylor_per_batch(gb: GradBatch) -> np.ndarray:
+    """``Σ |θ ⊙ ∂L_b/∂θ|`` over each layer's parameters."""
+    return np.array(
+        [
+            float(sum((p.double() * g.double()).abs().sum() for p, g in zip(ps, gs, strict=True)))
+            for ps, gs in zip(gb.params, gb.grads, strict=True)
+        ],
+        dtype=np.float64,
+    )
+
+
+@register_importance("taylor")
+def score(model: nn.Module, batches: Sequence[Batch], *, cfg: ImportanceConfig) -> LayerScores:
+    """First-order Taylor saliency of each layer (higher = more important)."""
+    return run_backward_pass(model, batches, cfg, frozenset({"taylor"}))["taylor"]

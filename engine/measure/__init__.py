@@ -1,0 +1,47 @@
+"""Measurement of one built model: cost, latency and quality, each a plain function.
+
+Every trial and the teacher are measured by the same calls, so rows are comparable:
+
+* :mod:`~engine.measure.cost` — ``count_gflops(model, seq_len)`` (GFLOPs per example =
+  2 × multiply-adds counted by fvcore on the built model, SDPA attention included),
+  ``count_params``, ``count_params_nonzero``, ``weights_bytes``;
+* :mod:`~engine.measure.latency` — ``measure_latency(model, batch, repeats=, warmup=)``;
+* :mod:`~engine.measure.quality` — ``classification_metrics``, ``majority_baseline``,
+  ``evaluate``.
+
+Example::
+
+    gflops = count_gflops(model, seq_len=64)
+    logits, metrics = evaluate(model, test, batch_size=64, device="cpu")
+    metrics["macro_f1"]
+"""
+
+from __future__ import annotations
+
+from engine.measure.cost import (
+    count_gflops,
+    count_multiply_adds,
+    count_params,
+    count_params_nonzero,
+    weights_bytes,
+)
+from engine.measure.latency import measure_latency
+from engine.measure.quality import (
+    classification_metrics,
+    confusion_matrix,
+    evaluate,
+    majority_baseline,
+)
+
+__all__ = [
+    "classification_metrics",
+    "confusion_matrix",
+    "count_gflops",
+    "count_multiply_adds",
+    "count_params",
+    "count_params_nonzero",
+    "evaluate",
+    "majority_baseline",
+    "measure_latency",
+    "weights_bytes",
+]

@@ -1,0 +1,153 @@
+"""The teacher: fine-tuned once per (model, data, settings), cached by content hash.
+
+The cache key hashes the teacher section of the study, the tokenised training data and the
+label count, so a rerun or another study on the same inputs reuses the weights. Fine-tuning
+runs as a Ray task with the trial resources (a GPU where trials get one), never assuming a
+filesystem shared between nodes: weights come back through the object store and are cached
+on the driver.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
+
+from engine.config import TeacherConfig
+from engine.models import build_classifier
+from engine.train import train_classifier
+
+__all__ = ["TeacherArtifacts", "cache_dir", "finetune", "fingerprint", "load_model", "teacher_key"]
+
+CODE_VERSION = "teacher-v1"  # bump when the fine-tuning recipe changes
+
+
+@dataclass
+class TeacherArtifacts:
+    """Everything trials need from the teacher, small enough for the object store."""
+
+    config: dict[str, Any]  # HF config as a dict
+    state_dict: dict[str, torch.Tensor]
+    train_logits: np.ndarray  # float32 [N_train, C]
+    metrics: dict[str, float]  # valid_/test quality
+    key: str
+    cached: bool = False
+
+
+def cache_dir() -> Path:
+    """``$COMPRESSION_SWEEPS_CACHE`` or ``<repo>/.cache``."""
+    env = os.environ.get("COMPRESSION_SWEEPS_CACHE")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / ".cache"
+
+
+def fingerprint(arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(arrays):
+        a = np.ascontiguousarray(arrays[k])
+        h.update(k.encode())
+        h.update(str(a.dtype).encode() + str(a.shape).encode())
+        h.update(a.tobytes() if a.dtype != object else "\x1f".join(map(str, a)).encode())
+    return h.hexdigest()
+
+
+def teacher_key(cfg: TeacherConfig, train: dict[str, np.ndarray], num_labels: int) -> str:
+    payload = {
+        "code": CODE_VERSION,
+        "teacher": cfg.model_dump(mode="json"),
+        "data": fingerprint({k: train[k] for k in ("input_ids", "attention_mask", "labels")}),
+        "num_labels": num_labels,
+        "torch": torch.__version__.split("+")[0],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_model(config: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> PreTrainedModel:
+    """Rebuild a classifier from its config dict and weights (no files needed)."""
+    hf_cfg = AutoConfig.for_model(**config)
+    model = AutoModelForSequenceClassification.from_config(hf_cfg)
+    model.load_state_dict(state_dict)
+    return model.eval()
+
+
+def _logits(
+    model: PreTrainedModel, data: dict[str, np.ndarray], batch_size: int, device: torch.device
+) -> np.ndarray:
+    out = []
+    model.to(device).eval()
+    with torch.inference_mode():
+        for s in range(0, len(data["labels"]), batch_size):
+            ids = torch.as_tensor(data["input_ids"][s : s + batch_size], device=device)
+            mask = torch.as_tensor(data["attention_mask"][s : s + batch_size], device=device)
+            out.append(model(input_ids=ids, attention_mask=mask).logits.float().cpu())
+    return torch.cat(out).numpy()
+
+
+def finetune(
+    cfg: TeacherConfig,
+    train: dict[str, np.ndarray],
+    evals: dict[str, dict[str, np.ndarray]],
+    num_labels: int,
+    *,
+    key: str,
+    threads: int | None = None,
+) -> TeacherArtifacts:
+    """Fine-tune the teacher on ``train`` (labels only); compute its train logits and the
+    quality on each split in ``evals``. Plain function: the caller runs it as a Ray task."""
+    from engine.measure import classification_metrics
+
+    if threads:
+        torch.set_num_threads(threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = build_classifier(cfg.model, num_labels, attn_implementation="sdpa", seed=cfg.seed)
+    tensors = {k: torch.as_tensor(train[k]) for k in ("input_ids", "attention_mask", "labels")}
+    train_classifier(
+        model,
+        tensors,
+        loss_fn=lambda s, y, _t: F.cross_entropy(s, y),
+        epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        weight_decay=cfg.weight_decay,
+        warmup_ratio=cfg.warmup_ratio,
+        freeze_embeddings=cfg.freeze_embeddings,
+        seed=cfg.seed,
+        device=device,
+    )
+    metrics: dict[str, float] = {}
+    for split, data in evals.items():
+        logits = _logits(model, data, 128, device)
+        for name, value in classification_metrics(logits, data["labels"], num_labels).items():
+            metrics[f"{split}_{name}"] = float(value)
+    train_logits = _logits(model, train, 128, device).astype(np.float32)
+    model.cpu()
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return TeacherArtifacts(model.config.to_dict(), state, train_logits, metrics, key)
+
+
+def save_cache(art: TeacherArtifacts, root: Path | None = None) -> Path:
+    d = (root or cache_dir()) / "teachers" / art.key
+    d.mkdir(parents=True, exist_ok=True)
+    torch.save(art.state_dict, d / "state_dict.pt")
+    np.save(d / "train_logits.npy", art.train_logits)
+    (d / "meta.json").write_text(json.dumps({"config": art.config, "metrics": art.metrics}))
+    return d
+
+
+def load_cache(key: str, root: Path | None = None) -> TeacherArtifacts | None:
+    d = (root or cache_dir()) / "teachers" / key
+    try:
+        meta = json.loads((d / "meta.json").read_text())
+        state = torch.load(d / "state_dict.pt", map_location="cpu", weights_only=True)
+        logits = np.load(d / "train_logits.npy")
+    except (OSError, ValueError, RuntimeError):
+        return None
+    return TeacherArtifacts(meta["config"], state, logits, meta["metrics"], key, cached=True)

@@ -1,0 +1,100 @@
+"""One training loop for every place the engine trains a classifier.
+
+Teacher fine-tuning (labels only) and student distillation (teacher logits + labels) differ
+only in the loss, so both call :func:`train_classifier` with a ``loss_fn``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel, get_linear_schedule_with_warmup
+
+__all__ = ["TrainStats", "train_classifier"]
+
+# loss_fn(student_logits, labels, teacher_logits_or_None) -> scalar loss
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    steps: int
+    examples_seen: int
+    final_loss: float
+    mean_loss_last_10: float
+
+
+def _freeze_embeddings(model: nn.Module) -> None:
+    emb = model.get_input_embeddings()
+    for p in emb.parameters():
+        p.requires_grad_(False)
+
+
+def train_classifier(
+    model: PreTrainedModel,
+    train: dict[str, torch.Tensor],
+    *,
+    loss_fn: LossFn,
+    epochs: float,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    max_steps: int | None = None,
+    weight_decay: float = 0.01,
+    warmup_ratio: float = 0.1,
+    freeze_embeddings: bool = True,
+    teacher_logits: torch.Tensor | None = None,
+    device: torch.device | str = "cpu",
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainStats:
+    """Train ``model`` in place with AdamW and a linear warm-up/decay schedule.
+
+    The example order is a permutation drawn from ``seed`` each epoch, so a run is
+    reproducible. ``epochs`` may be fractional; ``max_steps`` caps the step count.
+    """
+    device = torch.device(device)
+    n = int(train["labels"].shape[0])
+    if n == 0:
+        raise ValueError("cannot train on an empty training set")
+    steps_per_epoch = math.ceil(n / batch_size)
+    total = max(1, math.ceil(epochs * steps_per_epoch))
+    if max_steps is not None:
+        total = min(total, max_steps)
+    if freeze_embeddings:
+        _freeze_embeddings(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    sched = get_linear_schedule_with_warmup(opt, int(warmup_ratio * total), total)
+    gen = torch.Generator().manual_seed(seed)
+    model.to(device).train()
+    losses: list[float] = []
+    step = 0
+    seen = 0
+    while step < total:
+        order = torch.randperm(n, generator=gen)
+        for start in range(0, n, batch_size):
+            if step >= total:
+                break
+            idx = order[start : start + batch_size]
+            ids = train["input_ids"][idx].to(device)
+            mask = train["attention_mask"][idx].to(device)
+            labels = train["labels"][idx].to(device)
+            t_logits = teacher_logits[idx].to(device) if teacher_logits is not None else None
+            logits = model(input_ids=ids, attention_mask=mask).logits
+            loss = loss_fn(logits, labels, t_logits)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+            seen += len(idx)
+            step += 1
+            if on_step is not None:
+                on_step(step, losses[-1])
+    model.eval()
+    last = losses[-10:]
+    return TrainStats(step, seen, losses[-1], sum(last) / len(last))

@@ -1,0 +1,264 @@
+"""analysis: Pareto front and hypervolume against hand computations, stats against a hand
+t-interval, and the report written from a synthetic run directory (with a failed trial)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.frontier import hypervolume_2d, pareto_front, pareto_mask
+from analysis.report import write_report
+from analysis.stats import summarize, t_interval
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# ----------------------------------------------------------------------------- frontier
+
+
+def test_pareto_front_on_planted_set() -> None:
+    df = pd.DataFrame(
+        {
+            "name": ["a", "b", "b2", "c", "d", "e", "f", "g"],
+            "acc": [0.50, 0.70, 0.70, 0.80, 0.60, 0.90, np.nan, 0.95],
+            "gflops": [1.0, 2.0, 2.0, 3.0, 2.5, 6.0, 0.1, np.nan],
+        }
+    )
+    # a, b, c, e form the staircase; b2 ties b exactly (kept); d is dominated by b
+    # (more cost, less accuracy); f and g have a NaN and can never be on the front
+    front = pareto_front(df, "acc", "gflops")
+    assert front["name"].tolist() == ["a", "b", "b2", "c", "e"]
+    assert front["gflops"].is_monotonic_increasing
+
+
+def test_pareto_equal_cost_keeps_only_the_better() -> None:
+    # same cost, different quality: the worse one is dominated (weakly worse on cost)
+    mask = pareto_mask([0.5, 0.6, 0.6], [1.0, 1.0, 0.9])
+    assert mask.tolist() == [False, False, True]
+
+
+def test_pareto_front_unknown_column_names_it() -> None:
+    with pytest.raises(KeyError, match="latency"):
+        pareto_front(pd.DataFrame({"acc": [1.0]}), "acc", "latency")
+
+
+def test_hypervolume_matches_hand_computation() -> None:
+    pts = [(0.6, 1.0), (0.8, 3.0), (0.7, 2.0), (0.65, 4.0)]  # last one is dominated
+    ref = (0.5, 5.0)
+    # staircase cheapest first: [1,2)×(0.6-0.5) + [2,3)×(0.7-0.5) + [3,5)×(0.8-0.5)
+    expected = 1 * 0.1 + 1 * 0.2 + 2 * 0.3
+    assert hypervolume_2d(pts, ref) == pytest.approx(expected)
+    # points outside the reference box add nothing; an empty set has zero volume
+    assert hypervolume_2d([*pts, (0.4, 0.5), (0.99, 7.0)], ref) == pytest.approx(expected)
+    assert hypervolume_2d([], ref) == 0.0
+    # a single point is a rectangle
+    assert hypervolume_2d([(0.9, 1.0)], (0.5, 3.0)) == pytest.approx(0.4 * 2.0)
+
+
+# ----------------------------------------------------------------------------- stats
+
+
+def test_summarize_groups_seeds_with_t_interval() -> None:
+    df = pd.DataFrame(
+        {
+            "trial_id": ["teacher", "t0", "t1", "t2", "t3", "t4"],
+            "seed": [0, 0, 1, 2, 0, 1],
+            "status": ["ok", "ok", "ok", "ok", "ok", "failed"],
+            "pipeline.truncate.strategy": [
+                "fisher",
+                "fisher",
+                "fisher",
+                "fisher",
+                "uniform",
+                "uniform",
+            ],
+            "accuracy": [0.9, 0.60, 0.70, 0.80, 0.50, np.nan],
+        }
+    )
+    out = summarize(df, metrics=["accuracy"]).set_index("pipeline.truncate.strategy")
+    fisher = out.loc["fisher"]
+    assert fisher["n"] == 3 and fisher["n_failed"] == 0  # the teacher row is not a seed
+    assert fisher["accuracy_mean"] == pytest.approx(0.70)
+    assert fisher["accuracy_std"] == pytest.approx(0.10)
+    half = 4.302652729911275 * 0.10 / math.sqrt(3)  # t_{0.975, 2} from tables
+    assert fisher["accuracy_ci_low"] == pytest.approx(0.70 - half)
+    assert fisher["accuracy_ci_high"] == pytest.approx(0.70 + half)
+    uniform = out.loc["uniform"]
+    assert uniform["n"] == 1 and uniform["n_failed"] == 1
+    assert uniform["accuracy_mean"] == pytest.approx(0.50)
+    assert math.isnan(uniform["accuracy_ci_low"])
+    assert all(math.isnan(v) for v in t_interval([1.0]))
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _write_run(run_dir: Path, *, all_failed: bool = False) -> Path:
+    run_dir.mkdir(parents=True)
+    strategies = ["fisher", "fisher", "uniform", "uniform", "random", "random"]
+    kd = [True, False, True, False, True, False]
+    rows = [
+        {
+            "trial_id": "teacher",
+            "seed": 0,
+            "status": "ok",
+            "error": None,
+            "wall_s": 30.0,
+            "device": "cpu",
+            "pipeline.truncate.strategy": "fisher",
+            "pipeline.truncate.keep_ratio": 0.5,
+            "pipeline.distill.kd": True,
+            "pipeline.distill.temperature": 2.0,
+            "accuracy": 0.62,
+            "macro_f1": 0.41,
+            "gflops": 1.397,
+            "params": 22_715_525,
+            "weights_bytes": 90_862_100,
+            "latency_ms_p50": 40.0,
+            "latency_ms_p95": 45.0,
+            "student_layers": 6,
+        }
+    ]
+    acc = [0.58, 0.55, 0.57, 0.52, 0.50, 0.49]
+    for i, (s, k, a) in enumerate(zip(strategies, kd, acc, strict=True)):
+        failed = all_failed or i == 5
+        rows.append(
+            {
+                "trial_id": f"trial_{i:02d}",
+                "seed": 0,
+                "status": "failed" if failed else "ok",
+                "error": "Traceback ...\nRuntimeError: planted | failure" if failed else None,
+                "wall_s": 10.0 + i,
+                "device": "cpu",
+                "pipeline.truncate.strategy": s,
+                "pipeline.truncate.keep_ratio": 0.34,
+                "pipeline.distill.kd": k,
+                "pipeline.distill.temperature": 2.0,
+                "accuracy": np.nan if failed else a,
+                "macro_f1": np.nan if failed else a - 0.2,
+                "gflops": np.nan if failed else 0.47 + 0.01 * i,
+                "params": np.nan if failed else 13_837_829,
+                "weights_bytes": np.nan if failed else 55_351_316,
+                "latency_ms_p50": np.nan if failed else 14.0 + i,
+                "latency_ms_p95": np.nan if failed else 15.0 + i,
+                "student_layers": np.nan if failed else 2,
+            }
+        )
+    pd.DataFrame(rows).to_parquet(run_dir / "results.parquet", index=False)
+    imp = []
+    for method, order in (("fisher", [5, 4, 3, 2, 1, 0]), ("ablation", [0, 1, 2, 3, 4, 5])):
+        for layer in range(6):
+            score = float(order[layer])
+            imp.append(
+                {
+                    "method": method,
+                    "layer": layer,
+                    "score": score,
+                    "rank": 5 - order[layer],
+                    "ci_low": score - 0.1,
+                    "ci_high": score + 0.1,
+                }
+            )
+    pd.DataFrame(imp).to_parquet(run_dir / "importance.parquet", index=False)
+    manifest = {
+        "git_commit": "abc123",
+        "packages": {"torch": "2.13.0"},
+        "config": {
+            "name": "synthetic",
+            "description": "A planted study for the report test.",
+            "data": {"max_length": 64},
+            "measure": {"batch_size": 32},
+            "report": {"quality_metric": "accuracy", "cost_metric": "gflops"},
+        },
+        "seeds": [0],
+        "data": {},
+        "started": "2025-01-01T00:00:00+00:00",
+        "finished": "2025-01-01T00:10:00+00:00",
+        "baselines": {"majority": {"accuracy": 0.5432, "macro_f1": 0.1408}},
+    }
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    return run_dir
+
+
+def test_report_from_synthetic_run(tmp_path: Path) -> None:
+    run_dir = _write_run(tmp_path / "run")
+    md_path = write_report(run_dir)
+    assert md_path == run_dir / "report.md"
+    md = md_path.read_text()
+    html = (run_dir / "report.html").read_text()
+    for heading in (
+        "# Compression study: synthetic",
+        "## Teacher and baseline",
+        "## Results (one row per trial)",
+        "## Across seeds",
+        "## Pareto set",
+        "## Layer importance",
+        "### ablation",
+        "### fisher",
+        "## Failed trials",
+    ):
+        assert heading in md, heading
+    assert "A planted study for the report test." in md
+    # teacher and majority baseline, with the manifest's numbers
+    assert "| teacher | 0.6200 | 0.4100 |" in md
+    assert "majority class" in md and "0.5432" in md and "0.1408" in md
+    # results table: one line per trial + teacher, varying config columns shortened
+    results = md.split("## Results (one row per trial)")[1].split("## Across seeds")[0]
+    assert results.count("| trial_0") == 6 and results.count("| teacher |") == 1
+    assert "truncate.strategy" in results and "distill.kd" in results
+    assert "keep_ratio" not in results  # constant across trials: not a varying column
+    # the Pareto set: trial_00 (0.58 @ 0.47) is the cheapest non-dominated point; the
+    # teacher is the most accurate; trial_01 (0.55 @ 0.48) is dominated by trial_00
+    pareto = md.split("## Pareto set")[1].split("## Layer importance")[0]
+    ids = [ln.split("|")[1].strip() for ln in pareto.splitlines() if ln.startswith("| ")]
+    assert ids == ["trial_id", "trial_00", "teacher"]
+    assert "![accuracy vs gflops](pareto.png)" in pareto
+    # failed trial with its (escaped) error
+    failed = md.split("## Failed trials")[1]
+    assert "trial_05" in failed and "RuntimeError: planted \\| failure" in failed
+    assert "GFLOPs = 2 × multiply-adds counted by fvcore on the built model" in md
+    assert "sequence length S = 64" in md
+    # html mirrors it, images referenced relatively
+    assert '<img src="pareto.png"' in html and '<img src="importance.png"' in html
+    assert "<table>" in html and "trial_05" in html
+    for png in ("pareto.png", "importance.png"):
+        data = (run_dir / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_report_survives_an_all_failed_run(tmp_path: Path) -> None:
+    run_dir = _write_run(tmp_path / "run", all_failed=True)
+    (run_dir / "importance.parquet").unlink()
+    md = write_report(run_dir).read_text()
+    assert "No successful trials." in md
+    assert md.count("RuntimeError: planted") >= 6
+    assert "## Layer importance" not in md
+    assert (run_dir / "pareto.png").stat().st_size > 1000
+
+
+def test_report_cli_prints_the_path(tmp_path: Path) -> None:
+    run_dir = _write_run(tmp_path / "run")
+    proc = subprocess.run(
+        [sys.executable, "-m", "analysis.report", str(run_dir)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(run_dir / "report.md")
+    missing = subprocess.run(
+        [sys.executable, "-m", "analysis.report", str(tmp_path / "nope")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert missing.returncode == 2 and "results.parquet" in missing.stderr

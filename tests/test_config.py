@@ -1,0 +1,170 @@
+"""Study-file validation: every shipped study loads, and each error path names file + key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.config import (
+    SWEEPS_DIR,
+    ConfigError,
+    apply_overrides,
+    load_study,
+    parse_override,
+    trial_configs,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+STUDIES = sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", STUDIES)
+def test_every_shipped_study_validates(name: str) -> None:
+    cfg = load_study(name)
+    assert cfg.name == name
+    assert cfg.description.strip()
+    assert len(trial_configs(cfg)) >= 1
+
+
+def test_default_studies_are_shipped() -> None:
+    assert {"smoke", "ablation"} <= set(STUDIES)
+
+
+def _problems(overrides: list[str], study: str = "smoke") -> list[str]:
+    with pytest.raises(ConfigError) as e:
+        load_study(study, overrides)
+    return e.value.problems
+
+
+def test_unknown_key_names_file_and_dotted_path() -> None:
+    (p,) = _problems(["pipeline.distill.temprature=3"])
+    assert p.startswith("sweeps/smoke.yaml: pipeline.distill.temprature: unknown key")
+
+
+def test_wrong_type_names_key_and_value() -> None:
+    (p,) = _problems(["pipeline.distill.temperature=hot"])
+    assert "pipeline.distill.temperature" in p and "'hot'" in p
+
+
+def test_out_of_range_value_says_what_is_allowed() -> None:
+    (p,) = _problems(["data.max_length=4"])
+    assert "data.max_length" in p and "greater than or equal to 8" in p and "(got 4)" in p
+
+
+def test_errors_are_collected_together() -> None:
+    problems = _problems(["data.max_length=4", "teacher.lr=-1", "bogus=1"])
+    keys = " ".join(problems)
+    assert len(problems) == 3
+    assert "data.max_length" in keys and "teacher.lr" in keys and "bogus" in keys
+
+
+def test_keep_layers_and_ratio_are_exclusive() -> None:
+    (p,) = _problems(["pipeline.truncate.keep_ratio=0.5"])  # smoke sets keep_layers
+    assert "exactly one of keep_layers and keep_ratio" in p
+
+
+def test_unknown_stage_lists_known_stages() -> None:
+    (p,) = _problems(["pipeline.order=[truncate, distil]"])
+    assert "pipeline.order.1" in p and "did you mean 'distill'" in p and "truncate" in p
+
+
+def test_unknown_strategy_lists_allowed() -> None:
+    (p,) = _problems(["pipeline.truncate.strategy=fishr"])
+    assert "pipeline.truncate.strategy" in p and "uniform" in p and "fisher" in p
+
+
+def test_unknown_importance_method() -> None:
+    (p,) = _problems(["importance.methods=[fisher, fishy]"])
+    assert "importance.methods.1" in p and "unknown importance method 'fishy'" in p
+
+
+def test_bad_search_value_is_caught_before_running() -> None:
+    problems = _problems(["search.space={pipeline.distill.temperature: [2.0, -1]}"])
+    assert any("search.space.pipeline.distill.temperature=-1" in p for p in problems)
+
+
+def test_search_key_must_be_a_config_path() -> None:
+    (p,) = _problems(["search.space={pipeline.distill.temp: [1, 2]}"])
+    assert "search.space.pipeline.distill.temp: not a config path" in p
+
+
+def test_overrides_parse_as_yaml() -> None:
+    assert parse_override("a.b=3") == ("a.b", 3)
+    assert parse_override("a=true") == ("a", True)
+    assert parse_override("a=[0, 1]") == ("a", [0, 1])
+    assert parse_override("a=null") == ("a", None)
+    assert parse_override("a=fisher") == ("a", "fisher")
+    with pytest.raises(ConfigError):
+        parse_override("no_equals_sign")
+
+
+def test_override_precedence_cli_over_yaml_over_default() -> None:
+    cfg = load_study("smoke", ["pipeline.distill.temperature=4", "repeats=[0, 1]"])
+    assert cfg.pipeline.distill.temperature == 4.0  # CLI beats YAML's 2.0
+    assert cfg.repeats == (0, 1)
+    assert cfg.pipeline.distill.weight_decay == 0.01  # default, absent from smoke.yaml
+    assert apply_overrides({"a": {"b": 1}}, {"a.c": 2}) == {"a": {"b": 1, "c": 2}}
+
+
+def test_config_is_frozen() -> None:
+    cfg = load_study("smoke")
+    with pytest.raises(Exception):  # noqa: B017  (pydantic raises ValidationError)
+        cfg.pipeline.distill.temperature = 9.0  # type: ignore[misc]
+
+
+def test_grid_is_cartesian_product() -> None:
+    cfg = load_study("ablation")
+    grid = trial_configs(cfg)
+    sizes = [len(v) for v in cfg.search.space.values()]
+    assert len(grid) == sizes[0] * sizes[1] * sizes[2]
+    assert len({tuple(sorted(g.items())) for g in grid}) == len(grid)
+
+
+def test_unreadable_yaml_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ndescription: [unclosed\n")
+    with pytest.raises(ConfigError) as e:
+        load_study(str(bad))
+    (p,) = e.value.problems
+    assert "not valid YAML" in p and "bad.yaml" in p
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "engine.sweep", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_cli_rejects_bad_input_with_exit_2_before_ray() -> None:
+    t0 = time.perf_counter()
+    r = _cli("smoke", "pipeline.distill.temperature=-1")
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip() == (
+        "error: sweeps/smoke.yaml: pipeline.distill.temperature: "
+        "Input should be greater than 0 (got -1)"
+    )
+    assert time.perf_counter() - t0 < 60  # no Ray start, no data
+
+
+def test_cli_unknown_study_suggests_nearest() -> None:
+    r = _cli("smok")
+    assert r.returncode == 2
+    assert "unknown study 'smok'; did you mean 'smoke'?" in r.stderr
+
+
+def test_cli_list_and_help() -> None:
+    r = _cli("--list")
+    assert r.returncode == 0
+    for name in STUDIES:
+        assert name in r.stdout
+    h = _cli("--help")
+    assert h.returncode == 0 and "--address" in h.stdout and "--resume" in h.stdout

@@ -1,0 +1,107 @@
+"""End to end: the real CLI runs the ``smoke`` study on local Ray and writes every output."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("smoke") / "run"
+    env = {
+        **os.environ,
+        "COMPRESSION_SWEEPS_CACHE": str(out.parent / "cache"),
+        "RAY_AUTH_MODE": "disabled",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine.sweep", "smoke", "--out", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc
+
+
+@pytest.mark.slow
+def test_smoke_writes_every_output(smoke_run) -> None:
+    out, proc = smoke_run
+    for name in (
+        "results.parquet",
+        "importance.parquet",
+        "manifest.json",
+        "report.md",
+        "report.html",
+        "bad_rows.jsonl",
+    ):
+        assert (out / name).is_file(), name
+    pngs = list(out.glob("*.png"))
+    assert any("pareto" in p.name for p in pngs) and all(p.stat().st_size > 1000 for p in pngs)
+    assert f"Run directory: {out}" in proc.stdout
+
+
+@pytest.mark.slow
+def test_smoke_results_contract(smoke_run) -> None:
+    out, _ = smoke_run
+    df = pd.read_parquet(out / "results.parquet")
+    for col in (
+        "trial_id",
+        "seed",
+        "status",
+        "error",
+        "wall_s",
+        "device",
+        "accuracy",
+        "macro_f1",
+        "gflops",
+        "params",
+        "weights_bytes",
+        "latency_ms_p50",
+        "latency_ms_p95",
+        "pipeline.truncate.strategy",
+        "pipeline.distill.temperature",
+    ):
+        assert col in df.columns, col
+    teacher = df[df.trial_id == "teacher"]
+    students = df[df.trial_id != "teacher"]
+    assert len(teacher) == 1
+    assert len(students) == 2  # grid of 2 strategies x 1 seed
+    assert set(students["pipeline.truncate.strategy"]) == {"fisher", "uniform"}
+    assert (students.status == "ok").all(), students.error.tolist()
+    for col in ("accuracy", "macro_f1", "gflops", "params", "latency_ms_p50"):
+        assert all(math.isfinite(v) for v in df[col]), col
+    assert (students.student_layers == 2).all() and int(teacher.student_layers.iloc[0]) == 6
+    # a 2-of-6-layer student costs less than the teacher, by fvcore count on the built model
+    assert (students.gflops < teacher.gflops.iloc[0]).all()
+    assert (students.params < teacher.params.iloc[0]).all()
+    assert (df.latency_ms_p95 >= df.latency_ms_p50).all()
+
+
+@pytest.mark.slow
+def test_smoke_importance_and_manifest(smoke_run) -> None:
+    out, _ = smoke_run
+    imp = pd.read_parquet(out / "importance.parquet")
+    assert set(imp.method) >= {"fisher", "ablation"}
+    for _, g in imp.groupby("method"):
+        assert sorted(g.layer) == list(range(6))
+        assert sorted(g["rank"]) == list(range(6))
+    man = json.loads((out / "manifest.json").read_text())
+    for key in ("git_commit", "packages", "config", "seeds", "data", "started", "finished"):
+        assert key in man, key
+    assert man["config"]["name"] == "smoke"
+    files = man["data"]["files"]
+    assert files and all(len(f["sha256"]) == 64 for f in files)
+    assert all(f["rows_kept"] > 0 for f in files)
+    assert man["trials"] == {"total": 2, "ok": 2, "failed": 0}
