@@ -168,7 +168,7 @@ def _prepare(cfg: StudyConfig, timings: dict[str, float]) -> tuple[Any, Any, Any
                 {"valid": data.valid, "test": data.test},
                 data.num_labels,
                 key=key,
-                threads=max(1, int(cfg.resources.cpus)),
+                threads=None,  # nothing else runs while the study prepares: use the whole node
             )
         )
         save_cache(art)

@@ -100,11 +100,13 @@ def finetune(
     threads: int | None = None,
 ) -> TeacherArtifacts:
     """Fine-tune the teacher on ``train`` (labels only); compute its train logits and the
-    quality on each split in ``evals``. Plain function: the caller runs it as a Ray task."""
+    quality on each split in ``evals``. Plain function: the caller runs it as a Ray task.
+
+    ``threads`` None uses every core of the node."""
     from engine.measure import classification_metrics
 
-    if threads:
-        torch.set_num_threads(threads)
+    # None = every core of this node (Ray caps torch at the task's num_cpus threads otherwise)
+    torch.set_num_threads(threads or os.cpu_count() or 1)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = build_classifier(cfg.model, num_labels, attn_implementation="sdpa", seed=cfg.seed)
     tensors = {k: torch.as_tensor(train[k]) for k in ("input_ids", "attention_mask", "labels")}

@@ -105,3 +105,35 @@ def test_smoke_importance_and_manifest(smoke_run) -> None:
     assert files and all(len(f["sha256"]) == 64 for f in files)
     assert all(f["rows_kept"] > 0 for f in files)
     assert man["trials"] == {"total": 2, "ok": 2, "failed": 0}
+
+
+@pytest.mark.slow
+def test_missing_data_file_is_a_one_line_error(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "COMPRESSION_SWEEPS_CACHE": str(tmp_path / "cache"),
+        "RAY_AUTH_MODE": "disabled",
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engine.sweep",
+            "smoke",
+            "data.path=/nonexistent/reviews.csv",
+            "--out",
+            str(tmp_path / "run"),
+            "--no-report",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: /nonexistent/reviews.csv: no such file or directory (looked in {REPO})"
+    ]
