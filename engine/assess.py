@@ -13,10 +13,10 @@ from transformers import PreTrainedModel
 
 from engine.config import StudyConfig
 from engine.measure import (
-    classification_metrics,
     count_gflops,
     count_params,
     count_params_nonzero,
+    evaluate,
     measure_latency,
     weights_bytes,
 )
@@ -25,31 +25,17 @@ from engine.models import num_layers
 __all__ = ["assess"]
 
 
-def _predict(
-    model: PreTrainedModel, data: dict[str, np.ndarray], batch_size: int, device: torch.device
-) -> np.ndarray:
-    out = []
-    with torch.inference_mode():
-        for s in range(0, len(data["labels"]), batch_size):
-            ids = torch.as_tensor(data["input_ids"][s : s + batch_size], device=device)
-            mask = torch.as_tensor(data["attention_mask"][s : s + batch_size], device=device)
-            out.append(model(input_ids=ids, attention_mask=mask).logits.float().cpu())
-    return torch.cat(out).numpy()
-
-
 def assess(
     model: PreTrainedModel,
     splits: dict[str, dict[str, np.ndarray]],
     study: StudyConfig,
-    num_labels: int,
     device: torch.device,
 ) -> dict[str, Any]:
     """Quality on each split (``test`` unprefixed, others prefixed ``<split>_``) and cost."""
     model.to(device).eval()
     row: dict[str, Any] = {}
     for split, data in splits.items():
-        logits = _predict(model, data, study.measure.eval_batch_size, device)
-        metrics = classification_metrics(logits, data["labels"], num_labels)
+        _, metrics = evaluate(model, data, batch_size=study.measure.eval_batch_size, device=device)
         prefix = "" if split == "test" else f"{split}_"
         row.update({f"{prefix}{k}": float(v) for k, v in metrics.items()})
     seq = study.data.max_length

@@ -212,7 +212,7 @@ def _teacher_row(cfg: StudyConfig, shared: Any) -> dict[str, Any]:
         t0 = time.perf_counter()
         model = load_model(shared.teacher_config, shared.teacher_state)
         evals = {k: v for k, v in shared.splits.items() if k in ("valid", "test")}
-        row = assess(model, evals, study, shared.num_labels, device)
+        row = assess(model, evals, study, device)
         row["wall_s"] = time.perf_counter() - t0
         return row
 

@@ -77,19 +77,6 @@ def load_model(config: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> P
     return model.eval()
 
 
-def _logits(
-    model: PreTrainedModel, data: dict[str, np.ndarray], batch_size: int, device: torch.device
-) -> np.ndarray:
-    out = []
-    model.to(device).eval()
-    with torch.inference_mode():
-        for s in range(0, len(data["labels"]), batch_size):
-            ids = torch.as_tensor(data["input_ids"][s : s + batch_size], device=device)
-            mask = torch.as_tensor(data["attention_mask"][s : s + batch_size], device=device)
-            out.append(model(input_ids=ids, attention_mask=mask).logits.float().cpu())
-    return torch.cat(out).numpy()
-
-
 def finetune(
     cfg: TeacherConfig,
     train: dict[str, np.ndarray],
@@ -103,7 +90,7 @@ def finetune(
     quality on each split in ``evals``. Plain function: the caller runs it as a Ray task.
 
     ``threads`` None uses every core of the node."""
-    from engine.measure import classification_metrics
+    from engine.measure import evaluate
 
     # None = every core of this node (Ray caps torch at the task's num_cpus threads otherwise)
     torch.set_num_threads(threads or os.cpu_count() or 1)
@@ -126,10 +113,9 @@ def finetune(
     )
     metrics: dict[str, float] = {}
     for split, data in evals.items():
-        logits = _logits(model, data, 128, device)
-        for name, value in classification_metrics(logits, data["labels"], num_labels).items():
-            metrics[f"{split}_{name}"] = float(value)
-    train_logits = _logits(model, train, 128, device).astype(np.float32)
+        _, split_metrics = evaluate(model, data, batch_size=128, device=device)
+        metrics.update({f"{split}_{k}": float(v) for k, v in split_metrics.items()})
+    train_logits, _ = evaluate(model, train, batch_size=128, device=device)
     model.cpu()
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return TeacherArtifacts(model.config.to_dict(), state, train_logits, metrics, key)

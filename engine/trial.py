@@ -89,7 +89,7 @@ def run_trial(config: dict[str, Any], *, study: StudyConfig, shared: SharedInput
         device = _device(trial_study)
         model, record = build_student(trial_study, shared, seed, device)
         evals = {k: v for k, v in shared.splits.items() if k in ("valid", "test")}
-        row.update(assess(model, evals, trial_study, shared.num_labels, device))
+        row.update(assess(model, evals, trial_study, device))
         row["kept_layers"] = ",".join(map(str, record.get("truncate", {}).get("kept_layers", [])))
         row["status"], row["error"] = "ok", None
     except Exception as e:  # a failing trial is data, not a crash of the study
