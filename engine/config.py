@@ -27,6 +27,8 @@ __all__ = [
     "DistillConfig",
     "MeasureConfig",
     "PipelineConfig",
+    "PruneConfig",
+    "QuantizeConfig",
     "StudyConfig",
     "apply_overrides",
     "flatten",
@@ -111,12 +113,72 @@ class DistillConfig(Section):
         return self
 
 
+class PruneConfig(Section):
+    """Prune the student: structured (attention heads + FFN neurons, physically removed) or
+    masked (``unstructured`` magnitude, ``semi_structured_2_4``: 2 of every 4 weights).
+
+    Gradual schedule (Zhu & Gupta 2017): over ``steps`` training steps the sparsity follows
+    s_t = s_f + (s_i − s_f)(1 − t/n)^``exponent``, pruned every ``prune_every`` steps, with
+    s_f = ``head_sparsity`` / ``neuron_sparsity`` (structured) or ``weight_sparsity``
+    (unstructured) and s_i = min(``initial_sparsity``, s_f). ``steps: 0`` prunes once.
+    While pruning, training uses the KD loss when ``kd`` is true (pruning-aware
+    distillation). Then ``recovery_steps`` of fine-tuning at ``recovery_lr``.
+    """
+
+    method: Literal["structured", "unstructured", "semi_structured_2_4"] = "structured"
+    criterion: Literal["magnitude", "taylor", "fisher"] = "magnitude"
+    head_sparsity: float = Field(0.25, ge=0, lt=1)
+    neuron_sparsity: float = Field(0.25, ge=0, lt=1)
+    weight_sparsity: float = Field(0.5, ge=0, lt=1)
+    initial_sparsity: float = Field(0.0, ge=0, lt=1)
+    exponent: float = Field(3.0, gt=0)
+    steps: int = Field(0, ge=0)
+    prune_every: int = Field(1, ge=1)
+    score_batches: int = Field(4, ge=1)
+    lr: float = Field(1e-4, gt=0, lt=1)
+    batch_size: int = Field(32, ge=1)
+    weight_decay: float = Field(0.01, ge=0)
+    kd: bool = True
+    temperature: float = Field(2.0, gt=0)
+    alpha_distill: float = Field(0.5, ge=0)
+    alpha_task: float = Field(0.5, ge=0)
+    recovery_steps: int = Field(0, ge=0)
+    recovery_lr: float = Field(3e-5, gt=0, lt=1)
+    recovery_warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    freeze_embeddings: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> PruneConfig:
+        if self.method != "structured" and self.criterion != "magnitude":
+            raise ValueError(f"method {self.method!r} supports criterion 'magnitude' only")
+        if self.kd and self.alpha_distill + self.alpha_task <= 0:
+            raise ValueError("alpha_distill + alpha_task must be > 0")
+        return self
+
+
+class QuantizeConfig(Section):
+    """Quantize the student's Linear layers (the last stage of a pipeline).
+
+    ``backend: auto`` picks bitsandbytes ``bnb_int8`` (LLM.int8) on CUDA and PyTorch
+    ``dynamic_int8`` on CPU; ``bnb_4bit`` uses ``quant_type`` (nf4/fp4) with
+    ``compute_dtype``. The choice is recorded in the ``quant`` column.
+    """
+
+    backend: Literal["auto", "dynamic_int8", "bnb_int8", "bnb_4bit"] = "auto"
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    compute_dtype: Literal["float32", "float16", "bfloat16"] = "bfloat16"
+    int8_threshold: float = Field(6.0, ge=0)
+    skip_classifier: bool = True
+
+
 class PipelineConfig(Section):
     """Ordered compression stages; each stage's parameters live under its own name."""
 
     order: tuple[str, ...] = ("truncate", "distill")
     truncate: TruncateConfig = TruncateConfig(keep_ratio=0.5)
     distill: DistillConfig = DistillConfig()
+    prune: PruneConfig = PruneConfig()
+    quantize: QuantizeConfig = QuantizeConfig()
 
 
 class SearchConfig(Section):
@@ -259,6 +321,12 @@ def _check_names(cfg: StudyConfig, source: str) -> list[str]:
     for i, m in enumerate(cfg.importance.methods):
         if m not in IMPORTANCE:
             problems.append(f"{source}: importance.methods.{i}: {IMPORTANCE.unknown_message(m)}")
+    order = cfg.pipeline.order
+    if "quantize" in order and order.index("quantize") != len(order) - 1:
+        problems.append(
+            f"{source}: pipeline.order: 'quantize' must be the last stage "
+            f"(a quantized model is not trained further), got {list(order)}"
+        )
     if "truncate" in cfg.pipeline.order:
         s = cfg.pipeline.truncate.strategy
         allowed = (*cfg.importance.methods, *BASELINE_STRATEGIES)

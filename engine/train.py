@@ -50,11 +50,14 @@ def train_classifier(
     teacher_logits: torch.Tensor | None = None,
     device: torch.device | str = "cpu",
     on_step: Callable[[int, float], None] | None = None,
+    on_optimizer: Callable[[torch.optim.Optimizer], None] | None = None,
 ) -> TrainStats:
     """Train ``model`` in place with AdamW and a linear warm-up/decay schedule.
 
     The example order is a permutation drawn from ``seed`` each epoch, so a run is
     reproducible. ``epochs`` may be fractional; ``max_steps`` caps the step count.
+    ``on_optimizer`` sees the optimizer once it is built; ``on_step(step, loss)`` runs after
+    every optimizer step (e.g. to re-apply pruning masks).
     """
     device = torch.device(device)
     n = int(train["labels"].shape[0])
@@ -69,6 +72,8 @@ def train_classifier(
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     sched = get_linear_schedule_with_warmup(opt, int(warmup_ratio * total), total)
+    if on_optimizer is not None:
+        on_optimizer(opt)
     gen = torch.Generator().manual_seed(seed)
     model.to(device).train()
     losses: list[float] = []

@@ -28,6 +28,8 @@ class StageContext:
         device: where to run.
         threads: torch intra-op threads for this trial.
         record: what the stages did (written to results and the model's JSON).
+        extras: objects stages hand to later ones (e.g. pruning masks, the float model
+            before quantization); not written anywhere.
     """
 
     teacher: PreTrainedModel
@@ -38,6 +40,7 @@ class StageContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     record: dict[str, Any] = field(default_factory=dict)
     report: Callable[[dict[str, float]], None] | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 StageFn = Callable[[PreTrainedModel, Any, StageContext], PreTrainedModel]

@@ -1,0 +1,138 @@
+"""Importance of each attention head and FFN neuron, by a configurable criterion.
+
+* ``magnitude`` — L2 norm of the unit's weights: a head's rows of Q, K, V and its columns of
+  the output projection; a neuron's row of the up (and gate) projection and its column of the
+  down projection.
+* ``taylor`` — first-order Taylor estimate of the loss change when the unit is removed
+  (Molchanov et al. 2017; Michel et al. 2019): a mask m = 1 multiplies each unit's output and
+  the score is the batch mean of |∂L/∂m|.
+* ``fisher`` — the empirical Fisher information of the same mask, batch mean of (∂L/∂m)²
+  (Kwon et al. 2022, "A Fast Post-Training Pruning Framework for Transformers").
+
+Higher = more important to keep. L is the task cross-entropy on the given training batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.compress.structure import block_parts, ffn_width, head_ids
+from engine.models import layer_list
+
+__all__ = ["CRITERIA", "unit_scores"]
+
+CRITERIA = ("magnitude", "taylor", "fisher")
+
+UnitScores = tuple[list[torch.Tensor] | None, list[torch.Tensor]]  # (heads, neurons) per layer
+
+
+def _sq(w: torch.Tensor, dim: int, size: int) -> torch.Tensor:
+    """Sum of squares over every axis but ``dim``, grouped into ``size`` units along it."""
+    w = w.detach().float().transpose(0, dim) if dim else w.detach().float()
+    return w.reshape(size, -1).pow(2).sum(1)
+
+
+def _magnitude(model: nn.Module, heads: bool) -> UnitScores:
+    h_scores: list[torch.Tensor] = []
+    n_scores: list[torch.Tensor] = []
+    for block in layer_list(model):
+        p = block_parts(block)
+        width = ffn_width(block)
+        s = torch.zeros(width)
+        for lin in p.ffn_in:
+            s += _sq(lin.weight, 1 if p.conv1d else 0, width).cpu()
+        s += _sq(p.ffn_out.weight, 0 if p.conv1d else 1, width).cpu()
+        n_scores.append(s.sqrt())
+        if heads:
+            n_heads = len(head_ids(block))
+            hs = sum(_sq(lin.weight, 0, n_heads) for lin in p.qkv)
+            hs = hs + _sq(p.attn_out.weight, 1, n_heads)
+            h_scores.append(hs.cpu().sqrt())
+    return (h_scores if heads else None), n_scores
+
+
+def _mask_hook(mask: torch.Tensor, grouped: bool):
+    def hook(_mod: nn.Module, args: tuple) -> tuple:
+        x = args[0]
+        if grouped:  # [..., heads · d] → scale each head's slice
+            x = (x.unflatten(-1, (mask.numel(), -1)) * mask[:, None]).flatten(-2)
+        else:
+            x = x * mask
+        return (x, *args[1:])
+
+    return hook
+
+
+def _mask_gradients(
+    model: nn.Module,
+    batches: Iterable[dict[str, torch.Tensor]],
+    heads: bool,
+    squared: bool,
+    device: torch.device,
+) -> UnitScores:
+    blocks = list(layer_list(model))
+    n_masks = [torch.ones(ffn_width(b), device=device, requires_grad=True) for b in blocks]
+    h_masks = (
+        [torch.ones(len(head_ids(b)), device=device, requires_grad=True) for b in blocks]
+        if heads
+        else []
+    )
+    handles = []
+    for i, b in enumerate(blocks):
+        p = block_parts(b)
+        handles.append(p.ffn_out.register_forward_pre_hook(_mask_hook(n_masks[i], False)))
+        if heads:
+            handles.append(p.attn_out.register_forward_pre_hook(_mask_hook(h_masks[i], True)))
+    masks = [*n_masks, *h_masks]
+    acc = [torch.zeros_like(m) for m in masks]
+    flags = [p.requires_grad for p in model.parameters()]
+    was_training = model.training
+    model.eval()
+    n = 0
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for b in batches:
+            logits = model(
+                input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)
+            ).logits
+            loss = F.cross_entropy(logits, b["labels"].to(device))
+            grads = torch.autograd.grad(loss, masks)
+            for a, g in zip(acc, grads, strict=True):
+                a += g.pow(2) if squared else g.abs()
+            n += 1
+    finally:
+        for h in handles:
+            h.remove()
+        for p, f in zip(model.parameters(), flags, strict=True):
+            p.requires_grad_(f)
+        model.train(was_training)
+    if n == 0:
+        raise ValueError("mask-gradient scores need at least one batch")
+    out = [(a / n).detach().cpu() for a in acc]
+    k = len(n_masks)
+    return (out[k:] if heads else None), out[:k]
+
+
+def unit_scores(
+    model: nn.Module,
+    criterion: str,
+    *,
+    heads: bool,
+    batches: Iterable[dict[str, torch.Tensor]] = (),
+    device: torch.device | str = "cpu",
+) -> UnitScores:
+    """Per-layer scores of the heads (None when ``heads`` is false) and the FFN neurons, in
+    the blocks' current order. ``batches`` (input_ids, attention_mask, labels) are needed by
+    the gradient criteria."""
+    if criterion == "magnitude":
+        return _magnitude(model, heads)
+    if criterion in ("taylor", "fisher"):
+        return _mask_gradients(
+            model, batches, heads, squared=criterion == "fisher", device=torch.device(device)
+        )
+    raise ValueError(f"unknown pruning criterion {criterion!r} (known: {', '.join(CRITERIA)})")
