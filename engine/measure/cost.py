@@ -83,6 +83,54 @@ _MATMUL_LIKE = re.compile(
 )
 
 
+_BNB_LINEARS = ("Linear8bitLt", "Linear4bit")
+
+
+def _is_quantized_linear(mod: nn.Module) -> bool:
+    """PyTorch dynamic-int8 Linear or a bitsandbytes 8/4-bit Linear."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    return isinstance(mod, DynamicLinear) or type(mod).__name__ in _BNB_LINEARS
+
+
+class _FloatStandIns:
+    """Swap quantized Linear modules for zero-filled float ``nn.Linear`` of the same shape
+    while fvcore traces (values are irrelevant to the count), and swap them back after.
+
+    fvcore cannot trace a dynamically quantized model (the jit tracer rejects its packed
+    weights) nor count bitsandbytes' autograd functions, so a quantized Linear is counted as
+    the Linear it replaces: one multiply-add per weight per token, whatever its precision.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.swapped: list[tuple[nn.Module, str, nn.Module]] = []
+
+    def __enter__(self) -> _FloatStandIns:
+        for name, mod in list(self.model.named_modules()):
+            if not name or not _is_quantized_linear(mod):
+                continue
+            parent_name, _, attr = name.rpartition(".")
+            parent = self.model.get_submodule(parent_name) if parent_name else self.model
+            bias = getattr(mod, "bias", None)
+            has_bias = bias() is not None if callable(bias) else bias is not None
+            stand_in = nn.Linear(mod.in_features, mod.out_features, bias=has_bias)
+            nn.init.zeros_(stand_in.weight)
+            setattr(parent, attr, stand_in.to(_module_device(self.model)))
+            self.swapped.append((parent, attr, mod))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for parent, attr, mod in self.swapped:
+            setattr(parent, attr, mod)
+
+
+def _module_device(model: nn.Module) -> torch.device:
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
 class _LogitsOnly(nn.Module):
     """Wrap an HF model so tracing sees tensors in and one tensor out."""
 
@@ -109,6 +157,27 @@ def _has_weight_matrix(mod: nn.Module) -> bool:
     return isinstance(w, torch.Tensor) and w.dim() >= 2 and not isinstance(mod, nn.Embedding)
 
 
+def _trace_count(
+    wrapped: nn.Module, model: nn.Module, batch_size: int, seq_len: int, device: torch.device
+) -> int:
+    fca = FlopCountAnalysis(wrapped, _dummy_ids(model, batch_size, seq_len, device))
+    fca.clear_op_handles().set_op_handle(**MATMUL_HANDLES)
+    fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    fca.tracer_warnings("none")
+    with torch.no_grad():
+        total = int(fca.total())
+    missed = sorted(op for op in fca.unsupported_ops() if _MATMUL_LIKE.search(op))
+    if missed:
+        raise RuntimeError(f"fvcore cannot count matmul-class ops {missed}; add a handle")
+    named = dict(wrapped.named_modules())
+    uncalled = sorted(
+        n for n in fca.uncalled_modules() if n in named and _has_weight_matrix(named[n])
+    )
+    if uncalled:
+        raise RuntimeError(f"modules with weights were not traced, cost unknown: {uncalled}")
+    return total
+
+
 def count_multiply_adds(model: nn.Module, seq_len: int, *, batch_size: int = 1) -> int:
     """Total matmul-class multiply-adds (fvcore's "flops") of one forward on a dummy batch.
 
@@ -118,26 +187,13 @@ def count_multiply_adds(model: nn.Module, seq_len: int, *, batch_size: int = 1) 
     """
     if seq_len < 1 or batch_size < 1:
         raise ValueError(f"seq_len and batch_size must be >= 1, got {seq_len}, {batch_size}")
-    device = next(model.parameters()).device
+    device = _module_device(model)
     wrapped = _LogitsOnly(model)
     was_training = model.training
     model.eval()
     try:
-        fca = FlopCountAnalysis(wrapped, _dummy_ids(model, batch_size, seq_len, device))
-        fca.clear_op_handles().set_op_handle(**MATMUL_HANDLES)
-        fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-        fca.tracer_warnings("none")
-        with torch.no_grad():
-            total = int(fca.total())
-        missed = sorted(op for op in fca.unsupported_ops() if _MATMUL_LIKE.search(op))
-        if missed:
-            raise RuntimeError(f"fvcore cannot count matmul-class ops {missed}; add a handle")
-        named = dict(wrapped.named_modules())
-        uncalled = sorted(
-            n for n in fca.uncalled_modules() if n in named and _has_weight_matrix(named[n])
-        )
-        if uncalled:
-            raise RuntimeError(f"modules with weights were not traced, cost unknown: {uncalled}")
+        with _FloatStandIns(model):
+            total = _trace_count(wrapped, model, batch_size, seq_len, device)
     finally:
         model.train(was_training)
     return total
@@ -151,26 +207,75 @@ def count_gflops(model: nn.Module, seq_len: int, *, batch_size: int = 1) -> floa
     return 2.0 * count_multiply_adds(model, seq_len, batch_size=batch_size) / batch_size / 1e9
 
 
+def _dynamic_quantized(model: nn.Module) -> list[torch.Tensor]:
+    """The int8 weights and float biases held by dynamic-quantized Linear modules (they are
+    not ``parameters()``)."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    out = []
+    for m in model.modules():
+        if isinstance(m, DynamicLinear):
+            out.append(m.weight())
+            if m.bias() is not None:
+                out.append(m.bias())
+    return out
+
+
+def _nonzero(t: torch.Tensor) -> int:
+    return int(torch.count_nonzero(t.dequantize() if t.is_quantized else t.detach()))
+
+
 def count_params(model: nn.Module) -> int:
-    """Number of parameters (shared/tied parameters counted once)."""
-    return sum(p.numel() for p in model.parameters())
+    """Number of parameters (shared/tied parameters counted once). Quantized Linear weights
+    count one per weight entry, whatever their precision (a 4-bit pair packed in a byte is
+    two)."""
+    total = sum(p.numel() for p in model.parameters())
+    total += sum(t.numel() for t in _dynamic_quantized(model))
+    for m in model.modules():
+        if type(m).__name__ == "Linear4bit":
+            total += m.in_features * m.out_features - m.weight.numel()
+    return total
 
 
 def count_params_nonzero(model: nn.Module) -> int:
-    """Number of non-zero parameter entries: what is left after unstructured pruning."""
-    return sum(int(torch.count_nonzero(p.detach())) for p in model.parameters())
+    """Number of non-zero parameter entries: what is left after unstructured pruning
+    (dynamic-int8 weights counted after dequantization)."""
+    tensors = [*model.parameters(), *_dynamic_quantized(model)]
+    return sum(_nonzero(t) for t in tensors)
+
+
+def _flat_tensors(values: Any) -> list[torch.Tensor]:
+    """State-dict values → tensors (dynamic-quantized Linear stores a (weight, bias) tuple)."""
+    out: list[torch.Tensor] = []
+    for v in values:
+        if isinstance(v, torch.Tensor):
+            out.append(v)
+        elif isinstance(v, tuple | list):
+            out.extend(_flat_tensors(v))
+    return out
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    if not t.is_quantized:
+        return t.nbytes
+    n = t.int_repr().nbytes
+    if t.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+        n += t.q_per_channel_scales().nbytes + t.q_per_channel_zero_points().nbytes
+    return n + 16  # per-tensor scale (float64) and zero point (int64)
 
 
 def weights_bytes(model: nn.Module) -> int:
-    """Bytes of the tensors ``save_pretrained`` would write: state-dict tensors' ``nbytes``.
+    """Bytes of the tensors ``save_pretrained`` would write: state-dict tensors' ``nbytes``
+    (quantized tensors: their int8 payload plus scales and zero points).
 
     Tied weights (e.g. an LM head sharing the embedding) appear twice in the state dict but are
     written once, so identical views of the same storage are counted once.
     """
     seen: set[tuple[int, int, tuple[int, ...], tuple[int, ...], torch.dtype]] = set()
     total = 0
-    for t in model.state_dict().values():
-        if not isinstance(t, torch.Tensor):
+    for t in _flat_tensors(model.state_dict().values()):
+        if t.is_quantized:
+            total += _nbytes(t)
             continue
         key = (
             t.untyped_storage().data_ptr(),
