@@ -30,9 +30,23 @@ def assess(
     splits: dict[str, dict[str, np.ndarray]],
     study: StudyConfig,
     device: torch.device,
+    record: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Quality on each split (``test`` unprefixed, others prefixed ``<split>_``) and cost."""
-    model.to(device).eval()
+    """Quality on each split (``test`` unprefixed, others prefixed ``<split>_``) and cost.
+
+    ``record`` (what the compression stages did) adds ``quant`` and ``gflops_theoretical``
+    = ``gflops`` × (1 − mask sparsity): the seeds' estimate for masked (unstructured / 2:4)
+    pruning, which a dense kernel does not realise; ``gflops`` stays the dense fvcore count.
+    A dynamic-int8 model runs on CPU whatever the trial's device.
+    """
+    record = record or {}
+    if record.get("quant") == "dynamic_int8":
+        device = torch.device("cpu")
+    if record.get("quant", "").startswith("bnb"):
+        device = next(model.parameters()).device  # bitsandbytes layers live where they were
+    else:
+        model.to(device)
+    model.eval()
     row: dict[str, Any] = {}
     for split, data in splits.items():
         _, metrics = evaluate(model, data, batch_size=study.measure.eval_batch_size, device=device)
@@ -40,6 +54,8 @@ def assess(
         row.update({f"{prefix}{k}": float(v) for k, v in metrics.items()})
     seq = study.data.max_length
     row["gflops"] = float(count_gflops(model, seq))
+    row["gflops_theoretical"] = row["gflops"] * (1.0 - float(record.get("sparsity", 0.0)))
+    row["quant"] = record.get("quant", "none")
     row["params"] = int(count_params(model))
     row["params_nonzero"] = int(count_params_nonzero(model))
     row["weights_bytes"] = int(weights_bytes(model))

@@ -236,7 +236,7 @@ def _tune(cfg: StudyConfig, shared: Any, run_dir: Path, resume: bool) -> Any:
     from engine.trial import run_trial
 
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, study=cfg, shared=shared),
+        tune.with_parameters(run_trial, study=cfg, shared=shared, run_dir=str(run_dir.resolve())),
         {"cpu": cfg.resources.cpus, "gpu": cfg.resources.gpus},
     )
     storage = run_dir.resolve()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,9 +48,16 @@ def _device(study: StudyConfig) -> torch.device:
 
 
 def build_student(
-    study: StudyConfig, shared: SharedInputs, seed: int, device: torch.device
+    study: StudyConfig,
+    shared: SharedInputs,
+    seed: int,
+    device: torch.device,
+    save_dir: str | Path | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Run the pipeline on a fresh copy of the teacher; returns the model and the record."""
+    """Run the pipeline on a fresh copy of the teacher; returns the model and the record.
+
+    With ``save_dir`` the result is saved there in HF format (:mod:`engine.compress.save`).
+    """
     from engine.teacher import load_model
 
     torch.manual_seed(seed)
@@ -70,11 +78,25 @@ def build_student(
     for name in study.pipeline.order:
         stage_cfg = getattr(study.pipeline, name, None)
         model = STAGES.get(name)(model, stage_cfg, ctx)
+    if save_dir is not None:
+        from engine.compress.save import save_compressed
+
+        pipeline = study.pipeline.model_dump(mode="json")
+        save_compressed(model, save_dir, record=ctx.record, extras=ctx.extras, pipeline=pipeline)
+        ctx.record["saved_to"] = str(save_dir)
     return model, ctx.record
 
 
-def run_trial(config: dict[str, Any], *, study: StudyConfig, shared: SharedInputs) -> None:
-    """Tune function trainable. ``config = {"values": {dotted: value}, "seed": int}``."""
+def run_trial(
+    config: dict[str, Any],
+    *,
+    study: StudyConfig,
+    shared: SharedInputs,
+    run_dir: str | None = None,
+) -> None:
+    """Tune function trainable. ``config = {"values": {dotted: value}, "seed": int}``.
+
+    With ``run_dir`` the student is saved under ``run_dir/models/<trial_id>/``."""
     from ray import tune
 
     from engine.assess import assess
@@ -87,9 +109,11 @@ def run_trial(config: dict[str, Any], *, study: StudyConfig, shared: SharedInput
     try:
         trial_study = with_values(study, trial_values(config))
         device = _device(trial_study)
-        model, record = build_student(trial_study, shared, seed, device)
+        save_dir = Path(run_dir, "models", tune.get_context().get_trial_id()) if run_dir else None
+        model, record = build_student(trial_study, shared, seed, device, save_dir)
         evals = {k: v for k, v in shared.splits.items() if k in ("valid", "test")}
-        row.update(assess(model, evals, trial_study, device))
+        row.update(assess(model, evals, trial_study, device, record))
+        row["model_dir"] = record.get("saved_to")
         row["kept_layers"] = ",".join(map(str, record.get("truncate", {}).get("kept_layers", [])))
         row["status"], row["error"] = "ok", None
     except Exception as e:  # a failing trial is data, not a crash of the study
