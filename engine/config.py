@@ -105,9 +105,24 @@ class DistillConfig(Section):
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     freeze_embeddings: bool = True
+    # Feature distillation (TinyBERT-style), each with its own weight; 0 = off. Student layer i
+    # is matched to teacher layer ``layer_map[i]`` (0-based); default: the layers truncate kept,
+    # else evenly spaced. Attention terms compare head-averaged attention maps (any head count).
+    alpha_hidden: float = Field(0.0, ge=0)
+    alpha_attention: float = Field(0.0, ge=0)
+    layer_map: tuple[int, ...] | None = None
+    # Ensemble teacher: weights of the study's teacher followed by the extra teachers whose
+    # train logits a caller puts in ctx.extras["extra_teacher_logits"]; None = single teacher.
+    teacher_weights: tuple[float, ...] | None = None
 
     @model_validator(mode="after")
     def _weights(self) -> DistillConfig:
+        if self.teacher_weights is not None and (
+            not self.teacher_weights
+            or min(self.teacher_weights) < 0
+            or sum(self.teacher_weights) <= 0
+        ):
+            raise ValueError("teacher_weights must be non-negative with a positive sum")
         if self.kd and self.alpha_distill + self.alpha_task <= 0:
             raise ValueError("alpha_distill + alpha_task must be > 0")
         return self

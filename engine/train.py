@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -51,13 +52,17 @@ def train_classifier(
     device: torch.device | str = "cpu",
     on_step: Callable[[int, float], None] | None = None,
     on_optimizer: Callable[[torch.optim.Optimizer], None] | None = None,
+    aux_loss: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
+    forward_kwargs: dict[str, Any] | None = None,
 ) -> TrainStats:
     """Train ``model`` in place with AdamW and a linear warm-up/decay schedule.
 
     The example order is a permutation drawn from ``seed`` each epoch, so a run is
     reproducible. ``epochs`` may be fractional; ``max_steps`` caps the step count.
     ``on_optimizer`` sees the optimizer once it is built; ``on_step(step, loss)`` runs after
-    every optimizer step (e.g. to re-apply pruning masks).
+    every optimizer step (e.g. to re-apply pruning masks). ``aux_loss(outputs, idx)`` adds a
+    term computed from the model's full outputs (run with ``forward_kwargs``, e.g.
+    ``output_hidden_states=True``) and the batch's row indices into ``train``.
     """
     device = torch.device(device)
     n = int(train["labels"].shape[0])
@@ -89,8 +94,10 @@ def train_classifier(
             mask = train["attention_mask"][idx].to(device)
             labels = train["labels"][idx].to(device)
             t_logits = teacher_logits[idx].to(device) if teacher_logits is not None else None
-            logits = model(input_ids=ids, attention_mask=mask).logits
-            loss = loss_fn(logits, labels, t_logits)
+            outputs = model(input_ids=ids, attention_mask=mask, **(forward_kwargs or {}))
+            loss = loss_fn(outputs.logits, labels, t_logits)
+            if aux_loss is not None:
+                loss = loss + aux_loss(outputs, idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -9,7 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from engine.compress import STAGES, StageContext
-from engine.compress.distill import kd_loss
+from engine.compress.distill import (
+    attention_mse,
+    ensemble_logits,
+    hidden_mse,
+    kd_loss,
+    layer_mapping,
+)
 from engine.config import DistillConfig
 from engine.train import train_classifier
 from tests.conftest import tiny_bert, toy_batches
@@ -139,3 +145,95 @@ def test_kd_off_ignores_the_teacher() -> None:
         assert ctx.record["distill"]["alpha_distill"] == 0.0
     for a, b in zip(*results, strict=True):
         assert torch.equal(a, b)
+
+
+# ----------------------------------------------------------------------------- additions
+
+
+def test_ensemble_logits_and_kd_loss_by_hand() -> None:
+    z1 = torch.tensor([[1.0, 0.0, -1.0]])
+    z2 = torch.tensor([[0.0, 2.0, 1.0]])
+    ens = ensemble_logits([z1, z2], (1.0, 3.0))
+    torch.testing.assert_close(ens, torch.tensor([[0.25, 1.5, 0.5]]))
+    s, y, temp = torch.tensor([[0.5, 0.5, 0.0]]), torch.tensor([1]), 2.0
+    pt = [math.exp(v / temp) for v in (0.25, 1.5, 0.5)]
+    pt = [v / sum(pt) for v in pt]
+    ps = [math.exp(v / temp) for v in (0.5, 0.5, 0.0)]
+    ps = [v / sum(ps) for v in ps]
+    kl = sum(p * math.log(p / q) for p, q in zip(pt, ps, strict=True))
+    got = kd_loss(s, y, ens, temperature=temp, alpha_distill=1.0, alpha_task=0.0)
+    assert float(got) == pytest.approx(temp**2 * kl, rel=1e-5)  # float32
+    with pytest.raises(ValueError, match="2 teacher weights for 1"):
+        ensemble_logits([z1], (1.0, 1.0))
+
+
+def test_hidden_and_attention_mse_by_hand() -> None:
+    mask = torch.tensor([[1, 1, 0]])
+    emb = torch.zeros(1, 3, 2)
+    s1 = torch.tensor([[[1.0, 2.0], [0.0, 0.0], [9.0, 9.0]]])
+    t1 = torch.tensor([[[0.0, 0.0], [1.0, 1.0], [0.0, 0.0]]])  # teacher layer 0
+    t2 = torch.tensor([[[1.0, 2.0], [0.0, 2.0], [5.0, 5.0]]])  # teacher layer 1
+    # student layer 0 ↔ teacher layer 1: squared errors on the 2 real tokens: 0 + 4 → 4 / (2·2)
+    got = hidden_mse((emb, s1), (emb, t1, t2), [1], mask)
+    assert float(got) == pytest.approx(4 / 4)
+    # mapped to teacher layer 0: 1 + 4 + 1 + 1 = 7 → 7 / 4
+    assert float(hidden_mse((emb, s1), (emb, t1, t2), [0], mask)) == pytest.approx(7 / 4)
+    # attention: 2 heads, averaged → compare on the 2×2 real block
+    a_s = torch.zeros(1, 2, 3, 3)
+    a_s[0, 0, :, 0] = 1.0  # head 0 looks at token 0, head 1 at nothing → mean 0.5 at column 0
+    a_t = torch.zeros(1, 1, 3, 3)
+    a_t[0, 0, :, 1] = 1.0
+    # real block: mean map has 0.5 in column 0, teacher 1 in column 1 → (0.25 + 1) · 2 rows / 4
+    got = attention_mse((a_s,), (a_t,), [0], mask)
+    assert float(got) == pytest.approx((0.25 + 1.0) * 2 / 4)
+
+
+def test_layer_mapping() -> None:
+    assert layer_mapping(2, 6, [1, 4]) == [1, 4]  # truncate's kept layers
+    assert layer_mapping(2, 6, None) == [2, 5]  # = truncate's uniform strategy
+    assert layer_mapping(3, 6, None) == [1, 3, 5]
+    assert layer_mapping(4, 4, [0, 1]) == [0, 1, 2, 3]  # kept list of another depth is ignored
+
+
+def test_feature_distillation_pulls_hidden_states_to_the_teacher() -> None:
+    data = _train_data(32)
+    teacher = tiny_bert(num_layers=4, seed=5)
+    student = tiny_bert(num_layers=2, seed=9)  # unrelated weights: far from the teacher
+    cfg = DistillConfig(alpha_distill=0.0, alpha_task=1e-6, alpha_hidden=1.0, alpha_attention=1.0,
+                        epochs=6, lr=2e-3, batch_size=8, warmup_ratio=0.0,
+                        freeze_embeddings=False)  # fmt: skip
+    ctx = StageContext(teacher=teacher, train=data, teacher_logits=torch.zeros(32, 5),
+                       importance={}, seed=0)  # fmt: skip
+    ctx.record["truncate"] = {"kept_layers": [1, 3]}
+
+    def mse() -> float:
+        kw = {"input_ids": data["input_ids"], "attention_mask": data["attention_mask"],
+              "output_hidden_states": True}  # fmt: skip
+        with torch.no_grad():
+            hs, ht = student(**kw).hidden_states, teacher(**kw).hidden_states
+        return float(hidden_mse(hs, ht, [1, 3], data["attention_mask"]))
+
+    before = mse()
+    STAGES.get("distill")(student, cfg, ctx)
+    assert mse() < 0.5 * before
+    assert ctx.record["distill_features"]["layer_map"] == [1, 3]
+    assert student.config._attn_implementation == teacher.config._attn_implementation == "sdpa"
+
+
+def test_ensemble_with_zero_weight_on_the_first_teacher_is_the_second_teacher() -> None:
+    data = _train_data()
+    other = 5 * torch.randn(32, 5, generator=torch.Generator().manual_seed(4))
+    results = []
+    for t_logits, weights, extra in (
+        (torch.zeros(32, 5), (0.0, 1.0), [other]),
+        (other, None, []),
+    ):
+        m = tiny_bert(num_layers=1, seed=2)
+        ctx = StageContext(teacher=m, train=data, teacher_logits=t_logits, importance={}, seed=0)
+        ctx.extras["extra_teacher_logits"] = extra
+        STAGES.get("distill")(
+            m, DistillConfig(epochs=1, batch_size=8, teacher_weights=weights), ctx
+        )
+        results.append([p.detach().clone() for p in m.parameters()])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b)

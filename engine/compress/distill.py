@@ -6,6 +6,12 @@ Loss (Hinton et al. 2015)::
 
 The T² factor keeps the soft-target gradients on the same scale as the hard-target ones
 when T changes. ``kd: false`` is the no-distillation control (labels only, same steps).
+
+Optional feature terms (TinyBERT, Jiao et al. 2020), each with its own weight:
+``alpha_hidden`` · mean over mapped layers of MSE(h_s^i, h_t^{map(i)}) on non-padding tokens,
+and ``alpha_attention`` · the same on head-averaged attention maps (so a head-pruned student
+still compares with its teacher). An **ensemble teacher** replaces z_t by the weighted mean
+Σ w_k z_t^k / Σ w_k of several teachers' logits (:func:`ensemble_logits`).
 """
 
 from __future__ import annotations
@@ -18,7 +24,14 @@ from engine.compress.base import StageContext, register_stage
 from engine.config import DistillConfig
 from engine.train import train_classifier
 
-__all__ = ["apply", "kd_loss"]
+__all__ = [
+    "apply",
+    "attention_mse",
+    "ensemble_logits",
+    "hidden_mse",
+    "kd_loss",
+    "layer_mapping",
+]
 
 
 def kd_loss(
@@ -44,6 +57,94 @@ def kd_loss(
     return loss
 
 
+def ensemble_logits(logits: list[torch.Tensor], weights: tuple[float, ...] | list[float]):
+    """Weighted average Σ w_k z_k / Σ w_k of several teachers' logits (same shape)."""
+    if len(logits) != len(weights):
+        raise ValueError(f"{len(weights)} teacher weights for {len(logits)} teachers")
+    if len({tuple(z.shape) for z in logits}) != 1:
+        raise ValueError("ensemble teachers' logits differ in shape")
+    w = torch.as_tensor(weights, dtype=logits[0].dtype)
+    return (torch.stack(logits) * w.view(-1, *([1] * logits[0].dim()))).sum(0) / w.sum()
+
+
+def layer_mapping(student_layers: int, teacher_layers: int, kept: list[int] | None) -> list[int]:
+    """Teacher layer (0-based) for each student layer: the kept ones after truncation, else
+    evenly spaced ending at the last (layer ⌊(i+1)·L/k⌉ − 1)."""
+    if kept is not None and len(kept) == student_layers:
+        return list(kept)
+    return [
+        min(teacher_layers, int((i + 1) * teacher_layers / student_layers + 0.5)) - 1
+        for i in range(student_layers)
+    ]
+
+
+def hidden_mse(
+    student: tuple[torch.Tensor, ...],
+    teacher: tuple[torch.Tensor, ...],
+    mapping: list[int],
+    mask: torch.Tensor,
+) -> torch.Tensor:
+    """Mean over mapped layers of the MSE between block outputs on non-padding tokens.
+
+    ``student``/``teacher`` are HF ``hidden_states`` (embeddings first, then each block)."""
+    m = mask.unsqueeze(-1).to(student[0].dtype)
+    denom = m.sum() * student[0].shape[-1]
+    terms = [
+        ((student[i + 1] - teacher[t + 1]).pow(2) * m).sum() / denom for i, t in enumerate(mapping)
+    ]
+    return torch.stack(terms).mean()
+
+
+def attention_mse(
+    student: tuple[torch.Tensor, ...],
+    teacher: tuple[torch.Tensor, ...],
+    mapping: list[int],
+    mask: torch.Tensor,
+) -> torch.Tensor:
+    """Mean over mapped layers of the MSE between head-averaged attention maps [B, S, S],
+    over query and key positions that are both real tokens."""
+    pair = (mask.unsqueeze(2) * mask.unsqueeze(1)).to(student[0].dtype)
+    terms = [
+        ((student[i].mean(1) - teacher[t].mean(1)).pow(2) * pair).sum() / pair.sum()
+        for i, t in enumerate(mapping)
+    ]
+    return torch.stack(terms).mean()
+
+
+def _features_aux(model: PreTrainedModel, cfg: DistillConfig, ctx: StageContext):
+    """(aux_loss, forward_kwargs) for the hidden/attention terms, or (None, None)."""
+    if cfg.alpha_hidden == 0 and cfg.alpha_attention == 0:
+        return None, None
+    from engine.models import num_layers
+
+    k, big_l = num_layers(model), num_layers(ctx.teacher)
+    kept = ctx.record.get("truncate", {}).get("kept_layers")
+    mapping = list(cfg.layer_map) if cfg.layer_map else layer_mapping(k, big_l, kept)
+    if len(mapping) != k or min(mapping) < 0 or max(mapping) >= big_l:
+        raise ValueError(
+            f"layer_map {mapping} does not map {k} student onto {big_l} teacher layers"
+        )
+    if model.config.hidden_size != ctx.teacher.config.hidden_size:
+        raise ValueError("hidden-state distillation needs equal hidden sizes")
+    want_attn = cfg.alpha_attention > 0
+    kwargs = {"output_hidden_states": True, "output_attentions": want_attn}
+
+    def aux(out, idx: torch.Tensor) -> torch.Tensor:
+        ids = ctx.train["input_ids"][idx].to(ctx.device)
+        mask = ctx.train["attention_mask"][idx].to(ctx.device)
+        with torch.no_grad():
+            t_out = ctx.teacher(input_ids=ids, attention_mask=mask, **kwargs)
+        loss = cfg.alpha_hidden * hidden_mse(out.hidden_states, t_out.hidden_states, mapping, mask)
+        if want_attn:
+            loss = loss + cfg.alpha_attention * attention_mse(
+                out.attentions, t_out.attentions, mapping, mask
+            )
+        return loss
+
+    ctx.record.setdefault("distill_features", {})["layer_map"] = mapping
+    return aux, kwargs
+
+
 @register_stage("distill")
 def apply(model: PreTrainedModel, cfg: DistillConfig, ctx: StageContext) -> PreTrainedModel:
     alpha_d, alpha_t = (cfg.alpha_distill, cfg.alpha_task) if cfg.kd else (0.0, 1.0)
@@ -53,25 +154,44 @@ def apply(model: PreTrainedModel, cfg: DistillConfig, ctx: StageContext) -> PreT
             s, y, t, temperature=cfg.temperature, alpha_distill=alpha_d, alpha_task=alpha_t
         )
 
-    stats = train_classifier(
-        model,
-        ctx.train,
-        loss_fn=loss_fn,
-        epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-        lr=cfg.lr,
-        batch_size=cfg.batch_size,
-        weight_decay=cfg.weight_decay,
-        warmup_ratio=cfg.warmup_ratio,
-        freeze_embeddings=cfg.freeze_embeddings,
-        seed=ctx.seed,
-        teacher_logits=ctx.teacher_logits if alpha_d > 0 else None,
-        device=ctx.device,
-    )
+    teacher_logits = ctx.teacher_logits
+    if cfg.teacher_weights is not None:
+        extra = list(ctx.extras.get("extra_teacher_logits", []))
+        teacher_logits = ensemble_logits([ctx.teacher_logits, *extra], cfg.teacher_weights)
+    aux, fwd = _features_aux(model, cfg, ctx)
+    attn_impls = []
+    if cfg.alpha_attention > 0:  # SDPA cannot return attention maps: eager while training
+        for m in (model, ctx.teacher):
+            attn_impls.append(m.config._attn_implementation)
+            m.set_attn_implementation("eager")
+    try:
+        stats = train_classifier(
+            model,
+            ctx.train,
+            loss_fn=loss_fn,
+            epochs=cfg.epochs,
+            max_steps=cfg.max_steps,
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+            weight_decay=cfg.weight_decay,
+            warmup_ratio=cfg.warmup_ratio,
+            freeze_embeddings=cfg.freeze_embeddings,
+            seed=ctx.seed,
+            teacher_logits=teacher_logits if alpha_d > 0 else None,
+            device=ctx.device,
+            aux_loss=aux,
+            forward_kwargs=fwd,
+        )
+    finally:
+        for m, impl in zip((model, ctx.teacher), attn_impls, strict=False):
+            m.set_attn_implementation(impl)
     ctx.record["distill"] = {
         "kd": cfg.kd,
         "alpha_distill": alpha_d,
         "alpha_task": alpha_t,
+        "alpha_hidden": cfg.alpha_hidden,
+        "alpha_attention": cfg.alpha_attention,
+        "teachers": 1 if cfg.teacher_weights is None else len(cfg.teacher_weights),
         "temperature": cfg.temperature,
         "steps": stats.steps,
         "final_loss": stats.mean_loss_last_10,
