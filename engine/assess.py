@@ -5,6 +5,7 @@ Used for the teacher row and for every trial, so both are measured the same way.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -59,7 +60,10 @@ def assess(
     row["params"] = int(count_params(model))
     row["params_nonzero"] = int(count_params_nonzero(model))
     row["weights_bytes"] = int(weights_bytes(model))
-    row["student_layers"] = int(num_layers(model))
+    row["student_layers"] = int(num_layers(getattr(model, "backbone", model)))
+    if hasattr(model, "exit_curve"):  # early exit: quality and depth per threshold on test
+        curve = model.exit_curve(splits["test"], tuple(record["early_exit"]["thresholds"]))
+        row["exit_curve"] = json.dumps(curve)
     test = splits["test"]
     bs = study.measure.batch_size
     batch = {
@@ -70,5 +74,7 @@ def assess(
         model, batch, repeats=study.measure.latency_repeats, warmup=study.measure.warmup
     )
     row.update({k: float(v) for k, v in lat.items()})
+    if hasattr(model, "last_layers_executed"):  # the timed forwards' real average depth
+        row["exit_avg_layers"] = float(model.last_layers_executed)
     row["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return row

@@ -25,6 +25,7 @@ __all__ = [
     "SWEEPS_DIR",
     "ConfigError",
     "DistillConfig",
+    "EarlyExitConfig",
     "MeasureConfig",
     "PipelineConfig",
     "PruneConfig",
@@ -186,6 +187,26 @@ class QuantizeConfig(Section):
     skip_classifier: bool = True
 
 
+class EarlyExitConfig(Section):
+    """Confidence-threshold exits after intermediate layers (BERT family; the last stage).
+
+    ``exit_layers`` (0-based, default every layer but the last) get a linear head on the [CLS]
+    state, trained for ``steps`` on the frozen backbone with the KD loss; inference exits at
+    the first head whose max softmax ≥ ``threshold``. ``thresholds`` are reported as a curve.
+    """
+
+    exit_layers: tuple[int, ...] | None = None
+    threshold: float = Field(0.9, gt=0, le=1)
+    thresholds: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
+    steps: int = Field(200, ge=1)
+    lr: float = Field(1e-3, gt=0, lt=1)
+    batch_size: int = Field(32, ge=1)
+    kd: bool = True
+    temperature: float = Field(2.0, gt=0)
+    alpha_distill: float = Field(0.5, ge=0)
+    alpha_task: float = Field(0.5, ge=0)
+
+
 class PipelineConfig(Section):
     """Ordered compression stages; each stage's parameters live under its own name."""
 
@@ -194,6 +215,7 @@ class PipelineConfig(Section):
     distill: DistillConfig = DistillConfig()
     prune: PruneConfig = PruneConfig()
     quantize: QuantizeConfig = QuantizeConfig()
+    early_exit: EarlyExitConfig = EarlyExitConfig()
 
 
 class SearchConfig(Section):
@@ -341,6 +363,13 @@ def _check_names(cfg: StudyConfig, source: str) -> list[str]:
         problems.append(
             f"{source}: pipeline.order: 'quantize' must be the last stage "
             f"(a quantized model is not trained further), got {list(order)}"
+        )
+    if "early_exit" in order and (
+        order.index("early_exit") != len(order) - 1 or "quantize" in order
+    ):
+        problems.append(
+            f"{source}: pipeline.order: 'early_exit' must be the last stage and cannot be "
+            f"combined with 'quantize', got {list(order)}"
         )
     if "truncate" in cfg.pipeline.order:
         s = cfg.pipeline.truncate.strategy

@@ -4,6 +4,7 @@ stages (quantize last), runs on a tiny random BERT through ``build_student`` and
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ ALL_ORDERS = [
     for r in (1, 2, 3)
     for perm in itertools.permutations(TRAINING, r)
     for tail in ([], ["quantize"])
-] + [["quantize"]]
+] + [["quantize"], ["early_exit"], ["truncate", "distill", "prune", "early_exit"]]
 # Fast set: each stage alone and every full order ending in quantize; the rest run as slow.
 FAST = [o for o in ALL_ORDERS if len(o) == 1 or len(o) == 4]
 ORDERS = [
@@ -68,6 +69,7 @@ def _study(order: list[str]) -> StudyConfig:
                     "criterion": "taylor",
                     "score_batches": 1,
                 },
+                "early_exit": {"steps": 3},
             },
             "measure": {"batch_size": 4, "latency_repeats": 1, "warmup": 0},
         },
@@ -76,7 +78,7 @@ def _study(order: list[str]) -> StudyConfig:
 
 
 def test_every_registered_stage_is_covered() -> None:
-    assert set(STAGES.names()) == {*TRAINING, "quantize"}, "add the new stage to ORDERS"
+    assert set(STAGES.names()) == {*TRAINING, "quantize", "early_exit"}, "add it to ORDERS"
 
 
 @pytest.mark.parametrize("order", ORDERS)
@@ -95,6 +97,9 @@ def test_every_stage_order_builds_and_measures(
         assert col in row, col
     assert row["quant"] == ("dynamic_int8" if "quantize" in order else "none")
     assert row["gflops_theoretical"] == row["gflops"]  # structured pruning: no mask sparsity
+    if "early_exit" in order:
+        assert 1 <= row["exit_avg_layers"] <= row["student_layers"]
+        assert len(json.loads(row["exit_curve"])) == len(record["early_exit"]["thresholds"])
     assert row["student_layers"] == (2 if "truncate" in order else 4)
     again = load_compressed(tmp_path / "m")
     b = shared.splits["test"]

@@ -12,7 +12,7 @@ Tune trainable in :mod:`engine.trial` only runs the stages in order.
 
 from __future__ import annotations
 
-from engine.compress import distill, prune, quantize, truncate  # noqa: F401  (register the stages)
+from engine.compress import distill, early_exit, prune, quantize, truncate  # noqa: F401  (register the stages)
 from engine.compress.base import STAGES, StageContext, register_stage
 
 __all__ = ["STAGES", "StageContext", "register_stage"]

@@ -13,7 +13,8 @@ reload). ``load_compressed(out_dir)`` returns a model whose outputs equal the sa
 * quantized models: quantized modules cannot ``save_pretrained`` (dynamic int8 packs its
   weights; bitsandbytes layers were swapped in by hand), so the *float* model the quantize
   stage started from is saved and ``compression.json`` says ``requantize``; quantization is
-  deterministic, so re-running it reproduces the same int8/4-bit weights.
+  deterministic, so re-running it reproduces the same int8/4-bit weights;
+* early-exit models: the backbone as above plus the exit heads' ``exit_heads.pt``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from engine.compress.structure import load_pruned, sync_config
@@ -29,6 +31,7 @@ from engine.compress.structure import load_pruned, sync_config
 __all__ = ["MANIFEST", "load_compressed", "save_compressed"]
 
 MANIFEST = "compression.json"
+EXITS = "exit_heads.pt"
 
 
 def save_compressed(
@@ -46,6 +49,10 @@ def save_compressed(
     to_save = (extras or {}).get("float_model") if quant else model
     if to_save is None:
         raise ValueError("a quantized model needs extras['float_model'] to be saved")
+    exits = getattr(to_save, "exits", None)  # early exit: backbone + heads saved apart
+    if exits is not None:
+        to_save = to_save.backbone
+        torch.save(exits.state_dict(), out / EXITS)
     if "prune" in record:
         sync_config(to_save)  # a later truncate may have renumbered the layers
     to_save.save_pretrained(out)
@@ -55,7 +62,9 @@ def save_compressed(
         "saved": "float weights; re-quantize on load" if quant else "weights as built",
         "requantize": quant,
         "load_with": "engine.compress.save.load_compressed",
-        "plain_from_pretrained": not quant and not getattr(to_save.config, "pruned_heads", None),
+        "plain_from_pretrained": not quant
+        and exits is None
+        and not getattr(to_save.config, "pruned_heads", None),
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
     return out
@@ -66,6 +75,13 @@ def load_compressed(out_dir: str | Path) -> nn.Module:
     out = Path(out_dir)
     manifest = json.loads((out / MANIFEST).read_text())
     model = load_pruned(out)
+    if "early_exit" in manifest["record"]:
+        from engine.compress.early_exit import EarlyExitClassifier
+
+        ee = manifest["record"]["early_exit"]
+        model = EarlyExitClassifier(model, ee["exit_layers"], ee["threshold"])
+        model.exits.load_state_dict(torch.load(out / EXITS, weights_only=True))
+        return model.eval()
     if manifest.get("requantize"):
         from engine.compress.quantize import requantize
 
