@@ -163,6 +163,29 @@ def main() -> None:
         f"max {max(ratios):.2f}× over {args.repeats} alternating repeats"
     )
 
+    # the reductions alone (what the engine adds to the backward pass): time per batch and
+    # the number of aten ops dispatched (each one a kernel launch on a GPU)
+    from engine.importance.gradpass import _REDUCERS, gradient_batch
+
+    gb = gradient_batch(model, batches[0], gates=True)
+
+    def reduce_all() -> None:
+        getattr(gb, "_cache", {}).clear()  # newer GradBatch caches shared reductions
+        for m in GRADIENT_METHODS:
+            _REDUCERS[m][0](gb)
+
+    reduce_all()
+    red_s = float(np.median([timed(reduce_all, device) for _ in range(args.repeats)]))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        reduce_all()
+    ops = sum(e.count for e in prof.key_averages() if e.key.startswith("aten::"))
+    per_batch_plain = t_plain / args.batches
+    print(
+        f"reductions of the 4 methods: {1000 * red_s:.1f} ms per batch "
+        f"({100 * red_s / per_batch_plain:.1f} % of one plain fwd+bwd batch), "
+        f"{ops} aten ops per batch"
+    )
+
     if not args.skip_ten:
         t_ten = timed(lambda: score_methods(model, batches, TEN_METHODS, cfg), device)
         print(f"10 methods:              {t_ten:.2f} s = {t_ten / t_plain:.1f}× one fwd+bwd pass")
