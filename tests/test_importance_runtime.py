@@ -61,10 +61,36 @@ def test_oom_halves_batches_and_gives_the_result_of_the_halved_batches(caplog) -
         assert got[m].batch_sizes == (4, 4, 4, 4), m
         assert got[m].num_examples == 16
         np.testing.assert_array_equal(got[m].per_batch, expected[m].per_batch, err_msg=m)
-    # one warning per group that hit the limit (backward pass, ablation pass, forward pass)
+    # the first group to run hits the limit once; later groups start from the halved batches
     warnings = [r.getMessage() for r in caplog.records if "out of memory" in r.getMessage()]
-    assert len(warnings) == 3, warnings
-    assert all("batch size 8" in w and "largest 4" in w for w in warnings)
+    assert len(warnings) == 1, warnings
+    assert "batch size 8" in warnings[0] and "largest 4" in warnings[0]
+
+
+def test_oom_in_a_later_group_reruns_earlier_groups_so_derived_methods_combine(caplog) -> None:
+    """Only the backward pass runs out of memory (planted: only with gradients on); the
+    forward pass that ran before it on whole batches is rerun on the halves, so hybrid can
+    combine fisher and block_influence batch by batch."""
+    model, batches = tiny_gpt2(num_layers=3), toy_batches(2, 8, 10)
+    cfg = ImportanceConfig(hybrid_weights={"fisher": 1.0, "block_influence": 1.0})
+    names = ("hybrid", "fisher", "block_influence", "ablation")
+    expected = score_methods(model, split_batches(batches), names, cfg)
+
+    def pre(_m: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        if torch.is_grad_enabled() and kwargs["input_ids"].shape[0] > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory (planted, backward only)")
+
+    handle = model.register_forward_pre_hook(pre, with_kwargs=True)
+    try:
+        with caplog.at_level(logging.WARNING, logger="engine.importance.compute"):
+            got = score_methods(model, batches, names, cfg)
+    finally:
+        handle.remove()
+    warnings = [r.getMessage() for r in caplog.records if "out of memory" in r.getMessage()]
+    assert len(warnings) == 1 and "['fisher']" in warnings[0], warnings
+    for m in names:
+        assert got[m].batch_sizes == (4, 4, 4, 4), m
+        np.testing.assert_array_equal(got[m].per_batch, expected[m].per_batch, err_msg=m)
 
 
 def test_oom_as_runtime_error_message_is_retried_until_it_fits(caplog) -> None:

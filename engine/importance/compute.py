@@ -96,18 +96,19 @@ def is_out_of_memory(err: BaseException) -> bool:
 
 def _run_group(
     model: nn.Module, batches: Sequence[Batch], cfg: ImportanceConfig, names: frozenset[str]
-) -> dict[str, LayerScores]:
+) -> tuple[dict[str, LayerScores], Sequence[Batch]]:
     """One shared pass (or one method on its own); on out-of-memory every batch is halved and
-    the whole group rerun (logged), until batches of one example still do not fit."""
+    the whole group rerun (logged), until batches of one example still do not fit. Returns
+    the scores and the batches they were computed on."""
     while True:
         try:
             torch.manual_seed(cfg.seed)
             with _autocast(model, cfg, names):
                 p = shared_pass_of(next(iter(names)))
                 if p is not None:
-                    return p.run(model, batches, cfg, names)
+                    return p.run(model, batches, cfg, names), batches
                 (name,) = names
-                return {name: IMPORTANCE.get(name)(model, batches, cfg=cfg)}
+                return {name: IMPORTANCE.get(name)(model, batches, cfg=cfg)}, batches
         except RuntimeError as err:  # torch.OutOfMemoryError is a RuntimeError
             if not is_out_of_memory(err) or all(int(b["labels"].shape[0]) < 2 for b in batches):
                 raise
@@ -167,8 +168,19 @@ def score_methods(
     model.eval()
     results: dict[str, LayerScores] = {}
     try:
-        for names in groups:
-            results.update(_run_group(model, batches, cfg, names))
+        # Every method must see the same calibration batches (derived methods combine them
+        # batch by batch): when a group had to halve them, the groups already done are rerun
+        # on the halved batches.
+        current: Sequence[Batch] = batches
+        pending, done = list(groups), []
+        while pending:
+            names = pending.pop(0)
+            out, used = _run_group(model, current, cfg, names)
+            results.update(out)
+            if len(used) != len(current):
+                current = used
+                pending, done = [*done, *pending], []
+            done.append(names)
     finally:
         model.train(was_training)
     if derive:
