@@ -322,8 +322,12 @@ def _agreement(run: RunData, images: dict[str, Path]) -> list[Block]:
     blocks += [
         Heading("Consensus ranking", 3),
         Para(
-            "Layers ordered by their mean rank over the methods (0 = most important); "
-            "`in top-k` = share of methods that put the layer among their k most important."
+            "Layers ordered by their mean rank over the methods above (0 = most important, "
+            "ties by layer index); `in top-k` = share of methods that put the layer among "
+            "their k most important. (The `consensus` importance method, usable as a "
+            "layer-selection strategy, is computed differently: the mean rank-normalised score "
+            "of `importance.consensus_methods`, per calibration batch, so that it has bootstrap "
+            "intervals.)"
         ),
         Table(
             format_table(table[["consensus rank", *[c for c in table if c != "consensus rank"]]])
