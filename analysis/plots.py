@@ -24,7 +24,15 @@ from analysis.frontier import pareto_mask
 from analysis.rundir import TEACHER_ID, RunData
 from engine.registry import Registry
 
-__all__ = ["AXIS_LABELS", "PLOTS", "importance_heatmap", "pareto_plot", "rank_normalised"]
+__all__ = [
+    "AXIS_LABELS",
+    "PLOTS",
+    "agreement_heatmap",
+    "agreement_matrix",
+    "importance_heatmap",
+    "pareto_plot",
+    "rank_normalised",
+]
 
 PLOTS: Registry = Registry("plot")
 
@@ -182,6 +190,52 @@ def importance_heatmap(importance_df: pd.DataFrame, path: Path) -> Path:
     return path
 
 
+def agreement_matrix(agreement: pd.DataFrame, statistic: str = "kendall_tau") -> pd.DataFrame:
+    """Square method × method matrix of a pairwise statistic from ``agreement.parquet``
+    (``kendall_tau``, ``spearman``, or ``jaccard_top_k`` with one ``k`` selected beforehand);
+    the diagonal is 1, methods in the order they first appear."""
+    pairs = agreement[agreement["statistic"] == statistic]
+    names = list(dict.fromkeys([*pairs["method_a"], *pairs["method_b"]]))
+    out = pd.DataFrame(np.eye(len(names)), index=names, columns=names)
+    for a, b, v in zip(pairs["method_a"], pairs["method_b"], pairs["value"], strict=True):
+        out.loc[a, b] = out.loc[b, a] = v
+    return out
+
+
+def agreement_heatmap(agreement_df: pd.DataFrame, path: Path) -> Path:
+    """Heatmap of the pairwise Kendall τ-b between importance methods (diverging, −1 … 1),
+    each cell labelled with its value; Kendall's W in the title."""
+    path = Path(path)
+    mat = agreement_matrix(agreement_df, "kendall_tau")
+    w = agreement_df.loc[agreement_df["statistic"] == "kendall_w", "value"]
+    n = mat.shape[0]
+    fig, ax = plt.subplots(figsize=(2.4 + 0.62 * n, 1.6 + 0.55 * n), dpi=120)
+    im = ax.imshow(mat.to_numpy(float), cmap="RdBu_r", vmin=-1, vmax=1)
+    for (r, c), v in np.ndenumerate(mat.to_numpy(float)):
+        text = "—" if not np.isfinite(v) else f"{v:.2f}"
+        ax.text(
+            c,
+            r,
+            text,
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="white" if np.isfinite(v) and abs(v) > 0.6 else "black",
+        )
+    ax.set_xticks(range(n), [str(m) for m in mat.columns], rotation=60, ha="right")
+    ax.set_yticks(range(n), [str(m) for m in mat.index])
+    title = "Agreement between importance methods (Kendall τ-b of layer scores)"
+    if len(w) and np.isfinite(w.iloc[0]):
+        title += f"\nKendall's W over all {n} methods = {w.iloc[0]:.3f}"
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, label="Kendall τ-b", shrink=0.8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 @PLOTS.register("pareto")
 def _pareto(run: RunData, out_dir: Path) -> Path | None:
     if run.quality_metric not in run.results or run.cost_metric not in run.results:
@@ -201,3 +255,14 @@ def _importance(run: RunData, out_dir: Path) -> Path | None:
     if run.importance is None or run.importance.empty:
         return None
     return importance_heatmap(run.importance, out_dir / "importance.png")
+
+
+@PLOTS.register("agreement")
+def _agreement(run: RunData, out_dir: Path) -> Path | None:
+    path = Path(run.run_dir) / "agreement.parquet"
+    if not path.is_file():
+        return None
+    df = pd.read_parquet(path)
+    if not (df["statistic"] == "kendall_tau").any():
+        return None
+    return agreement_heatmap(df, out_dir / "agreement.png")

@@ -11,6 +11,7 @@ Measures, on one calibration set (``--batches`` × ``--batch`` random token sequ
 Usage::
 
     python bench/importance.py --model minilm --batch 32 --seq 64 --device cpu
+    python bench/importance.py --model minilm --batch 16 --seq 64 --threads 1 --clock cpu
     python bench/importance.py --model bert-base --batch 64 --seq 128 --device cuda --ray
 """
 
@@ -64,14 +65,19 @@ def make_data(n: int, seq: int, vocab: int, seed: int = 0) -> dict[str, np.ndarr
     return {"input_ids": ids, "attention_mask": mask, "labels": rng.integers(0, 5, n)}
 
 
+CLOCK: Callable[[], float] = time.perf_counter
+
+
 def timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds ``fn`` takes on ``CLOCK``: wall time, or with ``--clock cpu`` the process's CPU
+    time (all threads), which other jobs on a shared machine barely disturb."""
     if device.type == "cuda":
         torch.cuda.synchronize()
-    t = time.perf_counter()
+    t = CLOCK()
     fn()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - t
+    return CLOCK() - t
 
 
 def plain_fwd_bwd(model: torch.nn.Module, batches: list[dict], device: torch.device) -> None:
@@ -93,12 +99,27 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--batches", type=int, default=4)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall time, or process CPU time (robust to other jobs on a shared CPU machine)",
+    )
+    ap.add_argument("--repeats", type=int, default=5, help="alternating timing repeats")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     ap.add_argument("--conductance-steps", type=int, default=16)
     ap.add_argument("--skip-ten", action="store_true", help="skip the 10-method wall time")
     ap.add_argument("--ray", action="store_true", help="also time compute_importance on 1 actor")
     args = ap.parse_args()
 
     device = torch.device(args.device)
+    global CLOCK
+    if args.clock == "cpu":
+        if device.type == "cuda":
+            ap.error("--clock cpu measures CPU work; use wall time on CUDA")
+        CLOCK = time.process_time
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model = build_model(args.model).to(device).eval()
     vocab = int(model.get_input_embeddings().num_embeddings)
     data = make_data(args.batches * args.batch, args.seq, vocab)
@@ -116,16 +137,53 @@ def main() -> None:
         conductance_steps=args.conductance_steps,
         gpus_per_actor=1.0 if device.type == "cuda" else 0.0,
     )
-    print(f"model={args.model} device={device} batch={args.batch} seq={args.seq} n={n}")
+    print(
+        f"model={args.model} device={device} batch={args.batch} seq={args.seq} n={n} "
+        f"threads={torch.get_num_threads()} clock={args.clock}"
+    )
 
-    plain_fwd_bwd(model, batches[:1], device)  # warm-up (kernels, allocator)
-    t_plain = timed(lambda: plain_fwd_bwd(model, batches, device), device)
-    print(f"plain fwd+bwd:           {n / t_plain:10.1f} samples/s  ({t_plain:.2f} s)")
-
-    t_grad = timed(lambda: score_methods(model, batches, GRADIENT_METHODS, cfg), device)
+    # warm up both paths (kernels, allocator, autograd graph caches), then alternate them
+    # --repeats times: on a shared machine the median ratio of adjacent runs is the stable
+    # figure, single timings are not
+    plain_fwd_bwd(model, batches[:1], device)
+    score_methods(model, batches[:1], GRADIENT_METHODS, cfg)
+    plain_s, grad_s = [], []
+    for _ in range(args.repeats):
+        plain_s.append(timed(lambda: plain_fwd_bwd(model, batches, device), device))
+        grad_s.append(timed(lambda: score_methods(model, batches, GRADIENT_METHODS, cfg), device))
+    ratios = [g / p for g, p in zip(grad_s, plain_s, strict=True)]
+    t_plain, t_grad = float(np.median(plain_s)), float(np.median(grad_s))
+    print(f"plain fwd+bwd:           {n / t_plain:10.1f} samples/s  (median {t_plain:.2f} s)")
     print(
         f"engine {'+'.join(GRADIENT_METHODS)}: {n / t_grad:10.1f} samples/s  "
-        f"({t_grad:.2f} s, {t_grad / t_plain:.2f}× plain)"
+        f"(median {t_grad:.2f} s)"
+    )
+    print(
+        f"ratio engine / plain: median {np.median(ratios):.2f}×, min {min(ratios):.2f}×, "
+        f"max {max(ratios):.2f}× over {args.repeats} alternating repeats"
+    )
+
+    # the reductions alone (what the engine adds to the backward pass): time per batch and
+    # the number of aten ops dispatched (each one a kernel launch on a GPU)
+    from engine.importance.gradpass import _REDUCERS, gradient_batch
+
+    gb = gradient_batch(model, batches[0], gates=True)
+
+    def reduce_all() -> None:
+        getattr(gb, "_cache", {}).clear()  # newer GradBatch caches shared reductions
+        for m in GRADIENT_METHODS:
+            _REDUCERS[m][0](gb)
+
+    reduce_all()
+    red_s = float(np.median([timed(reduce_all, device) for _ in range(args.repeats)]))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        reduce_all()
+    ops = sum(e.count for e in prof.key_averages() if e.key.startswith("aten::"))
+    per_batch_plain = t_plain / args.batches
+    print(
+        f"reductions of the 4 methods: {1000 * red_s:.1f} ms per batch "
+        f"({100 * red_s / per_batch_plain:.1f} % of one plain fwd+bwd batch), "
+        f"{ops} aten ops per batch"
     )
 
     if not args.skip_ten:

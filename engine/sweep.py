@@ -309,6 +309,7 @@ def _write_outputs(
 ) -> None:
     import pandas as pd
 
+    from engine.importance.consensus import write_agreement
     from engine.importance.runner import importance_table
     from engine.measure import majority_baseline
 
@@ -317,6 +318,9 @@ def _write_outputs(
     df = df[[c for c in front if c in df] + [c for c in df.columns if c not in front]]
     df.to_parquet(run_dir / "results.parquet", index=False)
     importance_table(shared.importance).to_parquet(run_dir / "importance.parquet", index=False)
+    write_agreement(  # needs ≥ 2 methods
+        shared.importance, run_dir / "agreement.parquet", cfg.importance.consensus_threshold
+    )
     with (run_dir / "bad_rows.jsonl").open("w") as f:
         for bad in data.bad_rows:
             f.write(json.dumps(bad, default=str) + "\n")

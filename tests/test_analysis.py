@@ -262,3 +262,103 @@ def test_report_cli_prints_the_path(tmp_path: Path) -> None:
         timeout=120,
     )
     assert missing.returncode == 2 and "results.parquet" in missing.stderr
+
+
+# ----------------------------------------------------------------------------- importance study
+
+
+def _write_importance_run(run_dir: Path) -> Path:
+    """A planted importance study: 3 methods over 4 layers (ranks as in test_consensus:
+    a 0 1 2 3, b 1 0 2 3, c 0 2 1 3), 4 strategies, agreement.parquet from the engine."""
+    from engine.importance.base import LayerScores
+    from engine.importance.consensus import write_agreement
+    from engine.importance.runner import importance_table
+
+    run_dir.mkdir(parents=True)
+    scores = {
+        "fisher": [4.0, 3.0, 2.0, 1.0],
+        "ablation": [3.0, 4.0, 2.0, 1.0],
+        "block_influence": [4.0, 2.0, 3.0, 1.0],
+        "consensus": [1.0, 0.6, 0.4, 0.0],
+    }
+    ls = {m: LayerScores(m, tuple(v), num_examples=8) for m, v in scores.items()}
+    importance_table(ls).to_parquet(run_dir / "importance.parquet", index=False)
+    assert write_agreement(ls, run_dir / "agreement.parquet") is not None
+    rows = [{"trial_id": "teacher", "seed": 0, "status": "ok", "accuracy": 0.60, "gflops": 1.4}]
+    for i, (s, kept, acc) in enumerate(
+        [
+            ("fisher", "0,1", 0.55),
+            ("ablation", "0,1", 0.56),
+            ("consensus", "0,1", 0.57),
+            ("uniform", "1,3", 0.50),
+        ]
+    ):
+        rows.append(
+            {
+                "trial_id": f"trial_{i:02d}",
+                "seed": 0,
+                "status": "ok",
+                "pipeline.truncate.strategy": s,
+                "pipeline.truncate.keep_layers": 2,
+                "kept_layers": kept,
+                "accuracy": acc,
+                "macro_f1": acc - 0.2,
+                "gflops": 0.5,
+            }
+        )
+    pd.DataFrame(rows).to_parquet(run_dir / "results.parquet", index=False)
+    manifest = {
+        "config": {
+            "name": "importance",
+            "description": "planted",
+            "importance": {"consensus_threshold": 0.75},
+            "report": {"quality_metric": "accuracy", "cost_metric": "gflops"},
+        },
+        "seeds": [0],
+        "data": {"stats": {"split_sizes": {"test": 600}}},
+    }
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    return run_dir
+
+
+def test_report_agreement_consensus_and_downstream_sections(tmp_path: Path) -> None:
+    from scipy.stats import kendalltau
+
+    run_dir = _write_importance_run(tmp_path / "run")
+    md = write_report(run_dir).read_text()
+    agreement = md.split("## Agreement between importance methods")[1].split("\n## ")[0]
+    # W over fisher/ablation/block_influence = the 3 × 4 hand example: 7/9 (consensus excluded)
+    assert "3 methods over 4 layers" in agreement and "Kendall's W = 0.778" in agreement
+    # matrix row of fisher: τ(fisher, ablation) = 2/3, τ(fisher, block_influence) = 2/3
+    assert "| fisher | 1.00 | 0.67 | 0.67 |" in agreement
+    assert "![Kendall tau between methods](agreement.png)" in agreement
+    # "consensus 75 %" needs ⌈0.75·3⌉ = 3 of 3 methods; at k = 2 layers 0 (all in) and 3 (all
+    # out) qualify: 2 of 4 layers, 0.5
+    assert "at least 3 of the 3 methods rank it among their k most important" in agreement
+    topk = agreement.split("### Top-k overlap and consensus 75%")[1].split("###")[0]
+    k2 = next(ln for ln in topk.splitlines() if ln.startswith("| 2 |"))
+    assert "0.5" in k2 and "2 of 4" in k2
+    # consensus ranking: mean ranks 1/3, 1, 5/3, 3 → layers 0, 1, 2, 3; shares in top-2
+    ranking = agreement.split("### Consensus ranking")[1]
+    lines = [ln for ln in ranking.splitlines() if ln.startswith("| ") and "rank" not in ln]
+    assert [ln.split("|")[2].strip() for ln in lines] == ["0", "1", "2", "3"]
+    assert lines[0].split("|")[3].strip() == "0.3333"
+    # downstream: best student first, kept layers and τ with the consensus ranking
+    down = md.split("## Which ranking makes the best student")[1].split("\n## ")[0]
+    order = [ln.split("|")[1].strip() for ln in down.splitlines() if ln.startswith("| ")][1:]
+    assert order == ["consensus", "ablation", "fisher", "uniform"]
+    tau_fisher = kendalltau([4, 3, 2, 1], [-1 / 3, -1.0, -5 / 3, -3.0])[0]
+    fisher_row = next(ln for ln in down.splitlines() if ln.startswith("| fisher |"))
+    assert f"{tau_fisher:.4g}" in fisher_row and "0,1" in fisher_row
+    assert "600 examples" in down and "binomial standard error" in down
+    png = (run_dir / "agreement.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_no_agreement_file_no_agreement_section(tmp_path: Path) -> None:
+    run_dir = _write_importance_run(tmp_path / "run")
+    (run_dir / "agreement.parquet").unlink()
+    md = write_report(run_dir).read_text()
+    assert "## Agreement between importance methods" not in md
+    assert not (run_dir / "agreement.png").exists()
+    assert "## Which ranking makes the best student" in md  # τ column empty, table still there

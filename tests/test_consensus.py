@@ -69,11 +69,23 @@ def test_consensus_ranking_and_share_by_hand() -> None:
 
 def test_agreement_table_rows_and_parquet(tmp_path) -> None:
     table = agreement_table(as_scores(EXAMPLE))
-    assert list(table.columns) == ["statistic", "method_a", "method_b", "k", "value"]
+    assert list(table.columns) == ["statistic", "method_a", "method_b", "k", "layer", "value"]
     # 1 W + 3 pairs × (τ, ρ) + k ∈ {1, 2, 3} × (3 Jaccard + 1 consensus share)
-    assert len(table) == 1 + 6 + 3 * 4
+    # + 4 layers × (mean rank, consensus rank) + 3 k × 4 layers share in top k
+    assert len(table) == 1 + 6 + 3 * 4 + 2 * 4 + 3 * 4
     w = table[table.statistic == "kendall_w"]["value"].item()
     assert w == pytest.approx(7 / 9)
+    by = table.set_index(["statistic", "k", "layer"])["value"]
+    assert by[("consensus_share", 2, -1)] == 0.5
+    np.testing.assert_allclose(by["mean_rank"].to_numpy(), [1 / 3, 1.0, 5 / 3, 3.0])
+    assert by["consensus_rank"].tolist() == [0, 1, 2, 3]
+    # share of methods with each layer in the top k, hand-counted from the ranks above
+    np.testing.assert_allclose(
+        [by[("share_top_k", 1, j)] for j in range(4)], [2 / 3, 1 / 3, 0.0, 0.0]
+    )
+    np.testing.assert_allclose(
+        [by[("share_top_k", 2, j)] for j in range(4)], [1.0, 2 / 3, 1 / 3, 0.0]
+    )
     path = tmp_path / "agreement.parquet"
     table.to_parquet(path)
     pd.testing.assert_frame_equal(pd.read_parquet(path), table)
@@ -117,3 +129,27 @@ def test_consensus_method_is_mean_rank_normalised_score() -> None:
 def test_derived_methods_reject_derived_components() -> None:
     with pytest.raises(ValueError, match="derived"):
         ImportanceConfig(consensus_methods=("fisher", "hybrid"))
+
+
+def test_write_agreement_skips_derived_methods_and_needs_two(tmp_path) -> None:
+    from engine.importance.consensus import write_agreement
+
+    scores = as_scores({**EXAMPLE, "hybrid": [0.0, 1.0, 2.0, 3.0]})
+    path = write_agreement(scores, tmp_path / "agreement.parquet")
+    table = pd.read_parquet(path)
+    assert set(table.method_a) | set(table.method_b) == {"*", "a", "b", "c"}
+    assert table[table.statistic == "kendall_w"]["value"].item() == pytest.approx(7 / 9)
+    one = as_scores({"a": EXAMPLE["a"], "consensus": EXAMPLE["b"]})
+    assert write_agreement(one, tmp_path / "none.parquet") is None
+    assert not (tmp_path / "none.parquet").exists()
+
+
+def test_constant_scores_give_nan_correlation_without_warnings() -> None:
+    import warnings
+
+    scores = as_scores({"a": EXAMPLE["a"], "flat": [0.0, 0.0, 0.0, 0.0]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tau = pairwise_correlation(scores, "kendall")
+        rho = pairwise_correlation(scores, "spearman")
+    assert np.isnan(tau.loc["a", "flat"]) and np.isnan(rho.loc["a", "flat"])

@@ -31,7 +31,8 @@ class ImportanceConfig(Section):
     # confidence intervals: percentile bootstrap over calibration batches
     bootstrap_samples: int = Field(1000, ge=10)
     ci_level: float = Field(0.95, gt=0, lt=1)
-    # bf16 autocast on CUDA (forward only; losses and score reductions stay in float32/64)
+    # bf16 autocast on CUDA for the gradient methods only (compute.BF16_SAFE); losses and
+    # score reductions stay in float32/64, every other method runs in float32
     autocast_bf16: bool = True
 
     # ablation: "loss" = CE increase when skipped; "kl" = KL(clean ‖ skipped)
@@ -60,6 +61,9 @@ class ImportanceConfig(Section):
         default_factory=lambda: {"fisher": 1.0, "attention": 1.0, "gradient": 1.0}
     )
     hybrid_normalisation: Literal["minmax", "rank", "zscore"] = "minmax"
+    # agreement.parquet: "consensus 75 %" = share of layers whose top-k membership at least
+    # this share of the (non-derived) methods agree on, in or out
+    consensus_threshold: float = Field(0.75, gt=0.5, le=1)
     # consensus: mean rank-normalised score of these methods
     consensus_methods: tuple[str, ...] = (
         "fisher",

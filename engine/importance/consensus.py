@@ -20,8 +20,10 @@ Top-k sets use :meth:`LayerScores.top_k` (ties broken by layer index) throughout
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import combinations
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -33,6 +35,8 @@ from engine.importance.config import ImportanceConfig
 from engine.importance.hybrid import weighted_per_batch
 
 __all__ = [
+    "AGREEMENT_COLUMNS",
+    "agreement_methods",
     "agreement_table",
     "consensus_ranking",
     "consensus_share",
@@ -41,6 +45,7 @@ __all__ = [
     "score",
     "score_matrix",
     "topk_jaccard",
+    "write_agreement",
 ]
 
 
@@ -72,12 +77,15 @@ def kendall_w(matrix: np.ndarray | Sequence[Sequence[float]]) -> float:
 
 
 def pairwise_correlation(scores: Mapping[str, LayerScores], kind: str = "kendall") -> pd.DataFrame:
-    """Square DataFrame of Kendall τ-b (``kind="kendall"``) or Spearman ρ between methods."""
+    """Square DataFrame of Kendall τ-b (``kind="kendall"``) or Spearman ρ between methods
+    (nan for a pair where one method gives every layer the same score)."""
     names, x = score_matrix(scores)
     fn = {"kendall": kendalltau, "spearman": spearmanr}[kind]
     out = np.eye(len(names))
     for i, j in combinations(range(len(names)), 2):
-        out[i, j] = out[j, i] = float(fn(x[i], x[j])[0])
+        with warnings.catch_warnings():  # a constant score vector has no rank correlation: nan
+            warnings.simplefilter("ignore")
+            out[i, j] = out[j, i] = float(fn(x[i], x[j])[0])
     return pd.DataFrame(out, index=names, columns=names)
 
 
@@ -123,54 +131,83 @@ def consensus_share(scores: Mapping[str, LayerScores], k: int, threshold: float 
     return float(agree.mean())
 
 
+AGREEMENT_COLUMNS = ["statistic", "method_a", "method_b", "k", "layer", "value"]
+
+
 def agreement_table(
     scores: Mapping[str, LayerScores], ks: Sequence[int] | None = None, threshold: float = 0.75
 ) -> pd.DataFrame:
-    """Long table for ``agreement.parquet``: ``statistic, method_a, method_b, k, value``.
+    """Long table for ``agreement.parquet``: ``statistic, method_a, method_b, k, layer, value``.
 
-    Rows: ``kendall_w`` (all methods), ``kendall_tau`` and ``spearman`` per method pair,
-    ``jaccard_top_k`` per pair and k, ``consensus_share`` per k (at ``threshold``). ``k`` is -1
-    where it does not apply; ``method_a``/``method_b`` are "*" for all-method statistics.
+    Rows, by ``statistic``:
+
+    - ``kendall_w``: Kendall's W of all methods;
+    - ``kendall_tau``, ``spearman``: one per method pair;
+    - ``jaccard_top_k``: one per method pair and k;
+    - ``consensus_share``: one per k — "consensus 75 %" at ``threshold`` (module docstring);
+    - ``mean_rank``, ``consensus_rank``: one per layer (the consensus ranking, 0 = first);
+    - ``share_top_k``: one per layer and k — the share of methods with the layer in their top k.
+
+    ``k`` and ``layer`` are -1 where they do not apply; ``method_a``/``method_b`` are "*" for
+    statistics over all methods. ``ks`` defaults to 1 … L−1.
     """
     names, x = score_matrix(scores)
     ks = list(range(1, x.shape[1])) if ks is None else list(ks)
-    rows: list[dict[str, object]] = [
-        {"statistic": "kendall_w", "method_a": "*", "method_b": "*", "k": -1, "value": kendall_w(x)}
-    ]
+    rows: list[dict[str, object]] = []
+
+    def add(stat: str, value: float, a: str = "*", b: str = "*", k: int = -1, layer: int = -1):
+        rows.append(
+            {
+                "statistic": stat,
+                "method_a": a,
+                "method_b": b,
+                "k": int(k),
+                "layer": int(layer),
+                "value": float(value),
+            }
+        )
+
+    add("kendall_w", kendall_w(x))
     for kind, stat in (("kendall", "kendall_tau"), ("spearman", "spearman")):
         corr = pairwise_correlation(scores, kind)
         for a, b in combinations(names, 2):
-            rows.append(
-                {
-                    "statistic": stat,
-                    "method_a": a,
-                    "method_b": b,
-                    "k": -1,
-                    "value": float(corr.loc[a, b]),
-                }
-            )
+            add(stat, corr.loc[a, b], a, b)
     for k in ks:
         jac = topk_jaccard(scores, k)
         for a, b in combinations(names, 2):
-            rows.append(
-                {
-                    "statistic": "jaccard_top_k",
-                    "method_a": a,
-                    "method_b": b,
-                    "k": k,
-                    "value": float(jac.loc[a, b]),
-                }
-            )
-        rows.append(
-            {
-                "statistic": "consensus_share",
-                "method_a": "*",
-                "method_b": "*",
-                "k": k,
-                "value": consensus_share(scores, k, threshold),
-            }
-        )
-    return pd.DataFrame(rows, columns=["statistic", "method_a", "method_b", "k", "value"])
+            add("jaccard_top_k", jac.loc[a, b], a, b, k=k)
+        add("consensus_share", consensus_share(scores, k, threshold), k=k)
+    base = consensus_ranking(scores, ks[0] if ks else 1)
+    for stat in ("mean_rank", "consensus_rank"):
+        for layer, value in zip(base["layer"], base[stat], strict=True):
+            add(stat, value, layer=layer)
+    for k in ks:
+        share = consensus_ranking(scores, k)["share_top_k"]
+        for layer, value in enumerate(share):
+            add("share_top_k", value, k=k, layer=layer)
+    return pd.DataFrame(rows, columns=AGREEMENT_COLUMNS)
+
+
+def agreement_methods(scores: Mapping[str, LayerScores]) -> dict[str, LayerScores]:
+    """The methods agreement is measured over: every computed method except the derived ones
+    (hybrid and consensus are functions of the others and would inflate the agreement)."""
+    from engine.importance.base import DERIVED
+
+    return {m: s for m, s in scores.items() if m not in DERIVED}
+
+
+def write_agreement(
+    scores: Mapping[str, LayerScores], path: Path, threshold: float = 0.75
+) -> Path | None:
+    """Write :func:`agreement_table` of the non-derived methods to ``path`` (parquet).
+
+    Returns the path, or None (nothing written) when fewer than two methods were computed.
+    """
+    base = agreement_methods(scores)
+    if len(base) < 2:
+        return None
+    agreement_table(base, threshold=threshold).to_parquet(path, index=False)
+    return path
 
 
 # --- the consensus method -------------------------------------------------------------------

@@ -31,9 +31,7 @@ __all__ = ["fisher_mask_per_batch", "fisher_per_batch", "score", "score_mask"]
 @register_grad_reducer("fisher")
 def fisher_per_batch(gb: GradBatch) -> np.ndarray:
     """``Σ_{θ∈layer} (∂L_b/∂θ)²`` for each layer."""
-    return np.array(
-        [float(sum(g.double().pow(2).sum() for g in gs)) for gs in gb.grads], dtype=np.float64
-    )
+    return gb.sq_norms()
 
 
 @register_grad_reducer("fisher_mask", needs_gates=True)

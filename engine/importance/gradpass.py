@@ -13,7 +13,7 @@ parameter gradients, and ``∂L_i/∂g_i`` is the per-example gate gradient.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -47,12 +47,46 @@ class GradBatch:
         grads: ``∂L/∂θ`` matching ``params`` (zeros for parameters the loss does not reach).
         gate_grads: ``[L, B]`` per-example gate gradients ``∂L_i/∂g_{l,i}``, or None.
         batch_size: examples in the batch.
+
+    The per-layer reductions the built-in reducers need (:meth:`sq_norms`,
+    :meth:`abs_taylor`) are computed once per batch with multi-tensor ``torch._foreach``
+    kernels (one launch per layer, not one per parameter), stay on the device until all
+    layers are done (one transfer, no per-layer sync) and are cached, so fisher and
+    gradient share one reduction.
     """
 
     params: list[list[torch.Tensor]]
     grads: list[list[torch.Tensor]]
     gate_grads: torch.Tensor | None
     batch_size: int
+    _cache: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def sq_norms(self) -> np.ndarray:
+        """``Σ_{θ∈layer} (∂L/∂θ)²`` per layer (float64)."""
+        if "sq_norms" not in self._cache:
+            # per-tensor L2 norms in the gradient dtype, squared and summed in float64
+            self._cache["sq_norms"] = _per_layer(
+                [torch.stack(torch._foreach_norm(gs, 2)).double().square() for gs in self.grads]
+            )
+        return self._cache["sq_norms"]
+
+    def abs_taylor(self) -> np.ndarray:
+        """``Σ_{θ∈layer} |θ · ∂L/∂θ|`` per layer (float64)."""
+        if "abs_taylor" not in self._cache:
+            self._cache["abs_taylor"] = _per_layer(
+                [
+                    torch.stack(torch._foreach_norm(torch._foreach_mul(ps, gs), 1)).double()
+                    for ps, gs in zip(self.params, self.grads, strict=True)
+                ]
+            )
+        return self._cache["abs_taylor"]
+
+
+def _per_layer(per_tensor: list[torch.Tensor]) -> np.ndarray:
+    """Sum each layer's per-tensor values on the device, then one copy to the host."""
+    if not per_tensor:
+        return np.zeros(0)
+    return torch.stack([v.sum() for v in per_tensor]).cpu().numpy()
 
 
 Reducer = Callable[[GradBatch], np.ndarray]

@@ -71,6 +71,10 @@ class ImportanceWorker:
         self.model = model.to(self.device).eval()
         self.cfg = cfg
 
+    def node_id(self) -> str:
+        """The Ray node this actor runs on (logged by the driver: where the work went)."""
+        return ray.get_runtime_context().get_node_id()
+
     def score(self, shard: list[dict], methods: tuple[str, ...]) -> dict[str, LayerScores]:
         batches: list[Batch] = [
             {k: torch.from_numpy(v).to(self.device) for k, v in b.items()} for b in shard
@@ -120,6 +124,9 @@ def compute_importance(
     ]
     try:
         shards = [s.tolist() for s in np.array_split(np.arange(len(batches)), n_actors)]
+        nodes = ray.get([a.node_id.remote() for a in actors])
+        for i, (node, shard) in enumerate(zip(nodes, shards, strict=True)):
+            log.info("importance actor %d on node %s: batches %s", i, node, shard)
         futures = [
             a.score.remote([batches[i] for i in shard], base)
             for a, shard in zip(actors, shards, strict=True)

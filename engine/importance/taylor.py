@@ -23,13 +23,7 @@ __all__ = ["score", "taylor_per_batch"]
 @register_grad_reducer("taylor")
 def taylor_per_batch(gb: GradBatch) -> np.ndarray:
     """``Σ |θ ⊙ ∂L_b/∂θ|`` over each layer's parameters."""
-    return np.array(
-        [
-            float(sum((p.double() * g.double()).abs().sum() for p, g in zip(ps, gs, strict=True)))
-            for ps, gs in zip(gb.params, gb.grads, strict=True)
-        ],
-        dtype=np.float64,
-    )
+    return gb.abs_taylor()
 
 
 @register_importance("taylor")
