@@ -31,7 +31,7 @@ yielding :func:`~engine.data.registry.item_row`; titles are joined on ``item_id`
 from __future__ import annotations
 
 # importing the reader modules registers their corpora
-from engine.data import amazon, movielens, womens  # noqa: F401
+from engine.data import amazon, hf, movielens, table, womens  # noqa: F401
 from engine.data.config import DataConfig
 from engine.data.pipeline import PreparedData, prepare_data
 from engine.data.read import read_corpus
