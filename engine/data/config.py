@@ -101,3 +101,6 @@ class RecsysConfig(Section):
     k_core: int = Field(0, ge=0)
     max_sequence_length: int = Field(50, ge=1)
     min_interactions: int = Field(3, ge=1)
+    # hash partitions of the per-user shuffle (None: 2 per cluster CPU); each partition's
+    # users must fit in one worker's memory, so raise it for corpora of many GB
+    num_partitions: int | None = Field(None, ge=1)

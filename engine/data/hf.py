@@ -106,7 +106,7 @@ def open_hf(source: Any) -> tuple[ray.data.Dataset, str, str]:
         )
     wanted = [c for c in dict.fromkeys(src.values()) if c in ds.column_names]
     ds = ds.select_columns(wanted).add_column(ROW_NUMBER, np.arange(1, len(ds) + 1))
-    rows = ray.data.from_huggingface(ds).map_batches(
+    rows = _to_ray(ds).map_batches(
         _normalise,
         batch_format="pyarrow",
         fn_kwargs={
@@ -117,6 +117,16 @@ def open_hf(source: Any) -> tuple[ray.data.Dataset, str, str]:
         num_cpus=TASK_CPUS,
     )
     return rows, label, str(ds._fingerprint)
+
+
+def _to_ray(ds: Any) -> ray.data.Dataset:
+    """``ray.data.from_huggingface``; without ``aiohttp`` (which Ray 2.60 imports there for its
+    hub-parquet probe) the same thing it does for an in-memory ``Dataset``: ``from_arrow`` of
+    the dataset's Arrow table (memory-mapped by ``datasets``, copied into the object store)."""
+    try:
+        return ray.data.from_huggingface(ds)
+    except ImportError:
+        return ray.data.from_arrow(ds.with_format("arrow")[:])
 
 
 def _not_files(path: str, data: bytes, item_titles: Mapping[str, str]) -> Iterator[dict]:

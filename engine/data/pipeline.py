@@ -412,7 +412,7 @@ def prepare_data(
         "duplicates_removed": reasons.get("duplicate", 0),
         "repeated_pairs_removed": reasons.get("repeated_user_item", 0),
         "limit": cfg.limit,
-        "records_past_limit": main.src.not_read,
+        "limit_reached": main.src.not_read > 0,
         "sample_fraction": cfg.sample_fraction,
         "sampled_out": reasons.get("sampled_out", 0),
         "kept": len(all_kept),

@@ -27,7 +27,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
-from ray.data.expressions import col
 
 from engine.data.config import RecsysConfig
 from engine.data.read import TASK_CPUS, collect
@@ -76,9 +75,10 @@ class RecsysViews:
 
     def to_numpy(self, max_sequence_length: int) -> dict[str, np.ndarray]:
         """Small data only: every user's row, sequences left-padded with 0, by user id."""
-        t = collect(self.users).sort_by("user_id") if self.users.count() else None
-        if t is None:
+        t = collect(self.users)
+        if t.num_rows == 0 or "user_id" not in t.column_names:
             return {}
+        t = t.sort_by("user_id")
         out: dict[str, np.ndarray] = {"user_id": np.asarray(t["user_id"].to_pylist())}
         for name in ("train", "valid_input", "test_input"):
             seqs = t[name].to_pylist()
@@ -113,37 +113,54 @@ def _history(group: pa.Table, seed: int, sample_fraction: float) -> pa.Table:
     )
 
 
-def _count_block(t: pa.Table, k: int) -> pa.Table:
-    """Per block: interactions per item, plus one null-item row = users with < k items."""
-    flat = pc.list_flatten(t["items"])
-    counts = pc.value_counts(flat)
-    short = int(pc.sum(pc.less(pc.list_value_length(t["items"]), k)).as_py() or 0)
-    items = [*counts.field("values").to_pylist(), None]
-    ns = [*counts.field("counts").to_pylist(), short]
-    return pa.table({"item": pa.array(items, pa.string()), "n": pa.array(ns, pa.int64())})
+def _count_block(t: pa.Table, k: int, evaluate_from: int) -> pa.Table:
+    """Per block: interactions per item (``key`` "item"), plus one row per summary count."""
+    lengths = pc.list_value_length(t["items"])
+    counts = pc.value_counts(pc.list_flatten(t["items"]))
+    summary = {
+        "users": t.num_rows,
+        "short_users": int(pc.sum(pc.less(lengths, k)).as_py() or 0),
+        "evaluated": int(pc.sum(pc.greater_equal(lengths, evaluate_from)).as_py() or 0),
+        "repeats": int(pc.sum(t["repeats"]).as_py() or 0),
+        "empty_user": int(pc.sum(pc.equal(t["user_id"], "")).as_py() or 0),
+    }
+    n_items = len(counts)
+    return pa.table(
+        {
+            "key": pa.array(["item"] * n_items + list(summary), pa.string()),
+            "item": pa.array(
+                [*counts.field("values").to_pylist(), *[None] * len(summary)], pa.string()
+            ),
+            "n": pa.array([*counts.field("counts").to_pylist(), *summary.values()], pa.int64()),
+        }
+    )
 
 
-def _counts(users: ray.data.Dataset, k: int) -> tuple[dict[str, int], int]:
+def _counts(
+    users: ray.data.Dataset, k: int, evaluate_from: int
+) -> tuple[dict[str, int], dict[str, int]]:
+    """``(item → interactions, summary counts)``, summed on the driver over blocks."""
     parts = collect(
         users.map_batches(
             _count_block,
             batch_format="pyarrow",
             batch_size=None,
-            fn_kwargs={"k": k},
+            fn_kwargs={"k": k, "evaluate_from": evaluate_from},
             num_cpus=TASK_CPUS,
         )
     )
-    if parts.num_rows == 0 or "item" not in parts.column_names:
-        return {}, 0
-    summed = parts.group_by("item").aggregate([("n", "sum")])
     counts: dict[str, int] = {}
-    short = 0
-    for item, n in zip(summed["item"].to_pylist(), summed["n_sum"].to_pylist(), strict=True):
-        if item is None:
-            short = int(n)
+    summary = {"users": 0, "short_users": 0, "evaluated": 0, "repeats": 0, "empty_user": 0}
+    if parts.num_rows == 0 or "key" not in parts.column_names:
+        return counts, summary
+    for key, item, n in zip(
+        parts["key"].to_pylist(), parts["item"].to_pylist(), parts["n"].to_pylist(), strict=True
+    ):
+        if key == "item":
+            counts[item] = counts.get(item, 0) + n
         else:
-            counts[item] = int(n)
-    return counts, short
+            summary[key] += n
+    return counts, summary
 
 
 def _prune(t: pa.Table, drop: frozenset[str], k: int) -> pa.Table:
@@ -196,11 +213,9 @@ def build_recsys(
     """
     cfg = cfg or RecsysConfig()
     base = rows.select_columns(["user_id", "item_id", "timestamp"])
-    interactions = base.count()
-    if interactions and base.filter(expr=col("user_id") == "").count():
-        raise DataError("recommendation views need user ids; this corpus has rows without one")
+    partitions = cfg.num_partitions or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
     users = (
-        base.groupby("user_id")
+        base.groupby("user_id", num_partitions=partitions)
         .map_groups(
             _history,
             batch_format="pyarrow",
@@ -209,13 +224,17 @@ def build_recsys(
         )
         .materialize()
     )
-    repeats = int(users.sum("repeats") or 0) if users.count() else 0
     k = cfg.k_core if cfg.k_core >= 2 else 1
+    evaluate_from = max(cfg.min_interactions, 3)
+    counts, summary = _counts(users, k, evaluate_from)
+    if summary["empty_user"]:
+        raise DataError("recommendation views need user ids; this corpus has rows without one")
+    first = dict(summary)
+    interactions_in = sum(counts.values()) + summary["repeats"]
     rounds = 0
-    counts, short = _counts(users, k)
     while k > 1:
         drop = frozenset(i for i, n in counts.items() if n < k)
-        if not drop and short == 0:
+        if not drop and summary["short_users"] == 0:
             break
         users = users.map_batches(
             _prune,
@@ -224,9 +243,11 @@ def build_recsys(
             num_cpus=TASK_CPUS,
         ).materialize()
         rounds += 1
-        counts, short = _counts(users, k)
+        counts, summary = _counts(users, k, evaluate_from)
     if not counts:
-        raise DataError(f"no interactions remain after the {k}-core filter ({interactions} before)")
+        raise DataError(
+            f"no interactions remain after the {k}-core filter ({interactions_in} before)"
+        )
     order = sorted(counts, key=lambda i: (-counts[i], i))
     vocab = {item: n + 1 for n, item in enumerate(order)}
     views = users.map_batches(
@@ -239,15 +260,14 @@ def build_recsys(
         },
         num_cpus=TASK_CPUS,
     ).materialize()
-    n_users = views.count()
-    evaluated = views.filter(expr=col("test_target") > 0).count()
     stats = {
-        "interactions_in": interactions,
+        "interactions_in": interactions_in,
+        "repeated_pairs_removed": first["repeats"],
+        "users_in": first["users"],
         "interactions": int(sum(counts.values())),
-        "users": n_users,
-        "users_evaluated": evaluated,
+        "users": summary["users"],
+        "users_evaluated": summary["evaluated"],
         "items": len(vocab),
-        "repeated_pairs_removed": repeats,
         "k_core": cfg.k_core,
         "k_core_rounds": rounds,
         "max_sequence_length": cfg.max_sequence_length,
