@@ -1,8 +1,11 @@
 """Data layer: corpora → validated, de-duplicated, split, tokenised arrays.
 
 Entry point: :func:`prepare_data(cfg, tokenizer_path) -> PreparedData` (needs a running
-Ray). Registered corpora: ``womens-ecommerce``, ``amazon-2018``, ``movielens`` (no text;
-read it with :func:`engine.data.read.read_corpus`).
+Ray). Registered corpora: ``womens-ecommerce``, ``amazon-2014``, ``amazon-2018``,
+``amazon-2023``, ``movielens`` (every layout; no text: read it with
+:func:`engine.data.read.read_corpus` and build recommendation views with
+:func:`engine.data.recsys.build_recsys`), ``table`` (Parquet/CSV/JSONL + ``data.columns``)
+and ``hf`` (a Hugging Face dataset folder or hub id).
 
 Extension point — a corpus is one plain reader function (no Ray import), registered with
 :func:`register_corpus`::
@@ -31,10 +34,11 @@ yielding :func:`~engine.data.registry.item_row`; titles are joined on ``item_id`
 from __future__ import annotations
 
 # importing the reader modules registers their corpora
-from engine.data import amazon, movielens, womens  # noqa: F401
-from engine.data.config import DataConfig
+from engine.data import amazon, hf, movielens, table, womens  # noqa: F401
+from engine.data.config import DataConfig, EvalDataConfig, RecsysConfig
 from engine.data.pipeline import PreparedData, prepare_data
 from engine.data.read import read_corpus
+from engine.data.recsys import RecsysViews, build_recsys
 from engine.data.registry import (
     CORPORA,
     DataError,
@@ -50,9 +54,13 @@ __all__ = [
     "CORPORA",
     "DataConfig",
     "DataError",
+    "EvalDataConfig",
     "FileRecord",
     "PreparedData",
+    "RecsysConfig",
+    "RecsysViews",
     "bad_row",
+    "build_recsys",
     "item_row",
     "iter_lines",
     "prepare_data",

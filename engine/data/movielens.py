@@ -1,18 +1,33 @@
-"""MovieLens ratings (GroupLens): the 100K layout (``u.data`` + ``u.item``) and ``::`` files.
+"""MovieLens ratings (GroupLens), every published layout, auto-detected by file name.
 
-``u.data`` is ``user<TAB>item<TAB>rating<TAB>timestamp``; ``u.item`` is ``|``-separated,
-latin-1, ``item_id|title|...``. The 1M/10M ``ratings.dat``/``movies.dat`` use ``::``.
-There is no review text: the corpus serves recommendation work, not text classification.
+* 100K: ``u.data`` is ``user<TAB>item<TAB>rating<TAB>timestamp``; ``u.item`` is
+  ``|``-separated, latin-1, ``item_id|title|...``.
+* 1M / 10M: ``ratings.dat`` / ``movies.dat`` with ``::`` separators (``movies.dat`` latin-1
+  in 1M, UTF-8 in 10M; both decode as latin-1 without loss of the ids).
+* 20M / 25M / 32M / latest: ``ratings.csv`` (``userId,movieId,rating,timestamp`` header)
+  and ``movies.csv`` (``movieId,title,genres``, titles quoted when they contain commas).
+
+Ratings are valid from 0.5 to 5 (the 10M and later releases have half stars). There is no
+review text: the corpus serves recommendation work, not text classification. A ``.csv``
+whose header is not comma-separated gives ``wrong_delimiter`` for every line, so the file
+fails with an error that says so.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Iterator, Mapping
 
 from engine.data.registry import bad_row, item_row, register_corpus, review_row
-from engine.data.textio import iter_lines
+from engine.data.textio import decompress, iter_lines
 
-__all__ = ["read_movielens_items", "read_movielens_ratings"]
+__all__ = ["delimiter_problem", "read_movielens_items", "read_movielens_ratings"]
+
+RATING_RANGE = (0.5, 5.0)
+RATINGS_HEADER = ("userId", "movieId", "rating", "timestamp")
+MOVIES_HEADER = ("movieId", "title")
+_OTHER_SEPARATORS = (";", "\t", "|", "::")
 
 
 def _split(text: str, *, seps: tuple[str, ...]) -> list[str]:
@@ -22,8 +37,48 @@ def _split(text: str, *, seps: tuple[str, ...]) -> list[str]:
     return [text]
 
 
+def _is_csv(path: str) -> bool:
+    return path.endswith((".csv", ".csv.gz"))
+
+
+def delimiter_problem(header: str, expected: str, wanted: tuple[str, ...]) -> str | None:
+    """A description if ``header`` is not ``expected``-separated but holds the ``wanted``
+    column names with another separator; else None."""
+    if expected in header:
+        return None
+    for sep in _OTHER_SEPARATORS:
+        if sep in header and all(name in header.split(sep) for name in wanted[:2]):
+            return f"header is {sep!r}-separated, expected {expected!r}: {header[:200]}"
+    return f"header has no {expected!r} separator: {header[:200]}"
+
+
+def _read_movies_csv(path: str, data: bytes) -> Iterator[dict]:
+    body, problem = decompress(data)
+    text = body.decode("utf-8", errors="replace").lstrip("\ufeff")
+    lines = iter(csv.reader(io.StringIO(text, newline="")))
+    header = next(lines, None)
+    if header is None:
+        return
+    if len(header) < 2 or tuple(h.strip() for h in header[:2]) != MOVIES_HEADER:
+        reason = "wrong_delimiter" if len(header) == 1 else "missing_column"
+        yield bad_row(path, 1, reason, ",".join(header))
+        return
+    for number, fields in enumerate(lines, start=2):
+        if not fields:
+            continue
+        if len(fields) < 2:
+            yield bad_row(path, number, "malformed_line", ",".join(fields))
+            continue
+        yield item_row(path, number, item_id=fields[0] or None, item_title=fields[1])
+    if problem is not None:
+        yield bad_row(path, None, problem)
+
+
 def read_movielens_items(path: str, data: bytes) -> Iterator[dict]:
-    """Item rows (id, title) from ``u.item`` or ``movies.dat`` (latin-1)."""
+    """Item rows (id, title) from ``u.item``, ``movies.dat`` (latin-1) or ``movies.csv``."""
+    if _is_csv(path):
+        yield from _read_movies_csv(path, data)
+        return
     for line in iter_lines(data, encoding="latin-1"):
         if line.text is None:
             yield bad_row(path, line.number, line.problem or "unreadable", line.raw)
@@ -40,20 +95,31 @@ def read_movielens_items(path: str, data: bytes) -> Iterator[dict]:
 @register_corpus(
     "movielens",
     default_path="datasets/movielens-100k",
-    review_globs=("u.data", "ratings.dat"),
-    item_globs=("u.item", "movies.dat"),
+    review_globs=("u.data", "ratings.dat", "ratings.csv", "ratings.csv.gz"),
+    item_globs=("u.item", "movies.dat", "movies.csv", "movies.csv.gz"),
     read_items=read_movielens_items,
     has_text=False,
 )
 def read_movielens_ratings(
     path: str, data: bytes, item_titles: Mapping[str, str]
 ) -> Iterator[dict]:
-    """Rating rows from ``u.data`` (tab) or ``ratings.dat`` (``::``)."""
+    """Rating rows from ``u.data`` (tab), ``ratings.dat`` (``::``) or ``ratings.csv``."""
+    csv_layout = _is_csv(path)
+    wrong: str | None = None
     for line in iter_lines(data):
         if line.text is None:
             yield bad_row(path, line.number, line.problem or "unreadable", line.raw)
             continue
-        fields = _split(line.text, seps=("\t", "::"))
+        if csv_layout and line.number == 1:
+            wrong = delimiter_problem(line.text, ",", RATINGS_HEADER)
+            if wrong is None and line.text.split(",")[0].strip() == RATINGS_HEADER[0]:
+                continue  # the header
+        if wrong is not None:
+            yield bad_row(
+                path, line.number, "wrong_delimiter", wrong if line.number == 1 else line.text
+            )
+            continue
+        fields = line.text.split(",") if csv_layout else _split(line.text, seps=("\t", "::"))
         if len(fields) != 4:
             yield bad_row(path, line.number, "malformed_line", line.text)
             continue
@@ -67,4 +133,5 @@ def read_movielens_ratings(
             timestamp=seconds or None,
             item_title=item_titles.get(item, ""),
             raw=line.text,
+            rating_range=RATING_RANGE,
         )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import zlib
 from collections import Counter
 from dataclasses import dataclass
@@ -26,18 +27,17 @@ import pyarrow as pa
 import ray
 from ray.data.expressions import col
 
-from engine.data.config import DataConfig
+from engine.data.config import DataConfig, EvalDataConfig
 from engine.data.read import (
     NORMAL_SKIPS,
     TASK_CPUS,
+    Source,
     bad_rows_of,
     check_bad_fraction,
     collect,
     file_records,
     get_corpus,
-    parse_files,
-    read_item_titles,
-    resolve_files,
+    open_source,
 )
 from engine.data.registry import RAW_CHARS, DataError, FileRecord
 
@@ -81,14 +81,29 @@ def split_of(
     return "test", h
 
 
+def sampled(row_key: str, seed: int, fraction: float) -> bool:
+    """Whether ``sample_fraction`` keeps a row: crc32(f"sample:{seed}:{row_key}") / 2³² <
+    fraction. All copies of a (user, item) pair share the decision, so dedup is unaffected."""
+    return fraction >= 1.0 or zlib.crc32(f"sample:{seed}:{row_key}".encode()) < fraction * 2**32
+
+
 def _annotate(
-    t: pa.Table, file_index: dict[str, int], seed: int, train_fraction: float, valid_fraction: float
+    t: pa.Table,
+    file_index: dict[str, int],
+    seed: int,
+    train_fraction: float,
+    valid_fraction: float,
+    sample_fraction: float = 1.0,
+    all_test: bool = False,
 ) -> pa.Table:
-    """Add keys, split and label to parsed rows; mark empty texts and non-integer ratings.
+    """Add keys, split and label to parsed rows; mark empty texts, non-integer ratings and
+    rows left out by ``sample_fraction``.
 
     Exact duplicate = same user, item, rating, timestamp, title and text (whitespace
     collapsed). ``row_key`` hashes the (user, item) pair where the corpus has users, else
     the content, so it is unique once duplicates are removed and stable across copies.
+    ``uid`` = file index << 32 | record index. ``all_test`` puts every row in the test split
+    (the evaluation corpus of a cross-domain study).
     """
     cols = {name: t[name].to_pylist() for name in t.column_names}
     raws = cols["raw"]
@@ -108,9 +123,12 @@ def _annotate(
         group = f"u\x1f{user}\x1f{item}" if user else f"c\x1f{content_key}"
         row_key = hashlib.sha1(group.encode()).hexdigest()
         split, h = split_of(row_key, seed, train_fraction, valid_fraction)
-        line = cols["source_line"][i] or 0
+        if all_test:
+            split = "test"
+        if not reason and not sampled(row_key, seed, sample_fraction):
+            reason = "sampled_out"
         reasons.append(reason)
-        uids.append((file_index[cols["source_file"][i]] << 32) | line)
+        uids.append((file_index[cols["source_file"][i]] << 32) | cols["record"][i])
         row_keys.append(row_key)
         content_keys.append(content_key)
         hashes.append(h)
@@ -130,7 +148,7 @@ def _annotate(
     return t
 
 
-def _counts(keys: pd.DataFrame, files: list[Path]) -> dict[str, Counter[str]]:
+def _counts(keys: pd.DataFrame, files: list[str]) -> dict[str, Counter[str]]:
     """``file → Counter(reason)``, with an empty Counter for a file that had no records."""
     counts: dict[str, Counter[str]] = {str(f): Counter() for f in files}
     for (file, reason), n in keys.groupby(["file", "reason"]).size().items():
@@ -207,8 +225,20 @@ def _select(t: pa.Table, uids: np.ndarray) -> pa.Table:
     )
 
 
+def _free_cpus(wait_s: float = 30.0) -> float:
+    """Free CPUs, waiting up to ``wait_s`` for a finished actor pool to release its CPUs
+    (Ray Data tears pools down asynchronously, so back-to-back calls can see them held)."""
+    total = float(ray.cluster_resources().get("CPU", 0.0))
+    deadline = time.monotonic() + wait_s
+    while True:
+        cpus = float(ray.available_resources().get("CPU", 0.0))
+        if cpus >= min(total, 2 * TOKENIZER_CPUS + TASK_CPUS) or time.monotonic() > deadline:
+            return cpus
+        time.sleep(0.25)
+
+
 def _pool_size() -> int:
-    cpus = float(ray.available_resources().get("CPU", 0.0))
+    cpus = _free_cpus()
     if cpus < TASK_CPUS + TOKENIZER_CPUS:
         raise RuntimeError(
             f"prepare_data needs {TASK_CPUS + TOKENIZER_CPUS} free CPUs in the Ray cluster, "
@@ -259,6 +289,53 @@ def _splits(arrays: dict[str, np.ndarray], max_length: int) -> dict[str, dict[st
     return out
 
 
+@dataclass
+class _Part:
+    """One corpus read, annotated, checked and de-duplicated (keys on the driver)."""
+
+    src: Source
+    ds: ray.data.Dataset
+    keys: pd.DataFrame
+    bad: list[dict]
+
+
+def _read_part(
+    spec: DataConfig | EvalDataConfig, cfg: DataConfig, num_blocks: int | None, all_test: bool
+) -> _Part:
+    corpus = get_corpus(spec.corpus)
+    if not corpus.has_text:
+        raise DataError(
+            f"data{'.eval' if all_test else ''}.corpus {spec.corpus!r} has no review text, so "
+            "it cannot feed the rating classification task (use engine.data.read.read_corpus "
+            "and engine.data.recsys.build_recsys for recommendation work)"
+        )
+    src = open_source(spec, cfg.max_bad_fraction)
+    file_index = {f: i for i, f in enumerate(src.files)}
+    kwargs = {
+        "file_index": file_index,
+        "seed": cfg.seed,
+        "train_fraction": cfg.train_fraction,
+        "valid_fraction": cfg.valid_fraction,
+        "sample_fraction": spec.sample_fraction,
+        "all_test": all_test,
+    }
+    ds = src.rows.map_batches(
+        _annotate, batch_format="pyarrow", fn_kwargs=kwargs, num_cpus=TASK_CPUS
+    )
+    ds = ds.repartition(num_blocks or max(2, 2 * _pool_size())).materialize()
+
+    keys = collect(ds, KEY_COLUMNS).to_pandas()
+    keys["file"] = np.asarray(src.files, dtype=object)[keys["uid"].to_numpy() >> 32]
+    check_bad_fraction(_counts(keys, src.files), cfg.max_bad_fraction)
+    invalid = ~keys["reason"].isin(["", *NORMAL_SKIPS])
+    bad = (
+        bad_rows_of(collect(ds.filter(expr=col("reason").not_in(["", *NORMAL_SKIPS]))))
+        if invalid.any()
+        else []
+    )
+    return _Part(src, ds, _dedup(keys), bad)
+
+
 def prepare_data(
     cfg: DataConfig, tokenizer_path: str | Path, *, num_blocks: int | None = None
 ) -> PreparedData:
@@ -268,7 +345,9 @@ def prepare_data(
     Rows without text are skipped and counted as ``empty_text``; like duplicates they are
     a property of real data (3.6 % of the women's reviews), so they do not count towards
     ``cfg.max_bad_fraction``: only malformed or invalid rows do. ``num_blocks`` sets the
-    Ray parallelism and never changes the result.
+    Ray parallelism and never changes the result. With ``cfg.eval`` (cross-domain) the
+    test split is the other corpus's rows, less any (user, item) pair that is in this
+    corpus's train or valid split; this corpus's own test rows are then unused (counted).
 
     Raises:
         DataError: a file is missing, unreadable or empty, a file's invalid share exceeds
@@ -277,50 +356,54 @@ def prepare_data(
     """
     if not ray.is_initialized():
         raise RuntimeError("prepare_data needs Ray: call ray.init() first")
-    corpus = get_corpus(cfg.corpus)
-    if not corpus.has_text:
-        raise DataError(
-            f"data.corpus {cfg.corpus!r} has no review text, so it cannot feed the rating "
-            "classification task (use engine.data.read.read_corpus for recommendation work)"
-        )
-    reviews, items = resolve_files(corpus, cfg.path)
-    titles, item_records, item_bad = read_item_titles(corpus, items, cfg.max_bad_fraction)
-
-    file_index = {str(f): i for i, f in enumerate(reviews)}
-    fractions = {"train_fraction": cfg.train_fraction, "valid_fraction": cfg.valid_fraction}
-    ds = parse_files(corpus, reviews, titles).map_batches(
-        _annotate,
-        batch_format="pyarrow",
-        fn_kwargs={"file_index": file_index, "seed": cfg.seed, **fractions},
-        num_cpus=TASK_CPUS,
-    )
-    ds = ds.repartition(num_blocks or max(2, 2 * _pool_size())).materialize()
-
-    keys = collect(ds, KEY_COLUMNS).to_pandas()
-    keys["file"] = np.asarray([str(f) for f in reviews], dtype=object)[keys["uid"].to_numpy() >> 32]
-    check_bad_fraction(_counts(keys, reviews), cfg.max_bad_fraction)
-    invalid = ~keys["reason"].isin(["", *NORMAL_SKIPS])
-    bad = (
-        bad_rows_of(collect(ds.filter(expr=col("reason").not_in(["", *NORMAL_SKIPS]))))
-        if invalid.any()
-        else []
-    )
-    keys = _dedup(keys)
-    counts = _counts(keys, reviews)
-    kept = keys[keys["reason"] == ""]
+    main = _read_part(cfg, cfg, num_blocks, all_test=False)
+    kept = main.keys[main.keys["reason"] == ""]
+    where = cfg.path or main.src.corpus.default_path
     if kept.empty:
-        raise DataError(
-            f"{cfg.path or corpus.default_path}: no usable rows remain ({_summary(keys)})"
-        )
+        raise DataError(f"{where}: no usable rows remain ({_summary(main.keys)})")
     caps = {"train": cfg.train_size, "valid": cfg.valid_size, "test": cfg.test_size}
-    chosen = _cap(kept, caps)
+    cross: dict = {}
+    ev: _Part | None = None
+    if cfg.eval is not None:
+        ev = _read_part(cfg.eval, cfg, num_blocks, all_test=True)
+        in_domain_test = int((kept["split"] == "test").sum())
+        kept = kept[kept["split"] != "test"]
+        seen = set(kept["row_key"])
+        ev_valid = ev.keys["reason"] == ""
+        overlap = ev_valid & ev.keys["row_key"].isin(seen)
+        ev.keys.loc[overlap, "reason"] = "in_train_corpus"
+        ev_kept = ev.keys[ev.keys["reason"] == ""]
+        if ev_kept.empty:
+            raise DataError(
+                f"{cfg.eval.path or ev.src.corpus.default_path}: no usable evaluation rows "
+                f"remain ({_summary(ev.keys)})"
+            )
+        chosen = _cap(kept, {**caps, "test": None})
+        chosen_ev = _cap(ev_kept, {"train": None, "valid": None, "test": cfg.test_size})
+        cross = {
+            "train_corpus": cfg.corpus,
+            "test_corpus": cfg.eval.corpus,
+            "test_path": cfg.eval.path,
+            "in_domain_test_rows_unused": in_domain_test,
+            "eval_pairs_dropped_as_in_train_corpus": int(overlap.sum()),
+            "eval_read": len(ev.keys),
+            "eval_kept": len(ev_kept),
+            "eval_reasons": _reasons(ev.keys),
+        }
+    else:
+        chosen = _cap(kept, caps)
 
-    arrays = _tokenise(ds, np.sort(chosen["uid"].to_numpy()), cfg, str(tokenizer_path))
+    arrays = _tokenise(main.ds, np.sort(chosen["uid"].to_numpy()), cfg, str(tokenizer_path))
+    if ev is not None:
+        ev_arrays = _tokenise(ev.ds, np.sort(chosen_ev["uid"].to_numpy()), cfg, str(tokenizer_path))
+        arrays = _concat(arrays, ev_arrays)
     splits = _splits(arrays, cfg.max_length)
     if len(splits["train"]["labels"]) == 0:
-        raise DataError(f"{cfg.path or corpus.default_path}: the train split is empty")
+        raise DataError(f"{where}: the train split is empty")
 
+    keys = main.keys
     reasons = Counter(keys["reason"])
+    all_kept = main.keys[main.keys["reason"] == ""]
     stats = {
         "read": len(keys),
         "bad": sum(n for r, n in reasons.items() if r and r not in NORMAL_SKIPS),
@@ -328,22 +411,48 @@ def prepare_data(
         "empty_text": reasons.get("empty_text", 0),
         "duplicates_removed": reasons.get("duplicate", 0),
         "repeated_pairs_removed": reasons.get("repeated_user_item", 0),
-        "kept": len(kept),
-        "split_sizes_before_caps": {s: int((kept["split"] == s).sum()) for s in SPLITS},
+        "limit": cfg.limit,
+        "limit_reached": main.src.not_read > 0,
+        "sample_fraction": cfg.sample_fraction,
+        "sampled_out": reasons.get("sampled_out", 0),
+        "kept": len(all_kept),
+        "split_sizes_before_caps": {s: int((all_kept["split"] == s).sum()) for s in SPLITS},
         "split_sizes": {s: len(splits[s]["labels"]) for s in SPLITS},
         "label_histogram": {
             s: np.bincount(splits[s]["labels"], minlength=5).tolist() for s in SPLITS
         },
-        "item_titles": len(titles),
-        "bad_rows_listed": len(bad) + len(item_bad),
+        "item_titles": len(main.src.item_titles),
+        "bad_rows_listed": len(main.bad) + len(main.src.item_bad_rows),
     }
+    files = _records(main) + main.src.item_files
+    bad = main.bad + main.src.item_bad_rows
+    if ev is not None:
+        cross["split_sizes_before_caps_test"] = len(ev_kept)
+        stats["cross_domain"] = cross
+        files += _records(ev) + ev.src.item_files
+        bad += ev.bad + ev.src.item_bad_rows
     return PreparedData(
         train=splits["train"],
         valid=splits["valid"],
         test=splits["test"],
         num_labels=len(LABEL_NAMES),
         label_names=list(LABEL_NAMES),
-        files=file_records(reviews, counts) + item_records,
-        bad_rows=bad + item_bad,
+        files=files,
+        bad_rows=bad,
         stats=stats,
     )
+
+
+def _reasons(keys: pd.DataFrame) -> dict[str, int]:
+    return {r or "kept": int(n) for r, n in sorted(Counter(keys["reason"]).items())}
+
+
+def _records(part: _Part) -> list[FileRecord]:
+    counts = _counts(part.keys, part.src.files)
+    return file_records([Path(f) for f in part.src.files], counts, part.src.checksums)
+
+
+def _concat(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    if not a or not b:
+        return a or b
+    return {k: np.concatenate([a[k], b[k]]) for k in a}

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import itertools
 import os
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -30,11 +33,16 @@ __all__ = [
     "NORMAL_SKIPS",
     "REPO_ROOT",
     "CorpusRows",
+    "Source",
+    "apply_limit",
     "bad_rows_of",
+    "bind_corpus",
     "check_bad_fraction",
     "collect",
+    "count_reasons",
     "file_records",
     "get_corpus",
+    "open_source",
     "parse_files",
     "read_bytes",
     "read_corpus",
@@ -48,7 +56,7 @@ TASK_CPUS = 0.5  # read/parse tasks; fractional so actor pools never starve them
 MAX_BAD_ROWS_LISTED = 1_000
 # Skips that are a property of the data, not damage: they never count as "bad".
 _LOCAL = pafs.LocalFileSystem()
-NORMAL_SKIPS = frozenset({"empty_text", "duplicate", "repeated_user_item"})
+NORMAL_SKIPS = frozenset({"empty_text", "duplicate", "repeated_user_item", "sampled_out"})
 
 
 def get_corpus(name: str) -> Corpus:
@@ -135,15 +143,25 @@ def read_bytes(path: str) -> bytes:
         return fh.read()
 
 
-def _parse_batch(batch: pa.Table, corpus: Corpus, titles: Mapping[str, str], items: bool):
-    rows: list[dict] = []
+def _parse_batch(
+    batch: pa.Table,
+    corpus: Corpus,
+    titles: Mapping[str, str],
+    items: bool,
+    limit: int | None = None,
+):
+    tables = []
     for path in batch["path"].to_pylist():
         data = read_bytes(path)
         if items and corpus.read_items is not None:
-            rows.extend(corpus.read_items(path, data))
+            rows = corpus.read_items(path, data)
         else:
-            rows.extend(corpus(path, data, titles))
-    return pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
+            rows = corpus(path, data, titles)
+        # a limit stops reading the file early: at most ``limit`` records from any file
+        listed = list(itertools.islice(rows, limit))
+        t = pa.Table.from_pylist(listed, schema=ROW_SCHEMA)
+        tables.append(t.append_column("record", pa.array(range(len(listed)), pa.int64())))
+    return pa.concat_tables(tables)
 
 
 def parse_files(
@@ -152,19 +170,76 @@ def parse_files(
     titles: Mapping[str, str] | None = None,
     *,
     items: bool = False,
+    limit: int | None = None,
 ) -> ray.data.Dataset:
-    """Lazy dataset of :data:`ROW_SCHEMA` rows, one per record of ``files`` (bad ones too).
+    """Lazy dataset of :data:`ROW_SCHEMA` rows, one per record of ``files`` (bad ones too),
+    plus ``record``, the record's 0-based position in its file.
 
-    One Ray task per file reads and parses it (see :func:`read_bytes`).
+    One Ray task per file reads and parses it (see :func:`read_bytes`); ``limit`` stops
+    each file after that many records (:func:`apply_limit` makes it global).
     """
     paths = ray.data.from_items([{"path": str(f)} for f in files], override_num_blocks=len(files))
+    kwargs = {"corpus": corpus, "titles": dict(titles or {}), "items": items, "limit": limit}
     return paths.map_batches(
-        _parse_batch,
-        batch_size=1,
-        batch_format="pyarrow",
-        fn_kwargs={"corpus": corpus, "titles": dict(titles or {}), "items": items},
-        num_cpus=TASK_CPUS,
+        _parse_batch, batch_size=1, batch_format="pyarrow", fn_kwargs=kwargs, num_cpus=TASK_CPUS
     )
+
+
+def _count_block(t: pa.Table) -> pa.Table:
+    counted = t.group_by(["source_file", "reason"]).aggregate([([], "count_all")])
+    return counted.rename_columns(["source_file", "reason", "n"])
+
+
+def count_reasons(ds: ray.data.Dataset) -> dict[str, Counter[str]]:
+    """``file → Counter(reason)`` ("" = valid), aggregated per block in Ray, so the driver
+    receives one small row per (block, file, reason), never one per record."""
+    parts = collect(
+        ds.select_columns(["source_file", "reason"]).map_batches(
+            _count_block, batch_format="pyarrow", batch_size=None, num_cpus=TASK_CPUS
+        )
+    )
+    counts: dict[str, Counter[str]] = {}
+    if parts.num_rows == 0 or "n" not in parts.column_names:
+        return counts
+    for path, reason, n in zip(
+        parts["source_file"].to_pylist(),
+        parts["reason"].to_pylist(),
+        parts["n"].to_pylist(),
+        strict=True,
+    ):
+        counts.setdefault(path, Counter())[reason] += n
+    return counts
+
+
+def _below(t: pa.Table, allowance: Mapping[str, int]) -> pa.Table:
+    keep = [
+        r < allowance.get(f, 0)
+        for f, r in zip(t["source_file"].to_pylist(), t["record"].to_pylist(), strict=True)
+    ]
+    return t.filter(pa.array(keep, pa.bool_()))
+
+
+def apply_limit(
+    ds: ray.data.Dataset, files: list[str], limit: int | None
+) -> tuple[ray.data.Dataset, int]:
+    """Keep the first ``limit`` records of the corpus in file order (``files`` order, then
+    record order); ``ds`` must come from :func:`parse_files` with the same ``limit``.
+    Returns the (materialised) rows and how many records were left unread or dropped."""
+    if limit is None:
+        return ds, 0
+    ds = ds.materialize()
+    per_file = {f: sum(c.values()) for f, c in count_reasons(ds).items()}
+    allowance, left = {}, limit
+    for f in files:
+        allowance[f] = min(left, per_file.get(f, 0))
+        left -= allowance[f]
+    dropped = sum(per_file.values()) - sum(allowance.values())
+    if dropped == 0:
+        return ds, 0
+    kept = ds.map_batches(
+        _below, batch_format="pyarrow", fn_kwargs={"allowance": allowance}, num_cpus=TASK_CPUS
+    )
+    return kept.materialize(), dropped
 
 
 def collect(ds: ray.data.Dataset, columns: list[str] | None = None) -> pa.Table:
@@ -208,17 +283,25 @@ def check_bad_fraction(counts: Mapping[str, Counter[str]], max_bad_fraction: flo
             )
 
 
-def file_records(files: list[Path], counts: Mapping[str, Counter[str]]) -> list[FileRecord]:
-    """One :class:`FileRecord` per file, in ``files`` order ("" in ``counts`` = kept)."""
+def file_records(
+    files: list[Path],
+    counts: Mapping[str, Counter[str]],
+    checksums: Mapping[str, str] | None = None,
+) -> list[FileRecord]:
+    """One :class:`FileRecord` per file, in ``files`` order ("" in ``counts`` = kept).
+
+    ``checksums`` gives the checksum of a source that is not a local file (a Hugging Face
+    dataset's fingerprint)."""
     out = []
     for f in files:
         c = counts.get(str(f), Counter())
         skips = {r: n for r, n in sorted(c.items()) if r}
         kept = c.get("", 0)
+        given = (checksums or {}).get(str(f))
         out.append(
             FileRecord(
                 path=str(f),
-                sha256=sha256_of(f),
+                sha256=given if given is not None else sha256_of(f),
                 rows_read=kept + sum(skips.values()),
                 rows_kept=kept,
                 rows_skipped=sum(skips.values()),
@@ -267,6 +350,59 @@ def read_item_titles(
     return titles, file_records(item_files, counts), bad_rows_of(table)
 
 
+def bind_corpus(corpus: Corpus, source: Any) -> Corpus:
+    """``corpus`` with the study's reader options bound (``data.columns``, ``timestamp_unit``).
+
+    Raises a :class:`DataError` if the study sets options the corpus does not take.
+    """
+    columns = getattr(source, "columns", None)
+    unit = getattr(source, "timestamp_unit", "s")
+    if "columns" not in corpus.options:
+        if columns is not None or unit != "s":
+            takes = sorted(n for n in CORPORA.names() if "columns" in CORPORA.get(n).options)
+            raise DataError(
+                f"data.columns / data.timestamp_unit apply only to corpora {takes}, "
+                f"not {corpus.name!r} (its reader knows its own fields)"
+            )
+        return corpus
+    scale = 1000 if unit == "ms" else 1
+    bound = partial(corpus.read_reviews, columns=columns, timestamp_scale=scale)
+    return replace(corpus, read_reviews=bound)
+
+
+@dataclass
+class Source:
+    """A corpus opened: all its records as a lazy dataset, and where they came from."""
+
+    corpus: Corpus
+    rows: ray.data.Dataset  # ROW_SCHEMA + ``record``, valid and invalid
+    files: list[str]  # review files (or the one dataset name), in reading order
+    checksums: dict[str, str]
+    item_titles: dict[str, str]
+    item_files: list[FileRecord]
+    item_bad_rows: list[dict]
+    not_read: int  # records past ``limit``
+
+
+def open_source(source: Any, max_bad_fraction: float) -> Source:
+    """Open the corpus a ``data:`` section (or ``data.eval``) names, with its ``limit``.
+
+    File corpora resolve their files and read item metadata first; a corpus with an
+    ``opener`` (``hf``) opens itself.
+    """
+    corpus = bind_corpus(get_corpus(source.corpus), source)
+    limit = getattr(source, "limit", None)
+    if corpus.opener is not None:
+        rows, name, checksum = corpus.opener(source)
+        rows, dropped = apply_limit(rows, [name], limit)
+        return Source(corpus, rows, [name], {name: checksum}, {}, [], [], dropped)
+    reviews, items = resolve_files(corpus, source.path)
+    titles, item_records, item_bad = read_item_titles(corpus, items, max_bad_fraction)
+    names = [str(f) for f in reviews]
+    rows, dropped = apply_limit(parse_files(corpus, reviews, titles, limit=limit), names, limit)
+    return Source(corpus, rows, names, {}, titles, item_records, item_bad, dropped)
+
+
 @dataclass
 class CorpusRows:
     """A corpus read and checked: valid rows (materialised in Ray) and the bookkeeping."""
@@ -278,25 +414,43 @@ class CorpusRows:
 
 
 def read_corpus(
-    name: str, path: str | None = None, *, max_bad_fraction: float = 0.01
+    name: str,
+    path: str | None = None,
+    *,
+    max_bad_fraction: float = 0.01,
+    columns: Mapping[str, str] | None = None,
+    timestamp_unit: str = "s",
+    limit: int | None = None,
+    hf_name: str | None = None,
+    hf_split: str = "train",
 ) -> CorpusRows:
     """Read any corpus (text or not) into valid :data:`ROW_SCHEMA` rows, without dedup.
 
-    For recommendation work (e.g. MovieLens). Raises :class:`DataError` like
-    :func:`engine.data.prepare_data` does.
+    For recommendation work (e.g. MovieLens; see :func:`engine.data.recsys.build_recsys`).
+    Raises :class:`DataError` like :func:`engine.data.prepare_data` does. Only per-block
+    counts and the quarantined rows reach the driver.
     """
+    from engine.data.config import EvalDataConfig
+
     if not ray.is_initialized():
         raise RuntimeError("read_corpus needs Ray: call ray.init() first")
-    corpus = get_corpus(name)
-    reviews, items = resolve_files(corpus, path)
-    titles, item_records, item_bad = read_item_titles(corpus, items, max_bad_fraction)
-    ds = parse_files(corpus, reviews, titles).materialize()
-    keys = collect(ds, ["source_file", "reason"])
-    counts = _count(zip(keys["source_file"].to_pylist(), keys["reason"].to_pylist(), strict=True))
-    check_bad_fraction(counts, max_bad_fraction)
+    spec = EvalDataConfig(
+        corpus=name,
+        path=path,
+        columns=dict(columns) if columns is not None else None,
+        timestamp_unit=timestamp_unit,  # type: ignore[arg-type]
+        limit=limit,
+        hf_name=hf_name,
+        hf_split=hf_split,
+    )
+    src = open_source(spec, max_bad_fraction)
+    ds = src.rows.materialize()
+    counts = count_reasons(ds)
+    check_bad_fraction({f: counts.get(f, Counter()) for f in src.files}, max_bad_fraction)
     bad = bad_rows_of(collect(ds.filter(expr=col("reason") != ""))) if _any_bad(counts) else []
-    valid = ds.filter(expr=col("reason") == "")
-    return CorpusRows(valid, file_records(reviews, counts) + item_records, bad + item_bad, titles)
+    valid = ds.filter(expr=col("reason") == "").drop_columns(["record"])
+    records = file_records([Path(f) for f in src.files], counts, src.checksums)
+    return CorpusRows(valid, records + src.item_files, bad + src.item_bad_rows, src.item_titles)
 
 
 def _any_bad(counts: Mapping[str, Counter[str]]) -> bool:

@@ -118,13 +118,17 @@ def review_row(
     title: object = None,
     item_title: str = "",
     raw: str = "",
+    rating_range: tuple[float, float] = (1.0, 5.0),
+    timestamp_scale: int = 1,
 ) -> dict:
     """Validate and normalise one review; return a :func:`bad_row` if it is invalid.
 
     ``user_id`` None means the field is missing (invalid); ``""`` means the corpus has no
     users (e.g. women's reviews), which turns off the (user, item) de-duplication for it.
     ``timestamp`` None means unknown and becomes 0. Empty text is valid here: whether a row
-    needs text is the task's decision, not the reader's.
+    needs text is the task's decision, not the reader's. ``rating_range`` is the corpus's
+    valid scale (MovieLens 10M+ has half stars from 0.5); ``timestamp_scale`` divides the
+    timestamp into seconds (1000 for Amazon 2023's milliseconds).
     """
     if user_id is None or item_id is None or _text(item_id) == "" or rating is None:
         return bad_row(path, line, "missing_field", raw)
@@ -136,12 +140,13 @@ def review_row(
         return bad_row(path, line, "invalid_rating", raw)
     if math.isnan(value):
         return bad_row(path, line, "invalid_rating", raw)
-    if not 1.0 <= value <= 5.0:
+    if not rating_range[0] <= value <= rating_range[1]:
         return bad_row(path, line, "rating_out_of_range", raw)
     seconds = 0
     if timestamp not in (None, ""):
         try:
-            seconds = int(float(timestamp))  # type: ignore[arg-type]
+            whole = timestamp if isinstance(timestamp, int) else int(float(timestamp))  # type: ignore[arg-type]
+            seconds = whole // timestamp_scale
         except (TypeError, ValueError):
             return bad_row(path, line, "invalid_timestamp", raw)
         if seconds < 0:
@@ -186,6 +191,12 @@ class Corpus:
     item_globs: tuple[str, ...] = ()
     read_items: ItemReader | None = None
     has_text: bool = True
+    # keyword options of ``read_reviews`` set from the study file ("columns": the column
+    # mapping and timestamp unit), bound by :func:`engine.data.read.bind_corpus`
+    options: tuple[str, ...] = ()
+    # a corpus that is not a set of files (a Hugging Face dataset) opens itself:
+    # ``opener(source_config) -> (ray Dataset of ROW_SCHEMA rows, record name, checksum)``
+    opener: Callable[..., tuple] | None = None
 
     def __call__(self, path: str, data: bytes, item_titles: Mapping[str, str]) -> Iterator[dict]:
         return self.read_reviews(path, data, item_titles)
@@ -202,6 +213,8 @@ def register_corpus(
     item_globs: tuple[str, ...] = (),
     read_items: ItemReader | None = None,
     has_text: bool = True,
+    options: tuple[str, ...] = (),
+    opener: Callable[..., tuple] | None = None,
 ) -> Callable[[ReviewReader], ReviewReader]:
     """Decorator: register ``read_reviews`` as corpus ``name`` (a duplicate name is an error)."""
 
@@ -214,6 +227,8 @@ def register_corpus(
             item_globs=tuple(item_globs),
             read_items=read_items,
             has_text=has_text,
+            options=tuple(options),
+            opener=opener,
         )
         CORPORA.register(name)(corpus)
         return read_reviews

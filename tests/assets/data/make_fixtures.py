@@ -13,6 +13,21 @@ amazon/Games_5.json.gz — 11 records: 10 kept, 1 repeated_user_item (pair also 
 amazon/meta_Toys.json.gz — 5 records: 4 items, 1 malformed_json.
 movielens/u.data — 12 records: 10 valid, rating_out_of_range 1, malformed_line 1;
   movielens/u.item — 5 items, latin-1.
+amazon2023/Beauty.jsonl.gz — 20 records (2023 schema, ms timestamps, item = parent_asin):
+  12 kept, 1 duplicate, 1 repeated_user_item (same parent_asin, other variant asin),
+  1 empty_text, 5 invalid (rating_out_of_range, missing_field, malformed_json,
+  invalid_timestamp, non_utf8). meta_Beauty.jsonl.gz — 6 records: 5 items, 1 missing_field.
+amazon2014/reviews_Toys_5.json.gz — 15 records: 10 kept, 1 duplicate, 4 invalid
+  (rating_out_of_range, missing_field, malformed_json, invalid_rating).
+  meta_Toys.json.gz — 4 records as Python literals (the 2014 format): 3 items,
+  1 malformed_json.
+movielens1m/ratings.dat — 10 records (``::``): 8 kept, rating_out_of_range 1,
+  malformed_line 1; movies.dat — 3 items, latin-1.
+movielens25m/ratings.csv — header + 13 records: 10 kept (half stars from 0.5),
+  rating_out_of_range 1, malformed_line 1, missing_field 1; movies.csv — header + 5 records:
+  4 items (quoted titles with commas), 1 malformed_line.
+table/reviews.csv — custom column names (reviewer, product, stars, body, headline, when):
+  10 records: 8 kept, rating_out_of_range 1, malformed_csv 1.
 """
 
 from __future__ import annotations
@@ -122,7 +137,141 @@ def movielens() -> None:
     (d / "u.item").write_bytes(("\n".join(items) + "\n").encode("latin-1"))
 
 
+def review2023(i: int, **over: object) -> str:
+    obj: dict[str, object] = {
+        "rating": float(1 + i % 5),
+        "title": f"headline {i}",
+        "text": f"beauty text {i}",
+        "images": [],
+        "asin": f"B{i:03d}",
+        "parent_asin": f"PB{i % 6}",
+        "user_id": f"AU{i % 4}",
+        "timestamp": 1_600_000_000_000 + i * 3_600_000,
+        "helpful_vote": i % 3,
+        "verified_purchase": True,
+    }
+    obj.update(over)
+    return json.dumps(obj)
+
+
+def amazon2023() -> None:
+    d = HERE / "amazon2023"
+    d.mkdir(exist_ok=True)
+    lines = [review2023(i).encode() for i in range(12)]
+    lines.append(lines[0])  # duplicate (byte-identical)
+    # repeated_user_item: AU0 reviews PB0 again through another variant, later
+    lines.append(
+        review2023(0, asin="B999", text="other colour", timestamp=1_700_000_000_000).encode()
+    )
+    lines.append(review2023(20, rating=0.0).encode())  # rating_out_of_range
+    lines.append(review2023(21, user_id=None).encode())  # missing_field
+    lines.append(b'{"rating": 4.0, "title": "cut')  # malformed_json
+    lines.append(review2023(22, text="").encode())  # empty_text
+    lines.append(review2023(23, timestamp="yesterday").encode())  # invalid_timestamp
+    lines.append(b'{"rating": 4.0, "text": "\xff", "user_id": "AU9"}')
+    write_gz(d / "Beauty.jsonl.gz", lines)
+    meta = [
+        json.dumps(
+            {"main_category": "All Beauty", "title": f"Beauty product {k}", "parent_asin": f"PB{k}"}
+        )
+        for k in range(5)
+    ]
+    meta.insert(3, json.dumps({"main_category": "All Beauty", "title": "no id"}))  # missing_field
+    write_gz(d / "meta_Beauty.jsonl.gz", [m.encode() for m in meta])
+
+
+def review2014(i: int, **over: object) -> str:
+    obj: dict[str, object] = {
+        "reviewerID": f"R{i}",
+        "asin": f"A{i % 3}",
+        "reviewerName": f"Name {i}",
+        "helpful": [i % 2, 2],
+        "reviewText": f"toy review {i}",
+        "overall": float(1 + i % 5),
+        "summary": f"summary {i}",
+        "unixReviewTime": 1_300_000_000 + i * 86_400,
+        "reviewTime": "03 13, 2011",
+    }
+    obj.update(over)
+    return json.dumps(obj)
+
+
+def amazon2014() -> None:
+    d = HERE / "amazon2014"
+    d.mkdir(exist_ok=True)
+    lines = [review2014(i).encode() for i in range(10)]
+    lines.append(lines[4])  # duplicate
+    lines.append(review2014(10, overall=7.0).encode())  # rating_out_of_range
+    lines.append(review2014(11, asin=None).encode())  # missing_field
+    lines.append(b'{"reviewerID": "R12", "asin": ')  # malformed_json
+    lines.append(review2014(13, overall="x").encode())  # invalid_rating
+    write_gz(d / "reviews_Toys_5.json.gz", lines)
+    meta = [
+        "{'asin': 'A0', 'title': \"Kid's Toy 0\", 'salesRank': {'Toys & Games': 1}}",
+        "{'asin': 'A1', 'title': 'Toy 1', 'categories': [['Toys & Games', 'Puzzles']]}",
+        "{'asin': 'A9', 'title': ",  # malformed_json (neither JSON nor a Python literal)
+        '{"asin": "A2", "title": "Toy 2"}',  # JSON is accepted too
+    ]
+    write_gz(d / "meta_Toys.json.gz", [m.encode() for m in meta])
+
+
+def movielens1m() -> None:
+    d = HERE / "movielens1m"
+    d.mkdir(exist_ok=True)
+    rows = [f"{1 + i % 3}::{10 + i % 3 + i // 3}::{1 + i % 5}::{978300000 + i}" for i in range(8)]
+    rows.insert(3, "2::11::6::978300100")  # rating_out_of_range
+    rows.insert(6, "2::x")  # malformed_line
+    (d / "ratings.dat").write_text("\n".join(rows) + "\n")
+    movies = [
+        "10::Toy Story (1995)::Animation",
+        "11::Heat (1995)::Action",
+        "12::Am\u00e9lie (2001)::Comedy",
+    ]
+    (d / "movies.dat").write_bytes(("\n".join(movies) + "\n").encode("latin-1"))
+
+
+def movielens25m() -> None:
+    d = HERE / "movielens25m"
+    d.mkdir(exist_ok=True)
+    ratings = ["userId,movieId,rating,timestamp"]
+    ratings += [
+        f"{1 + i % 3},{1 + i % 4 + 4 * (i // 6)},{0.5 + (i % 10) * 0.5},{1100000000 + i}"
+        for i in range(10)
+    ]
+    ratings.insert(4, "2,3,5.5,1100000100")  # rating_out_of_range
+    ratings.insert(7, "1,2,3")  # malformed_line
+    ratings.append(",5,4.0,1100000200")  # missing_field
+    (d / "ratings.csv").write_text("\n".join(ratings) + "\n")
+    movies = [
+        "movieId,title,genres",
+        "1,Toy Story (1995),Adventure|Animation",
+        '2,"American President, The (1995)",Comedy|Drama|Romance',
+        "3,Heat (1995),Action|Crime|Thriller",
+        "lonely field",  # malformed_line
+        '5,"Father of the Bride Part II, The (1995)",Comedy',
+    ]
+    (d / "movies.csv").write_text("\n".join(movies) + "\n")
+
+
+def table() -> None:
+    d = HERE / "table"
+    d.mkdir(exist_ok=True)
+    rows = ["reviewer,product,stars,body,headline,when"]
+    rows += [
+        f"V{i % 4},P{i},{1 + i % 5},body of review {i},head {i},{1_200_000_000 + i}"
+        for i in range(8)
+    ]
+    rows.insert(3, "V9,P9,6,too many stars,h,1200000000")  # rating_out_of_range
+    rows.append("V9,P10,4,short row")  # malformed_csv
+    (d / "reviews.csv").write_text("\n".join(rows) + "\n")
+
+
 if __name__ == "__main__":
     womens()
     amazon()
     movielens()
+    amazon2023()
+    amazon2014()
+    movielens1m()
+    movielens25m()
+    table()

@@ -1,0 +1,183 @@
+"""Plain tables: Parquet, CSV/TSV or JSON Lines files with a column mapping from the study.
+
+``data.corpus: table`` and ``data.columns: {user_id: reviewer, rating: stars, text: body}``
+map the normalised names (:data:`~engine.data.config.NORMALISED_COLUMNS`) to the file's
+columns; a name not mapped is looked for under its own name. ``item_id`` and ``rating`` are
+required; without a ``user_id`` column the corpus has no users (no (user, item) dedup).
+``data.timestamp_unit: ms`` reads millisecond timestamps. Formats go by file name:
+``*.parquet``, ``*.csv[.gz]``, ``*.tsv[.gz]``, ``*.jsonl[.gz]`` / ``*.json[.gz]``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator, Mapping
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from engine.data.movielens import delimiter_problem
+from engine.data.registry import bad_row, register_corpus, review_row
+from engine.data.textio import decompress, has_bad_bytes, iter_lines
+
+__all__ = ["TABLE_GLOBS", "mapped_row", "read_table", "source_columns"]
+
+TABLE_GLOBS = (
+    "*.parquet",
+    "*.csv",
+    "*.csv.gz",
+    "*.tsv",
+    "*.tsv.gz",
+    "*.jsonl",
+    "*.jsonl.gz",
+    "*.json",
+    "*.json.gz",
+)
+REQUIRED = ("item_id", "rating")
+FIELDS = ("user_id", "item_id", "rating", "timestamp", "text", "title", "item_title")
+
+
+def source_columns(columns: Mapping[str, str] | None) -> dict[str, str]:
+    """Normalised name → source column, unmapped names standing for themselves."""
+    mapping = dict(columns or {})
+    return {name: mapping.get(name, name) for name in FIELDS}
+
+
+def mapped_row(
+    path: str,
+    number: int | None,
+    record: Mapping[str, object],
+    src: dict[str, str],
+    explicit: set[str],
+    scale: int,
+    raw: str,
+) -> dict:
+    def get(name: str) -> object:
+        value = record.get(src[name])
+        return None if value is None or value == "" else value
+
+    # an unmapped user_id column that the file lacks means "no users", not a missing field
+    has_users = "user_id" in explicit or src["user_id"] in record
+    return review_row(
+        path,
+        number or 0,
+        user_id=get("user_id") if has_users else "",
+        item_id=get("item_id"),
+        rating=get("rating"),
+        timestamp=get("timestamp"),
+        text=get("text"),
+        title=get("title"),
+        item_title=str(get("item_title") or ""),
+        raw=raw,
+        timestamp_scale=scale,
+    )
+
+
+def _parquet(
+    path: str, data: bytes, src: dict[str, str], explicit: set[str], scale: int
+) -> Iterator[dict]:
+    try:
+        table = pq.read_table(pa.BufferReader(data))
+    except (pa.ArrowException, OSError) as err:
+        yield bad_row(path, None, "unreadable_parquet", str(err))
+        return
+    missing = [src[n] for n in REQUIRED if src[n] not in table.column_names]
+    if missing:
+        yield bad_row(path, None, "missing_column", f"missing {missing} in {table.column_names}")
+        return
+    wanted = [c for c in dict.fromkeys(src.values()) if c in table.column_names]
+    number = 0
+    for batch in table.select(wanted).to_batches(max_chunksize=8192):
+        for record in batch.to_pylist():
+            number += 1
+            yield mapped_row(path, number, record, src, explicit, scale, "")
+
+
+def _delimited(
+    path: str, data: bytes, sep: str, src: dict[str, str], explicit: set[str], scale: int
+) -> Iterator[dict]:
+    body, problem = decompress(data)
+    text = body.decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
+        return
+    except csv.Error as err:
+        yield bad_row(path, 1, "malformed_csv", str(err))
+        return
+    missing = [src[n] for n in REQUIRED if src[n] not in header]
+    if missing:
+        wrong = delimiter_problem(sep.join(header), sep, tuple(src[n] for n in REQUIRED))
+        if len(header) == 1 and wrong is not None:
+            yield bad_row(path, 1, "wrong_delimiter", wrong)
+        else:
+            yield bad_row(path, 1, "missing_column", f"missing {missing} in header {header}")
+        return
+    start = reader.line_num + 1
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as err:
+            yield bad_row(path, start, "malformed_csv", str(err))
+            break
+        if fields:
+            raw = sep.join(fields)
+            if len(fields) != len(header):
+                yield bad_row(path, start, "malformed_csv", raw)
+            elif any(has_bad_bytes(f) for f in fields):
+                yield bad_row(path, start, "non_utf8", raw.encode("utf-8", "replace").decode())
+            else:
+                record = dict(zip(header, fields, strict=True))
+                yield mapped_row(path, start, record, src, explicit, scale, raw)
+        start = reader.line_num + 1
+    if problem is not None:
+        yield bad_row(path, None, problem)
+
+
+def _jsonl(
+    path: str, data: bytes, src: dict[str, str], explicit: set[str], scale: int
+) -> Iterator[dict]:
+    for line in iter_lines(data):
+        if line.text is None or line.number is None:
+            yield bad_row(path, line.number, line.problem or "unreadable", line.raw)
+            continue
+        try:
+            obj = json.loads(line.text)
+        except ValueError:
+            obj = None
+        if not isinstance(obj, dict):
+            yield bad_row(path, line.number, "malformed_json", line.text)
+            continue
+        yield mapped_row(path, line.number, obj, src, explicit, scale, line.text)
+
+
+def read_table(
+    path: str,
+    data: bytes,
+    item_titles: Mapping[str, str],
+    *,
+    columns: Mapping[str, str] | None = None,
+    timestamp_scale: int = 1,
+) -> Iterator[dict]:
+    """Rows from one Parquet / CSV / TSV / JSON Lines file through the column mapping."""
+    src = source_columns(columns)
+    explicit = set(columns or {})
+    name = path.removesuffix(".gz")
+    if name.endswith(".parquet"):
+        yield from _parquet(path, data, src, explicit, timestamp_scale)
+    elif name.endswith(".csv"):
+        yield from _delimited(path, data, ",", src, explicit, timestamp_scale)
+    elif name.endswith(".tsv"):
+        yield from _delimited(path, data, "\t", src, explicit, timestamp_scale)
+    else:
+        yield from _jsonl(path, data, src, explicit, timestamp_scale)
+
+
+register_corpus(
+    "table", default_path="datasets/table", review_globs=TABLE_GLOBS, options=("columns",)
+)(read_table)
