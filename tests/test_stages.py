@@ -24,6 +24,7 @@ ALL_ORDERS = [
     for r in (1, 2, 3)
     for perm in itertools.permutations(TRAINING, r)
     for tail in ([], ["quantize"])
+    if r > 1 or not tail  # a single stage + quantize adds nothing over the longer orders
 ] + [["quantize"], ["early_exit"], ["truncate", "distill", "prune", "early_exit"]]
 # Fast set: each stage alone and every full order ending in quantize; the rest run as slow.
 FAST = [o for o in ALL_ORDERS if len(o) == 1 or len(o) == 4]
@@ -79,6 +80,16 @@ def _study(order: list[str]) -> StudyConfig:
 
 def test_every_registered_stage_is_covered() -> None:
     assert set(STAGES.names()) == {*TRAINING, "quantize", "early_exit"}, "add it to ORDERS"
+
+
+def test_every_order_in_the_shipped_studies_is_covered() -> None:
+    from engine.config import list_studies, load_study
+
+    for name in list_studies():
+        study = load_study(name)
+        orders = [list(study.pipeline.order), *study.search.space.get("pipeline.order", [])]
+        for order in orders:
+            assert list(order) in ALL_ORDERS, (name, order)
 
 
 @pytest.mark.parametrize("order", ORDERS)
