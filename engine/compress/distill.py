@@ -16,7 +16,7 @@ from transformers import PreTrainedModel
 
 from engine.compress.base import StageContext, register_stage
 from engine.config import DistillConfig
-from engine.train import train_classifier
+from engine.train import progress_hook, train_classifier
 
 __all__ = ["apply", "kd_loss"]
 
@@ -67,6 +67,7 @@ def apply(model: PreTrainedModel, cfg: DistillConfig, ctx: StageContext) -> PreT
         seed=ctx.seed,
         teacher_logits=ctx.teacher_logits if alpha_d > 0 else None,
         device=ctx.device,
+        on_step=progress_hook(model, ctx.report) if ctx.report else None,
     )
     ctx.record["distill"] = {
         "kd": cfg.kd,
