@@ -11,10 +11,10 @@ from __future__ import annotations
 import copy
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Discriminator, Field, Tag, ValidationError, model_validator
 
 from engine.configbase import Section
 from engine.data.config import DataConfig
@@ -27,11 +27,11 @@ __all__ = [
     "DistillConfig",
     "FloatRange",
     "IntRange",
+    "MeasureConfig",
     "Objective",
+    "PipelineConfig",
     "SchedulerConfig",
     "SearchConfig",
-    "MeasureConfig",
-    "PipelineConfig",
     "StudyConfig",
     "apply_overrides",
     "flatten",
@@ -151,12 +151,35 @@ class IntRange(Section):
     def _order(self) -> IntRange:
         if not self.int_low < self.int_high:
             raise ValueError(
-                f"int_low must be < int_high (got int_low={self.int_low}, "
-                f"int_high={self.int_high})"
+                f"int_low must be < int_high (got int_low={self.int_low}, int_high={self.int_high})"
             )
         if self.log and self.int_low <= 0:
             raise ValueError(f"log: true needs int_low > 0 (got int_low={self.int_low})")
         return self
+
+
+def _spec_kind(v: Any) -> str | None:
+    if isinstance(v, list | tuple):
+        return "list"
+    if isinstance(v, FloatRange | IntRange):
+        return "int" if isinstance(v, IntRange) else "range"
+    if isinstance(v, dict):
+        return "int" if "int_low" in v or "int_high" in v else "range"
+    return None
+
+
+# A search-space entry: categorical values, or a float / integer range.
+SpaceSpec = Annotated[
+    Annotated[list[Any], Tag("list")]
+    | Annotated[FloatRange, Tag("range")]
+    | Annotated[IntRange, Tag("int")],
+    Discriminator(
+        _spec_kind,
+        custom_error_type="search_spec",
+        custom_error_message="expected a list of values, {low, high, log} or "
+        "{int_low, int_high, log}",
+    ),
+]
 
 
 # Metrics a trial reports at every intermediate report and at the end; objectives use these.
@@ -202,7 +225,7 @@ class SearchConfig(Section):
     """
 
     algorithm: Literal["grid", "one_at_a_time", "random", "optuna", "optuna_mo"] = "grid"
-    space: dict[str, list[Any] | FloatRange | IntRange] = Field(default_factory=dict)
+    space: dict[str, SpaceSpec] = Field(default_factory=dict)
     num_samples: int = Field(8, ge=1)
     seed: int = Field(0, ge=0)
     objectives: tuple[Objective, ...] = (
@@ -399,6 +422,9 @@ def trial_configs(cfg: StudyConfig, source: str = "study") -> list[dict[str, Any
     import itertools
 
     keys = list(cfg.search.space)
+    ranges = [k for k in keys if not isinstance(cfg.search.space[k], list)]
+    if ranges:
+        raise ConfigError([f"{source}: search.space.{k}: a range has no grid" for k in ranges])
     combos = [
         dict(zip(keys, vals, strict=True))
         for vals in itertools.product(*(cfg.search.space[k] for k in keys))

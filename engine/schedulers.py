@@ -4,9 +4,9 @@ MO-ASHA (Schmucker et al. 2021, "Multi-objective asynchronous successive halving
 with the scalar cut replaced by a multi-objective ranking. Rungs sit at
 ``grace_period · reduction_factor^k`` results (k = 0, 1, … while below ``max_t``). When a
 trial first reaches a rung its objective vector is recorded there, and the trial goes on only
-if it is among the best ``max(1, ⌊n / reduction_factor⌋)`` of the ``n`` trials recorded at
-that rung so far, ranked by non-dominated front and, within a front, by crowding distance
-(NSGA-II; :func:`analysis.frontier.rank_order`). Like ASHA, the decision is made on arrival
+if fewer than ``max(1, ⌊n / reduction_factor⌋)`` of the ``n`` trials recorded at that rung so
+far rank strictly better, ranking by non-dominated front and, within a front, by crowding
+distance (NSGA-II; :func:`promote`). Like ASHA, the decision is made on arrival
 and never revisited, so no trial waits for others.
 
 Example::
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
-from analysis.frontier import rank_order
+from analysis.frontier import crowding_distance, nondominated_sort
 from engine.config import StudyConfig
 
 __all__ = ["MOASHAScheduler", "build_scheduler", "promote", "rung_milestones"]
@@ -45,15 +45,22 @@ def rung_milestones(grace_period: int, reduction_factor: float, max_t: int) -> l
 
 
 def promote(vectors: Sequence[Sequence[float]], index: int, reduction_factor: float) -> bool:
-    """Whether point ``index`` is among the top ``max(1, ⌊n/rf⌋)`` of ``vectors`` (minimised).
+    """Whether point ``index`` of ``vectors`` (minimised) goes on to the next rung.
 
-    Ranked by non-dominated front, then crowding distance (larger first), then position
-    (earlier first), as :func:`analysis.frontier.rank_order` orders them.
+    It goes on when fewer than ``keep = max(1, ⌊n/rf⌋)`` points rank strictly better: on an
+    earlier non-dominated front, or on its front with a larger crowding distance. Exact ties
+    do not count against it — as in ASHA, where a result equal to the cutoff continues — so
+    both extremes of a two-point front (crowding ∞) go on.
     """
-    n = len(vectors)
-    keep = max(1, math.floor(n / reduction_factor + 1e-9))
-    order = rank_order(np.asarray(vectors, dtype=float))
-    return index in set(order[:keep].tolist())
+    f = np.asarray(vectors, dtype=float)
+    keep = max(1, math.floor(len(f) / reduction_factor + 1e-9))
+    ranks = nondominated_sort(f)
+    crowd = np.zeros(len(f))
+    for r in np.unique(ranks):
+        members = np.flatnonzero(ranks == r)
+        crowd[members] = crowding_distance(f[members])
+    better = (ranks < ranks[index]) | ((ranks == ranks[index]) & (crowd > crowd[index]))
+    return int(better.sum()) < keep
 
 
 class MOASHAScheduler(FIFOScheduler):
