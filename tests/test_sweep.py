@@ -104,3 +104,45 @@ def test_progress_table_tracks_status_and_best() -> None:
     assert "c | running | 0 |  |  | " in lines
     # the best is over finished (ok) trials only: b's 0.7 was cut short
     assert lines[-1] == "best valid_accuracy (max): 0.6 by a"
+
+
+def test_distill_reports_every_n_steps_through_the_trial_reporter() -> None:
+    """The real distill stage + TrialReporter: a report every 2 steps, with the validation
+    accuracy and GFLOPs of the model being trained (checked against direct measurement)."""
+    import numpy as np
+    import torch
+
+    from engine.compress import STAGES, StageContext
+    from engine.measure import count_gflops, evaluate
+    from engine.trial import TrialReporter
+    from tests.conftest import tiny_bert, toy_batches
+
+    study = load_study("smoke", ["search.report_every_steps=2", "pipeline.distill.max_steps=50"])
+    batches = toy_batches(n_batches=4, batch_size=8, seq=12)
+    train = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
+    valid = {k: v[:16].numpy() for k, v in train.items()}
+    teacher = tiny_bert(num_layers=2)
+    sent: list[dict] = []
+    reporter = TrialReporter(study, valid, torch.device("cpu"), 2, sent.append, {"seed": 0})
+    ctx = StageContext(
+        teacher=teacher,
+        train=train,
+        teacher_logits=torch.zeros(len(train["labels"]), 5),
+        importance={},
+        seed=0,
+        report=reporter,
+    )
+    student = tiny_bert(num_layers=2, seed=1)
+    cfg = study.pipeline.distill.model_copy(update={"batch_size": 8})
+    out = STAGES.get("distill")(student, cfg, ctx)
+    assert [r["step"] for r in sent] == [2, 4]  # 32 examples / batch 8 = 4 steps, every 2
+    assert all(r["seed"] == 0 and r["wall_s"] >= 0 for r in sent)
+    assert all(np.isfinite(r["train_loss"]) for r in sent)
+    flops = count_gflops(out, study.data.max_length)
+    assert all(r["gflops"] == flops for r in sent)
+    # the report at step 4 measured the final model: same figures as measuring it now
+    _, final = evaluate(out, valid, batch_size=64, device="cpu")
+    assert sent[-1]["valid_accuracy"] == final["accuracy"]
+    assert sent[-1]["valid_macro_f1"] == final["macro_f1"]
+    assert ctx.record["distill"]["steps"] == 4
+    assert not out.training  # left in eval mode after training, though reports flip modes
