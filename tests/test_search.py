@@ -155,3 +155,22 @@ def test_seed_repeater_tells_optuna_the_mean_over_seeds(multi: bool) -> None:
     expected = [0.6, 2.0] if multi else [0.6]  # NaN-mean over the three seeds
     assert done[0].values == pytest.approx(expected)
     assert len(study.directions) == (2 if multi else 1)
+
+
+def test_seed_repeater_state_survives_save_and_restore(tmp_path) -> None:
+    overrides = ["search.algorithm=optuna_mo", "search.num_samples=3", "repeats=[0, 1]", RANGES]
+    rep = plan_search(load_study("smoke", overrides)).search_alg
+    rep.set_search_properties(None, None, plan_search(load_study("smoke", overrides)).param_space)
+    first = [rep.suggest(f"t{i}") for i in range(3)]  # group t0 (t0, t1) and group t2 (t2)
+    rep.on_trial_complete("t0", {"valid_accuracy": 0.4, "gflops": 1.0})
+    rep.save(str(tmp_path / "state.pkl"))
+
+    fresh = plan_search(load_study("smoke", overrides)).search_alg
+    fresh.set_search_properties(None, None, plan_search(load_study("smoke", overrides)).param_space)
+    fresh.restore(str(tmp_path / "state.pkl"))
+    # t2's group has one seed left: the restored searcher hands out the same values, index 1
+    nxt = fresh.suggest("t3")
+    assert nxt["values"] == first[2]["values"] and nxt["__trial_index__"] == 1
+    fresh.on_trial_complete("t1", {"valid_accuracy": 0.6, "gflops": 1.0})
+    done = [t for t in fresh.searcher._ot_study.trials if t.state.name == "COMPLETE"]
+    assert len(done) == 1 and done[0].values == pytest.approx([0.5, 1.0])
