@@ -104,7 +104,7 @@ def test_smoke_importance_and_manifest(smoke_run) -> None:
     files = man["data"]["files"]
     assert files and all(len(f["sha256"]) == 64 for f in files)
     assert all(f["rows_kept"] > 0 for f in files)
-    assert man["trials"] == {"total": 2, "ok": 2, "failed": 0}
+    assert man["trials"] == {"total": 2, "ok": 2, "failed": 0, "stopped": 0}
 
 
 @pytest.mark.slow
