@@ -200,6 +200,7 @@ def _curve(config: dict) -> None:
         tune.report({"acc": acc * t / 9, "gflops": g, "step": t})
 
 
+@pytest.mark.slow  # six trials one after another: ~20 s idle, minutes on a loaded machine
 def test_mo_asha_in_tune_keeps_the_frontier(ray_local) -> None:
     from ray import tune
 
@@ -213,7 +214,7 @@ def test_mo_asha_in_tune_keeps_the_frontier(ray_local) -> None:
     tuner = tune.Tuner(
         tune.with_resources(_curve, {"cpu": 1}),
         param_space={"name": tune.grid_search(names)},
-        tune_config=tune.TuneConfig(scheduler=sched, max_concurrent_trials=1),
+        tune_config=tune.TuneConfig(scheduler=sched, max_concurrent_trials=1, reuse_actors=True),
         run_config=tune.RunConfig(verbose=0, storage_path=str(_tmp_storage())),
     )
     grid = tuner.fit()
