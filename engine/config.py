@@ -218,9 +218,9 @@ class SearchConfig(Section):
     ``space`` maps a dotted config path to a list of settings (categorical; the only form
     ``grid`` accepts) or a range (:class:`FloatRange`, :class:`IntRange`). ``grid`` runs the
     Cartesian product; ``one_at_a_time`` varies each key alone, the others at the study's
-    settings (a sensitivity analysis); ``random`` draws ``num_samples`` points under ``seed``; ``optuna``
-    (TPE) maximises/minimises the first objective; ``optuna_mo`` searches all objectives and
-    the run keeps the Pareto set. ``report_every_steps`` makes training report validation
+    settings (a sensitivity analysis); ``random`` draws ``num_samples`` points under
+    ``seed``; ``optuna`` (TPE) maximises/minimises the first objective; ``optuna_mo``
+    searches all objectives and the run keeps the Pareto set. ``report_every_steps`` makes training report validation
     metrics every N steps (needed by a scheduler).
     """
 
