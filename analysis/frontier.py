@@ -1,8 +1,12 @@
-"""Quality–cost Pareto front and its 2-D hypervolume.
+"""Quality–cost Pareto front, its 2-D hypervolume, and NSGA-II ranking for k objectives.
 
 Quality is maximised, cost minimised. A row is dominated when another row is at least as good
 on both and strictly better on one; rows with equal (quality, cost) do not dominate each other,
 so exact ties are all kept. Rows with a NaN in either column are excluded.
+
+:func:`nondominated_sort` and :func:`crowding_distance` (Deb et al. 2002, NSGA-II) work on a
+matrix of objectives to *minimise* (negate a maximised one); the multi-objective scheduler
+ranks each rung with them, and :func:`objective_front` picks the Pareto set of a run.
 """
 
 from __future__ import annotations
@@ -12,7 +16,15 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["hypervolume_2d", "pareto_front", "pareto_mask"]
+__all__ = [
+    "crowding_distance",
+    "hypervolume_2d",
+    "nondominated_sort",
+    "objective_front",
+    "pareto_front",
+    "pareto_mask",
+    "rank_order",
+]
 
 
 def pareto_mask(
@@ -61,3 +73,96 @@ def hypervolume_2d(points: Sequence[Sequence[float]] | np.ndarray, ref: Sequence
     costs = np.append(pts[:, 1], c_ref)
     best_q = np.maximum.accumulate(pts[:, 0])  # best quality at or below each cost
     return float(np.sum((costs[1:] - costs[:-1]) * (best_q - q_ref)))
+
+
+def _as_matrix(objectives: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+    f = np.asarray(objectives, dtype=float)
+    if f.ndim == 1:
+        f = f.reshape(-1, 1)
+    if f.ndim != 2:
+        raise ValueError(f"objectives must be a 2-D (points × objectives) array, got {f.shape}")
+    return f
+
+
+def nondominated_sort(objectives: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+    """Front index of each point (0 = non-dominated), all objectives minimised.
+
+    Point i dominates j when it is no worse on every objective and better on one. A point
+    with a NaN objective is put behind every finite point (one front after the last).
+    """
+    f = _as_matrix(objectives)
+    n = len(f)
+    ranks = np.full(n, -1, dtype=int)
+    finite = np.isfinite(f).all(axis=1)
+    fv = f[finite]
+    # dom[i, j]: i dominates j
+    leq = (fv[:, None, :] <= fv[None, :, :]).all(axis=2)
+    lt = (fv[:, None, :] < fv[None, :, :]).any(axis=2)
+    dom = leq & lt
+    remaining = np.ones(len(fv), dtype=bool)
+    sub = np.full(len(fv), -1, dtype=int)
+    front = 0
+    while remaining.any():
+        # points not dominated by any remaining point
+        dominated = (dom & remaining[:, None]).any(axis=0)
+        current = remaining & ~dominated
+        sub[current] = front
+        remaining &= ~current
+        front += 1
+    ranks[finite] = sub
+    ranks[~finite] = front
+    return ranks
+
+
+def crowding_distance(objectives: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+    """NSGA-II crowding distance of each point within one front (larger = less crowded).
+
+    Per objective, sort the points; the two extremes get ``inf``; an inner point adds the gap
+    between its neighbours divided by the objective's range. Objectives with zero range add 0.
+    """
+    f = _as_matrix(objectives)
+    n, m = f.shape
+    dist = np.zeros(n)
+    if n <= 2:
+        return np.full(n, np.inf)
+    for k in range(m):
+        order = np.argsort(f[:, k], kind="stable")
+        col = f[order, k]
+        span = col[-1] - col[0]
+        dist[order[0]] = dist[order[-1]] = np.inf
+        if span > 0:
+            dist[order[1:-1]] += (col[2:] - col[:-2]) / span
+    return dist
+
+
+def rank_order(objectives: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+    """Indices from best to worst: by front, then by crowding distance (larger first).
+
+    Equal (front, distance) keep their input order, so earlier arrivals win exact ties.
+    """
+    f = _as_matrix(objectives)
+    ranks = nondominated_sort(f)
+    crowd = np.zeros(len(f))
+    for r in np.unique(ranks):
+        members = np.flatnonzero(ranks == r)
+        crowd[members] = crowding_distance(f[members])
+    return np.lexsort((np.arange(len(f)), -crowd, ranks))
+
+
+def objective_front(df: pd.DataFrame, objectives: Sequence[tuple[str, str]]) -> pd.DataFrame:
+    """The rows of ``df`` on the first front for ``objectives`` = [(column, "max"|"min"), ...].
+
+    Rows with a NaN objective are never on the front.
+    """
+    for col, mode in objectives:
+        if col not in df:
+            raise KeyError(f"column {col!r} not in the table (columns: {', '.join(df.columns)})")
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode for {col!r} must be 'max' or 'min', got {mode!r}")
+    if df.empty:
+        return df
+    f = np.column_stack(
+        [df[c].to_numpy(float) * (-1.0 if m == "max" else 1.0) for c, m in objectives]
+    )
+    ok = np.isfinite(f).all(axis=1)
+    return df[(nondominated_sort(f) == 0) & ok]

@@ -67,13 +67,15 @@ def _header(run: RunData) -> list[Block]:
     man, df = run.manifest, run.results
     trials = students(df)
     ok = int((trials.get("status", pd.Series(dtype=str)) == "ok").sum())
+    stopped = int((trials.get("status", pd.Series(dtype=str)) == "stopped").sum())
     seeds = man.get("seeds", sorted(df["seed"].dropna().unique().tolist()) if "seed" in df else [])
     info = [
         f"Run directory: `{run.run_dir}`",
         f"git commit `{man.get('git_commit', '?')}`",
         f"started {man.get('started', '?')}, finished {man.get('finished', '?')}",
         f"seeds {list(seeds)}",
-        f"trials: {len(trials)} ({ok} ok, {len(trials) - ok} failed)",
+        f"trials: {len(trials)} ({ok} ok, {stopped} stopped early, "
+        f"{len(trials) - ok - stopped} failed)",
     ]
     blocks: list[Block] = [Heading(f"Compression study: {run.name}", 1)]
     if run.description:
@@ -413,7 +415,8 @@ def _tau_with_consensus(run: RunData) -> dict[str, float]:
 
 def _failures(run: RunData, varying: list[str]) -> list[Block]:
     df = run.results
-    failed = df[df["status"] != "ok"] if "status" in df else df.iloc[:0]
+    # stopped = cut short by the scheduler on purpose, not a failure
+    failed = df[~df["status"].isin(["ok", "stopped"])] if "status" in df else df.iloc[:0]
     blocks: list[Block] = [Heading("Failed trials")]
     if failed.empty:
         return [*blocks, Para("None.")]

@@ -11,10 +11,10 @@ from __future__ import annotations
 import copy
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Discriminator, Field, Tag, ValidationError, model_validator
 
 from engine.configbase import Section
 from engine.data.config import DataConfig
@@ -26,10 +26,15 @@ __all__ = [
     "ConfigError",
     "DistillConfig",
     "EarlyExitConfig",
+    "FloatRange",
+    "IntRange",
     "MeasureConfig",
+    "Objective",
     "PipelineConfig",
     "PruneConfig",
     "QuantizeConfig",
+    "SchedulerConfig",
+    "SearchConfig",
     "StudyConfig",
     "apply_overrides",
     "flatten",
@@ -218,16 +223,146 @@ class PipelineConfig(Section):
     early_exit: EarlyExitConfig = EarlyExitConfig()
 
 
-class SearchConfig(Section):
-    """The trial grid: each key is a dotted config path, each value the list of its settings.
+class FloatRange(Section):
+    """A continuous search range ``{low: 1.0, high: 8.0, log: true}`` (random / optuna only)."""
 
-    ``grid`` runs the Cartesian product; every configuration runs once per seed in
-    ``repeats``.
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _order(self) -> FloatRange:
+        if not self.low < self.high:
+            raise ValueError(f"low must be < high (got low={self.low}, high={self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log: true needs low > 0 (got low={self.low})")
+        return self
+
+
+class IntRange(Section):
+    """An integer search range ``{int_low: 1, int_high: 6}``, both ends included."""
+
+    int_low: int
+    int_high: int
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _order(self) -> IntRange:
+        if not self.int_low < self.int_high:
+            raise ValueError(
+                f"int_low must be < int_high (got int_low={self.int_low}, int_high={self.int_high})"
+            )
+        if self.log and self.int_low <= 0:
+            raise ValueError(f"log: true needs int_low > 0 (got int_low={self.int_low})")
+        return self
+
+
+def _spec_kind(v: Any) -> str | None:
+    if isinstance(v, list | tuple):
+        return "list"
+    if isinstance(v, FloatRange | IntRange):
+        return "int" if isinstance(v, IntRange) else "range"
+    if isinstance(v, dict):
+        return "int" if "int_low" in v or "int_high" in v else "range"
+    return None
+
+
+# A search-space entry: categorical values, or a float / integer range.
+SpaceSpec = Annotated[
+    Annotated[list[Any], Tag("list")]
+    | Annotated[FloatRange, Tag("range")]
+    | Annotated[IntRange, Tag("int")],
+    Discriminator(
+        _spec_kind,
+        custom_error_type="search_spec",
+        custom_error_message="expected a list of values, {low, high, log} or "
+        "{int_low, int_high, log}",
+    ),
+]
+
+
+# Metrics a trial reports at every intermediate report and at the end; objectives use these.
+OBJECTIVE_METRICS = (
+    "valid_accuracy",
+    "valid_macro_f1",
+    "gflops",
+    "params",
+    "weights_bytes",
+    "latency_ms_p50",
+)
+
+
+class Objective(Section):
+    """One search objective: a reported metric and its direction."""
+
+    metric: Literal[OBJECTIVE_METRICS] = "valid_accuracy"  # type: ignore[valid-type]
+    mode: Literal["max", "min"] = "max"
+
+
+class SchedulerConfig(Section):
+    """Early stopping. ``asha``: single objective (the first of ``search.objectives``);
+    ``mo_asha``: Pareto-aware successive halving over all objectives. Rungs sit at
+    ``grace_period · reduction_factor^k`` reports; ``max_t`` (reports of a full trial) is
+    derived from the study when unset."""
+
+    name: Literal["none", "asha", "mo_asha"] = "none"
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(3.0, gt=1)
+    max_t: int | None = Field(None, ge=1)
+
+
+class SearchConfig(Section):
+    """How trial configurations are chosen; every configuration runs once per seed in ``repeats``.
+
+    ``space`` maps a dotted config path to a list of settings (categorical; the only form
+    ``grid`` accepts) or a range (:class:`FloatRange`, :class:`IntRange`). ``grid`` runs the
+    Cartesian product; ``one_at_a_time`` varies each key alone, the others at the study's
+    settings (a sensitivity analysis); ``random`` draws ``num_samples`` points under
+    ``seed``; ``optuna`` (TPE) maximises/minimises the first objective; ``optuna_mo``
+    searches all objectives and the run keeps the Pareto set. ``report_every_steps`` makes training report validation
+    metrics every N steps (needed by a scheduler).
     """
 
-    algorithm: Literal["grid"] = "grid"
-    space: dict[str, list[Any]] = Field(default_factory=dict)
+    algorithm: Literal["grid", "one_at_a_time", "random", "optuna", "optuna_mo"] = "grid"
+    space: dict[str, SpaceSpec] = Field(default_factory=dict)
+    num_samples: int = Field(8, ge=1)
+    seed: int = Field(0, ge=0)
+    objectives: tuple[Objective, ...] = (
+        Objective(metric="valid_accuracy", mode="max"),
+        Objective(metric="gflops", mode="min"),
+    )
+    scheduler: SchedulerConfig = SchedulerConfig()
+    report_every_steps: int | None = Field(None, ge=1)
     max_concurrent_trials: int | None = Field(None, ge=1)
+    max_failures: int = Field(1, ge=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SearchConfig:
+        ranges = [k for k, v in self.space.items() if not isinstance(v, list)]
+        if self.algorithm in ("grid", "one_at_a_time") and ranges:
+            raise ValueError(
+                f"{self.algorithm} needs a list of values for every key; ranges at {', '.join(ranges)} "
+                "need algorithm random, optuna or optuna_mo"
+            )
+        if self.algorithm.startswith("optuna"):
+            scalar = (bool, int, float, str, type(None))
+            for k, v in self.space.items():
+                if isinstance(v, list) and not all(isinstance(x, scalar) for x in v):
+                    raise ValueError(
+                        f"space.{k}: optuna categorical values must be scalars "
+                        "(bool, int, float, str, null)"
+                    )
+        if not self.objectives:
+            raise ValueError("objectives: name at least one metric")
+        multi = self.algorithm == "optuna_mo" or self.scheduler.name == "mo_asha"
+        if multi and len(self.objectives) < 2:
+            raise ValueError("optuna_mo and mo_asha need at least two objectives")
+        if self.scheduler.name != "none" and self.report_every_steps is None:
+            raise ValueError(
+                f"scheduler {self.scheduler.name} needs intermediate results: "
+                "set report_every_steps"
+            )
+        return self
 
 
 class ResourcesConfig(Section):
@@ -399,6 +534,9 @@ def trial_configs(cfg: StudyConfig, source: str = "study") -> list[dict[str, Any
     import itertools
 
     keys = list(cfg.search.space)
+    ranges = [k for k in keys if not isinstance(cfg.search.space[k], list)]
+    if ranges:
+        raise ConfigError([f"{source}: search.space.{k}: a range has no grid" for k in ranges])
     combos = [
         dict(zip(keys, vals, strict=True))
         for vals in itertools.product(*(cfg.search.space[k] for k in keys))
@@ -436,10 +574,10 @@ def load_study(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -
         if not _has_path(base, key):
             problems.append(f"{source}: search.space.{key}: not a config path")
             continue
-        if not isinstance(values, list) or not values:
+        if isinstance(values, list) and not values:
             problems.append(f"{source}: search.space.{key}: needs a non-empty list of values")
             continue
-        for v in values:
+        for v in range_points(values):
             try:
                 validate(apply_overrides(base, {key: v}), source)
             except ConfigError as e:
@@ -447,6 +585,15 @@ def load_study(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -
     if problems:
         raise ConfigError(problems)
     return cfg
+
+
+def range_points(spec: list[Any] | FloatRange | IntRange) -> list[Any]:
+    """The values that stand for a search entry when validating: a list's items, a range's ends."""
+    if isinstance(spec, FloatRange):
+        return [spec.low, spec.high]
+    if isinstance(spec, IntRange):
+        return [spec.int_low, spec.int_high]
+    return list(spec)
 
 
 def _has_path(d: dict[str, Any], dotted: str) -> bool:

@@ -11,6 +11,7 @@ import argparse
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import platform
 import subprocess
@@ -228,16 +229,38 @@ def _teacher_row(cfg: StudyConfig, shared: Any) -> dict[str, Any]:
     return row
 
 
-def _tune(cfg: StudyConfig, shared: Any, run_dir: Path, resume: bool) -> Any:
+def full_budget(cfg: StudyConfig, n_train: int) -> int:
+    """Results a full-length trial reports: one per ``report_every_steps`` distill steps + final."""
+    every = cfg.search.report_every_steps
+    if every is None or "distill" not in cfg.pipeline.order:
+        return 1
+    d = cfg.pipeline.distill
+    total = max(1, math.ceil(d.epochs * math.ceil(n_train / d.batch_size)))
+    if d.max_steps is not None:
+        total = min(total, d.max_steps)
+    return total // every + 1
+
+
+def trainable_for(cfg: StudyConfig, fn: Any, **params: Any) -> Any:
+    """``fn`` with the study's per-trial resources (fractional GPUs allowed) and parameters."""
     from ray import tune
+
+    return tune.with_resources(
+        tune.with_parameters(fn, **params) if params else fn,
+        {"cpu": cfg.resources.cpus, "gpu": cfg.resources.gpus},
+    )
+
+
+def _tune(cfg: StudyConfig, shared: Any, run_dir: Path, resume: bool) -> Any:
     from ray.tune import FailureConfig, RunConfig, TuneConfig, Tuner
 
-    from engine.config import trial_configs
+    from engine.progress import ProgressTable
+    from engine.schedulers import build_scheduler
+    from engine.search import plan_search
     from engine.trial import run_trial
 
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, study=cfg, shared=shared, run_dir=str(run_dir.resolve())),
-        {"cpu": cfg.resources.cpus, "gpu": cfg.resources.gpus},
+    trainable = trainable_for(
+        cfg, run_trial, study=cfg, shared=shared, run_dir=str(run_dir.resolve())
     )
     storage = run_dir.resolve()
     exp_dir = storage / "tune"
@@ -245,57 +268,117 @@ def _tune(cfg: StudyConfig, shared: Any, run_dir: Path, resume: bool) -> Any:
         print(f"[sweep] resuming {exp_dir}", flush=True)
         tuner = Tuner.restore(str(exp_dir), trainable, resume_unfinished=True, restart_errored=True)
     else:
-        param_space = {
-            "values": tune.grid_search(trial_configs(cfg)),
-            "seed": tune.grid_search(list(cfg.repeats)),
-        }
+        plan = plan_search(cfg)
+        max_t = full_budget(cfg, len(shared.splits["train"]["labels"]))
+        print(
+            f"[sweep] {cfg.search.algorithm}: {plan.configs} configurations × "
+            f"{len(cfg.repeats)} seeds, scheduler {cfg.search.scheduler.name} "
+            f"({max_t} results per full trial)",
+            flush=True,
+        )
+        # No metric/mode here: the searcher and scheduler carry their own (ray #35909).
         tuner = Tuner(
             trainable,
-            param_space=param_space,
-            tune_config=TuneConfig(max_concurrent_trials=cfg.search.max_concurrent_trials),
+            param_space=plan.param_space,
+            tune_config=TuneConfig(
+                search_alg=plan.search_alg,
+                scheduler=build_scheduler(cfg, max_t),
+                num_samples=plan.num_samples,
+                max_concurrent_trials=cfg.search.max_concurrent_trials,
+            ),
             run_config=RunConfig(
                 name="tune",
                 storage_path=str(storage),
-                failure_config=FailureConfig(max_failures=1),
-                verbose=1,
+                failure_config=FailureConfig(max_failures=cfg.search.max_failures),
+                callbacks=[ProgressTable.for_study(cfg)],
+                verbose=0,
             ),
         )
     return tuner.fit()
 
 
+TUNE_KEYS = (
+    "trial_id",
+    "timestamp",
+    "date",
+    "time_this_iter_s",
+    "pid",
+    "hostname",
+    "node_ip",
+    "time_since_restore",
+    "iterations_since_restore",
+    "training_iteration",
+    "checkpoint_dir_path",
+    "done",
+    "config",
+    "checkpoint_dir_name",
+    "experiment_tag",
+)
+
+
 def _rows(cfg: StudyConfig, grid: Any) -> list[dict[str, Any]]:
+    """One row per trial (a configuration under one seed).
+
+    ``status``: ``ok`` (ran to its full budget), ``failed`` (raised; ``error`` says why) or
+    ``stopped`` (cut by the scheduler; the metrics are its last intermediate report).
+    """
+    from engine.trial import trial_seed
+
     rows = []
     for res in grid:
         config = res.config or {}
         values = config.get("values", {})
-        row: dict[str, Any] = {
-            "trial_id": (res.metrics or {}).get("trial_id") or Path(res.path).name,
-            "seed": config.get("seed"),
-        }
         metrics = dict(res.metrics or {})
-        if res.error is not None and "status" not in metrics:
+        row: dict[str, Any] = {
+            "trial_id": metrics.get("trial_id") or Path(res.path).name,
+            "seed": trial_seed(config, cfg.repeats) if config else None,
+            "config_id": hashlib.sha256(
+                json.dumps(values, sort_keys=True, default=str).encode()
+            ).hexdigest()[:10],
+            "iterations": metrics.get("training_iteration"),
+        }
+        if res.error is not None:
             metrics.update(status="failed", error=f"{type(res.error).__name__}: {res.error}")
-        for k in (
-            "trial_id",
-            "timestamp",
-            "date",
-            "time_this_iter_s",
-            "time_total_s",
-            "pid",
-            "hostname",
-            "node_ip",
-            "time_since_restore",
-            "iterations_since_restore",
-            "training_iteration",
-            "checkpoint_dir_path",
-            "done",
-            "config",
-        ):
+        elif "status" not in metrics:
+            metrics.update(status="stopped", error=None)
+        row["trial_time_s"] = metrics.pop("time_total_s", None)  # Tune's clock, incl. startup
+        for k in TUNE_KEYS:
             metrics.pop(k, None)
         row.update(metrics)
         row.update(_columns(values, cfg))
         rows.append(row)
     return rows
+
+
+def _summary(cfg: StudyConfig, rows: list[dict[str, Any]]) -> Any:
+    """Mark the Pareto set and print it: configurations that ran to the full budget, their
+    objectives averaged over seeds, non-dominated on ``search.objectives``."""
+    import pandas as pd
+
+    from analysis.frontier import objective_front
+
+    df = pd.DataFrame([r for r in rows if r.get("trial_id") != "teacher"])
+    objectives = [(o.metric, o.mode) for o in cfg.search.objectives]
+    cols = [m for m, _ in objectives]
+    if df.empty or any(c not in df for c in cols):
+        return set()
+    done = df[df["status"] == "ok"]
+    means = done.groupby("config_id")[cols].mean()
+    front = objective_front(means.reset_index(), objectives)
+    counts = df["status"].value_counts().to_dict()
+    print(f"[sweep] trials: {counts}", flush=True)
+    print(
+        f"[sweep] Pareto set on {', '.join(f'{m} ({d})' for m, d in objectives)} "
+        f"over {len(means)} finished configurations (mean over seeds): {len(front)}",
+        flush=True,
+    )
+    if not front.empty:
+        first = done.drop_duplicates("config_id").set_index("config_id")
+        shown = front.set_index("config_id")
+        for key in [k for k in cfg.search.space if k in first]:
+            shown[key] = first.loc[shown.index, key]
+        print(shown.sort_values(cols[-1]).to_string(float_format=lambda v: f"{v:.4g}"))
+    return set(front["config_id"])
 
 
 def _write_outputs(
@@ -338,6 +421,7 @@ def _write_outputs(
         "total": int((df["trial_id"] != "teacher").sum()),
         "ok": int(((df["status"] == "ok") & (df["trial_id"] != "teacher")).sum()),
         "failed": int((df["status"] == "failed").sum()),
+        "stopped": int((df["status"] == "stopped").sum()),
     }
     manifest["finished"] = dt.datetime.now(dt.UTC).isoformat()
     (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
@@ -366,7 +450,11 @@ def run(
         teacher = _teacher_row(cfg, shared)
         grid = _tune(cfg, shared, run_dir, resume)
         timings["sweep_s"] = time.perf_counter() - t0
-        rows = [teacher, *_rows(cfg, grid)]
+        trials = _rows(cfg, grid)
+        on_front = _summary(cfg, trials)
+        for r in trials:
+            r["on_front"] = r.get("config_id") in on_front and r.get("status") == "ok"
+        rows = [teacher, *trials]
         timings["total_s"] = time.perf_counter() - t_all
         manifest["timings"] = timings
         _write_outputs(cfg, run_dir, data, art, shared, rows, manifest)

@@ -2,6 +2,9 @@
 
 Teacher fine-tuning (labels only) and student distillation (teacher logits + labels) differ
 only in the loss, so both call :func:`train_classifier` with a ``loss_fn``.
+
+:func:`progress_hook` turns a stage context's ``report`` callable into an ``on_step`` hook, so
+a training stage reports intermediate results (for early-stopping schedulers) in one line.
 """
 
 from __future__ import annotations
@@ -9,13 +12,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
-__all__ = ["TrainStats", "train_classifier"]
+__all__ = ["ProgressReport", "TrainStats", "progress_hook", "train_classifier"]
 
 # loss_fn(student_logits, labels, teacher_logits_or_None) -> scalar loss
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -27,6 +30,44 @@ class TrainStats:
     examples_seen: int
     final_loss: float
     mean_loss_last_10: float
+
+
+@runtime_checkable
+class ProgressReport(Protocol):
+    """A ``report`` callable that also says how often to report and what to measure.
+
+    ``every``: report every N optimizer steps; ``measure(model)``: metrics of the model being
+    trained (e.g. validation accuracy, GFLOPs), merged into the report.
+    """
+
+    every: int
+
+    def measure(self, model: nn.Module) -> dict[str, float]: ...
+
+    def __call__(self, metrics: dict[str, Any]) -> None: ...
+
+
+def progress_hook(
+    model: nn.Module, report: Callable[[dict[str, Any]], None]
+) -> Callable[[int, float], None]:
+    """An ``on_step`` hook that reports ``{"step", "train_loss", **measure(model)}``.
+
+    A plain callable is called on every step with step and loss only; a
+    :class:`ProgressReport` every ``report.every`` steps, with its measurements. The model is
+    put back in training mode after measuring.
+    """
+    every = report.every if isinstance(report, ProgressReport) else 1
+
+    def on_step(step: int, loss: float) -> None:
+        if step % every:
+            return
+        metrics: dict[str, Any] = {"step": step, "train_loss": loss}
+        if isinstance(report, ProgressReport):
+            metrics.update(report.measure(model))
+            model.train()
+        report(metrics)
+
+    return on_step
 
 
 def _freeze_embeddings(model: nn.Module) -> None:

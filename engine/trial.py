@@ -4,13 +4,17 @@ The trainable only adapts: it rebuilds the teacher from shared inputs (passed by
 reference through ``tune.with_parameters``), runs the study's stages in order through the
 stage registry, measures the result and reports one row. A stage that raises marks the
 trial ``failed`` with its error; the study goes on with the rest.
+
+With ``search.report_every_steps`` set, training stages also report intermediate results
+(validation quality and cost of the model being trained) through :class:`TrialReporter`, so a
+scheduler can stop the trial early; its row then keeps the last intermediate metrics.
 """
 
 from __future__ import annotations
 
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +25,7 @@ from engine.compress import STAGES, StageContext
 from engine.config import StudyConfig, with_values
 from engine.importance import LayerScores
 
-__all__ = ["SharedInputs", "run_trial", "trial_values"]
+__all__ = ["SharedInputs", "TrialReporter", "run_trial", "trial_seed", "trial_values"]
 
 
 @dataclass
@@ -41,6 +45,70 @@ def trial_values(config: dict[str, Any]) -> dict[str, Any]:
     return dict(config.get("values", {}))
 
 
+def trial_seed(config: dict[str, Any], repeats: tuple[int, ...]) -> int:
+    """The seed of a Tune config: ``seed`` if set, else ``repeats[__trial_index__]``."""
+    if "seed" in config:
+        return int(config["seed"])
+    return int(repeats[int(config.get("__trial_index__", 0))])
+
+
+@dataclass
+class TrialReporter:
+    """``ctx.report`` of a trial: measures the model being trained every ``every`` steps.
+
+    ``measure`` gives validation quality (``valid_*``) and the cost metrics the objectives
+    need (GFLOPs and size; latency only when an objective asks for it).
+    """
+
+    study: StudyConfig
+    valid: dict[str, np.ndarray]
+    device: torch.device
+    every: int
+    sink: Any  # called with each metrics dict (tune.report in a trial)
+    base: dict[str, Any] = field(default_factory=dict)
+    start: float = field(default_factory=time.perf_counter)
+    _cost: dict[int, dict[str, float]] = field(default_factory=dict)
+
+    def measure(self, model: torch.nn.Module) -> dict[str, float]:
+        from engine.measure import count_gflops, count_params, evaluate, weights_bytes
+
+        _, metrics = evaluate(
+            model, self.valid, batch_size=self.study.measure.eval_batch_size, device=self.device
+        )
+        out = {f"valid_{k}": float(v) for k, v in metrics.items()}
+        key = id(model)  # the architecture is fixed while a stage trains: count once
+        if key not in self._cost:
+            self._cost = {
+                key: {
+                    "gflops": float(count_gflops(model, self.study.data.max_length)),
+                    "params": float(count_params(model)),
+                    "weights_bytes": float(weights_bytes(model)),
+                }
+            }
+        out.update(self._cost[key])
+        if any(o.metric == "latency_ms_p50" for o in self.study.search.objectives):
+            out["latency_ms_p50"] = self._latency(model)
+        return out
+
+    def _latency(self, model: torch.nn.Module) -> float:
+        from engine.measure import measure_latency
+
+        bs = self.study.measure.batch_size
+        batch = {
+            k: torch.as_tensor(self.valid[k][:bs], device=self.device)
+            for k in ("input_ids", "attention_mask")
+        }
+        m = self.study.measure
+        return float(
+            measure_latency(model, batch, repeats=m.latency_repeats, warmup=m.warmup)[
+                "latency_ms_p50"
+            ]
+        )
+
+    def __call__(self, metrics: dict[str, Any]) -> None:
+        self.sink({**self.base, **metrics, "wall_s": time.perf_counter() - self.start})
+
+
 def _device(study: StudyConfig) -> torch.device:
     if study.resources.gpus > 0 and torch.cuda.is_available():
         return torch.device("cuda")
@@ -53,6 +121,7 @@ def build_student(
     seed: int,
     device: torch.device,
     save_dir: str | Path | None = None,
+    report: Any = None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Run the pipeline on a fresh copy of the teacher; returns the model and the record.
 
@@ -73,6 +142,7 @@ def build_student(
         importance=shared.importance,
         seed=seed,
         device=device,
+        report=report,
     )
     model = load_model(shared.teacher_config, shared.teacher_state).to(device)
     for name in study.pipeline.order:
@@ -94,7 +164,8 @@ def run_trial(
     shared: SharedInputs,
     run_dir: str | None = None,
 ) -> None:
-    """Tune function trainable. ``config = {"values": {dotted: value}, "seed": int}``.
+    """Tune function trainable. ``config = {"values": {dotted: value}, "seed": int}``
+    (or ``__trial_index__`` into ``study.repeats`` when a searcher repeats each point).
 
     With ``run_dir`` the student is saved under ``run_dir/models/<trial_id>/``."""
     from ray import tune
@@ -102,23 +173,34 @@ def run_trial(
     from engine.assess import assess
 
     start = time.perf_counter()
-    seed = int(config["seed"])
+    seed = trial_seed(config, study.repeats)
     threads = study.threads_per_trial or max(1, int(study.resources.cpus))
     torch.set_num_threads(threads)
     row: dict[str, Any] = {"seed": seed}
     try:
         trial_study = with_values(study, trial_values(config))
         device = _device(trial_study)
+        every = trial_study.search.report_every_steps
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        base = {"seed": seed, "device": name}
+        reporter = None
+        if every is not None:
+            reporter = TrialReporter(
+                trial_study, shared.splits["valid"], device, every, tune.report, base
+            )
         save_dir = Path(run_dir, "models", tune.get_context().get_trial_id()) if run_dir else None
-        model, record = build_student(trial_study, shared, seed, device, save_dir)
+        model, record = build_student(trial_study, shared, seed, device, save_dir, reporter)
         evals = {k: v for k, v in shared.splits.items() if k in ("valid", "test")}
         row.update(assess(model, evals, trial_study, device, record))
         row["model_dir"] = record.get("saved_to")
         row["kept_layers"] = ",".join(map(str, record.get("truncate", {}).get("kept_layers", [])))
+        row["step"] = record.get("distill", {}).get("steps")
         row["status"], row["error"] = "ok", None
     except Exception as e:  # a failing trial is data, not a crash of the study
         row["status"] = "failed"
         row["error"] = f"{type(e).__name__}: {e}"
         row["traceback"] = traceback.format_exc(limit=8)
+        for o in study.search.objectives:  # Tune requires the searched metrics in every result
+            row.setdefault(o.metric, float("nan"))
     row["wall_s"] = time.perf_counter() - start
     tune.report(row)

@@ -17,6 +17,7 @@ from engine.config import (
     parse_override,
     trial_configs,
 )
+from engine.search import plan_search
 
 REPO = Path(__file__).resolve().parent.parent
 STUDIES = sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml"))
@@ -27,11 +28,18 @@ def test_every_shipped_study_validates(name: str) -> None:
     cfg = load_study(name)
     assert cfg.name == name
     assert cfg.description.strip()
-    assert len(trial_configs(cfg)) >= 1
+    plan = plan_search(cfg)  # builds the searcher/grid without Ray running
+    assert plan.configs >= 1 and plan.num_samples >= 1
 
 
 def test_default_studies_are_shipped() -> None:
-    assert {"smoke", "ablation"} <= set(STUDIES)
+    assert {"smoke", "ablation", "sensitivity", "pareto"} <= set(STUDIES)
+
+
+def test_pareto_study_is_multi_objective_with_mo_asha() -> None:
+    cfg = load_study("pareto")
+    assert cfg.search.algorithm == "optuna_mo" and cfg.search.scheduler.name == "mo_asha"
+    assert [o.mode for o in cfg.search.objectives] == ["max", "min"]
 
 
 def _problems(overrides: list[str], study: str = "smoke") -> list[str]:

@@ -104,7 +104,7 @@ def test_smoke_importance_and_manifest(smoke_run) -> None:
     files = man["data"]["files"]
     assert files and all(len(f["sha256"]) == 64 for f in files)
     assert all(f["rows_kept"] > 0 for f in files)
-    assert man["trials"] == {"total": 2, "ok": 2, "failed": 0}
+    assert man["trials"] == {"total": 2, "ok": 2, "failed": 0, "stopped": 0}
 
 
 @pytest.mark.slow
@@ -137,3 +137,70 @@ def test_missing_data_file_is_a_one_line_error(tmp_path: Path) -> None:
     assert errors == [
         f"error: /nonexistent/reviews.csv: no such file or directory (looked in {REPO})"
     ]
+
+
+PARETO_TINY = [
+    "data.max_length=32",
+    "data.train_size=160",
+    "data.valid_size=48",
+    "data.test_size=96",
+    "teacher.epochs=1",
+    "teacher.max_steps=5",
+    "importance.num_batches=2",
+    "importance.batch_size=16",
+    "importance.cpus_per_actor=0.5",
+    "pipeline.distill.max_steps=6",
+    "pipeline.distill.batch_size=16",
+    "search.report_every_steps=2",  # 6 steps: reports at 2, 4, 6 + the final row = 4 results
+    "search.num_samples=4",
+    "measure.latency_repeats=2",
+    "measure.warmup=1",
+    "measure.batch_size=16",
+]
+
+
+@pytest.mark.slow
+def test_pareto_study_with_mo_asha_returns_only_non_dominated(tmp_path: Path) -> None:
+    """The shipped ``pareto`` study (multi-objective Optuna + MO-ASHA) at smoke sizes."""
+    out = tmp_path / "run"
+    env = {
+        **os.environ,
+        "COMPRESSION_SWEEPS_CACHE": str(tmp_path / "cache"),
+        "RAY_AUTH_MODE": "disabled",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine.sweep", "pareto", *PARETO_TINY, "--out", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "[progress]" in proc.stdout and "best valid_accuracy (max)" in proc.stdout
+    assert "[sweep] Pareto set on valid_accuracy (max), gflops (min)" in proc.stdout
+    df = pd.read_parquet(out / "results.parquet")
+    trials = df[df.trial_id != "teacher"]
+    assert len(trials) == 4 and set(trials.status) <= {"ok", "stopped"}
+    ok, stopped = trials[trials.status == "ok"], trials[trials.status == "stopped"]
+    assert len(ok) >= 1
+    assert (ok.iterations == 4).all() and (ok.step == 6).all()
+    assert (stopped.iterations < 4).all()  # cut at a rung, last intermediate metrics kept
+    for col in ("valid_accuracy", "gflops", "wall_s"):
+        assert trials[col].map(math.isfinite).all(), col
+    assert stopped.accuracy.isna().all()  # no test-set figure for a trial that was cut
+    # the Pareto set: exactly the finished trials no other finished trial dominates
+    on = set(ok[ok.on_front].trial_id)
+    brute = {
+        a.trial_id
+        for a in ok.itertuples()
+        if not any(
+            b.valid_accuracy >= a.valid_accuracy
+            and b.gflops <= a.gflops
+            and (b.valid_accuracy > a.valid_accuracy or b.gflops < a.gflops)
+            for b in ok.itertuples()
+        )
+    }
+    assert on == brute and not trials[trials.status != "ok"].on_front.any()
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["trials"]["total"] == 4 and man["trials"]["stopped"] == len(stopped)

@@ -22,7 +22,7 @@ from transformers import PreTrainedModel
 
 from engine.compress.base import StageContext, register_stage
 from engine.config import DistillConfig
-from engine.train import train_classifier
+from engine.train import progress_hook, train_classifier
 
 __all__ = [
     "apply",
@@ -181,6 +181,7 @@ def apply(model: PreTrainedModel, cfg: DistillConfig, ctx: StageContext) -> PreT
             device=ctx.device,
             aux_loss=aux,
             forward_kwargs=fwd,
+            on_step=progress_hook(model, ctx.report) if ctx.report else None,
         )
     finally:
         for m, impl in zip((model, ctx.teacher), attn_impls, strict=False):

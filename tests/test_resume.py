@@ -1,0 +1,171 @@
+"""Reliability, through the real CLI: SIGKILL the driver mid-study, rerun with ``--resume``, and
+get exactly one row per configuration × seed; a configuration that raises at run time is
+recorded as failed with its error while the others finish.
+
+The study runs on a dedicated Ray head (its own port and ``--temp-dir``), so the test can end
+every process it started — and only those — by matching that temp dir (never ``ray stop``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+RAY = Path(sys.executable).parent / "ray"
+
+OVERRIDES = [
+    # keep_layers 9 > the teacher's 6 layers: valid config, raises in the truncate stage
+    "search.space={pipeline.truncate.keep_layers: [2, 9]}",
+    "repeats=[0, 1]",
+    "search.max_concurrent_trials=1",
+    "importance.methods=[fisher]",
+]
+EXPECTED = {(k, s) for k in (2, 9) for s in (0, 1)}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _procs_under(marker: str) -> list[int]:
+    """Pids whose command line names ``marker``, plus all their descendants."""
+    parent: dict[int, int] = {}
+    hits: set[int] = set()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        pid = int(d.name)
+        parent[pid] = int(stat.rsplit(")", 1)[1].split()[1])
+        if marker in cmd:
+            hits.add(pid)
+    out = set(hits)
+    grew = True
+    while grew:
+        grew = False
+        for pid, ppid in parent.items():
+            if ppid in out and pid not in out:
+                out.add(pid)
+                grew = True
+    out.discard(os.getpid())
+    return sorted(out)
+
+
+def _kill_all(marker: str) -> None:
+    for pid in _procs_under(marker):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _final_rows(trial_dir: Path) -> int:
+    """Final (not intermediate) results a trial wrote: rows carrying a ``status``."""
+    f = trial_dir / "result.json"
+    if not f.exists():
+        return 0
+    return sum(1 for line in f.read_text().splitlines() if line and "status" in json.loads(line))
+
+
+@pytest.mark.slow
+def test_kill_driver_then_resume_completes_exactly_once(tmp_path: Path) -> None:
+    temp_dir = Path(tempfile.gettempdir()) / f"rs{uuid.uuid4().hex[:8]}"
+    port = _free_port()
+    out = tmp_path / "run"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "RAY_AUTH_MODE": "disabled",
+        "COMPRESSION_SWEEPS_CACHE": str(tmp_path / "cache"),
+        "TUNE_GLOBAL_CHECKPOINT_S": "1",
+    }
+    head = [
+        str(RAY),
+        "start",
+        "--head",
+        f"--port={port}",
+        f"--temp-dir={temp_dir}",
+        "--num-cpus=2",
+        "--include-dashboard=false",
+        f"--object-store-memory={300 * 2**20}",
+        "--disable-usage-stats",
+    ]
+    cli = [
+        sys.executable,
+        "-m",
+        "engine.sweep",
+        "smoke",
+        *OVERRIDES,
+        "--out",
+        str(out),
+        "--no-report",
+        "--address",
+        f"127.0.0.1:{port}",
+    ]
+    try:
+        subprocess.run(head, env=env, check=True, capture_output=True, timeout=120)
+        log1 = (tmp_path / "first.log").open("w")
+        driver = subprocess.Popen(cli, cwd=REPO, env=env, stdout=log1, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 600
+        finished: list[Path] = []
+        while time.monotonic() < deadline and driver.poll() is None:
+            finished = [d for d in (out / "tune").glob("run_trial*") if _final_rows(d)]
+            if len(finished) >= 2:
+                break
+            time.sleep(0.5)
+        assert driver.poll() is None, "the study ended before it could be interrupted"
+        assert len(finished) >= 2, (tmp_path / "first.log").read_text()[-3000:]
+        time.sleep(2.5)  # let the experiment snapshot (every 1 s here) record them
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+        log1.close()
+        before = {d.name for d in (out / "tune").glob("run_trial*") if _final_rows(d)}
+        assert not (out / "results.parquet").exists()
+
+        second = subprocess.run(
+            [*cli, "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
+        )
+        assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+        assert "[sweep] resuming" in second.stdout
+    finally:
+        _kill_all(str(temp_dir))
+
+    df = pd.read_parquet(out / "results.parquet")
+    trials = df[df.trial_id != "teacher"]
+    pairs = [
+        (int(k), int(s))
+        for k, s in zip(trials["pipeline.truncate.keep_layers"], trials.seed, strict=True)
+    ]
+    assert sorted(pairs) == sorted(EXPECTED)  # every configuration × seed exactly once
+    assert trials.trial_id.is_unique
+    # the trials finished before the kill were not run again (one final result each)
+    for d in (out / "tune").glob("run_trial*"):
+        assert _final_rows(d) == 1, d.name
+    assert before <= {d.name for d in (out / "tune").glob("run_trial*")}
+    # a raising configuration is a failed row with its error; the others are ok
+    bad = trials[trials["pipeline.truncate.keep_layers"] == 9]
+    assert (bad.status == "failed").all()
+    assert bad.error.str.contains("keep_layers=9 exceeds the model's 6 layers").all()
+    good = trials[trials["pipeline.truncate.keep_layers"] != 9]
+    assert (good.status == "ok").all(), good.error.tolist()
+    assert (good.student_layers == good["pipeline.truncate.keep_layers"]).all()
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["trials"] == {"total": 4, "ok": 2, "failed": 2, "stopped": 0}
+    assert not _procs_under(str(temp_dir))

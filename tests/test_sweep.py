@@ -1,0 +1,148 @@
+"""Sweep plumbing: per-trial resources reach Tune (fractional GPU), the budget a scheduler
+sees, and the live progress table."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+from engine.config import load_study
+from engine.progress import ProgressTable
+from engine.sweep import full_budget
+
+REPO = Path(__file__).resolve().parent.parent
+
+PROBE = textwrap.dedent(
+    """
+    import json, sys, tempfile
+    import ray
+    from ray import tune
+    from engine.config import load_study
+    from engine.sweep import trainable_for
+
+    cfg = load_study("smoke", ["resources.gpus=0.25", "resources.cpus=0.5"])
+
+    def probe(config):
+        import ray, os
+        tune.report({
+            "assigned": json.dumps(ray.get_runtime_context().get_assigned_resources()),
+            "cuda_visible": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+        })
+
+    # a CPU-only machine with one logical GPU
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False,
+             object_store_memory=300 * 2**20, log_to_driver=False)
+    try:
+        grid = tune.Tuner(
+            trainable_for(cfg, probe),
+            param_space={"i": tune.grid_search([0, 1, 2, 3])},
+            run_config=tune.RunConfig(storage_path=tempfile.mkdtemp(), verbose=0),
+        ).fit()
+        print("RESULT " + json.dumps([
+            {"assigned": json.loads(r.metrics["assigned"]), "cuda": r.metrics["cuda_visible"]}
+            for r in grid
+        ]))
+    finally:
+        ray.shutdown()
+    """
+)
+
+
+def test_fractional_gpu_request_reaches_each_trial(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
+    trials = json.loads(line.removeprefix("RESULT "))
+    assert len(trials) == 4
+    for t in trials:
+        assert t["assigned"] == {"CPU": 0.5, "GPU": 0.25}
+        assert t["cuda"] == "0"  # the one logical GPU, shared by the four trials
+
+
+def test_full_budget_counts_intermediate_and_final_results() -> None:
+    cfg = load_study("pareto")  # 2 epochs of 800/32 = 50 steps, a report every 10
+    assert full_budget(cfg, 800) == 50 // 10 + 1
+    assert full_budget(cfg, 801) == 52 // 10 + 1  # ceil(801/32) = 26 steps per epoch
+    capped = load_study("pareto", ["pipeline.distill.max_steps=7", "search.report_every_steps=3"])
+    assert full_budget(capped, 800) == 7 // 3 + 1
+    assert full_budget(load_study("smoke"), 160) == 1  # no intermediate reports
+
+
+def _trial(tid: str, **values: object) -> SimpleNamespace:
+    return SimpleNamespace(trial_id=tid, config={"values": values})
+
+
+def test_progress_table_tracks_status_and_best() -> None:
+    table = ProgressTable([("valid_accuracy", "max"), ("gflops", "min")], ["k"], every_s=1e9)
+    a, b, c = _trial("a", k=1), _trial("b", k=2), _trial("c", k=3)
+    for t in (a, b, c):
+        table.on_trial_start(0, [], t)
+    table.on_trial_result(0, [], a, {"valid_accuracy": 0.5, "gflops": 1.0, "training_iteration": 2})
+    table.on_trial_result(0, [], b, {"valid_accuracy": 0.7, "gflops": 2.0, "training_iteration": 1})
+    table.on_trial_result(
+        0, [], a, {"valid_accuracy": 0.6, "gflops": 1.0, "training_iteration": 3, "status": "ok"}
+    )
+    table.on_trial_complete(0, [], a)
+    table.on_trial_complete(0, [], b)  # no final row: cut by the scheduler
+    lines = table.table()
+    assert lines[0] == "trial | status | iter | k | valid_accuracy | gflops"
+    assert "a | ok | 3 | 1 | 0.6 | 1" in lines
+    assert "b | stopped | 1 | 2 | 0.7 | 2" in lines
+    assert "c | running | 0 |  |  | " in lines
+    # the best is over finished (ok) trials only: b's 0.7 was cut short
+    assert lines[-1] == "best valid_accuracy (max): 0.6 by a"
+
+
+def test_distill_reports_every_n_steps_through_the_trial_reporter() -> None:
+    """The real distill stage + TrialReporter: a report every 2 steps, with the validation
+    accuracy and GFLOPs of the model being trained (checked against direct measurement)."""
+    import numpy as np
+    import torch
+
+    from engine.compress import STAGES, StageContext
+    from engine.measure import count_gflops, evaluate
+    from engine.trial import TrialReporter
+    from tests.conftest import tiny_bert, toy_batches
+
+    study = load_study("smoke", ["search.report_every_steps=2", "pipeline.distill.max_steps=50"])
+    batches = toy_batches(n_batches=4, batch_size=8, seq=12)
+    train = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
+    valid = {k: v[:16].numpy() for k, v in train.items()}
+    teacher = tiny_bert(num_layers=2)
+    sent: list[dict] = []
+    reporter = TrialReporter(study, valid, torch.device("cpu"), 2, sent.append, {"seed": 0})
+    ctx = StageContext(
+        teacher=teacher,
+        train=train,
+        teacher_logits=torch.zeros(len(train["labels"]), 5),
+        importance={},
+        seed=0,
+        report=reporter,
+    )
+    student = tiny_bert(num_layers=2, seed=1)
+    cfg = study.pipeline.distill.model_copy(update={"batch_size": 8})
+    out = STAGES.get("distill")(student, cfg, ctx)
+    assert [r["step"] for r in sent] == [2, 4]  # 32 examples / batch 8 = 4 steps, every 2
+    assert all(r["seed"] == 0 and r["wall_s"] >= 0 for r in sent)
+    assert all(np.isfinite(r["train_loss"]) for r in sent)
+    flops = count_gflops(out, study.data.max_length)
+    assert all(r["gflops"] == flops for r in sent)
+    # the report at step 4 measured the final model: same figures as measuring it now
+    _, final = evaluate(out, valid, batch_size=64, device="cpu")
+    assert sent[-1]["valid_accuracy"] == final["accuracy"]
+    assert sent[-1]["valid_macro_f1"] == final["macro_f1"]
+    assert ctx.record["distill"]["steps"] == 4
+    assert not out.training  # left in eval mode after training, though reports flip modes
