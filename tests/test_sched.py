@@ -175,7 +175,7 @@ def test_hypervolume_by_hand() -> None:
 def test_build_scheduler_from_study() -> None:
     cfg = load_study("pareto")
     sched = build_scheduler(cfg, max_t=6)
-    assert isinstance(sched, MOASHAScheduler) and sched.milestones == [1, 3]
+    assert isinstance(sched, MOASHAScheduler) and sched.milestones == [2]
     asha = build_scheduler(load_study("pareto", ["search.scheduler.name=asha"]), max_t=6)
     assert type(asha).__name__ == "AsyncHyperBandScheduler"
 
