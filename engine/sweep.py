@@ -115,7 +115,8 @@ def _init_ray(address: str | None) -> None:
     if address:
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
     else:
-        ray.init(include_dashboard=False, log_to_driver=False)
+        # "local": always start a fresh Ray, never silently join a `ray start` cluster
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
     token = Path.home() / ".ray" / "auth_token"
     if token.exists():
         token.chmod(0o600)

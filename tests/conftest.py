@@ -21,6 +21,7 @@ def ray_local():
 
     if not ray.is_initialized():
         ray.init(
+            address="local",  # never join another Ray found on the machine
             num_cpus=2,
             object_store_memory=300 * 2**20,
             include_dashboard=False,
