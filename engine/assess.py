@@ -73,7 +73,7 @@ def assess(
     lat = measure_latency(
         model, batch, repeats=study.measure.latency_repeats, warmup=study.measure.warmup
     )
-    row.update({k: float(v) for k, v in lat.items()})
+    row.update({k: v if isinstance(v, str) else float(v) for k, v in lat.items()})
     if hasattr(model, "last_layers_executed"):  # the timed forwards' real average depth
         row["exit_avg_layers"] = float(model.last_layers_executed)
     row["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

@@ -1,81 +1,88 @@
 """Forward-pass latency, throughput and peak memory of one model on one batch.
 
-Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` after a reset (bytes held by
-tensors during the timed forwards). On CPU there is no allocator counter, so we read the
-process's peak resident set size (Linux ``VmHWM``) after resetting it through
-``/proc/self/clear_refs`` and subtract the RSS before the timed forwards: the extra memory
-the forwards touched. Where that reset is not possible (non-Linux, restricted /proc) we fall
-back to the growth of ``resource.getrusage(...).ru_maxrss``, a lower bound that is 0 when the
-process peaked higher earlier.
+Peak memory (``peak_mem_bytes``) = the bytes of the model's weights (:func:`weights_bytes`,
+quantized payloads included) + ``peak_activation_bytes``, the largest amount of tensor memory
+one forward holds *above what was allocated before it* (activations, attention scores,
+kernel workspaces). How the activation peak was taken is the ``peak_mem_method`` column:
+
+* ``cuda_max_allocated`` — ``torch.cuda.max_memory_allocated`` after a reset, minus
+  ``memory_allocated`` before the forward (so other tensors on the GPU, e.g. the teacher, do
+  not count);
+* ``cpu_profiler`` — one extra, untimed forward under ``torch.profiler`` with
+  ``profile_memory=True``: every allocation and free of PyTorch's CPU allocator is an event
+  with signed ``nbytes``; the running sum in time order peaks at the answer. This is the CPU
+  counterpart of ``max_memory_allocated`` and does not depend on the process's history;
+* ``unavailable`` — the profiler could not run (e.g. another profiler is active):
+  ``peak_activation_bytes`` and ``peak_mem_bytes`` are NaN.
+
+Why not the resident set size: resetting Linux's ``VmHWM`` through ``/proc/self/clear_refs``
+works in this container, but a forward's tensors are served from heap pages that earlier
+work (warm-up, training) already made resident and glibc did not return, so the RSS hardly
+moves: after a few training steps it grew by 8 KiB for a batch whose activations take MBs,
+which is why the previous RSS-based measure read 0 in trials.
 """
 
 from __future__ import annotations
 
-import resource
-import sys
+import math
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["measure_latency"]
+from engine.measure.cost import weights_bytes
 
-_STATUS = Path("/proc/self/status")
-_CLEAR_REFS = Path("/proc/self/clear_refs")
+__all__ = ["forward_peak_bytes", "measure_latency"]
 
 
-def _status_bytes(field: str) -> int | None:
+def _cpu_profiler_peak(model: nn.Module, inputs: dict[str, Any]) -> int:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        model(**inputs)
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    if not events:
+        raise RuntimeError("the profiler recorded no memory events")
+    running = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        running += int(e.nbytes())  # + on allocation, - on free
+        peak = max(peak, running)
+    return peak
+
+
+def forward_peak_bytes(model: nn.Module, inputs: dict[str, Any]) -> tuple[float, str]:
+    """(peak tensor bytes one ``model(**inputs)`` holds above the bytes allocated before it,
+    method); call under ``torch.inference_mode()``. NaN with ``unavailable`` when the CPU
+    profiler cannot run."""
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        model(**inputs)
+        torch.cuda.synchronize(device)
+        return float(torch.cuda.max_memory_allocated(device) - before), "cuda_max_allocated"
     try:
-        for line in _STATUS.read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024  # reported in kB
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    """Reset Linux's peak-RSS watermark (``echo 5 > /proc/self/clear_refs``)."""
-    try:
-        _CLEAR_REFS.write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-def _ru_maxrss_bytes() -> int:
-    scale = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux kB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-
-
-class _CpuPeak:
-    """Peak extra resident memory over a block (see the module docstring)."""
-
-    def __enter__(self) -> _CpuPeak:
-        self.exact = _reset_peak_rss() and _status_bytes("VmRSS") is not None
-        self.before = _status_bytes("VmRSS") if self.exact else _ru_maxrss_bytes()
-        self.peak_bytes = 0
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        after = _status_bytes("VmHWM") if self.exact else _ru_maxrss_bytes()
-        self.peak_bytes = max(0, int(after or 0) - int(self.before or 0))
+        return float(_cpu_profiler_peak(model, inputs)), "cpu_profiler"
+    except RuntimeError:
+        return math.nan, "unavailable"
 
 
 def measure_latency(
     model: nn.Module, batch: dict[str, torch.Tensor], *, repeats: int, warmup: int
-) -> dict[str, float]:
-    """Time ``repeats`` forwards of ``model(**batch)`` after ``warmup`` untimed ones.
+) -> dict[str, Any]:
+    """Time ``repeats`` forwards of ``model(**batch)`` after ``warmup`` untimed ones, then
+    measure one more forward's peak memory (see the module docstring).
 
     ``labels`` in ``batch`` is dropped (a loss is not part of inference). Runs under
     ``torch.inference_mode()``; on CUDA each timed forward is bracketed by synchronisations.
 
     Returns:
         ``latency_ms_p50``, ``latency_ms_p95`` (per batch), ``throughput_per_s`` (examples/s
-        at this batch size, from the median) and ``peak_mem_bytes``.
+        at this batch size, from the median), ``peak_mem_bytes``, ``peak_activation_bytes``
+        and ``peak_mem_method`` (a string).
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
@@ -92,20 +99,15 @@ def measure_latency(
         with torch.inference_mode():
             for _ in range(warmup):
                 model(**inputs)
-            if cuda:
-                torch.cuda.synchronize(device)
-                torch.cuda.reset_peak_memory_stats(device)
-            cpu_peak = _CpuPeak()
-            with cpu_peak:
-                for _ in range(repeats):
-                    if cuda:
-                        torch.cuda.synchronize(device)
-                    t0 = time.perf_counter()
-                    model(**inputs)
-                    if cuda:
-                        torch.cuda.synchronize(device)
-                    times_s.append(time.perf_counter() - t0)
-            peak = torch.cuda.max_memory_allocated(device) if cuda else cpu_peak.peak_bytes
+            for _ in range(repeats):
+                if cuda:
+                    torch.cuda.synchronize(device)
+                t0 = time.perf_counter()
+                model(**inputs)
+                if cuda:
+                    torch.cuda.synchronize(device)
+                times_s.append(time.perf_counter() - t0)
+            activations, method = forward_peak_bytes(model, inputs)
     finally:
         model.train(was_training)
     ms = np.asarray(times_s) * 1e3
@@ -114,5 +116,7 @@ def measure_latency(
         "latency_ms_p50": p50,
         "latency_ms_p95": float(np.percentile(ms, 95)),
         "throughput_per_s": batch_size / (p50 / 1e3),
-        "peak_mem_bytes": float(peak),
+        "peak_mem_bytes": float(weights_bytes(model)) + activations,
+        "peak_activation_bytes": activations,
+        "peak_mem_method": method,
     }
