@@ -57,6 +57,7 @@ def assess(
     row["gflops"] = float(count_gflops(model, seq))
     row["gflops_theoretical"] = row["gflops"] * (1.0 - float(record.get("sparsity", 0.0)))
     row["quant"] = record.get("quant", "none")
+    row["quant_reason"] = record.get("quantize", {}).get("reason", "")
     row["params"] = int(count_params(model))
     row["params_nonzero"] = int(count_params_nonzero(model))
     row["weights_bytes"] = int(weights_bytes(model))

@@ -180,12 +180,15 @@ class PruneConfig(Section):
 class QuantizeConfig(Section):
     """Quantize the student's Linear layers (the last stage of a pipeline).
 
-    ``backend: auto`` picks bitsandbytes ``bnb_int8`` (LLM.int8) on CUDA and PyTorch
-    ``dynamic_int8`` on CPU; ``bnb_4bit`` uses ``quant_type`` (nf4/fp4) with
-    ``compute_dtype``. The choice is recorded in the ``quant`` column.
+    ``backend: auto`` aims at ``bits``: 8 → bitsandbytes ``bnb_int8`` (LLM.int8) on CUDA and
+    PyTorch ``dynamic_int8`` on CPU; 4 → ``bnb_4bit`` on CUDA, and on CPU ``bnb_4bit`` where
+    bitsandbytes' CPU backend passes a probe, else ``dynamic_int8`` with the reason recorded.
+    ``bnb_4bit`` uses ``quant_type`` (nf4/fp4) with ``compute_dtype``. The choice is recorded
+    in the ``quant`` column, the reason in ``quant_reason``.
     """
 
     backend: Literal["auto", "dynamic_int8", "bnb_int8", "bnb_4bit"] = "auto"
+    bits: Literal[4, 8] = 8
     quant_type: Literal["nf4", "fp4"] = "nf4"
     compute_dtype: Literal["float32", "float16", "bfloat16"] = "bfloat16"
     int8_threshold: float = Field(6.0, ge=0)

@@ -1,15 +1,26 @@
 """``quantize`` stage: int8/4-bit weights for the student's Linear layers.
 
-Backends (``pipeline.quantize.backend``; ``auto`` picks by device and records the choice in
-``ctx.record["quant"]``, the results' ``quant`` column):
+Backends (``pipeline.quantize.backend``; ``auto`` picks by device and ``bits`` and records
+the choice in ``ctx.record["quant"]`` — the results' ``quant`` column — and why in
+``ctx.record["quantize"]["reason"]``, the ``quant_reason`` column):
 
 * ``dynamic_int8`` (CPU) — PyTorch dynamic quantization
   (``torch.ao.quantization.quantize_dynamic``): int8 weights (per-tensor affine), activations
   quantized on the fly per batch, int8 GEMM through FBGEMM/oneDNN. CPU only.
-* ``bnb_int8`` (CUDA) — bitsandbytes LLM.int8 (``Linear8bitLt``): int8 weights, outlier
-  input features above ``int8_threshold`` kept in fp16 (Dettmers et al. 2022).
-* ``bnb_4bit`` (CUDA) — bitsandbytes ``Linear4bit`` with ``quant_type`` nf4/fp4 and
-  ``compute_dtype`` (the dtype the dequantized matmul runs in).
+* ``bnb_int8`` — bitsandbytes LLM.int8 (``Linear8bitLt``): int8 weights, outlier input
+  features above ``int8_threshold`` kept in fp16 (Dettmers et al. 2022).
+* ``bnb_4bit`` — bitsandbytes ``Linear4bit`` with ``quant_type`` nf4/fp4 (blocks of 64
+  weights, one absmax each) and ``compute_dtype`` (the dtype the dequantized matmul runs in).
+
+bitsandbytes runs on CUDA, and since its multi-backend releases also on CPU: 0.50.2 ships
+``libbitsandbytes_cpu.so`` (blockwise 4-bit quantize/dequantize kernels); ``Linear4bit``
+dequantizes to ``compute_dtype`` and runs a dense matmul, ``Linear8bitLt`` uses
+``torch._int_mm`` on AVX-512 CPUs. Whether it works here is decided by a probe
+(:func:`bnb_cpu_probe`: quantize one seeded Linear, run it, compare with float), not assumed;
+``auto`` with ``bits: 4`` on CPU falls back to ``dynamic_int8`` and records the probe's error
+when it fails. (bitsandbytes also tries to fetch a fused CPU 4-bit GEMM from the Hugging Face
+Hub through the optional ``kernels`` package; that package is not installed, so nothing is
+downloaded and the stock path runs.)
 
 The classification head stays in float when ``skip_classifier`` (default), as bitsandbytes'
 HF integration does for output layers. The float model is kept in ``ctx.extras`` so the trial
@@ -19,7 +30,11 @@ it (see :func:`requantize`).
 
 from __future__ import annotations
 
+import functools
+import logging
+import math
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,27 +44,103 @@ from transformers import PreTrainedModel
 from engine.compress.base import StageContext, register_stage
 from engine.config import QuantizeConfig
 
-__all__ = ["apply", "choose_backend", "quantize_model", "requantize"]
+__all__ = [
+    "BackendChoice",
+    "apply",
+    "bnb_cpu_probe",
+    "choose_backend",
+    "cpu_4bit_paths",
+    "quantize_model",
+    "requantize",
+]
 
-_HEADS = ("classifier", "score")  # sequence-classification heads of BERT / decoder models
+_HEADS = ("classifier", "score")
+_FUSED_CPU = "support_avx512bf16_for_cpu"  # Linear4bit's switch for its fused CPU kernel  # sequence-classification heads of BERT / decoder models
 
 
-def choose_backend(cfg: QuantizeConfig, device: torch.device) -> str:
-    """``auto`` → ``bnb_int8`` on CUDA (when bitsandbytes imports), else ``dynamic_int8``."""
-    if cfg.backend != "auto":
-        if cfg.backend.startswith("bnb") and device.type != "cuda":
-            raise ValueError(f"quantize backend {cfg.backend!r} needs a CUDA device, got {device}")
-        if cfg.backend == "dynamic_int8" and device.type != "cpu":
+@dataclass(frozen=True)
+class BackendChoice:
+    """The backend a quantize stage runs, on which device, and why."""
+
+    backend: str
+    device: torch.device
+    reason: str
+
+
+def _quiet_bitsandbytes_import() -> Any:
+    """Import bitsandbytes without its CPU backend's warning about the optional ``kernels``
+    package (a Hub download we do not want anyway)."""
+    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        import bitsandbytes
+    finally:
+        logger.setLevel(level)
+    return bitsandbytes
+
+
+@functools.cache
+def bnb_cpu_probe(bits: int, quant_type: str = "nf4", compute_dtype: str = "float32") -> str | None:
+    """``None`` when bitsandbytes' ``bits``-bit Linear quantizes and runs on CPU here (its output
+    on a seeded 64→32 Linear within 25 % relative error of float); else the error, one line."""
+    try:
+        _quiet_bitsandbytes_import()
+        gen = torch.Generator().manual_seed(0)
+        cfg = QuantizeConfig(quant_type=quant_type, compute_dtype=compute_dtype)
+        for n_in, n_out in ((128, 64), (128, 48)):  # fused CPU 4-bit kernel; dequant + matmul
+            with torch.random.fork_rng(devices=[]):  # leave the trial's global RNG as it was
+                lin = nn.Linear(n_in, n_out)
+            with torch.no_grad():
+                lin.weight.copy_(torch.randn(n_out, n_in, generator=gen) / 8)
+                lin.bias.copy_(torch.randn(n_out, generator=gen) / 8)
+            x = torch.randn(4, n_in, generator=gen)
+            q = _bnb_layer(lin, cfg, bits, torch.device("cpu")).eval()
+            if bits == 4 and q.weight.dtype != torch.uint8:
+                return f"Linear4bit weight stayed {q.weight.dtype} on CPU (not quantized)"
+            with torch.inference_mode():  # eval + no grad: the path inference takes
+                ref, out = lin(x), q(x).float()
+            err = float((out - ref).norm() / ref.norm())
+            if not math.isfinite(err) or err > 0.25:
+                return f"bitsandbytes {bits}-bit CPU output off by {err:.3g} (relative)"
+    except Exception as e:  # any failure means: not usable on this CPU
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".strip()
+    return None
+
+
+def choose_backend(cfg: QuantizeConfig, device: torch.device) -> BackendChoice:
+    """Resolve ``cfg.backend`` on ``device`` (see the module docstring).
+
+    Raises:
+        ValueError: an explicit backend that cannot run here (with the probe's error).
+    """
+    cpu = torch.device("cpu")
+    if cfg.backend == "dynamic_int8":
+        if device.type != "cpu":
             raise ValueError("quantize backend 'dynamic_int8' runs on CPU only")
-        return cfg.backend
+        return BackendChoice("dynamic_int8", cpu, "asked for: PyTorch dynamic int8")
+    bits = {"bnb_int8": 8, "bnb_4bit": 4}.get(cfg.backend, cfg.bits)
+    name = "bnb_int8" if bits == 8 else "bnb_4bit"
     if device.type == "cuda":
         try:
-            import bitsandbytes  # noqa: F401
-        except ImportError:
-            pass
-        else:
-            return "bnb_int8"
-    return "dynamic_int8"
+            _quiet_bitsandbytes_import()
+        except ImportError as e:
+            if cfg.backend != "auto":
+                raise ValueError(f"quantize backend {cfg.backend!r}: {e}") from e
+            return BackendChoice("dynamic_int8", cpu, f"auto: bitsandbytes missing ({e}); CPU")
+        return BackendChoice(name, device, f"{cfg.backend}: bitsandbytes {bits}-bit on CUDA")
+    if cfg.backend == "auto" and bits == 8:
+        return BackendChoice("dynamic_int8", cpu, "auto, 8 bits on CPU: PyTorch dynamic int8")
+    problem = bnb_cpu_probe(bits, cfg.quant_type, cfg.compute_dtype)
+    if problem is None:
+        return BackendChoice(
+            name, cpu, f"{cfg.backend}: bitsandbytes {bits}-bit passed the CPU probe"
+        )
+    if cfg.backend != "auto":
+        raise ValueError(f"quantize backend {cfg.backend!r} does not run on CPU here: {problem}")
+    return BackendChoice(
+        "dynamic_int8", cpu, f"auto: bitsandbytes 4-bit failed on CPU ({problem}); dynamic int8"
+    )
 
 
 def _linear_names(model: nn.Module, skip_classifier: bool) -> list[str]:
@@ -74,7 +165,7 @@ def _dynamic_int8(model: nn.Module, cfg: QuantizeConfig) -> nn.Module:
 
 
 def _bnb_layer(lin: nn.Linear, cfg: QuantizeConfig, bits: int, device: torch.device) -> nn.Module:
-    import bitsandbytes as bnb
+    bnb = _quiet_bitsandbytes_import()
 
     has_bias = lin.bias is not None
     w = lin.weight.detach().cpu()
@@ -93,18 +184,56 @@ def _bnb_layer(lin: nn.Linear, cfg: QuantizeConfig, bits: int, device: torch.dev
         new.weight = bnb.nn.Params4bit(w, requires_grad=False, quant_type=cfg.quant_type)
     if has_bias:
         new.bias = nn.Parameter(lin.bias.detach().cpu().clone(), requires_grad=False)
-    return new.to(device)  # bitsandbytes quantizes the weights on the transfer to CUDA
+    new = new.to(device)  # bitsandbytes quantizes the weights on this transfer (CPU too)
+    misfit = new.out_features % 32 or new.in_features % _BLOCK
+    if bits == 4 and device.type == "cpu" and getattr(new, _FUSED_CPU, False):
+        # bitsandbytes' fused AVX512-bf16 4-bit kernel (taken in eval mode) computes in bf16
+        # whatever compute_dtype says, and repacks the weight in tiles of 32 output rows ×
+        # whole absmax blocks, failing on other shapes ("shape '[32, 0]' is invalid"): keep
+        # it for bf16 compute on shapes it fits; the others dequantize + matmul
+        setattr(new, _FUSED_CPU, not misfit and cfg.compute_dtype == "bfloat16")
+    return new
+
+
+def cpu_4bit_paths(model: nn.Module) -> dict[str, int]:
+    """How many ``Linear4bit`` layers of a CPU model run bitsandbytes' fused bf16 kernel in eval
+    mode (``fused_bf16``: 4-bit weights unpacked inside the GEMM, activations in bf16; used
+    when ``compute_dtype`` is bfloat16 and the shape fits) and how many dequantize to
+    ``compute_dtype`` and run a dense matmul (``dequantize_matmul``)."""
+    out = {"fused_bf16": 0, "dequantize_matmul": 0}
+    for m in model.modules():
+        if type(m).__name__ == "Linear4bit":
+            out["fused_bf16" if getattr(m, _FUSED_CPU, False) else "dequantize_matmul"] += 1
+    return out
+
+
+_BLOCK = 64  # bitsandbytes' 4-bit blocksize (Params4bit's default)
+
+
+def _bnb_targets(
+    model: nn.Module, cfg: QuantizeConfig, bits: int, device: torch.device
+) -> tuple[list[str], list[str]]:
+    """(Linear layers to quantize, layers kept float). On CPU, 4-bit layers whose
+    ``in_features`` is not a multiple of 64 stay float: bitsandbytes 0.50.2's CPU 4-bit
+    dequantize kernel takes a row's absmax blocks as ``in_features // 64`` per row, so such
+    weights come back wrong (measured: relative error 0.75–0.98 for in_features 32 or 96,
+    0.395 for 288, against 0.09 for multiples of 64 — where it equals a hand NF4 quantization)."""
+    names = _linear_names(model, cfg.skip_classifier)
+    if bits != 4 or device.type != "cpu":
+        return names, []
+    fits = [n for n in names if model.get_submodule(n).in_features % _BLOCK == 0]
+    return fits, [n for n in names if n not in fits]
 
 
 def _bnb(model: nn.Module, cfg: QuantizeConfig, bits: int, device: torch.device) -> nn.Module:
     import copy
 
     q = copy.deepcopy(model).to(device).eval()
-    for name in _linear_names(q, cfg.skip_classifier):
+    for name in _bnb_targets(q, cfg, bits, device)[0]:
         parent_name, _, attr = name.rpartition(".")
         parent = q.get_submodule(parent_name) if parent_name else q
         setattr(parent, attr, _bnb_layer(getattr(parent, attr), cfg, bits, device))
-    return q
+    return q.eval()  # the new layers too (bitsandbytes' CPU 4-bit path depends on it)
 
 
 def quantize_model(
@@ -124,20 +253,28 @@ def requantize(float_model: PreTrainedModel, record: dict[str, Any]) -> nn.Modul
     """Rebuild the quantized model from its saved float weights and ``record["quantize"]``."""
     q = record["quantize"]
     cfg = QuantizeConfig(**q["config"])
-    device = torch.device("cuda" if q["backend"].startswith("bnb") else "cpu")
-    return quantize_model(float_model, cfg, q["backend"], device)
+    return quantize_model(float_model, cfg, q["backend"], torch.device(q["device"]))
 
 
 @register_stage("quantize")
 def apply(model: PreTrainedModel, cfg: QuantizeConfig, ctx: StageContext) -> nn.Module:
-    backend = choose_backend(cfg, ctx.device)
+    choice = choose_backend(cfg, ctx.device)
     ctx.extras["float_model"] = model
-    q = quantize_model(model, cfg, backend, ctx.device)
-    ctx.record["quant"] = backend
+    q = quantize_model(model, cfg, choice.backend, choice.device)
+    ctx.record["quant"] = choice.backend
     ctx.record["quantize"] = {
-        "backend": backend,
+        "backend": choice.backend,
+        "reason": choice.reason,
         "config": cfg.model_dump(mode="json"),
-        "device": "cpu" if backend == "dynamic_int8" else str(ctx.device),
-        "quantized_linears": len(_linear_names(model, cfg.skip_classifier)),
+        "device": str(choice.device),
     }
+    bits = 4 if choice.backend == "bnb_4bit" else 8
+    targets, kept_float = _bnb_targets(model, cfg, bits, choice.device)
+    ctx.record["quantize"]["quantized_linears"] = len(targets)
+    if kept_float:  # CPU 4-bit: in_features % 64 != 0 (see _bnb_targets)
+        ctx.record["quantize"]["float_linears"] = kept_float
+    if choice.backend.startswith("bnb"):
+        ctx.record["quantize"]["bitsandbytes"] = _quiet_bitsandbytes_import().__version__
+    if choice.backend == "bnb_4bit" and choice.device.type == "cpu":
+        ctx.record["quantize"]["cpu_4bit_paths"] = cpu_4bit_paths(q)
     return q
