@@ -26,6 +26,7 @@ __all__ = [
     "ConfigError",
     "DistillConfig",
     "EarlyExitConfig",
+    "EnsembleTeacher",
     "FloatRange",
     "IntRange",
     "MeasureConfig",
@@ -93,6 +94,24 @@ class TruncateConfig(Section):
         return self
 
 
+class EnsembleTeacher(Section):
+    """One member of an ensemble teacher: ``path`` is ``teacher`` (the study's fine-tuned
+    teacher) or a local directory holding a saved sequence classifier with the study's labels
+    and tokenizer (e.g. a run's ``models/<trial_id>/``); ``weight`` > 0."""
+
+    path: str = Field(min_length=1)
+    weight: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _exists(self) -> EnsembleTeacher:
+        if self.path != "teacher" and not (Path(self.path) / "config.json").is_file():
+            raise ValueError(
+                f"teacher path {self.path!r} is neither 'teacher' nor a directory with a "
+                "saved model (config.json); nothing is downloaded"
+            )
+        return self
+
+
 class DistillConfig(Section):
     """Train the student: ``alpha_distill`` · T² · KL(teacher_T ‖ student_T) + ``alpha_task`` · CE.
 
@@ -120,9 +139,18 @@ class DistillConfig(Section):
     # Ensemble teacher: weights of the study's teacher followed by the extra teachers whose
     # train logits a caller puts in ctx.extras["extra_teacher_logits"]; None = single teacher.
     teacher_weights: tuple[float, ...] | None = None
+    # Ensemble teacher from the study file: the target is Σ w_k z_k / Σ w_k over these
+    # teachers' logits (weights are normalised, so any positive weights will do).
+    teachers: tuple[EnsembleTeacher, ...] | None = Field(None, min_length=1)
 
     @model_validator(mode="after")
     def _weights(self) -> DistillConfig:
+        if self.teachers is not None:
+            if self.teacher_weights is not None:
+                raise ValueError("set teachers or teacher_weights, not both")
+            paths = [t.path for t in self.teachers]
+            if len(set(paths)) != len(paths):
+                raise ValueError(f"teachers lists a path twice: {paths}")
         if self.teacher_weights is not None and (
             not self.teacher_weights
             or min(self.teacher_weights) < 0

@@ -237,3 +237,79 @@ def test_ensemble_with_zero_weight_on_the_first_teacher_is_the_second_teacher() 
         results.append([p.detach().clone() for p in m.parameters()])
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b)
+
+
+# ----------------------------------------------------------------------------- ensemble from the study
+
+
+def _direct_logits(model: torch.nn.Module, data: dict[str, torch.Tensor]) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(
+            input_ids=data["input_ids"], attention_mask=data["attention_mask"]
+        ).logits
+
+
+def test_study_file_ensemble_targets_the_hand_weighted_mean_of_the_teachers(tmp_path) -> None:
+    """teachers: [{teacher, 3}, {A, 1}, {B, 2}] → target (3·z_0 + z_A + 2·z_B) / 6, with A a
+    plain save_pretrained directory and B saved by the engine (compression.json)."""
+    from engine.compress.distill import teacher_targets
+    from engine.compress.save import save_compressed
+
+    data = _train_data()
+    a, b = tiny_bert(num_layers=2, seed=11), tiny_bert(num_layers=3, seed=12)
+    a.save_pretrained(tmp_path / "a")
+    save_compressed(b, tmp_path / "b", record={})
+    z0 = 4 * torch.randn(32, 5, generator=torch.Generator().manual_seed(7))
+    za, zb = _direct_logits(a, data), _direct_logits(b, data)
+    assert not torch.allclose(za, zb)
+    cfg = DistillConfig(
+        epochs=1, batch_size=8,
+        teachers=[{"path": "teacher", "weight": 3}, {"path": str(tmp_path / "a"), "weight": 1},
+                  {"path": str(tmp_path / "b"), "weight": 2}],
+    )  # fmt: skip
+    student = tiny_bert(num_layers=1, seed=2)
+    ctx = StageContext(teacher=student, train=data, teacher_logits=z0, importance={}, seed=0)
+    hand = (3 * z0 + za + 2 * zb) / 6
+    torch.testing.assert_close(teacher_targets(cfg, ctx), hand, rtol=1e-5, atol=1e-5)
+    STAGES.get("distill")(student, cfg, ctx)
+    assert ctx.record["distill"]["teachers"] == 3
+    weights = [t["weight"] for t in ctx.record["distill"]["ensemble"]]
+    assert weights == pytest.approx([0.5, 1 / 6, 1 / 3])
+    # the same training as the ctx.extras route given the same logits and weights
+    twin = tiny_bert(num_layers=1, seed=2)
+    ctx2 = StageContext(teacher=twin, train=data, teacher_logits=z0, importance={}, seed=0)
+    ctx2.extras["extra_teacher_logits"] = [za, zb]
+    STAGES.get("distill")(twin, DistillConfig(epochs=1, batch_size=8, teacher_weights=(3, 1, 2)),
+                          ctx2)  # fmt: skip
+    for p, q in zip(student.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_ensemble_teacher_with_other_labels_is_a_clear_error(tmp_path) -> None:
+    tiny_bert(num_labels=3).save_pretrained(tmp_path / "three")
+    data = _train_data()
+    m = tiny_bert(num_layers=1)
+    ctx = StageContext(teacher=m, train=data, teacher_logits=torch.zeros(32, 5), importance={},
+                       seed=0)  # fmt: skip
+    cfg = DistillConfig(teachers=[{"path": "teacher", "weight": 1},
+                                  {"path": str(tmp_path / "three"), "weight": 1}])  # fmt: skip
+    with pytest.raises(ValueError, match=r"gives logits \(32, 3\), the study's teacher \(32, 5\)"):
+        STAGES.get("distill")(m, cfg, ctx)
+
+
+@pytest.mark.parametrize(
+    ("teachers", "extra", "message"),
+    [
+        ([{"path": "teacher", "weight": 0}], {}, "greater than 0"),
+        ([{"path": "teacher", "weight": -1}], {}, "greater than 0"),
+        ([{"path": "/no/such/model", "weight": 1}], {}, "neither 'teacher' nor a directory"),
+        ([{"path": "teacher", "weight": 1}] * 2, {}, "lists a path twice"),
+        ([], {}, "at least 1"),
+        ([{"path": "teacher", "weight": 1}], {"teacher_weights": (1.0,)}, "not both"),
+    ],
+)
+def test_ensemble_teacher_config_is_validated(teachers, extra, message) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=message):
+        DistillConfig(teachers=teachers, **extra)

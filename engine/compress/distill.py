@@ -11,10 +11,16 @@ Optional feature terms (TinyBERT, Jiao et al. 2020), each with its own weight:
 ``alpha_hidden`` · mean over mapped layers of MSE(h_s^i, h_t^{map(i)}) on non-padding tokens,
 and ``alpha_attention`` · the same on head-averaged attention maps (so a head-pruned student
 still compares with its teacher). An **ensemble teacher** replaces z_t by the weighted mean
-Σ w_k z_t^k / Σ w_k of several teachers' logits (:func:`ensemble_logits`).
+Σ w_k z_t^k / Σ w_k of several teachers' logits (:func:`ensemble_logits`). The study file
+names them under ``distill.teachers`` (``teacher`` = the study's teacher, else a local saved
+model, loaded with :func:`engine.compress.save.load_compressed` so compressed students can
+teach too); their train logits are computed once per trial (:func:`teacher_targets`).
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +37,8 @@ __all__ = [
     "hidden_mse",
     "kd_loss",
     "layer_mapping",
+    "saved_model_logits",
+    "teacher_targets",
 ]
 
 
@@ -65,6 +73,60 @@ def ensemble_logits(logits: list[torch.Tensor], weights: tuple[float, ...] | lis
         raise ValueError("ensemble teachers' logits differ in shape")
     w = torch.as_tensor(weights, dtype=logits[0].dtype)
     return (torch.stack(logits) * w.view(-1, *([1] * logits[0].dim()))).sum(0) / w.sum()
+
+
+def saved_model_logits(
+    path: str, train: dict[str, torch.Tensor], device: torch.device, batch_size: int = 64
+) -> torch.Tensor:
+    """Logits [N, C] (float32, CPU) of the model saved at ``path`` on ``train``'s inputs."""
+    from engine.compress.save import MANIFEST, load_compressed
+    from engine.compress.structure import load_pruned
+
+    manifest = Path(path) / MANIFEST
+    model = load_compressed(path) if manifest.is_file() else load_pruned(path)
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if vocab is not None and int(train["input_ids"].max()) >= vocab:
+        raise ValueError(f"teacher {path}: vocabulary of {vocab} does not cover the study's tokens")
+    if not (manifest.is_file() and json.loads(manifest.read_text()).get("requantize")):
+        model.to(device)  # a quantized teacher stays on the device it was quantized for
+    where = next(model.parameters()).device
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(train["input_ids"]), batch_size):
+            z = model(
+                input_ids=train["input_ids"][i : i + batch_size].to(where),
+                attention_mask=train["attention_mask"][i : i + batch_size].to(where),
+            )
+            out.append(getattr(z, "logits", z).float().cpu())
+    return torch.cat(out)
+
+
+def teacher_targets(cfg: DistillConfig, ctx: StageContext) -> torch.Tensor:
+    """The logits the student is distilled towards: the study teacher's, or the weighted
+    ensemble of ``cfg.teachers`` / (legacy) ``cfg.teacher_weights`` with the teachers in
+    ``ctx.extras["extra_teacher_logits"]``."""
+    if cfg.teachers is not None:
+        logits = []
+        for t in cfg.teachers:
+            if t.path == "teacher":
+                logits.append(ctx.teacher_logits)
+                continue
+            key = f"teacher_logits:{t.path}"
+            if key not in ctx.extras:  # a later distill stage reuses them
+                ctx.extras[key] = saved_model_logits(t.path, ctx.train, ctx.device)
+            z = ctx.extras[key]
+            if z.shape != ctx.teacher_logits.shape:
+                raise ValueError(
+                    f"teacher {t.path} gives logits {tuple(z.shape)}, the study's teacher "
+                    f"{tuple(ctx.teacher_logits.shape)} (labels or training set differ)"
+                )
+            logits.append(z)
+        return ensemble_logits(logits, [t.weight for t in cfg.teachers])
+    if cfg.teacher_weights is not None:
+        extra = list(ctx.extras.get("extra_teacher_logits", []))
+        return ensemble_logits([ctx.teacher_logits, *extra], cfg.teacher_weights)
+    return ctx.teacher_logits
 
 
 def layer_mapping(student_layers: int, teacher_layers: int, kept: list[int] | None) -> list[int]:
@@ -154,10 +216,7 @@ def apply(model: PreTrainedModel, cfg: DistillConfig, ctx: StageContext) -> PreT
             s, y, t, temperature=cfg.temperature, alpha_distill=alpha_d, alpha_task=alpha_t
         )
 
-    teacher_logits = ctx.teacher_logits
-    if cfg.teacher_weights is not None:
-        extra = list(ctx.extras.get("extra_teacher_logits", []))
-        teacher_logits = ensemble_logits([ctx.teacher_logits, *extra], cfg.teacher_weights)
+    teacher_logits = teacher_targets(cfg, ctx) if alpha_d > 0 else None
     aux, fwd = _features_aux(model, cfg, ctx)
     attn_impls = []
     if cfg.alpha_attention > 0:  # SDPA cannot return attention maps: eager while training
@@ -177,7 +236,7 @@ def apply(model: PreTrainedModel, cfg: DistillConfig, ctx: StageContext) -> PreT
             warmup_ratio=cfg.warmup_ratio,
             freeze_embeddings=cfg.freeze_embeddings,
             seed=ctx.seed,
-            teacher_logits=teacher_logits if alpha_d > 0 else None,
+            teacher_logits=teacher_logits,
             device=ctx.device,
             aux_loss=aux,
             forward_kwargs=fwd,
@@ -192,9 +251,14 @@ def apply(model: PreTrainedModel, cfg: DistillConfig, ctx: StageContext) -> PreT
         "alpha_task": alpha_t,
         "alpha_hidden": cfg.alpha_hidden,
         "alpha_attention": cfg.alpha_attention,
-        "teachers": 1 if cfg.teacher_weights is None else len(cfg.teacher_weights),
+        "teachers": len(cfg.teachers or cfg.teacher_weights or (1,)),
         "temperature": cfg.temperature,
         "steps": stats.steps,
         "final_loss": stats.mean_loss_last_10,
     }
+    if cfg.teachers is not None:
+        total = sum(t.weight for t in cfg.teachers)
+        ctx.record["distill"]["ensemble"] = [
+            {"path": t.path, "weight": t.weight / total} for t in cfg.teachers
+        ]
     return model
