@@ -410,6 +410,9 @@ class MeasureConfig(Section):
     latency_repeats: int = Field(10, ge=1)
     warmup: int = Field(2, ge=0)
     eval_batch_size: int = Field(64, ge=1)
+    # Save each student under models/<trial_id>/ (~70 MB for a 4-of-6-layer MiniLM); false
+    # for quick laptop runs: the results are the same, only the model files are not written.
+    save_models: bool = True
 
 
 class ReportConfig(Section):

@@ -188,7 +188,9 @@ def run_trial(
             reporter = TrialReporter(
                 trial_study, shared.splits["valid"], device, every, tune.report, base
             )
-        save_dir = Path(run_dir, "models", tune.get_context().get_trial_id()) if run_dir else None
+        save_dir = None
+        if run_dir and trial_study.measure.save_models:
+            save_dir = Path(run_dir, "models", tune.get_context().get_trial_id())
         model, record = build_student(trial_study, shared, seed, device, save_dir, reporter)
         evals = {k: v for k, v in shared.splits.items() if k in ("valid", "test")}
         row.update(assess(model, evals, trial_study, device, record))

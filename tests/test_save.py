@@ -80,3 +80,63 @@ def test_quantized_model_is_saved_as_float_and_requantized_exactly(tmp_path: Pat
     assert torch.equal(_logits(model), _logits(again))
     with pytest.raises(ValueError, match="float_model"):
         save_compressed(model, tmp_path / "x", record=ctx.record, extras={})
+
+
+def test_trials_save_their_model_unless_measure_save_models_is_false(
+    tmp_path: Path, ray_local
+) -> None:
+    """Two real Tune trials of the trial function on a tiny teacher, one per setting: the
+    default writes models/<trial_id>/ (reloadable, same test predictions); false writes
+    nothing under models/ and leaves model_dir empty, with the same results otherwise."""
+    import numpy as np
+    from ray import tune
+
+    from engine.config import validate
+    from engine.trial import SharedInputs, run_trial
+
+    def arrays(seed: int, n: int) -> dict[str, np.ndarray]:
+        bs = toy_batches(n, batch_size=8, seed=seed)
+        return {k: torch.cat([b[k] for b in bs]).numpy() for k in bs[0]}
+
+    teacher = tiny_bert(num_layers=4)
+    splits = {"train": arrays(0, 2), "valid": arrays(1, 1), "test": arrays(2, 1)}
+    with torch.no_grad():
+        logits = teacher(
+            input_ids=torch.as_tensor(splits["train"]["input_ids"]),
+            attention_mask=torch.as_tensor(splits["train"]["attention_mask"]),
+        ).logits.numpy()
+    state = {k: v.clone() for k, v in teacher.state_dict().items()}
+    shared = SharedInputs(teacher.config.to_dict(), state, logits, splits, 5, {})
+    study = validate(
+        {
+            "name": "save-models", "description": "save on/off", "data": {"max_length": 12},
+            "pipeline": {"order": ["truncate", "distill"],
+                         "truncate": {"keep_layers": 2, "strategy": "uniform"},
+                         "distill": {"max_steps": 2, "batch_size": 8}},
+            "measure": {"batch_size": 4, "latency_repeats": 1, "warmup": 0},
+        },
+        "test",
+    )  # fmt: skip
+    run_dir = tmp_path / "run"
+    grid = tune.Tuner(
+        tune.with_parameters(run_trial, study=study, shared=shared, run_dir=str(run_dir)),
+        param_space={
+            "seed": 0,
+            "values": tune.grid_search([{"measure.save_models": s} for s in (True, False)]),
+        },
+        run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), verbose=0),
+    ).fit()
+    rows = {r.config["values"]["measure.save_models"]: r.metrics for r in grid}
+    assert {k: r["status"] for k, r in rows.items()} == {True: "ok", False: "ok"}, rows
+    saved = Path(rows[True]["model_dir"])
+    assert saved.parent == run_dir / "models" and (saved / "model.safetensors").is_file()
+    assert rows[False]["model_dir"] is None
+    assert [p.name for p in (run_dir / "models").iterdir()] == [saved.name]  # only one
+    for metric in ("accuracy", "gflops", "params", "weights_bytes"):  # same student either way
+        assert rows[True][metric] == rows[False][metric]
+    again = load_compressed(saved)
+    b = {k: torch.as_tensor(v) for k, v in splits["test"].items()}
+    with torch.no_grad():
+        preds = again(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+    acc = float((preds.argmax(-1) == b["labels"]).float().mean())
+    assert acc == pytest.approx(rows[True]["accuracy"])
