@@ -253,10 +253,10 @@ def trainable_for(cfg: StudyConfig, fn: Any, **params: Any) -> Any:
 
 
 def _tune(cfg: StudyConfig, shared: Any, run_dir: Path, resume: bool) -> Any:
-    from ray.tune import FailureConfig, RunConfig, TuneConfig, Tuner
+    from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
 
     from engine.progress import ProgressTable
-    from engine.schedulers import build_scheduler
+    from engine.schedulers import SchedulerState, build_scheduler
     from engine.search import plan_search
     from engine.trial import run_trial
 
@@ -278,12 +278,15 @@ def _tune(cfg: StudyConfig, shared: Any, run_dir: Path, resume: bool) -> Any:
             flush=True,
         )
         # No metric/mode here: the searcher and scheduler carry their own (ray #35909).
+        # SchedulerState saves the scheduler's rungs with each experiment snapshot, which
+        # Tune does not do, so --resume continues them; trial checkpoints keep only the last.
+        scheduler = build_scheduler(cfg, max_t)
         tuner = Tuner(
             trainable,
             param_space=plan.param_space,
             tune_config=TuneConfig(
                 search_alg=plan.search_alg,
-                scheduler=build_scheduler(cfg, max_t),
+                scheduler=scheduler,
                 num_samples=plan.num_samples,
                 max_concurrent_trials=cfg.search.max_concurrent_trials,
             ),
@@ -291,7 +294,8 @@ def _tune(cfg: StudyConfig, shared: Any, run_dir: Path, resume: bool) -> Any:
                 name="tune",
                 storage_path=str(storage),
                 failure_config=FailureConfig(max_failures=cfg.search.max_failures),
-                callbacks=[ProgressTable.for_study(cfg)],
+                checkpoint_config=CheckpointConfig(num_to_keep=1),
+                callbacks=[ProgressTable.for_study(cfg), SchedulerState(scheduler)],
                 verbose=0,
             ),
         )
