@@ -302,6 +302,20 @@ def _tune(cfg: StudyConfig, shared: Any, run_dir: Path, resume: bool) -> Any:
     return tuner.fit()
 
 
+def _drop_checkpoints(grid: Any) -> int:
+    """Delete the trial checkpoints of a finished study (local storage only): they exist to
+    retry a trial whose worker died, and the finished students are saved under ``models/``."""
+    import shutil
+
+    dropped = 0
+    for res in grid:
+        ckpt = getattr(res, "checkpoint", None)
+        if ckpt is not None and Path(ckpt.path).is_dir():
+            shutil.rmtree(ckpt.path, ignore_errors=True)
+            dropped += 1
+    return dropped
+
+
 TUNE_KEYS = (
     "trial_id",
     "timestamp",
@@ -456,6 +470,7 @@ def run(
         grid = _tune(cfg, shared, run_dir, resume)
         timings["sweep_s"] = time.perf_counter() - t0
         trials = _rows(cfg, grid)
+        _drop_checkpoints(grid)
         on_front = _summary(cfg, trials)
         for r in trials:
             r["on_front"] = r.get("config_id") in on_front and r.get("status") == "ok"
