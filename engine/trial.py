@@ -9,8 +9,8 @@ With ``search.report_every_steps`` set, training stages also report intermediate
 (validation quality and cost of the model being trained) through :class:`TrialReporter`, so a
 scheduler can stop the trial early; its row then keeps the last intermediate metrics.
 
-With ``search.checkpoint_every`` also set, every such report at a multiple of that many steps
-carries a Tune checkpoint (:class:`TrialCheckpointer`): the model being trained, the pipeline
+With ``search.checkpoint_every`` also set, the first such report at least that many steps
+after the previous checkpoint carries a Tune checkpoint (:class:`TrialCheckpointer`): the model being trained, the pipeline
 position (stage index), what earlier stages recorded, and the training state (optimizer, LR
 schedule, example order, step, RNG). A trial Tune retries after its worker died
 (``FailureConfig(max_failures)``) starts from that checkpoint: finished stages are skipped and
@@ -183,9 +183,12 @@ class TrialCheckpointer:
     ctx: StageContext | None = None
     attn_implementation: str | None = None
     saved: int = 0
+    last_step: int = 0  # step of the stage's previous checkpoint (or where the stage began)
 
-    def enter(self, index: int, name: str, model: torch.nn.Module, ctx: StageContext) -> None:
-        self.stage_index, self.stage_name, self.ctx = index, name, ctx
+    def enter(
+        self, index: int, name: str, model: torch.nn.Module, ctx: StageContext, step: int = 0
+    ) -> None:
+        self.stage_index, self.stage_name, self.ctx, self.last_step = index, name, ctx, step
         self.attn_implementation = getattr(
             getattr(model, "config", None), "_attn_implementation", None
         )
@@ -205,10 +208,11 @@ class TrialCheckpointer:
         from engine.train import active_training
 
         active = active_training()
-        due = step is not None and step % self.every == 0 and self.ctx is not None
+        due = step is not None and step - self.last_step >= self.every and self.ctx is not None
         if not due or active is None or self.stage_name not in RESUMABLE_STAGES:
             yield None
             return
+        self.last_step = int(step)  # type: ignore[arg-type]
         with tempfile.TemporaryDirectory(prefix="trial_ckpt_") as d:
             self._save(Path(d) / CHECKPOINT_FILE, active.model, active.snapshot())
             self.saved += 1
@@ -314,10 +318,10 @@ def build_student(
     for i, name in enumerate(study.pipeline.order):
         if i < first:
             continue  # finished before the checkpoint
-        if checkpointer is not None:
-            checkpointer.enter(i, name, model, ctx)
-        stage_cfg = getattr(study.pipeline, name, None)
         snap = resume.training if resume is not None and i == first else None
+        if checkpointer is not None:
+            checkpointer.enter(i, name, model, ctx, step=int(snap["step"]) if snap else 0)
+        stage_cfg = getattr(study.pipeline, name, None)
         with resuming(snap):
             model = STAGES.get(name)(model, stage_cfg, ctx)
     if save_dir is not None:

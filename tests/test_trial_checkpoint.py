@@ -106,12 +106,37 @@ def test_resume_refuses_a_snapshot_of_another_run_and_an_unused_one() -> None:
 
 
 def test_checkpoint_every_must_ride_on_reports() -> None:
-    with pytest.raises(ConfigError, match="multiple of report_every_steps=2"):
-        load_study("smoke", ["search.report_every_steps=2", "search.checkpoint_every=3"])
-    with pytest.raises(ConfigError, match="report_every_steps=None"):
+    with pytest.raises(ConfigError, match="checkpoint_every needs report_every_steps"):
         load_study("smoke", ["search.checkpoint_every=3"])
-    cfg = load_study("smoke", ["search.report_every_steps=2", "search.checkpoint_every=4"])
-    assert cfg.search.checkpoint_every == 4
+    cfg = load_study("smoke", ["search.report_every_steps=2", "search.checkpoint_every=3"])
+    assert cfg.search.checkpoint_every == 3
+
+
+def test_checkpoints_ride_on_the_first_report_due() -> None:
+    """Reports every 2 steps, checkpoints every 3: at steps 4, 8, 12 (≥ 3 after the last)."""
+    from engine.compress import StageContext
+    from engine.trial import TrialCheckpointer
+
+    model = tiny_bert(num_layers=1)
+    ctx = StageContext(
+        teacher=model, train={}, teacher_logits=torch.zeros(1), importance={}, seed=0
+    )
+    ck = TrialCheckpointer(3, {})
+    ck.enter(1, "distill", model, ctx)
+    due = []
+    train = _data(n_batches=2)
+
+    def on_step(step: int, _loss: float) -> None:
+        if step % 2 == 0:
+            with ck.checkpoint(step) as c:
+                due.append((step, c is not None))
+
+    train_classifier(model, train, loss_fn=_ce, epochs=6, lr=1e-3, batch_size=8, seed=0,
+                     on_step=on_step)  # fmt: skip
+    assert [s for s, d in due if d] == [4, 8, 12]
+    ck.enter(2, "quantize", model, ctx)  # not resumable mid-training: no checkpoint
+    with ck.checkpoint(99) as c:
+        assert c is None
 
 
 # ------------------------------------------------------------------ Tune: a worker dies once
