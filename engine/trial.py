@@ -183,6 +183,7 @@ class TrialCheckpointer:
     ctx: StageContext | None = None
     attn_implementation: str | None = None
     saved: int = 0
+    error: str | None = None  # why the last checkpoint could not be written, if it failed
     last_step: int = 0  # step of the stage's previous checkpoint (or where the stage began)
 
     def enter(
@@ -214,7 +215,12 @@ class TrialCheckpointer:
             return
         self.last_step = int(step)  # type: ignore[arg-type]
         with tempfile.TemporaryDirectory(prefix="trial_ckpt_") as d:
-            self._save(Path(d) / CHECKPOINT_FILE, active.model, active.snapshot())
+            try:
+                self._save(Path(d) / CHECKPOINT_FILE, active.model, active.snapshot())
+            except Exception as e:  # e.g. an unpicklable stage extra: report, uncheckpointed
+                self.error = f"{type(e).__name__}: {e}"
+                yield None
+                return
             self.saved += 1
             yield Checkpoint.from_directory(d)
 
@@ -391,6 +397,8 @@ def run_trial(
         )
         evals = {k: v for k, v in shared.splits.items() if k in ("valid", "test")}
         row.update(assess(model, evals, trial_study, device, record))
+        if checkpointer is not None and checkpointer.error:
+            row["checkpoint_error"] = checkpointer.error
         row["model_dir"] = record.get("saved_to")
         row["kept_layers"] = ",".join(map(str, record.get("truncate", {}).get("kept_layers", [])))
         row["step"] = record.get("distill", {}).get("steps")

@@ -134,9 +134,18 @@ def test_checkpoints_ride_on_the_first_report_due() -> None:
     train_classifier(model, train, loss_fn=_ce, epochs=6, lr=1e-3, batch_size=8, seed=0,
                      on_step=on_step)  # fmt: skip
     assert [s for s, d in due if d] == [4, 8, 12]
+    assert ck.saved == 3 and ck.error is None
     ck.enter(2, "quantize", model, ctx)  # not resumable mid-training: no checkpoint
     with ck.checkpoint(99) as c:
         assert c is None
+    # a checkpoint that cannot be written leaves the report without one, and says why
+    ctx.extras["hook"] = lambda: None
+    ck.enter(1, "distill", model, ctx)
+    due.clear()
+    train_classifier(model, train, loss_fn=_ce, epochs=2, lr=1e-3, batch_size=8, seed=0,
+                     on_step=on_step)  # fmt: skip
+    assert due == [(2, False), (4, False)] and ck.saved == 3
+    assert ck.error is not None and "pickle" in ck.error.lower()
 
 
 # ------------------------------------------------------------------ Tune: a worker dies once
