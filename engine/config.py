@@ -351,7 +351,9 @@ class SearchConfig(Section):
     settings (a sensitivity analysis); ``random`` draws ``num_samples`` points under
     ``seed``; ``optuna`` (TPE) maximises/minimises the first objective; ``optuna_mo``
     searches all objectives and the run keeps the Pareto set. ``report_every_steps`` makes training report validation
-    metrics every N steps (needed by a scheduler).
+    metrics every N steps (needed by a scheduler). ``checkpoint_every`` attaches a trial
+    checkpoint to the first of those reports at least N steps after the previous checkpoint,
+    so a trial retried after its worker died (``max_failures``) continues from it.
     """
 
     algorithm: Literal["grid", "one_at_a_time", "random", "optuna", "optuna_mo"] = "grid"
@@ -366,6 +368,7 @@ class SearchConfig(Section):
     report_every_steps: int | None = Field(None, ge=1)
     max_concurrent_trials: int | None = Field(None, ge=1)
     max_failures: int = Field(1, ge=0)
+    checkpoint_every: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _consistent(self) -> SearchConfig:
@@ -392,6 +395,10 @@ class SearchConfig(Section):
             raise ValueError(
                 f"scheduler {self.scheduler.name} needs intermediate results: "
                 "set report_every_steps"
+            )
+        if self.checkpoint_every is not None and self.report_every_steps is None:
+            raise ValueError(
+                "checkpoint_every needs report_every_steps (checkpoints ride on the reports)"
             )
         return self
 

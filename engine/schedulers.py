@@ -9,6 +9,12 @@ far rank strictly better, ranking by non-dominated front and, within a front, by
 distance (NSGA-II; :func:`promote`). Like ASHA, the decision is made on arrival
 and never revisited, so no trial waits for others.
 
+Tune does not save a scheduler's state with the experiment (its snapshot holds the trials,
+the searcher and the callbacks only; the scheduler is restored as it was built), so after
+``--resume`` the rungs would start empty and promotions would disagree with the interrupted
+run. :class:`SchedulerState` is a callback that carries the scheduler's state in the
+callbacks' snapshot and puts it back on restore (MO-ASHA and Tune's ASHA alike).
+
 Example::
 
     sched = MOASHAScheduler([("valid_accuracy", "max"), ("gflops", "min")],
@@ -19,16 +25,20 @@ Example::
 from __future__ import annotations
 
 import math
+import pickle
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from ray.tune import Callback
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
 from analysis.frontier import crowding_distance, nondominated_sort
 from engine.config import StudyConfig
 
-__all__ = ["MOASHAScheduler", "build_scheduler", "promote", "rung_milestones"]
+__all__ = ["MOASHAScheduler", "SchedulerState", "build_scheduler", "promote", "rung_milestones"]
 
 
 def rung_milestones(grace_period: int, reduction_factor: float, max_t: int) -> list[int]:
@@ -141,6 +151,62 @@ class MOASHAScheduler(FIFOScheduler):
     def debug_string(self) -> str:
         sizes = ", ".join(f"{m}: {len(r)}" for m, r in self.rungs.items())
         return f"MO-ASHA rungs (results: trials) {{{sizes}}}; stopped {len(self.stopped)}"
+
+    def get_state(self) -> dict[str, Any]:
+        """The rungs (trial → objective vector, in arrival order) and the stopped trials."""
+        return {
+            "milestones": list(self.milestones),
+            "rungs": {m: {t: v.tolist() for t, v in r.items()} for m, r in self.rungs.items()},
+            "stopped": sorted(self.stopped),
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        if list(state["milestones"]) != self.milestones:
+            raise ValueError(
+                f"saved MO-ASHA rungs {state['milestones']} differ from {self.milestones}"
+            )
+        self.rungs = {
+            int(m): {t: np.asarray(v, dtype=float) for t, v in r.items()}
+            for m, r in state["rungs"].items()
+        }
+        self.stopped = set(state["stopped"])
+
+    def save(self, checkpoint_path: str) -> None:
+        Path(checkpoint_path).write_bytes(pickle.dumps(self.get_state()))
+
+    def restore(self, checkpoint_path: str) -> None:
+        self.set_state(pickle.loads(Path(checkpoint_path).read_bytes()))
+
+
+class SchedulerState(Callback):
+    """Keeps a scheduler's state in Tune's experiment snapshot (see the module docstring).
+
+    Put it in ``RunConfig.callbacks`` next to ``TuneConfig.scheduler=scheduler``: the Tuner
+    pickles both together, so after ``Tuner.restore`` this callback still holds the restored
+    scheduler and :meth:`set_state` fills its rungs from the last snapshot. A FIFO scheduler
+    has no state (None: nothing is saved).
+    """
+
+    def __init__(self, scheduler: TrialScheduler) -> None:
+        self.scheduler = scheduler
+
+    def get_state(self) -> dict[str, Any] | None:
+        if type(self.scheduler) is FIFOScheduler:
+            return None
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d, "scheduler.pkl")
+            self.scheduler.save(str(path))
+            return {"type": type(self.scheduler).__name__, "state": path.read_bytes()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        if state["type"] != type(self.scheduler).__name__:
+            raise ValueError(
+                f"saved {state['type']} state cannot go into {type(self.scheduler).__name__}"
+            )
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d, "scheduler.pkl")
+            path.write_bytes(state["state"])
+            self.scheduler.restore(str(path))
 
 
 def build_scheduler(cfg: StudyConfig, max_t: int) -> TrialScheduler:

@@ -253,10 +253,10 @@ def trainable_for(cfg: StudyConfig, fn: Any, **params: Any) -> Any:
 
 
 def _tune(cfg: StudyConfig, shared: Any, run_dir: Path, resume: bool) -> Any:
-    from ray.tune import FailureConfig, RunConfig, TuneConfig, Tuner
+    from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
 
     from engine.progress import ProgressTable
-    from engine.schedulers import build_scheduler
+    from engine.schedulers import SchedulerState, build_scheduler
     from engine.search import plan_search
     from engine.trial import run_trial
 
@@ -278,12 +278,15 @@ def _tune(cfg: StudyConfig, shared: Any, run_dir: Path, resume: bool) -> Any:
             flush=True,
         )
         # No metric/mode here: the searcher and scheduler carry their own (ray #35909).
+        # SchedulerState saves the scheduler's rungs with each experiment snapshot, which
+        # Tune does not do, so --resume continues them; trial checkpoints keep only the last.
+        scheduler = build_scheduler(cfg, max_t)
         tuner = Tuner(
             trainable,
             param_space=plan.param_space,
             tune_config=TuneConfig(
                 search_alg=plan.search_alg,
-                scheduler=build_scheduler(cfg, max_t),
+                scheduler=scheduler,
                 num_samples=plan.num_samples,
                 max_concurrent_trials=cfg.search.max_concurrent_trials,
             ),
@@ -291,11 +294,26 @@ def _tune(cfg: StudyConfig, shared: Any, run_dir: Path, resume: bool) -> Any:
                 name="tune",
                 storage_path=str(storage),
                 failure_config=FailureConfig(max_failures=cfg.search.max_failures),
-                callbacks=[ProgressTable.for_study(cfg)],
+                checkpoint_config=CheckpointConfig(num_to_keep=1),
+                callbacks=[ProgressTable.for_study(cfg), SchedulerState(scheduler)],
                 verbose=0,
             ),
         )
     return tuner.fit()
+
+
+def _drop_checkpoints(grid: Any) -> int:
+    """Delete the trial checkpoints of a finished study (local storage only): they exist to
+    retry a trial whose worker died, and the finished students are saved under ``models/``."""
+    import shutil
+
+    dropped = 0
+    for res in grid:
+        ckpt = getattr(res, "checkpoint", None)
+        if ckpt is not None and Path(ckpt.path).is_dir():
+            shutil.rmtree(ckpt.path, ignore_errors=True)
+            dropped += 1
+    return dropped
 
 
 TUNE_KEYS = (
@@ -452,6 +470,7 @@ def run(
         grid = _tune(cfg, shared, run_dir, resume)
         timings["sweep_s"] = time.perf_counter() - t0
         trials = _rows(cfg, grid)
+        _drop_checkpoints(grid)
         on_front = _summary(cfg, trials)
         for r in trials:
             r["on_front"] = r.get("config_id") in on_front and r.get("status") == "ok"

@@ -5,20 +5,36 @@ only in the loss, so both call :func:`train_classifier` with a ``loss_fn``.
 
 :func:`progress_hook` turns a stage context's ``report`` callable into an ``on_step`` hook, so
 a training stage reports intermediate results (for early-stopping schedulers) in one line.
+
+Checkpoints: while :func:`train_classifier` runs, :func:`active_training` gives its live
+:class:`TrainingState` (model, optimizer, LR schedule, example order, step, RNG), whose
+:meth:`~TrainingState.snapshot` a trial saves with a report. Inside :func:`resuming`, the next
+``train_classifier`` call continues from such a snapshot instead of step 0 — bit for bit, as
+the example order, optimizer moments and the torch RNG (dropout) are restored.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
-__all__ = ["ProgressReport", "TrainStats", "progress_hook", "train_classifier"]
+__all__ = [
+    "ProgressReport",
+    "TrainStats",
+    "TrainingState",
+    "active_training",
+    "progress_hook",
+    "resuming",
+    "train_classifier",
+]
 
 # loss_fn(student_logits, labels, teacher_logits_or_None) -> scalar loss
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -30,6 +46,84 @@ class TrainStats:
     examples_seen: int
     final_loss: float
     mean_loss_last_10: float
+
+
+@dataclass
+class TrainingState:
+    """The live state of a running :func:`train_classifier` call.
+
+    ``order`` is the current epoch's example permutation and ``pos`` the next batch's start
+    in it; ``losses`` keeps the last 10 step losses (what :class:`TrainStats` needs).
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    generator: torch.Generator
+    total: int
+    order: torch.Tensor | None = None
+    pos: int = 0
+    step: int = 0
+    seen: int = 0
+    losses: list[float] = field(default_factory=list)
+    resumed_from: int | None = None
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything but the model needed to continue this run exactly (picklable)."""
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "total": self.total,
+            "order": None if self.order is None else self.order.clone(),
+            "pos": self.pos,
+            "step": self.step,
+            "seen": self.seen,
+            "losses": list(self.losses[-10:]),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": cuda,
+        }
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        if int(snap["total"]) != self.total:
+            raise ValueError(
+                f"checkpoint is for a {snap['total']}-step run, this run has {self.total} steps"
+            )
+        self.optimizer.load_state_dict(snap["optimizer"])
+        self.scheduler.load_state_dict(snap["scheduler"])
+        self.generator.set_state(snap["generator"])
+        self.order, self.pos = snap["order"], int(snap["pos"])
+        self.step, self.seen = int(snap["step"]), int(snap["seen"])
+        self.losses = list(snap["losses"])
+        self.resumed_from = self.step
+        torch.set_rng_state(snap["torch_rng"])
+        if snap.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(snap["cuda_rng"])
+
+
+_ACTIVE: ContextVar[TrainingState | None] = ContextVar("active_training", default=None)
+_RESUME: ContextVar[dict[str, Any] | None] = ContextVar("resume_training", default=None)
+
+
+def active_training() -> TrainingState | None:
+    """The state of the :func:`train_classifier` call running in this thread, if any."""
+    return _ACTIVE.get()
+
+
+@contextmanager
+def resuming(snapshot: dict[str, Any] | None) -> Iterator[None]:
+    """The first :func:`train_classifier` call inside continues from ``snapshot``.
+
+    Raises ``RuntimeError`` on exit if no call took it (the stage did not train as expected).
+    """
+    token = _RESUME.set(snapshot)
+    try:
+        yield
+        if snapshot is not None and _RESUME.get() is not None:
+            raise RuntimeError("the stage did not resume its training from the checkpoint")
+    finally:
+        _RESUME.reset(token)
 
 
 @runtime_checkable
@@ -122,15 +216,18 @@ def train_classifier(
         on_optimizer(opt)
     gen = torch.Generator().manual_seed(seed)
     model.to(device).train()
-    losses: list[float] = []
-    step = 0
-    seen = 0
-    while step < total:
-        order = torch.randperm(n, generator=gen)
-        for start in range(0, n, batch_size):
-            if step >= total:
-                break
-            idx = order[start : start + batch_size]
+    st = TrainingState(model, opt, sched, gen, total)
+    snap = _RESUME.get()
+    if snap is not None:  # continue a checkpointed run (after the model is on its device)
+        _RESUME.set(None)
+        st.restore(snap)
+    token = _ACTIVE.set(st)
+    try:
+        while st.step < total:
+            if st.order is None or st.pos >= n:  # a new epoch: a new permutation
+                st.order, st.pos = torch.randperm(n, generator=gen), 0
+            idx = st.order[st.pos : st.pos + batch_size]
+            st.pos += batch_size
             ids = train["input_ids"][idx].to(device)
             mask = train["attention_mask"][idx].to(device)
             labels = train["labels"][idx].to(device)
@@ -143,11 +240,13 @@ def train_classifier(
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(float(loss.detach()))
-            seen += len(idx)
-            step += 1
+            st.losses = [*st.losses[-9:], float(loss.detach())]
+            st.seen += len(idx)
+            st.step += 1
             if on_step is not None:
-                on_step(step, losses[-1])
+                on_step(st.step, st.losses[-1])
+    finally:
+        _ACTIVE.reset(token)
     model.eval()
-    last = losses[-10:]
-    return TrainStats(step, seen, losses[-1], sum(last) / len(last))
+    last = st.losses[-10:]
+    return TrainStats(st.step, st.seen, st.losses[-1], sum(last) / len(last))
