@@ -180,13 +180,22 @@ CASES = {
 }
 
 
+# block (= hash partition) counts to run each case with; 1 puts every row in one partition
+BLOCKS = {
+    "womens-fixture-capped": (1, 7),
+    "amazon-fixture": (3,),
+    "amazon2023-sampled-capped": (2,),
+    "embedded-amazon-cross-domain": (5,),
+    "embedded-womens-capped": (3,),
+}
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_prepare_data_matches_the_driver_side_reference(ray_local, case: str) -> None:
     cfg = DataConfig(**CASES[case])
     exp = reference(cfg)
     assert exp["kept"] > 0 and sum(len(v) for v in exp["splits"].values()) > 0
-    blocks = (1, 5) if case.startswith("embedded") else (1, 3, 7)
-    for num_blocks in blocks:
+    for num_blocks in BLOCKS[case]:
         got = observed(prepare_data(cfg, TOKENIZER, num_blocks=num_blocks))
         for key in exp:
             assert got[key] == exp[key], (case, num_blocks, key)

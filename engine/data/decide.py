@@ -36,7 +36,6 @@ import ray
 from engine.data.read import MAX_BAD_ROWS_LISTED, NORMAL_SKIPS, TASK_CPUS
 
 __all__ = [
-    "BUCKETS_PER_PARTITION",
     "Policy",
     "cap_policy",
     "choose",
@@ -51,7 +50,6 @@ __all__ = [
     "with_side",
 ]
 
-BUCKETS_PER_PARTITION = 4
 PARTITION_BYTES = 64 * 2**20  # aim for hash partitions of about this much row data
 SIDE = "_side"  # 0: a row of the corpus being decided; 1: a training row it is checked against
 # A split's rule in :func:`choose`: "all", "none", or the largest (hash, row_key) kept.
@@ -111,12 +109,20 @@ def mark_block(t: pa.Table) -> pa.Table:
     return out.filter(pa.array(own)).drop_columns([SIDE])
 
 
-def _bucket(t: pa.Table, buckets: int) -> pa.Table:
-    return t.append_column("_bucket", pa.array(t["hash"].to_numpy() % buckets, pa.int64()))
+@ray.remote(num_cpus=TASK_CPUS)
+def _split_block(t: pa.Table, partitions: int, side: int | None) -> tuple[pa.Table, ...]:
+    """Map side of the shuffle: a block cut into ``partitions`` parts by ``hash``."""
+    if side is not None:
+        t = with_side(t, side)
+    part = pa.array(t["hash"].to_numpy() % partitions)
+    parts = tuple(t.filter(pc.equal(part, i)) for i in range(partitions))
+    return parts if partitions > 1 else parts[0]
 
 
-def _mark_group(t: pa.Table) -> pa.Table:
-    return mark_block(t.drop_columns(["_bucket"]))
+@ray.remote(num_cpus=TASK_CPUS)
+def _mark_partition(*parts: pa.Table) -> pa.Table:
+    """Reduce side of the shuffle: one partition's rows from every block, de-duplicated."""
+    return mark_block(pa.concat_tables(parts, promote_options="default"))
 
 
 def with_side(t: pa.Table, side: int) -> pa.Table:
@@ -136,26 +142,27 @@ def with_side(t: pa.Table, side: int) -> pa.Table:
 def dedup(
     ds: ray.data.Dataset, partitions: int, seen: ray.data.Dataset | None = None
 ) -> ray.data.Dataset:
-    """``ds`` with duplicates marked (:func:`mark_block`), materialised in ``partitions``
-    hash partitions; with ``seen`` (the training corpus's deduplicated rows), also marks
-    ``in_train_corpus``. The result does not depend on ``partitions`` or block layout."""
+    """``ds`` with duplicates marked (:func:`mark_block`), in ``partitions`` hash partitions
+    of ``hash`` (a function of ``row_key``); with ``seen`` (the training corpus's
+    de-duplicated rows), also marks ``in_train_corpus``. The result does not depend on
+    ``partitions`` or on the block layout.
+
+    The shuffle is two rounds of Ray tasks (split each block by partition, then one task per
+    partition), whose outputs stay in the object store; the driver holds only object refs.
+    Ray Data's own hash shuffle (``groupby(...).map_groups``) gives the same partitions but
+    costs several seconds more per call on a 2-CPU machine (see the data benchmark notes).
+    """
+    inputs = [(ref, None if seen is None else 0) for ref in ds.to_arrow_refs()]
     if seen is not None:
-        ds = ds.map_batches(
-            with_side, batch_format="pyarrow", fn_kwargs={"side": 0}, num_cpus=TASK_CPUS
-        ).union(
-            seen.map_batches(
-                with_side, batch_format="pyarrow", fn_kwargs={"side": 1}, num_cpus=TASK_CPUS
-            )
-        )
-    buckets = partitions * BUCKETS_PER_PARTITION
-    return (
-        ds.map_batches(
-            _bucket, batch_format="pyarrow", fn_kwargs={"buckets": buckets}, num_cpus=TASK_CPUS
-        )
-        .groupby("_bucket", num_partitions=partitions)
-        .map_groups(_mark_group, batch_format="pyarrow", num_cpus=TASK_CPUS)
-        .materialize()
-    )
+        inputs += [(ref, 1) for ref in seen.to_arrow_refs()]
+    split = [
+        _split_block.options(num_returns=partitions).remote(ref, partitions, side)
+        for ref, side in inputs
+    ]
+    if partitions == 1:
+        split = [[r] for r in split]
+    outs = [_mark_partition.remote(*[s[i] for s in split]) for i in range(partitions)]
+    return ray.data.from_arrow_refs(outs)
 
 
 def _fetch(ds: ray.data.Dataset) -> Iterator[pa.Table]:
