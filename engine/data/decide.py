@@ -81,32 +81,37 @@ def mark_block(t: pa.Table) -> pa.Table:
     valid = own & (reason == "")
     idx = np.flatnonzero(valid)
     if len(idx) > 1:
-        row_key = np.asarray(t["row_key"].to_pylist(), dtype=object)[idx]
-        content = np.asarray(t["content_key"].to_pylist(), dtype=object)[idx]
-        ts = t["timestamp"].to_numpy(zero_copy_only=False)[idx]
-        uid = t["uid"].to_numpy(zero_copy_only=False)[idx]
-        order = sorted(range(len(idx)), key=lambda i: (row_key[i], ts[i], uid[i]))
-        seen_pair: set[str] = set()
-        seen_copy: set[tuple[str, str]] = set()
-        for i in order:
-            pair, copy = row_key[i], (row_key[i], content[i])
-            if pair in seen_pair:
-                reason[idx[i]] = "duplicate" if copy in seen_copy else "repeated_user_item"
-            seen_pair.add(pair)
-            seen_copy.add(copy)
+        v = t.select(["row_key", "content_key", "timestamp", "uid"]).take(pa.array(idx))
+        later = _not_first(v, ["row_key"])
+        copy = _not_first(v, ["row_key", "content_key"])
+        reason[idx[later & copy]] = "duplicate"
+        reason[idx[later & ~copy]] = "repeated_user_item"
     out = t.set_column(t.schema.get_field_index("reason"), "reason", pa.array(reason, pa.string()))
     if SIDE not in t.column_names:
         return out
-    train = set(t.filter(pc.equal(t[SIDE], 1))["row_key"].to_pylist())
-    if train:
-        keys = t["row_key"].to_pylist()
-        for i in np.flatnonzero(own & (reason == "")):
-            if keys[i] in train:
-                reason[i] = "in_train_corpus"
+    train = pc.unique(t.filter(pc.equal(t[SIDE], 1))["row_key"])
+    if len(train):
+        seen = pc.is_in(t["row_key"], value_set=train).to_numpy(zero_copy_only=False)
+        reason[own & (reason == "") & seen] = "in_train_corpus"
         out = out.set_column(
             out.schema.get_field_index("reason"), "reason", pa.array(reason, pa.string())
         )
     return out.filter(pa.array(own)).drop_columns([SIDE])
+
+
+def _not_first(t: pa.Table, keys: list[str]) -> np.ndarray:
+    """Per row: whether another row with the same ``keys`` comes before it in (timestamp,
+    uid) order, i.e. it is not the first of its ``keys`` group (sorted, then neighbours
+    compared)."""
+    order = pc.sort_indices(t, sort_keys=[(k, "ascending") for k in [*keys, "timestamp", "uid"]])
+    same = np.zeros(t.num_rows, bool)
+    same[1:] = True
+    for k in keys:
+        col = t[k].take(order).to_numpy(zero_copy_only=False)
+        same[1:] &= col[1:] == col[:-1]
+    out = np.zeros(t.num_rows, bool)
+    out[order.to_numpy()] = same
+    return out
 
 
 @ray.remote(num_cpus=TASK_CPUS)
