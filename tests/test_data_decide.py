@@ -23,7 +23,7 @@ from engine.data import DataConfig, PreparedData, prepare_data
 from engine.data.config import EvalDataConfig
 from engine.data.decide import cap_policy, choose, mark_block
 from engine.data.pipeline import SPLITS, _annotate
-from engine.data.read import NORMAL_SKIPS, bad_rows_of, collect, open_source
+from engine.data.read import bad_rows_of, collect, open_source
 from engine.models import embedded_model_path
 
 ASSETS = Path(__file__).parent / "assets" / "data"
@@ -205,11 +205,13 @@ def test_cross_domain_case_really_drops_seen_pairs_and_caps_bind(ray_local) -> N
     """The comparison above would be weak if nothing were dropped or capped: check it is not."""
     exp = reference(DataConfig(**CASES["embedded-amazon-cross-domain"]))
     assert exp["eval_overlap"] > 50
-    assert exp["reasons"].get("repeated_user_item", 0) + exp["reasons"].get("duplicate", 0) >= 0
     assert [len(exp["splits"][s]) for s in SPLITS] == [300, 40, 70]
     assert exp["before_caps"]["train"] > 300
     womens = reference(DataConfig(**CASES["embedded-womens-capped"]))
     assert womens["reasons"]["duplicate"] > 0 and womens["reasons"]["empty_text"] > 0
+    amazon = reference(DataConfig(**CASES["amazon-fixture"]))
+    assert (amazon["reasons"]["duplicate"], amazon["reasons"]["repeated_user_item"]) == (2, 3)
+    assert len(amazon["bad"]) > 0
 
 
 # --- the per-block pieces on planted tables ---------------------------------------------
@@ -306,4 +308,3 @@ def test_cap_policy_and_choose_keep_the_reference_rows(ray_local, num_blocks: in
         assert sorted(got["uid"].to_pylist()) == sorted(exp["uid"].tolist())
     # a capped split needs its threshold; an uncapped one passes through by a rule
     assert policy == {"train": "all", "valid": "all", "test": "all"}
-    assert NORMAL_SKIPS  # the reasons that never count as bad are defined

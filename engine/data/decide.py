@@ -1,13 +1,13 @@
-"""The corpus-wide decisions of data preparation, made inside Ray Data.
+"""The corpus-wide decisions of data preparation, made inside Ray.
 
 Which copy of a duplicate survives, how many rows each file lost and why, which rows fill
 a split's size cap, which evaluation pairs were already seen in training, and which bad
 rows are listed: each is computed per block in Ray, so the driver only ever holds small
 tables whose size does not grow with the corpus:
 
-* **dedup** (:func:`dedup`): rows are hash-partitioned by a bucket of their ``row_key``
-  (``groupby(bucket).map_groups``), so every copy of a (user, item) pair meets in one call,
-  which marks ``duplicate`` / ``repeated_user_item`` (:func:`mark_block`).
+* **dedup** (:func:`dedup`): rows are hash-partitioned by ``hash`` (a function of
+  ``row_key``) in Ray tasks, so every copy of a (user, item) pair meets in one task, which
+  marks ``duplicate`` / ``repeated_user_item`` (:func:`mark_block`).
 * **counts** (:func:`tally`): per block, rows per (file, reason, split); the driver adds
   O(files × reasons × splits) numbers.
 * **caps** (:func:`cap_policy`): per block, the ``cap`` smallest (hash, row_key) of each
