@@ -56,10 +56,10 @@ SIDE = "_side"  # 0: a row of the corpus being decided; 1: a training row it is 
 Policy = Mapping[str, str | tuple[int, str]]
 
 
-def partitions_for(ds: ray.data.Dataset, minimum: int) -> int:
-    """Hash partitions for a shuffle of ``ds``: ``minimum``, or more so that each holds
-    about :data:`PARTITION_BYTES` (a partition is one task's memory)."""
-    size = ds.size_bytes() or 0
+def partitions_for(minimum: int, *datasets: ray.data.Dataset | None) -> int:
+    """Hash partitions for a shuffle of ``datasets`` (materialised): ``minimum``, or more so
+    that each holds about :data:`PARTITION_BYTES` (a partition is one task's memory)."""
+    size = sum(ds.size_bytes() or 0 for ds in datasets if ds is not None)
     return max(minimum, math.ceil(size / PARTITION_BYTES))
 
 

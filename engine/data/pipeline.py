@@ -304,7 +304,7 @@ def _read_part(
     check_bad_fraction(first, cfg.max_bad_fraction)
     invalid = any(r and r not in NORMAL_SKIPS for c in first.values() for r in c)
     bad = listed_bad_rows(ds) if invalid else []
-    partitions = num_blocks or partitions_for(ds, max(2, 2 * _pool_size()))
+    partitions = num_blocks or partitions_for(max(2, 2 * _pool_size()), ds, seen)
     ds = dedup(ds, partitions, seen)
     return _Part(src, ds, tally(ds), bad)
 
