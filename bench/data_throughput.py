@@ -13,8 +13,9 @@ in a fresh subprocess so peak RSS is the run's own:
 
 Both read + normalise + tokenise every valid row. Driver memory is reported for the first
 ``--small-files`` files and for all files, to show whether it grows with the corpus.
-(The dedup/cap decision of ``prepare_data`` is not in this path; its driver cost is a key
-table measured separately, in bytes per row, by ``--keys``.)
+(The dedup/cap decisions of ``prepare_data`` are not in this path: see
+``bench/data_driver_memory.py``; ``--keys`` measures the per-row key table a driver-side
+dedup would hold, in bytes per row.)
 
 Usage::
 
@@ -36,6 +37,9 @@ import time
 from pathlib import Path
 
 __all__ = ["main"]
+
+# the per-row key table the former driver-side dedup held (see data_driver_memory.py)
+KEY_COLUMNS = ["uid", "timestamp", "reason", "row_key", "content_key", "hash", "split"]
 
 WORDS = [
     "great",
@@ -67,15 +71,21 @@ WORDS = [
 ]
 
 
-def generate(path: Path, rows: int, seed: int) -> int:
-    """Write ``rows`` 2023-schema reviews (1 % malformed) to ``path``; return bad lines."""
+def generate(path: Path, rows: int, seed: int, dup_every: int = 0) -> int:
+    """Write ``rows`` 2023-schema reviews (1 % malformed) to ``path``; return bad lines.
+
+    ``dup_every`` > 0 makes every ``dup_every``-th line an exact copy of the line before."""
     rng = random.Random(seed)
     bad = 0
+    last = ""
     with gzip.open(path, "wt", compresslevel=1) as fh:
         for i in range(rows):
             if i % 100 == 99:
                 fh.write('{"rating": 5.0, "title": "cut off\n')
                 bad += 1
+                continue
+            if dup_every and i % dup_every == dup_every - 1 and last:
+                fh.write(last)
                 continue
             n = rng.randint(8, 60)
             obj = {
@@ -90,7 +100,8 @@ def generate(path: Path, rows: int, seed: int) -> int:
                 "helpful_vote": rng.randint(0, 9),
                 "verified_purchase": rng.random() < 0.9,
             }
-            fh.write(json.dumps(obj) + "\n")
+            last = json.dumps(obj) + "\n"
+            fh.write(last)
     return bad
 
 
@@ -222,7 +233,7 @@ def run_keys(files: list[str]) -> dict:
     """Driver memory of ``prepare_data``'s key table (dedup/caps), bytes per row."""
     import pyarrow as pa
 
-    from engine.data.pipeline import KEY_COLUMNS, _annotate
+    from engine.data.pipeline import _annotate
     from engine.data.read import get_corpus, read_bytes
     from engine.data.registry import ROW_SCHEMA
 
@@ -232,7 +243,7 @@ def run_keys(files: list[str]) -> dict:
     for f in files:
         t = pa.Table.from_pylist(list(corpus(f, read_bytes(f), {})), schema=ROW_SCHEMA)
         t = t.append_column("record", pa.array(range(t.num_rows), pa.int64()))
-        parts.append(_annotate(t, index, 0, 0.8, 0.1).select(KEY_COLUMNS))
+        parts.append(_annotate(t, index, 0, 0.8, 0.1).select(KEY_COLUMNS))  # the former design
     keys = pa.concat_tables(parts).to_pandas()
     n = len(keys)
     return {"rows": n, "key_bytes_per_row": keys.memory_usage(deep=True).sum() / n}

@@ -1,11 +1,12 @@
 """Rating classification data: read → validate → dedup → split → cap → tokenise.
 
-The heavy, per-row work (parsing, hashing, tokenising) runs as Ray Data operations. The
-decisions that need a global view (which copy of a duplicate to keep, which rows fill a
-size cap) are made on the driver from *key columns only* (~100 bytes a row: ids, hashes,
-timestamp, split), then sent back to Ray as the set of kept row ids. On a 2-CPU machine a
-Ray Data ``groupby``/``sort`` costs 6–15 s each even on 23k rows (measured), while the
-key-column pass takes milliseconds and stays linear in memory up to tens of millions of rows.
+Everything that touches rows runs as Ray Data operations: parsing, hashing and tokenising
+per block, and the corpus-wide decisions too (:mod:`engine.data.decide`): duplicates are
+marked in hash partitions by ``row_key``, counts are summed from per-block tables, and
+each split's size cap is a (hash, row_key) threshold found from per-block top-k
+candidates. The driver holds O(files × reasons) counts, O(cap) candidate keys, at most
+:data:`~engine.data.read.MAX_BAD_ROWS_LISTED` bad rows and the tokenised, capped splits
+it returns — nothing that grows with the corpus when the split sizes are capped.
 
 Every decision depends only on row content and ``cfg.seed``, never on file order, block
 count or worker count, so the splits are reproducible anywhere.
@@ -22,19 +23,27 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import ray
-from ray.data.expressions import col
 
 from engine.data.config import DataConfig, EvalDataConfig
+from engine.data.decide import (
+    Policy,
+    cap_policy,
+    choose,
+    dedup,
+    file_counts,
+    listed_bad_rows,
+    partitions_for,
+    reason_counts,
+    split_counts,
+    tally,
+)
 from engine.data.read import (
     NORMAL_SKIPS,
     TASK_CPUS,
     Source,
-    bad_rows_of,
     check_bad_fraction,
-    collect,
     file_records,
     get_corpus,
     open_source,
@@ -47,7 +56,7 @@ SPLITS = ("train", "valid", "test")
 LABEL_NAMES = ["1 star", "2 stars", "3 stars", "4 stars", "5 stars"]
 BUCKETS = 10_000
 TOKENIZER_CPUS = 0.5  # per tokenizer actor; with TASK_CPUS this leaves room for reads
-KEY_COLUMNS = ["uid", "timestamp", "reason", "row_key", "content_key", "hash", "split"]
+TOKENISE_COLUMNS = ["title", "text", "label", "row_key", "hash", "split"]
 
 
 @dataclass
@@ -148,43 +157,8 @@ def _annotate(
     return t
 
 
-def _counts(keys: pd.DataFrame, files: list[str]) -> dict[str, Counter[str]]:
-    """``file → Counter(reason)``, with an empty Counter for a file that had no records."""
-    counts: dict[str, Counter[str]] = {str(f): Counter() for f in files}
-    for (file, reason), n in keys.groupby(["file", "reason"]).size().items():
-        counts[file][reason] = int(n)
-    return counts
-
-
-def _summary(keys: pd.DataFrame) -> str:
-    return ", ".join(f"{r or 'kept'}={n}" for r, n in sorted(Counter(keys["reason"]).items()))
-
-
-def _dedup(keys: pd.DataFrame) -> pd.DataFrame:
-    """Mark duplicates on the driver: exact copies first, then repeated (user, item) pairs.
-
-    Within a ``row_key`` group the earliest row (timestamp, then file, then line — ``uid``
-    orders file and line) is kept. A later row whose content equals an earlier one's is a
-    ``duplicate``; any other later row is a ``repeated_user_item``.
-    """
-    keys = keys.sort_values(["row_key", "timestamp", "uid"], kind="stable")
-    valid = keys["reason"] == ""
-    v = keys[valid]
-    later = v.duplicated("row_key")
-    copy = v.duplicated(["row_key", "content_key"])
-    keys.loc[v.index[later & copy], "reason"] = "duplicate"
-    keys.loc[v.index[later & ~copy], "reason"] = "repeated_user_item"
-    return keys
-
-
-def _cap(kept: pd.DataFrame, caps: dict[str, int | None]) -> pd.DataFrame:
-    """Keep, in each split with a cap, the ``cap`` rows with the smallest (hash, row_key)."""
-    parts = []
-    for split in SPLITS:
-        part = kept[kept["split"] == split].sort_values(["hash", "row_key"])
-        cap = caps[split]
-        parts.append(part if cap is None else part.head(cap))
-    return pd.concat(parts)
+def _summary(reasons: Counter[str]) -> str:
+    return ", ".join(f"{r or 'kept'}={n}" for r, n in sorted(reasons.items()) if n)
 
 
 class Tokenise:
@@ -218,13 +192,6 @@ class Tokenise:
         }
 
 
-def _select(t: pa.Table, uids: np.ndarray) -> pa.Table:
-    keep = np.isin(t["uid"].to_numpy(), uids)
-    return t.filter(pa.array(keep)).select(
-        ["uid", "title", "text", "label", "row_key", "hash", "split"]
-    )
-
-
 def _free_cpus(wait_s: float = 30.0) -> float:
     """Free CPUs, waiting up to ``wait_s`` for a finished actor pool to release its CPUs
     (Ray Data tears pools down asynchronously, so back-to-back calls can see them held)."""
@@ -248,10 +215,13 @@ def _pool_size() -> int:
     return max(1, min(8, int((cpus - 1.0) / TOKENIZER_CPUS)))
 
 
-def _tokenise(ds: ray.data.Dataset, uids: np.ndarray, cfg: DataConfig, tokenizer_path: str):
+def _tokenise(ds: ray.data.Dataset, policy: Policy, cfg: DataConfig, tokenizer_path: str):
     size = _pool_size()
     out = ds.map_batches(
-        _select, batch_format="pyarrow", fn_kwargs={"uids": uids}, num_cpus=TASK_CPUS
+        choose,
+        batch_format="pyarrow",
+        fn_kwargs={"policy": policy, "columns": TOKENISE_COLUMNS},
+        num_cpus=TASK_CPUS,
     ).map_batches(
         Tokenise,
         fn_constructor_kwargs={"tokenizer_path": tokenizer_path, "max_length": cfg.max_length},
@@ -291,16 +261,24 @@ def _splits(arrays: dict[str, np.ndarray], max_length: int) -> dict[str, dict[st
 
 @dataclass
 class _Part:
-    """One corpus read, annotated, checked and de-duplicated (keys on the driver)."""
+    """One corpus read, annotated, checked and de-duplicated (all of it in Ray)."""
 
     src: Source
-    ds: ray.data.Dataset
-    keys: pd.DataFrame
+    ds: ray.data.Dataset  # every record, ``reason`` final, materialised in hash partitions
+    counts: dict[tuple[str, str, str], int]  # (file, reason, split) → rows
     bad: list[dict]
+
+    @property
+    def reasons(self) -> Counter[str]:
+        return reason_counts(self.counts)
 
 
 def _read_part(
-    spec: DataConfig | EvalDataConfig, cfg: DataConfig, num_blocks: int | None, all_test: bool
+    spec: DataConfig | EvalDataConfig,
+    cfg: DataConfig,
+    num_blocks: int | None,
+    all_test: bool,
+    seen: ray.data.Dataset | None = None,
 ) -> _Part:
     corpus = get_corpus(spec.corpus)
     if not corpus.has_text:
@@ -321,19 +299,14 @@ def _read_part(
     }
     ds = src.rows.map_batches(
         _annotate, batch_format="pyarrow", fn_kwargs=kwargs, num_cpus=TASK_CPUS
-    )
-    ds = ds.repartition(num_blocks or max(2, 2 * _pool_size())).materialize()
-
-    keys = collect(ds, KEY_COLUMNS).to_pandas()
-    keys["file"] = np.asarray(src.files, dtype=object)[keys["uid"].to_numpy() >> 32]
-    check_bad_fraction(_counts(keys, src.files), cfg.max_bad_fraction)
-    invalid = ~keys["reason"].isin(["", *NORMAL_SKIPS])
-    bad = (
-        bad_rows_of(collect(ds.filter(expr=col("reason").not_in(["", *NORMAL_SKIPS]))))
-        if invalid.any()
-        else []
-    )
-    return _Part(src, ds, _dedup(keys), bad)
+    ).materialize()
+    first = file_counts(tally(ds), src.files)
+    check_bad_fraction(first, cfg.max_bad_fraction)
+    invalid = any(r and r not in NORMAL_SKIPS for c in first.values() for r in c)
+    bad = listed_bad_rows(ds) if invalid else []
+    partitions = num_blocks or partitions_for(max(2, 2 * _pool_size()), ds, seen)
+    ds = dedup(ds, partitions, seen)
+    return _Part(src, ds, tally(ds), bad)
 
 
 def prepare_data(
@@ -357,55 +330,51 @@ def prepare_data(
     if not ray.is_initialized():
         raise RuntimeError("prepare_data needs Ray: call ray.init() first")
     main = _read_part(cfg, cfg, num_blocks, all_test=False)
-    kept = main.keys[main.keys["reason"] == ""]
+    reasons = main.reasons
     where = cfg.path or main.src.corpus.default_path
-    if kept.empty:
-        raise DataError(f"{where}: no usable rows remain ({_summary(main.keys)})")
+    if not reasons[""]:
+        raise DataError(f"{where}: no usable rows remain ({_summary(reasons)})")
+    before_caps = split_counts(main.counts, SPLITS)
     caps = {"train": cfg.train_size, "valid": cfg.valid_size, "test": cfg.test_size}
     cross: dict = {}
     ev: _Part | None = None
     if cfg.eval is not None:
-        ev = _read_part(cfg.eval, cfg, num_blocks, all_test=True)
-        in_domain_test = int((kept["split"] == "test").sum())
-        kept = kept[kept["split"] != "test"]
-        seen = set(kept["row_key"])
-        ev_valid = ev.keys["reason"] == ""
-        overlap = ev_valid & ev.keys["row_key"].isin(seen)
-        ev.keys.loc[overlap, "reason"] = "in_train_corpus"
-        ev_kept = ev.keys[ev.keys["reason"] == ""]
-        if ev_kept.empty:
+        ev = _read_part(cfg.eval, cfg, num_blocks, all_test=True, seen=main.ds)
+        ev_reasons = ev.reasons
+        if not ev_reasons[""]:
             raise DataError(
                 f"{cfg.eval.path or ev.src.corpus.default_path}: no usable evaluation rows "
-                f"remain ({_summary(ev.keys)})"
+                f"remain ({_summary(ev_reasons)})"
             )
-        chosen = _cap(kept, {**caps, "test": None})
-        chosen_ev = _cap(ev_kept, {"train": None, "valid": None, "test": cfg.test_size})
+        policy = {**cap_policy(main.ds, {**caps, "test": None}, SPLITS), "test": "none"}
+        ev_policy = {
+            **cap_policy(ev.ds, {"test": cfg.test_size}, ("test",)),
+            "train": "none",
+            "valid": "none",
+        }
         cross = {
             "train_corpus": cfg.corpus,
             "test_corpus": cfg.eval.corpus,
             "test_path": cfg.eval.path,
-            "in_domain_test_rows_unused": in_domain_test,
-            "eval_pairs_dropped_as_in_train_corpus": int(overlap.sum()),
-            "eval_read": len(ev.keys),
-            "eval_kept": len(ev_kept),
-            "eval_reasons": _reasons(ev.keys),
+            "in_domain_test_rows_unused": before_caps["test"],
+            "eval_pairs_dropped_as_in_train_corpus": ev_reasons["in_train_corpus"],
+            "eval_read": sum(ev_reasons.values()),
+            "eval_kept": ev_reasons[""],
+            "eval_reasons": _reasons(ev_reasons),
         }
     else:
-        chosen = _cap(kept, caps)
+        policy = cap_policy(main.ds, caps, SPLITS)
 
-    arrays = _tokenise(main.ds, np.sort(chosen["uid"].to_numpy()), cfg, str(tokenizer_path))
+    arrays = _tokenise(main.ds, policy, cfg, str(tokenizer_path))
     if ev is not None:
-        ev_arrays = _tokenise(ev.ds, np.sort(chosen_ev["uid"].to_numpy()), cfg, str(tokenizer_path))
+        ev_arrays = _tokenise(ev.ds, ev_policy, cfg, str(tokenizer_path))
         arrays = _concat(arrays, ev_arrays)
     splits = _splits(arrays, cfg.max_length)
     if len(splits["train"]["labels"]) == 0:
         raise DataError(f"{where}: the train split is empty")
 
-    keys = main.keys
-    reasons = Counter(keys["reason"])
-    all_kept = main.keys[main.keys["reason"] == ""]
     stats = {
-        "read": len(keys),
+        "read": sum(reasons.values()),
         "bad": sum(n for r, n in reasons.items() if r and r not in NORMAL_SKIPS),
         "bad_reasons": {r: n for r, n in sorted(reasons.items()) if r and r not in NORMAL_SKIPS},
         "empty_text": reasons.get("empty_text", 0),
@@ -415,8 +384,8 @@ def prepare_data(
         "limit_reached": main.src.not_read > 0,
         "sample_fraction": cfg.sample_fraction,
         "sampled_out": reasons.get("sampled_out", 0),
-        "kept": len(all_kept),
-        "split_sizes_before_caps": {s: int((all_kept["split"] == s).sum()) for s in SPLITS},
+        "kept": reasons[""],
+        "split_sizes_before_caps": before_caps,
         "split_sizes": {s: len(splits[s]["labels"]) for s in SPLITS},
         "label_histogram": {
             s: np.bincount(splits[s]["labels"], minlength=5).tolist() for s in SPLITS
@@ -427,7 +396,7 @@ def prepare_data(
     files = _records(main) + main.src.item_files
     bad = main.bad + main.src.item_bad_rows
     if ev is not None:
-        cross["split_sizes_before_caps_test"] = len(ev_kept)
+        cross["split_sizes_before_caps_test"] = ev_reasons[""]
         stats["cross_domain"] = cross
         files += _records(ev) + ev.src.item_files
         bad += ev.bad + ev.src.item_bad_rows
@@ -443,12 +412,12 @@ def prepare_data(
     )
 
 
-def _reasons(keys: pd.DataFrame) -> dict[str, int]:
-    return {r or "kept": int(n) for r, n in sorted(Counter(keys["reason"]).items())}
+def _reasons(reasons: Counter[str]) -> dict[str, int]:
+    return {r or "kept": int(n) for r, n in sorted(reasons.items()) if n}
 
 
 def _records(part: _Part) -> list[FileRecord]:
-    counts = _counts(part.keys, part.src.files)
+    counts = file_counts(part.counts, part.src.files)
     return file_records([Path(f) for f in part.src.files], counts, part.src.checksums)
 
 

@@ -428,7 +428,7 @@ def read_corpus(
 
     For recommendation work (e.g. MovieLens; see :func:`engine.data.recsys.build_recsys`).
     Raises :class:`DataError` like :func:`engine.data.prepare_data` does. Only per-block
-    counts and the quarantined rows reach the driver.
+    counts and at most :data:`MAX_BAD_ROWS_LISTED` quarantined rows reach the driver.
     """
     from engine.data.config import EvalDataConfig
 
@@ -447,7 +447,9 @@ def read_corpus(
     ds = src.rows.materialize()
     counts = count_reasons(ds)
     check_bad_fraction({f: counts.get(f, Counter()) for f in src.files}, max_bad_fraction)
-    bad = bad_rows_of(collect(ds.filter(expr=col("reason") != ""))) if _any_bad(counts) else []
+    from engine.data.decide import listed_bad_rows  # decide builds on this module
+
+    bad = listed_bad_rows(ds) if _any_bad(counts) else []
     valid = ds.filter(expr=col("reason") == "").drop_columns(["record"])
     records = file_records([Path(f) for f in src.files], counts, src.checksums)
     return CorpusRows(valid, records + src.item_files, bad + src.item_bad_rows, src.item_titles)

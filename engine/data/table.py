@@ -10,8 +10,6 @@ required; without a ``user_id`` column the corpus has no users (no (user, item) 
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Iterator, Mapping
 
@@ -20,7 +18,7 @@ import pyarrow.parquet as pq
 
 from engine.data.movielens import delimiter_problem
 from engine.data.registry import bad_row, register_corpus, review_row
-from engine.data.textio import decompress, has_bad_bytes, iter_lines
+from engine.data.textio import csv_records, iter_lines
 
 __all__ = ["TABLE_GLOBS", "mapped_row", "read_table", "source_columns"]
 
@@ -98,16 +96,14 @@ def _parquet(
 def _delimited(
     path: str, data: bytes, sep: str, src: dict[str, str], explicit: set[str], scale: int
 ) -> Iterator[dict]:
-    body, problem = decompress(data)
-    text = body.decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
-    try:
-        header = [h.strip() for h in next(reader)]
-    except StopIteration:
+    rows = csv_records(data, sep)
+    head = next(rows, None)
+    if head is None:
         return
-    except csv.Error as err:
-        yield bad_row(path, 1, "malformed_csv", str(err))
+    if head.fields is None:
+        yield bad_row(path, 1, head.problem or "malformed_csv", head.raw)
         return
+    header = head.fields
     missing = [src[n] for n in REQUIRED if src[n] not in header]
     if missing:
         wrong = delimiter_problem(sep.join(header), sep, tuple(src[n] for n in REQUIRED))
@@ -116,27 +112,12 @@ def _delimited(
         else:
             yield bad_row(path, 1, "missing_column", f"missing {missing} in header {header}")
         return
-    start = reader.line_num + 1
-    while True:
-        try:
-            fields = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as err:
-            yield bad_row(path, start, "malformed_csv", str(err))
-            break
-        if fields:
-            raw = sep.join(fields)
-            if len(fields) != len(header):
-                yield bad_row(path, start, "malformed_csv", raw)
-            elif any(has_bad_bytes(f) for f in fields):
-                yield bad_row(path, start, "non_utf8", raw.encode("utf-8", "replace").decode())
-            else:
-                record = dict(zip(header, fields, strict=True))
-                yield mapped_row(path, start, record, src, explicit, scale, raw)
-        start = reader.line_num + 1
-    if problem is not None:
-        yield bad_row(path, None, problem)
+    for row in rows:
+        if row.fields is None:
+            yield bad_row(path, row.line, row.problem or "malformed_csv", row.raw)
+        else:
+            record = dict(zip(header, row.fields, strict=True))
+            yield mapped_row(path, row.line, record, src, explicit, scale, row.raw)
 
 
 def _jsonl(

@@ -6,12 +6,14 @@ line of non-UTF-8 bytes costs one quarantined row instead of the whole file.
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-__all__ = ["Line", "decompress", "has_bad_bytes", "iter_lines"]
+__all__ = ["CsvRow", "Line", "csv_records", "decompress", "has_bad_bytes", "iter_lines"]
 
 GZIP_MAGIC = b"\x1f\x8b"
 _SURROGATE = re.compile("[\udc80-\udcff]")
@@ -88,3 +90,63 @@ def _decode(number: int, piece: bytes, encoding: str) -> Line:
         reason = "non_utf8" if encoding.replace("-", "").lower() == "utf8" else "bad_encoding"
         return Line(number, None, reason, piece.decode(encoding, errors="replace"))
     return Line(number, text, None, text)
+
+
+@dataclass(frozen=True)
+class CsvRow:
+    """One CSV record (or the header), or why reading stopped.
+
+    ``fields`` is None when ``problem`` is set; ``raw`` is the record re-joined with the
+    separator (or the parser's message). ``line`` is the physical line the record starts on
+    (fields may span lines), None for a problem of the whole stream (a cut-short gzip).
+    """
+
+    line: int | None
+    fields: list[str] | None
+    problem: str | None
+    raw: str
+    ends: bool = False  # reading stopped here (a syntax error or a cut-short stream)
+
+
+def csv_records(data: bytes, sep: str = ",") -> Iterator[CsvRow]:
+    """Decompress and parse delimited ``data``: the header first, then every non-blank record.
+
+    Bytes are decoded with ``surrogateescape`` (one bad byte spoils only its record) and a
+    UTF-8 BOM is dropped. The header's names are stripped; a header that does not parse is
+    one ``malformed_csv`` row and the end. A record whose field count differs from the
+    header's is ``malformed_csv``, one with undecodable bytes ``non_utf8``. A syntax error
+    (e.g. an unclosed quote) ends the file there, since the parser cannot find the next
+    record boundary: one ``malformed_csv`` row with the parser's message. A cut-short or
+    corrupt gzip stream ends with one ``CsvRow(None, None, problem, "", ends=True)``.
+    """
+    body, problem = decompress(data)
+    text = body.decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
+    try:
+        header = [name.strip() for name in next(reader)]
+    except StopIteration:
+        return
+    except csv.Error as err:
+        yield CsvRow(1, None, "malformed_csv", str(err))
+        return
+    yield CsvRow(1, header, None, sep.join(header))
+    start = reader.line_num + 1
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as err:
+            yield CsvRow(start, None, "malformed_csv", str(err), ends=True)
+            break
+        if fields:  # csv yields [] for a blank line: not a record
+            raw = sep.join(fields)
+            if len(fields) != len(header):
+                yield CsvRow(start, None, "malformed_csv", raw)
+            elif any(has_bad_bytes(f) for f in fields):
+                yield CsvRow(start, None, "non_utf8", raw.encode("utf-8", "replace").decode())
+            else:
+                yield CsvRow(start, fields, None, raw)
+        start = reader.line_num + 1
+    if problem is not None:
+        yield CsvRow(None, None, problem, "", ends=True)

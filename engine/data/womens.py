@@ -8,12 +8,10 @@ contain newlines, so records and lines differ.
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Iterator, Mapping
 
 from engine.data.registry import bad_row, register_corpus, review_row
-from engine.data.textio import decompress, has_bad_bytes
+from engine.data.textio import csv_records
 
 __all__ = ["read_womens_reviews"]
 
@@ -32,55 +30,43 @@ def read_womens_reviews(path: str, data: bytes, item_titles: Mapping[str, str]) 
     (``non_utf8``). A CSV syntax error (e.g. an unclosed quote) ends the file there, since
     the parser cannot find the next record boundary; the rest is one ``malformed_csv`` row.
     """
-    body, problem = decompress(data)
-    text = body.decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
-    reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        header = [name.strip() for name in next(reader)]
-    except StopIteration:
+    rows = csv_records(data)
+    head = next(rows, None)
+    if head is None:
         return
-    except csv.Error as err:
-        yield bad_row(path, 1, "malformed_csv", str(err))
+    if head.fields is None:
+        yield bad_row(path, 1, head.problem or "malformed_csv", head.raw)
         return
+    header = head.fields
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
         yield bad_row(path, 1, "missing_column", f"missing {missing} in header {header}")
         return
     col = {name: i for i, name in enumerate(header)}
-    records: list[tuple[int, list[str]]] = []
-    start = reader.line_num + 1
-    while True:
-        try:
-            fields = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as err:
-            records.append((start, [f"<{err}>"]))
-            problem = problem or "malformed_csv"
-            break
-        if fields:  # csv yields [] for a blank line: not a record
-            records.append((start, fields))
-        start = reader.line_num + 1
+    records = list(rows)
+    problem = None
+    if records and records[-1].line is None:  # a cut-short gzip stream
+        problem = records.pop().problem
+    if records and records[-1].ends:  # the parser stopped at a syntax error
+        problem = problem or "malformed_csv"
     if problem is not None and records:
         # a cut-short stream: the last record may be cut mid-field, so it is not trusted
-        line, fields = records.pop()
-        yield bad_row(path, line, problem, ",".join(fields))
+        last = records.pop()
+        yield bad_row(path, last.line, problem, last.raw)
     elif problem is not None:
         yield bad_row(path, None, problem)
-    for line, fields in records:
-        raw = ",".join(fields)
-        if len(fields) != len(header):
-            yield bad_row(path, line, "malformed_csv", raw)
-        elif any(has_bad_bytes(f) for f in fields):
-            yield bad_row(path, line, "non_utf8", raw.encode("utf-8", "replace").decode())
-        else:
-            yield review_row(
-                path,
-                line,
-                user_id="",
-                item_id=fields[col["Clothing ID"]],
-                rating=fields[col["Rating"]] or None,
-                text=fields[col["Review Text"]] if "Review Text" in col else None,
-                title=fields[col["Title"]] if "Title" in col else None,
-                raw=raw,
-            )
+    for row in records:
+        if row.fields is None:
+            yield bad_row(path, row.line, row.problem or "malformed_csv", row.raw)
+            continue
+        fields = row.fields
+        yield review_row(
+            path,
+            row.line,
+            user_id="",
+            item_id=fields[col["Clothing ID"]],
+            rating=fields[col["Rating"]] or None,
+            text=fields[col["Review Text"]] if "Review Text" in col else None,
+            title=fields[col["Title"]] if "Title" in col else None,
+            raw=row.raw,
+        )
