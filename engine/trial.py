@@ -10,22 +10,18 @@ With ``search.report_every_steps`` set, training stages also report intermediate
 scheduler can stop the trial early; its row then keeps the last intermediate metrics.
 
 With ``search.checkpoint_every`` also set, the first such report at least that many steps
-after the previous checkpoint carries a Tune checkpoint (:class:`TrialCheckpointer`): the model being trained, the pipeline
-position (stage index), what earlier stages recorded, and the training state (optimizer, LR
-schedule, example order, step, RNG). A trial Tune retries after its worker died
-(``FailureConfig(max_failures)``) starts from that checkpoint: finished stages are skipped and
-the stage in progress continues at the saved step, giving the same model as an uninterrupted
-run.
+after the previous checkpoint carries a Tune checkpoint (see :mod:`engine.checkpoint`): the
+model being trained, the pipeline position (stage index), what earlier stages recorded, and
+the training state (optimizer, LR schedule, example order, step, RNG). A trial Tune retries
+after its worker died (``FailureConfig(max_failures)``) starts from that checkpoint: finished
+stages are skipped and the stage in progress continues at the saved step, giving the same
+model as an uninterrupted run.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 import time
 import traceback
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,17 +29,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.checkpoint import FAULT_KEY, TrialCheckpointer, TrialResume, resume_from
 from engine.compress import STAGES, StageContext
 from engine.config import StudyConfig, with_values
 from engine.importance import LayerScores
 
 __all__ = [
-    "RESUMABLE_STAGES",
     "SharedInputs",
-    "TrialCheckpointer",
     "TrialReporter",
-    "TrialResume",
-    "load_trial_state",
     "run_trial",
     "trial_seed",
     "trial_values",
@@ -141,138 +134,6 @@ class TrialReporter:
                 self.sink(payload, checkpoint=ckpt)
 
 
-# Stages whose whole training state is one train_classifier call (plus deterministic set-up),
-# so they can continue mid-training from a checkpoint. Reports from other stages carry none.
-RESUMABLE_STAGES = frozenset({"distill"})
-CHECKPOINT_FILE = "trial_state.pt"
-# Test-only fault injection: a Tune config key {"step": k, "marker": path}. The first report at
-# a step >= k exits the worker process (before reporting), once: the marker file records it.
-FAULT_KEY = "__fault_exit__"
-
-
-@dataclass
-class TrialResume:
-    """A trial's place in its pipeline, loaded from a checkpoint."""
-
-    model: torch.nn.Module
-    stage_index: int
-    stage_name: str
-    training: dict[str, Any]
-    record: dict[str, Any]
-    extras: dict[str, Any]
-    attn_implementation: str | None = None
-
-    @property
-    def step(self) -> int:
-        return int(self.training["step"])
-
-
-@dataclass
-class TrialCheckpointer:
-    """Builds the Tune checkpoints of one trial (see the module docstring).
-
-    ``reference``: the teacher's weights; frozen parameters still equal to them (e.g. the
-    embeddings under ``freeze_embeddings``) are left out of the file and refilled on load.
-    """
-
-    every: int
-    reference: dict[str, torch.Tensor]
-    fault: dict[str, Any] | None = None
-    stage_index: int = -1
-    stage_name: str = ""
-    ctx: StageContext | None = None
-    attn_implementation: str | None = None
-    saved: int = 0
-    error: str | None = None  # why the last checkpoint could not be written, if it failed
-    last_step: int = 0  # step of the stage's previous checkpoint (or where the stage began)
-
-    def enter(
-        self, index: int, name: str, model: torch.nn.Module, ctx: StageContext, step: int = 0
-    ) -> None:
-        self.stage_index, self.stage_name, self.ctx, self.last_step = index, name, ctx, step
-        self.attn_implementation = getattr(
-            getattr(model, "config", None), "_attn_implementation", None
-        )
-
-    def maybe_fail(self, step: int | None) -> None:
-        f = self.fault
-        if not f or step is None or step < int(f["step"]) or Path(f["marker"]).exists():
-            return
-        Path(f["marker"]).write_text(f"exited at step {step}\n")
-        os._exit(1)  # a worker death, as when a node is lost
-
-    @contextlib.contextmanager
-    def checkpoint(self, step: int | None) -> Iterator[Any]:
-        """A ``ray.tune.Checkpoint`` for a report at ``step``, or None when none is due."""
-        from ray.tune import Checkpoint
-
-        from engine.train import active_training
-
-        active = active_training()
-        due = step is not None and step - self.last_step >= self.every and self.ctx is not None
-        if not due or active is None or self.stage_name not in RESUMABLE_STAGES:
-            yield None
-            return
-        self.last_step = int(step)  # type: ignore[arg-type]
-        with tempfile.TemporaryDirectory(prefix="trial_ckpt_") as d:
-            try:
-                self._save(Path(d) / CHECKPOINT_FILE, active.model, active.snapshot())
-            except Exception as e:  # e.g. an unpicklable stage extra: report, uncheckpointed
-                self.error = f"{type(e).__name__}: {e}"
-                yield None
-                return
-            self.saved += 1
-            yield Checkpoint.from_directory(d)
-
-    def _save(self, path: Path, model: torch.nn.Module, training: dict[str, Any]) -> None:
-        assert self.ctx is not None
-        left_out: dict[str, torch.Tensor] = {}
-        for name, p in model.named_parameters():
-            ref = self.reference.get(name)
-            if (
-                not p.requires_grad
-                and ref is not None
-                and ref.shape == p.shape
-                and torch.equal(ref, p.detach().cpu())
-            ):
-                left_out[name] = p.data
-                p.data = torch.empty(0, dtype=p.dtype, device=p.device)
-        try:
-            torch.save(
-                {
-                    "model": model,
-                    "from_reference": sorted(left_out),
-                    "stage_index": self.stage_index,
-                    "stage_name": self.stage_name,
-                    "training": training,
-                    "record": self.ctx.record,
-                    "extras": self.ctx.extras,
-                    "attn_implementation": self.attn_implementation,
-                },
-                path,
-            )
-        finally:
-            for name, data in left_out.items():
-                model.get_parameter(name).data = data
-
-
-def load_trial_state(path: str | Path, reference: dict[str, torch.Tensor]) -> TrialResume:
-    """Read a checkpoint written by :class:`TrialCheckpointer` (the model on CPU)."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    model = state["model"]
-    for name in state["from_reference"]:
-        model.get_parameter(name).data = reference[name].clone()
-    return TrialResume(
-        model=model,
-        stage_index=int(state["stage_index"]),
-        stage_name=state["stage_name"],
-        training=state["training"],
-        record=state["record"],
-        extras=state["extras"],
-        attn_implementation=state.get("attn_implementation"),
-    )
-
-
 def _device(study: StudyConfig) -> torch.device:
     if study.resources.gpus > 0 and torch.cuda.is_available():
         return torch.device("cuda")
@@ -339,13 +200,6 @@ def build_student(
     return model, ctx.record
 
 
-def _resume_from(checkpoint: Any, shared: SharedInputs) -> TrialResume | None:
-    if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as d:
-        return load_trial_state(Path(d) / CHECKPOINT_FILE, shared.teacher_state)
-
-
 def run_trial(
     config: dict[str, Any],
     *,
@@ -379,7 +233,7 @@ def run_trial(
                 checkpointer = TrialCheckpointer(
                     ckpt_every, shared.teacher_state, fault=config.get(FAULT_KEY)
                 )
-                resume = _resume_from(tune.get_checkpoint(), shared)
+                resume = resume_from(tune.get_checkpoint(), shared.teacher_state)
             reporter = TrialReporter(
                 trial_study,
                 shared.splits["valid"],

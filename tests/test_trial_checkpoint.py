@@ -114,8 +114,8 @@ def test_checkpoint_every_must_ride_on_reports() -> None:
 
 def test_checkpoints_ride_on_the_first_report_due() -> None:
     """Reports every 2 steps, checkpoints every 3: at steps 4, 8, 12 (≥ 3 after the last)."""
+    from engine.checkpoint import TrialCheckpointer
     from engine.compress import StageContext
-    from engine.trial import TrialCheckpointer
 
     model = tiny_bert(num_layers=1)
     ctx = StageContext(
@@ -188,8 +188,9 @@ def test_worker_death_retries_from_the_last_checkpoint(ray_local, tmp_path: Path
     from ray import tune
     from safetensors.torch import load_file
 
+    from engine.checkpoint import CHECKPOINT_FILE, FAULT_KEY, load_trial_state
     from engine.sweep import trainable_for
-    from engine.trial import CHECKPOINT_FILE, FAULT_KEY, load_trial_state, run_trial
+    from engine.trial import run_trial
 
     study = load_study(
         "smoke",
