@@ -210,11 +210,19 @@ def run_trial(
     """Tune function trainable. ``config = {"values": {dotted: value}, "seed": int}``
     (or ``__trial_index__`` into ``study.repeats`` when a searcher repeats each point).
 
-    With ``run_dir`` the student is saved under ``run_dir/models/<trial_id>/``."""
+    With ``run_dir`` the student is saved under ``run_dir/models/<trial_id>/``, and the final row
+    is recorded in ``run_dir/trials/`` before it is reported (:mod:`engine.ledger`): a trial
+    that finds its row there (finished, but not yet marked so when the driver died) reports it
+    again, marked ``replayed``, instead of training."""
     from ray import tune
 
     from engine.assess import assess
+    from engine.ledger import finished_row, record_finished
 
+    trial_id = tune.get_context().get_trial_id()
+    if run_dir and (done := finished_row(run_dir, trial_id)) is not None:
+        tune.report({**done, "replayed": True})  # finished before a driver kill: not rerun
+        return
     start = time.perf_counter()
     seed = trial_seed(config, study.repeats)
     threads = study.threads_per_trial or max(1, int(study.resources.cpus))
@@ -247,7 +255,7 @@ def run_trial(
             row.update(resumed_stage=resume.stage_name, resumed_step=resume.step)
         save_dir = None
         if run_dir and trial_study.measure.save_models:
-            save_dir = Path(run_dir, "models", tune.get_context().get_trial_id())
+            save_dir = Path(run_dir, "models", trial_id)
         model, record = build_student(
             trial_study, shared, seed, device, save_dir, reporter, checkpointer, resume
         )
@@ -266,4 +274,9 @@ def run_trial(
         for o in study.search.objectives:  # Tune requires the searched metrics in every result
             row.setdefault(o.metric, float("nan"))
     row["wall_s"] = time.perf_counter() - start
+    if run_dir:
+        try:
+            record_finished(run_dir, trial_id, row)
+        except OSError as e:  # the row still reaches Tune; only the replay guard is lost
+            row["ledger_error"] = f"{type(e).__name__}: {e}"
     tune.report(row)

@@ -1,0 +1,53 @@
+"""The finished-trial ledger (engine/ledger.py): rows round-trip exactly, writes are atomic.
+
+The replay it enables is tested end to end, through a driver kill and ``--resume``, in
+tests/test_resume.py.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.ledger import LEDGER_DIR, finished_row, record_finished
+
+
+def test_row_round_trips_with_numpy_values_and_nan(tmp_path: Path) -> None:
+    row = {
+        "status": "ok",
+        "error": None,
+        "accuracy": np.float32(0.625),
+        "params": np.int64(15617285),
+        "wall_s": 2.81537562000085,
+        "valid_accuracy": float("nan"),
+        "exit_curve": np.array([1.5, 2.0]),
+    }
+    assert finished_row(tmp_path, "abc_00001") is None
+    path = record_finished(tmp_path, "abc_00001", row)
+    assert path == tmp_path / LEDGER_DIR / "abc_00001.json"
+    back = finished_row(tmp_path, "abc_00001")
+    assert back is not None
+    assert back["accuracy"] == 0.625 and type(back["accuracy"]) is float
+    assert back["params"] == 15617285 and type(back["params"]) is int
+    assert back["wall_s"] == row["wall_s"]  # the exact float, not a rounded print
+    assert math.isnan(back["valid_accuracy"])
+    assert back["exit_curve"] == [1.5, 2.0]
+    assert back["error"] is None and back["status"] == "ok"
+    assert finished_row(tmp_path, "abc_00002") is None  # another trial: nothing recorded
+
+
+def test_unrecordable_value_leaves_no_file(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="cannot record a object in the trial ledger"):
+        record_finished(tmp_path, "t1", {"status": "ok", "odd": object()})
+    assert finished_row(tmp_path, "t1") is None
+    assert list((tmp_path / LEDGER_DIR).iterdir()) == []  # no partial or temporary file
+
+
+def test_rewrite_replaces_whole_row(tmp_path: Path) -> None:
+    record_finished(tmp_path, "t1", {"status": "failed", "error": "x" * 10_000})
+    record_finished(tmp_path, "t1", {"status": "ok"})
+    assert finished_row(tmp_path, "t1") == {"status": "ok"}
+    assert [p.name for p in (tmp_path / LEDGER_DIR).iterdir()] == ["t1.json"]
