@@ -22,6 +22,7 @@ __all__ = [
     "Table",
     "format_table",
     "format_value",
+    "interval_cells",
     "to_html",
     "to_markdown",
 ]
@@ -97,6 +98,13 @@ def format_table(df: pd.DataFrame, rename: dict[str, str] | None = None) -> pd.D
         index=range(len(df)),
     )
     return out.rename(columns=rename or {})
+
+
+def interval_cells(low: pd.Series, high: pd.Series) -> list[str]:
+    """``[low, high]`` cells formatted like the table's numbers; ``—`` where undefined."""
+    lo = [format_value(v, str(low.name)) for v in low.tolist()]
+    hi = [format_value(v, str(high.name)) for v in high.tolist()]
+    return ["—" if a == "—" else f"[{a}, {b}]" for a, b in zip(lo, hi, strict=True)]
 
 
 def _md_cell(text: str) -> str:

@@ -27,15 +27,17 @@ from analysis.render import (
     Para,
     Table,
     format_table,
+    interval_cells,
     to_html,
     to_markdown,
 )
 from analysis.rundir import TEACHER_ID, RunData, load_run, students, varying_config_columns
+from analysis.sensitivity import sensitivity_blocks
 from analysis.stats import summarize
 
 __all__ = ["build_blocks", "main", "write_report"]
 
-SECTION_PLOTS = ("pareto", "importance", "agreement")  # placed in their own sections
+SECTION_PLOTS = ("pareto", "importance", "agreement", "sensitivity")  # placed in their own sections
 STRATEGY_COL = "pipeline.truncate.strategy"
 BASELINE_STRATEGIES = ("uniform", "first_last", "random")
 
@@ -128,7 +130,9 @@ def _results(run: RunData, varying: list[str], quality: str, cost: str) -> list[
 
 
 def _summary(run: RunData, varying: list[str], quality: str, cost: str) -> list[Block]:
-    metrics = list(dict.fromkeys(["accuracy", "macro_f1", quality, cost]))
+    metrics = [
+        m for m in dict.fromkeys(["accuracy", "macro_f1", quality, cost]) if m in run.results
+    ]
     summ = summarize(run.results, by=varying, metrics=metrics)
     blocks: list[Block] = [
         Heading("Across seeds"),
@@ -144,11 +148,7 @@ def _summary(run: RunData, varying: list[str], quality: str, cost: str) -> list[
         show[f"{m}_mean"] = summ[f"{m}_mean"]
         show[f"{m}_std"] = summ[f"{m}_std"]
         if m in ("accuracy", "macro_f1", quality):
-            lo = format_table(summ[[f"{m}_ci_low"]])[f"{m}_ci_low"]
-            hi = format_table(summ[[f"{m}_ci_high"]])[f"{m}_ci_high"]
-            show[f"{m}_ci95"] = [
-                "—" if a == "—" else f"[{a}, {b}]" for a, b in zip(lo, hi, strict=True)
-            ]
+            show[f"{m}_ci95"] = interval_cells(summ[f"{m}_ci_low"], summ[f"{m}_ci_high"])
     return [*blocks, Table(format_table(show, {c: _short(c) for c in varying}))]
 
 
@@ -442,6 +442,7 @@ def build_blocks(run: RunData, images: dict[str, Path]) -> list[Block]:
         *_teacher(run),
         *_results(run, varying, quality, cost),
         *_summary(run, varying, quality, cost),
+        *sensitivity_blocks(run, images),
         *_pareto(run, varying, quality, cost, images),
         *_importance(run, images),
         *_agreement(run, images),
