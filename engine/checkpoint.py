@@ -31,9 +31,11 @@ __all__ = [
 ]
 
 
-# Stages whose whole training state is one train_classifier call (plus deterministic set-up),
-# so they can continue mid-training from a checkpoint. Reports from other stages carry none.
-RESUMABLE_STAGES = frozenset({"distill"})
+# Stages whose training state is what train_classifier snapshots (plus deterministic set-up),
+# so they can continue mid-training from a checkpoint: distill (one call) and prune (one call
+# per stretch between pruning events and one for recovery, its own progress in the snapshot's
+# "stage" entry; see engine.train). Reports from other stages carry none.
+RESUMABLE_STAGES = frozenset({"distill", "prune"})
 CHECKPOINT_FILE = "trial_state.pt"
 # Test-only fault injection: a Tune config key {"step": k, "marker": path}. The first report at
 # a step >= k exits the worker process (before reporting), once: the marker file records it.
@@ -54,7 +56,8 @@ class TrialResume:
 
     @property
     def step(self) -> int:
-        return int(self.training["step"])
+        """The stage step the checkpoint was taken at (a multi-call stage's own axis)."""
+        return int(self.training.get("stage_step", self.training["step"]))
 
 
 @dataclass
