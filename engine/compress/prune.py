@@ -15,6 +15,16 @@ optimizer is rebuilt after each structural change (its moments belong to removed
 ``unstructured`` (per-matrix magnitude, same schedule) and ``semi_structured_2_4`` (2 of
 every 4 weights, applied at t = 0) zero weights through masks that are re-applied after every
 optimizer step; they do not lower dense FLOPs (see :mod:`engine.compress.masked`).
+
+Every stretch of training is a :func:`engine.train.train_classifier` call (constant ``lr``,
+one example order running through all of them), so the stage reports and checkpoints like
+``distill``. Stage steps: 1 … ``steps`` are the pruning phase (the schedule's t), then
+``steps`` + 1 … ``steps + recovery_steps`` recovery. With ``ctx.report`` a report every
+``report.every`` stage steps carries the metrics of the model as it is then (fewer heads and
+neurons after each event). A checkpoint's ``"stage"`` entry holds the phase's progress
+(events applied, schedule record, masks, FFN widths before pruning; in recovery the learning
+rates used), the model itself its current, physically pruned shape: a retried trial skips
+what was done and continues the stretch in progress bit for bit.
 """
 
 from __future__ import annotations
