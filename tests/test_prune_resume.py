@@ -16,7 +16,7 @@ import torch
 
 from engine.checkpoint import CHECKPOINT_FILE, TrialCheckpointer, load_trial_state
 from engine.compress import StageContext
-from engine.compress.prune import prune_structured_to
+from engine.compress.prune import prune_structured_to, stage_steps
 from engine.compress.structure import head_ids
 from engine.config import StudyConfig, load_study
 from engine.measure import count_gflops
@@ -92,6 +92,7 @@ def test_reports_follow_the_stage_steps_and_gflops_fall_with_each_pruning_event(
 
     _, record = build_student(study, shared, 0, CPU, report=_reporter(study, shared, sink))
     assert [r["step"] for r in reports] == [2, 4, 6, 8, 10]
+    assert stage_steps(study.pipeline.prune) == 10
     gflops = [r["gflops"] for r in reports]
     assert gflops == counted
     # events at t = 0 (sparsity 0: nothing), 3, 6: a report at step s sees the events < s

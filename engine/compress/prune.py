@@ -52,7 +52,13 @@ from engine.config import PruneConfig
 from engine.models import layer_list
 from engine.train import BatchOrder, pending_resume, progress_hook, train_classifier
 
-__all__ = ["apply", "prune_structured_to"]
+__all__ = ["apply", "prune_structured_to", "stage_steps"]
+
+
+def stage_steps(cfg: PruneConfig) -> int:
+    """Optimizer steps on the stage's report axis: the gradual schedule's, then recovery's
+    (a trial reports ``stage_steps // report_every_steps`` times in this stage)."""
+    return cfg.steps + cfg.recovery_steps
 
 
 def _loss(cfg: PruneConfig) -> Callable[..., torch.Tensor]:
