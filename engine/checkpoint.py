@@ -31,11 +31,12 @@ __all__ = [
 ]
 
 
-# Stages whose training state is what train_classifier snapshots (plus deterministic set-up),
-# so they can continue mid-training from a checkpoint: distill (one call) and prune (one call
-# per stretch between pruning events and one for recovery, its own progress in the snapshot's
-# "stage" entry; see engine.train). Reports from other stages carry none.
-RESUMABLE_STAGES = frozenset({"distill", "prune"})
+# Stages whose training state is what a TrainingState snapshots (plus deterministic set-up),
+# so they can continue mid-training from a checkpoint: distill (one train_classifier call),
+# prune (one call per stretch between pruning events and one for recovery, its own progress
+# in the snapshot's "stage" entry; see engine.train) and early_exit (its head-training loop,
+# run under engine.train.track). Reports from other stages carry none.
+RESUMABLE_STAGES = frozenset({"distill", "prune", "early_exit"})
 CHECKPOINT_FILE = "trial_state.pt"
 # Test-only fault injection: a Tune config key {"step": k, "marker": path}. The first report at
 # a step >= k exits the worker process (before reporting), once: the marker file records it.

@@ -44,6 +44,7 @@ __all__ = [
     "pending_resume",
     "progress_hook",
     "resuming",
+    "track",
     "train_classifier",
 ]
 
@@ -64,21 +65,27 @@ class TrainStats:
 class BatchOrder:
     """Mini-batch row indices: a fresh permutation of ``n`` rows per epoch, drawn from
     ``generator``; ``order`` is the current epoch's permutation, ``pos`` the next batch's
-    start in it."""
+    start in it. With ``replacement`` each batch is ``min(batch_size, n)`` rows drawn
+    uniformly (no epochs; ``order`` stays None)."""
 
     n: int
     batch_size: int
     generator: torch.Generator
     order: torch.Tensor | None = None
     pos: int = 0
+    replacement: bool = False
 
     @classmethod
-    def seeded(cls, n: int, batch_size: int, seed: int) -> BatchOrder:
+    def seeded(cls, n: int, batch_size: int, seed: int, replacement: bool = False) -> BatchOrder:
         if n == 0:
             raise ValueError("cannot train on an empty training set")
-        return cls(n, batch_size, torch.Generator().manual_seed(seed))
+        return cls(n, batch_size, torch.Generator().manual_seed(seed), replacement=replacement)
 
     def next(self) -> torch.Tensor:
+        if self.replacement:
+            return torch.randint(
+                0, self.n, (min(self.batch_size, self.n),), generator=self.generator
+            )
         if self.order is None or self.pos >= self.n:  # a new epoch: a new permutation
             self.order, self.pos = torch.randperm(self.n, generator=self.generator), 0
         idx = self.order[self.pos : self.pos + self.batch_size]
@@ -154,6 +161,22 @@ _RESUME: ContextVar[dict[str, Any] | None] = ContextVar("resume_training", defau
 def active_training() -> TrainingState | None:
     """The state of the :func:`train_classifier` call running in this thread, if any."""
     return _ACTIVE.get()
+
+
+@contextmanager
+def track(st: TrainingState) -> Iterator[TrainingState]:
+    """Make ``st`` the :func:`active_training` (what a trial checkpoints) for the block, first
+    restoring it from the pending :func:`resuming` snapshot if there is one. For training
+    loops of their own (e.g. early exit's heads); :func:`train_classifier` uses it too."""
+    snap = _RESUME.get()
+    if snap is not None:  # continue a checkpointed run (after the model is on its device)
+        _RESUME.set(None)
+        st.restore(snap)
+    token = _ACTIVE.set(st)
+    try:
+        yield st
+    finally:
+        _ACTIVE.reset(token)
 
 
 def pending_resume() -> dict[str, Any] | None:
@@ -286,12 +309,7 @@ def train_classifier(
     model.to(device).train()
     st = TrainingState(model, opt, sched, batches, total, step_offset=step_offset,
                        stage_state=stage_state)  # fmt: skip
-    snap = _RESUME.get()
-    if snap is not None:  # continue a checkpointed run (after the model is on its device)
-        _RESUME.set(None)
-        st.restore(snap)
-    token = _ACTIVE.set(st)
-    try:
+    with track(st):
         while st.step < total:
             idx = batches.next()
             ids = train["input_ids"][idx].to(device)
@@ -311,8 +329,6 @@ def train_classifier(
             st.step += 1
             if on_step is not None:
                 on_step(step_offset + st.step, st.losses[-1])
-    finally:
-        _ACTIVE.reset(token)
     model.eval()
     last = st.losses[-10:]
     return TrainStats(st.step, st.seen, st.losses[-1], sum(last) / len(last))

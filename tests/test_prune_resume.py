@@ -2,7 +2,8 @@
 steps (pruning phase, then recovery) with the GFLOPs of the model as pruned at that moment; a
 checkpoint taken anywhere in the stage — mid-stretch, at a pruning event, in recovery — lets a
 retried trial finish with exactly the uninterrupted trial's model; and a structured-pruned
-model (uneven heads per layer) survives the checkpoint file unchanged."""
+model (uneven heads per layer) survives the checkpoint file unchanged. Early exit's head
+training reports and resumes the same way."""
 
 from __future__ import annotations
 
@@ -234,3 +235,41 @@ def test_worker_death_mid_prune_retries_from_the_last_checkpoint(ray_local, tmp_
             assert r.metrics[k] == clean.metrics[k], (name, k)
         w = load_file(Path(r.metrics["model_dir"]) / "model.safetensors")
         assert w.keys() == weights.keys() and all(torch.equal(w[k], weights[k]) for k in w)
+
+
+# ------------------------------------------------------------------ early exit's head training
+
+
+def test_early_exit_head_training_reports_and_resumes_exactly(tmp_path: Path) -> None:
+    """The exit heads train under a tracked TrainingState: reports every 2 steps, and a retry
+    from any of its checkpoints ends with the uninterrupted stage's heads and record."""
+    from engine.compress.early_exit import EarlyExitClassifier
+
+    study = load_study(
+        "smoke",
+        [
+            f"data.max_length={SEQ}",
+            "pipeline.order=[early_exit]",
+            "pipeline.early_exit.steps=10",
+            "pipeline.early_exit.batch_size=8",
+            "pipeline.early_exit.threshold=0.3",
+            "search.report_every_steps=2",
+            "search.checkpoint_every=2",
+            "threads_per_trial=1",
+        ],
+    )
+    shared = _shared()
+    clean, record, steps = _run(study, shared, tmp_path, keep=True)
+    assert isinstance(clean, EarlyExitClassifier) and not clean.training
+    assert steps == [2, 4, 6, 8, 10]
+    for k in (4, 10):
+        resume = load_trial_state(tmp_path / f"{k}.pt", shared.teacher_state)
+        assert resume.stage_name == "early_exit" and isinstance(resume.model, EarlyExitClassifier)
+        model, rec, later = _run(study, shared, tmp_path, resume=resume)
+        assert later == [s for s in steps if s > k]
+        assert rec == record and _same(model, clean), k
+    # control: the sampler's state dropped (as if restarted at step 4 with a fresh draw)
+    resume = load_trial_state(tmp_path / "4.pt", shared.teacher_state)
+    resume.training["generator"] = torch.Generator().manual_seed(0).get_state()
+    model, _, _ = _run(study, shared, tmp_path, resume=resume)
+    assert not _same(model, clean)
