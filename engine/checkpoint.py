@@ -122,7 +122,7 @@ class TrialCheckpointer:
         assert self.ctx is not None
         left_out: dict[str, torch.Tensor] = {}
         for name, p in model.named_parameters():
-            ref = self.reference.get(name)
+            ref = _reference_of(name, self.reference)
             if (
                 not p.requires_grad
                 and ref is not None
@@ -150,12 +150,20 @@ class TrialCheckpointer:
                 model.get_parameter(name).data = data
 
 
+def _reference_of(name: str, reference: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """The teacher tensor a parameter may still equal: the one of the same name, also inside
+    an early-exit wrapper (``backbone.<name>``)."""
+    if name in reference:
+        return reference[name]
+    return reference.get(name.removeprefix("backbone."))
+
+
 def load_trial_state(path: str | Path, reference: dict[str, torch.Tensor]) -> TrialResume:
     """Read a checkpoint written by :class:`TrialCheckpointer` (the model on CPU)."""
     state = torch.load(path, map_location="cpu", weights_only=False)
     model = state["model"]
     for name in state["from_reference"]:
-        model.get_parameter(name).data = reference[name].clone()
+        model.get_parameter(name).data = _reference_of(name, reference).clone()  # type: ignore[union-attr]
     return TrialResume(
         model=model,
         stage_index=int(state["stage_index"]),

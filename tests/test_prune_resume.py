@@ -262,6 +262,9 @@ def test_early_exit_head_training_reports_and_resumes_exactly(tmp_path: Path) ->
     clean, record, steps = _run(study, shared, tmp_path, keep=True)
     assert isinstance(clean, EarlyExitClassifier) and not clean.training
     assert steps == [2, 4, 6, 8, 10]
+    # the frozen backbone still equals the teacher: left out of the file, refilled on load
+    raw = torch.load(tmp_path / "4.pt", map_location="cpu", weights_only=False)
+    assert set(raw["from_reference"]) == {f"backbone.{k}" for k in shared.teacher_state}
     for k in (4, 10):
         resume = load_trial_state(tmp_path / f"{k}.pt", shared.teacher_state)
         assert resume.stage_name == "early_exit" and isinstance(resume.model, EarlyExitClassifier)
