@@ -31,9 +31,12 @@ __all__ = [
 ]
 
 
-# Stages whose whole training state is one train_classifier call (plus deterministic set-up),
-# so they can continue mid-training from a checkpoint. Reports from other stages carry none.
-RESUMABLE_STAGES = frozenset({"distill"})
+# Stages whose training state is what a TrainingState snapshots (plus deterministic set-up),
+# so they can continue mid-training from a checkpoint: distill (one train_classifier call),
+# prune (one call per stretch between pruning events and one for recovery, its own progress
+# in the snapshot's "stage" entry; see engine.train) and early_exit (its head-training loop,
+# run under engine.train.track). Reports from other stages carry none.
+RESUMABLE_STAGES = frozenset({"distill", "prune", "early_exit"})
 CHECKPOINT_FILE = "trial_state.pt"
 # Test-only fault injection: a Tune config key {"step": k, "marker": path}. The first report at
 # a step >= k exits the worker process (before reporting), once: the marker file records it.
@@ -54,7 +57,8 @@ class TrialResume:
 
     @property
     def step(self) -> int:
-        return int(self.training["step"])
+        """The stage step the checkpoint was taken at (a multi-call stage's own axis)."""
+        return int(self.training.get("stage_step", self.training["step"]))
 
 
 @dataclass
@@ -118,7 +122,7 @@ class TrialCheckpointer:
         assert self.ctx is not None
         left_out: dict[str, torch.Tensor] = {}
         for name, p in model.named_parameters():
-            ref = self.reference.get(name)
+            ref = _reference_of(name, self.reference)
             if (
                 not p.requires_grad
                 and ref is not None
@@ -146,12 +150,20 @@ class TrialCheckpointer:
                 model.get_parameter(name).data = data
 
 
+def _reference_of(name: str, reference: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """The teacher tensor a parameter may still equal: the one of the same name, also inside
+    an early-exit wrapper (``backbone.<name>``)."""
+    if name in reference:
+        return reference[name]
+    return reference.get(name.removeprefix("backbone."))
+
+
 def load_trial_state(path: str | Path, reference: dict[str, torch.Tensor]) -> TrialResume:
     """Read a checkpoint written by :class:`TrialCheckpointer` (the model on CPU)."""
     state = torch.load(path, map_location="cpu", weights_only=False)
     model = state["model"]
     for name in state["from_reference"]:
-        model.get_parameter(name).data = reference[name].clone()
+        model.get_parameter(name).data = _reference_of(name, reference).clone()  # type: ignore[union-attr]
     return TrialResume(
         model=model,
         stage_index=int(state["stage_index"]),

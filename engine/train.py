@@ -11,6 +11,15 @@ Checkpoints: while :func:`train_classifier` runs, :func:`active_training` gives 
 :meth:`~TrainingState.snapshot` a trial saves with a report. Inside :func:`resuming`, the next
 ``train_classifier`` call continues from such a snapshot instead of step 0 — bit for bit, as
 the example order, optimizer moments and the torch RNG (dropout) are restored.
+
+A stage that trains in several calls (``prune``: one call per stretch between pruning events,
+then one for recovery) counts its steps on one stage-step axis: each call gets ``step_offset``
+(the stage's steps before it; ``on_step`` sees stage steps) and ``stage_state``, a callable
+whose dict (the stage's own progress: events done, masks, record so far) the snapshot carries
+as ``"stage"`` beside ``"stage_step"``. On resume the stage reads that with
+:func:`pending_resume`, skips what it had done, and its next ``train_classifier`` call takes
+the snapshot. A :class:`BatchOrder` passed as ``batches`` carries the example order (seeded
+permutation and position in it) from one call to the next.
 """
 
 from __future__ import annotations
@@ -20,24 +29,28 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
 __all__ = [
+    "BatchOrder",
     "ProgressReport",
     "TrainStats",
     "TrainingState",
     "active_training",
+    "pending_resume",
     "progress_hook",
     "resuming",
+    "track",
     "train_classifier",
 ]
 
 # loss_fn(student_logits, labels, teacher_logits_or_None) -> scalar loss
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+StageState = Callable[[], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -49,51 +62,90 @@ class TrainStats:
 
 
 @dataclass
+class BatchOrder:
+    """Mini-batch row indices: a fresh permutation of ``n`` rows per epoch, drawn from
+    ``generator``; ``order`` is the current epoch's permutation, ``pos`` the next batch's
+    start in it. With ``replacement`` each batch is ``min(batch_size, n)`` rows drawn
+    uniformly (no epochs; ``order`` stays None)."""
+
+    n: int
+    batch_size: int
+    generator: torch.Generator
+    order: torch.Tensor | None = None
+    pos: int = 0
+    replacement: bool = False
+
+    @classmethod
+    def seeded(cls, n: int, batch_size: int, seed: int, replacement: bool = False) -> BatchOrder:
+        if n == 0:
+            raise ValueError("cannot train on an empty training set")
+        return cls(n, batch_size, torch.Generator().manual_seed(seed), replacement=replacement)
+
+    def next(self) -> torch.Tensor:
+        if self.replacement:
+            return torch.randint(
+                0, self.n, (min(self.batch_size, self.n),), generator=self.generator
+            )
+        if self.order is None or self.pos >= self.n:  # a new epoch: a new permutation
+            self.order, self.pos = torch.randperm(self.n, generator=self.generator), 0
+        idx = self.order[self.pos : self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return idx
+
+
+@dataclass
 class TrainingState:
     """The live state of a running :func:`train_classifier` call.
 
-    ``order`` is the current epoch's example permutation and ``pos`` the next batch's start
-    in it; ``losses`` keeps the last 10 step losses (what :class:`TrainStats` needs).
+    ``batches`` is the example order; ``losses`` keeps the last 10 step losses (what
+    :class:`TrainStats` needs). ``step_offset``/``stage_state``: see the module docstring.
     """
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: Any
-    generator: torch.Generator
+    batches: BatchOrder
     total: int
-    order: torch.Tensor | None = None
-    pos: int = 0
     step: int = 0
     seen: int = 0
     losses: list[float] = field(default_factory=list)
     resumed_from: int | None = None
+    step_offset: int = 0
+    stage_state: StageState | None = None
 
     def snapshot(self) -> dict[str, Any]:
         """Everything but the model needed to continue this run exactly (picklable)."""
         cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-        return {
+        order = self.batches.order
+        snap = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "generator": self.generator.get_state(),
+            "generator": self.batches.generator.get_state(),
             "total": self.total,
-            "order": None if self.order is None else self.order.clone(),
-            "pos": self.pos,
+            "order": None if order is None else order.clone(),
+            "pos": self.batches.pos,
             "step": self.step,
             "seen": self.seen,
             "losses": list(self.losses[-10:]),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": cuda,
         }
+        if self.stage_state is not None:
+            snap["stage_step"] = self.step_offset + self.step
+            snap["stage"] = self.stage_state()
+        return snap
 
     def restore(self, snap: dict[str, Any]) -> None:
         if int(snap["total"]) != self.total:
             raise ValueError(
                 f"checkpoint is for a {snap['total']}-step run, this run has {self.total} steps"
             )
+        if int(snap.get("stage_step", snap["step"])) - int(snap["step"]) != self.step_offset:
+            raise ValueError("checkpoint is for another training call of this stage")
         self.optimizer.load_state_dict(snap["optimizer"])
         self.scheduler.load_state_dict(snap["scheduler"])
-        self.generator.set_state(snap["generator"])
-        self.order, self.pos = snap["order"], int(snap["pos"])
+        self.batches.generator.set_state(snap["generator"])
+        self.batches.order, self.batches.pos = snap["order"], int(snap["pos"])
         self.step, self.seen = int(snap["step"]), int(snap["seen"])
         self.losses = list(snap["losses"])
         self.resumed_from = self.step
@@ -109,6 +161,28 @@ _RESUME: ContextVar[dict[str, Any] | None] = ContextVar("resume_training", defau
 def active_training() -> TrainingState | None:
     """The state of the :func:`train_classifier` call running in this thread, if any."""
     return _ACTIVE.get()
+
+
+@contextmanager
+def track(st: TrainingState) -> Iterator[TrainingState]:
+    """Make ``st`` the :func:`active_training` (what a trial checkpoints) for the block, first
+    restoring it from the pending :func:`resuming` snapshot if there is one. For training
+    loops of their own (e.g. early exit's heads); :func:`train_classifier` uses it too."""
+    snap = _RESUME.get()
+    if snap is not None:  # continue a checkpointed run (after the model is on its device)
+        _RESUME.set(None)
+        st.restore(snap)
+    token = _ACTIVE.set(st)
+    try:
+        yield st
+    finally:
+        _ACTIVE.reset(token)
+
+
+def pending_resume() -> dict[str, Any] | None:
+    """The snapshot the next :func:`train_classifier` call will continue from, if any (a
+    multi-call stage reads its ``"stage"`` entry to skip what it had done)."""
+    return _RESUME.get()
 
 
 @contextmanager
@@ -189,6 +263,10 @@ def train_classifier(
     on_optimizer: Callable[[torch.optim.Optimizer], None] | None = None,
     aux_loss: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
     forward_kwargs: dict[str, Any] | None = None,
+    lr_schedule: Literal["linear", "constant"] = "linear",
+    batches: BatchOrder | None = None,
+    step_offset: int = 0,
+    stage_state: StageState | None = None,
 ) -> TrainStats:
     """Train ``model`` in place with AdamW and a linear warm-up/decay schedule.
 
@@ -198,6 +276,10 @@ def train_classifier(
     every optimizer step (e.g. to re-apply pruning masks). ``aux_loss(outputs, idx)`` adds a
     term computed from the model's full outputs (run with ``forward_kwargs``, e.g.
     ``output_hidden_states=True``) and the batch's row indices into ``train``.
+    ``lr_schedule: constant`` keeps ``lr`` throughout (no warm-up/decay). ``batches`` continues
+    an example order across calls (``seed`` is then unused). ``step_offset``/``stage_state``
+    place the call on its stage's step axis (module docstring): ``on_step`` gets
+    ``step_offset + step``.
     """
     device = torch.device(device)
     n = int(train["labels"].shape[0])
@@ -211,23 +293,25 @@ def train_classifier(
         _freeze_embeddings(model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    sched = get_linear_schedule_with_warmup(opt, int(warmup_ratio * total), total)
+    if lr_schedule == "constant":
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _step: 1.0)
+    else:
+        sched = get_linear_schedule_with_warmup(opt, int(warmup_ratio * total), total)
     if on_optimizer is not None:
         on_optimizer(opt)
-    gen = torch.Generator().manual_seed(seed)
+    if batches is None:
+        batches = BatchOrder.seeded(n, batch_size, seed)
+    elif (batches.n, batches.batch_size) != (n, batch_size):
+        raise ValueError(
+            f"batch order is for {batches.n} rows in batches of {batches.batch_size}, "
+            f"not {n} in batches of {batch_size}"
+        )
     model.to(device).train()
-    st = TrainingState(model, opt, sched, gen, total)
-    snap = _RESUME.get()
-    if snap is not None:  # continue a checkpointed run (after the model is on its device)
-        _RESUME.set(None)
-        st.restore(snap)
-    token = _ACTIVE.set(st)
-    try:
+    st = TrainingState(model, opt, sched, batches, total, step_offset=step_offset,
+                       stage_state=stage_state)  # fmt: skip
+    with track(st):
         while st.step < total:
-            if st.order is None or st.pos >= n:  # a new epoch: a new permutation
-                st.order, st.pos = torch.randperm(n, generator=gen), 0
-            idx = st.order[st.pos : st.pos + batch_size]
-            st.pos += batch_size
+            idx = batches.next()
             ids = train["input_ids"][idx].to(device)
             mask = train["attention_mask"][idx].to(device)
             labels = train["labels"][idx].to(device)
@@ -244,9 +328,7 @@ def train_classifier(
             st.seen += len(idx)
             st.step += 1
             if on_step is not None:
-                on_step(st.step, st.losses[-1])
-    finally:
-        _ACTIVE.reset(token)
+                on_step(step_offset + st.step, st.losses[-1])
     model.eval()
     last = st.losses[-10:]
     return TrainStats(st.step, st.seen, st.losses[-1], sum(last) / len(last))

@@ -67,6 +67,12 @@ def trial_seed(config: dict[str, Any], repeats: tuple[int, ...]) -> int:
     return int(repeats[int(config.get("__trial_index__", 0))])
 
 
+def _structure_key(model: torch.nn.Module) -> tuple:
+    """The model object and the shapes of its parameters: structured pruning removes heads
+    and neurons from the same module object, so its cost must be counted again."""
+    return (id(model), tuple((n, tuple(p.shape)) for n, p in model.named_parameters()))
+
+
 @dataclass
 class TrialReporter:
     """``ctx.report`` of a trial: measures the model being trained every ``every`` steps.
@@ -83,7 +89,7 @@ class TrialReporter:
     base: dict[str, Any] = field(default_factory=dict)
     start: float = field(default_factory=time.perf_counter)
     checkpointer: TrialCheckpointer | None = None
-    _cost: dict[int, dict[str, float]] = field(default_factory=dict)
+    _cost: dict[tuple, dict[str, float]] = field(default_factory=dict)
 
     def measure(self, model: torch.nn.Module) -> dict[str, float]:
         from engine.measure import count_gflops, count_params, evaluate, weights_bytes
@@ -92,7 +98,7 @@ class TrialReporter:
             model, self.valid, batch_size=self.study.measure.eval_batch_size, device=self.device
         )
         out = {f"valid_{k}": float(v) for k, v in metrics.items()}
-        key = id(model)  # the architecture is fixed while a stage trains: count once
+        key = _structure_key(model)  # count again only when the architecture changed
         if key not in self._cost:
             self._cost = {
                 key: {
@@ -187,7 +193,7 @@ def build_student(
             continue  # finished before the checkpoint
         snap = resume.training if resume is not None and i == first else None
         if checkpointer is not None:
-            checkpointer.enter(i, name, model, ctx, step=int(snap["step"]) if snap else 0)
+            checkpointer.enter(i, name, model, ctx, step=resume.step if resume and snap else 0)
         stage_cfg = getattr(study.pipeline, name, None)
         with resuming(snap):
             model = STAGES.get(name)(model, stage_cfg, ctx)

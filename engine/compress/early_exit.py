@@ -28,6 +28,7 @@ from engine.compress.distill import kd_loss
 from engine.config import EarlyExitConfig
 from engine.measure.quality import classification_metrics
 from engine.models import layer_list
+from engine.train import BatchOrder, TrainingState, pending_resume, progress_hook, track
 
 __all__ = ["EarlyExitClassifier", "apply"]
 
@@ -140,7 +141,14 @@ class EarlyExitClassifier(nn.Module):
 
 
 def _train_heads(model: EarlyExitClassifier, cfg: EarlyExitConfig, ctx: StageContext) -> float:
-    """Train the exit heads on cached [CLS] states of the frozen backbone."""
+    """Train the exit heads on cached [CLS] states of the frozen backbone.
+
+    The loop runs as a tracked :class:`engine.train.TrainingState` (constant lr, batches drawn
+    with replacement), so it reports every ``report.every`` steps through ``ctx.report`` and
+    a trial checkpoint taken then lets a retry continue at that step: the features are
+    recomputed (frozen backbone, eval mode), heads, AdamW moments and the sampler's state
+    come from the checkpoint.
+    """
     train = ctx.train
     n = int(train["labels"].shape[0])
     feats: list[list[torch.Tensor]] = []
@@ -153,32 +161,47 @@ def _train_heads(model: EarlyExitClassifier, cfg: EarlyExitConfig, ctx: StageCon
     cls = [torch.cat(f) for f in zip(*feats, strict=True)]
     heads = [model.exits[str(i)] for i in model.exit_layers]
     opt = torch.optim.AdamW([p for h in heads for p in h.parameters()], lr=cfg.lr)
-    gen = torch.Generator().manual_seed(ctx.seed)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _step: 1.0)  # constant lr
+    batches = BatchOrder.seeded(n, cfg.batch_size, ctx.seed, replacement=True)
     use_teacher = cfg.kd and cfg.alpha_distill > 0
     a_d, a_t = (cfg.alpha_distill, cfg.alpha_task) if cfg.kd else (0.0, 1.0)
-    loss = torch.tensor(0.0)
-    for _ in range(cfg.steps):
-        idx = torch.randint(0, n, (min(cfg.batch_size, n),), generator=gen)
-        y = train["labels"][idx].to(ctx.device)
-        t = ctx.teacher_logits[idx].to(ctx.device) if use_teacher else None
-        loss = sum(
-            kd_loss(h(c[idx.to(c.device)]), y, t, temperature=cfg.temperature,
-                    alpha_distill=a_d, alpha_task=a_t)
-            for h, c in zip(heads, cls, strict=True)
-        )  # fmt: skip
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return float(loss.detach())
+    hook = progress_hook(model, ctx.report) if ctx.report else None
+    with track(TrainingState(model, opt, sched, batches, cfg.steps)) as st:
+        while st.step < cfg.steps:
+            idx = batches.next()
+            y = train["labels"][idx].to(ctx.device)
+            t = ctx.teacher_logits[idx].to(ctx.device) if use_teacher else None
+            loss = sum(
+                kd_loss(h(c[idx.to(c.device)]), y, t, temperature=cfg.temperature,
+                        alpha_distill=a_d, alpha_task=a_t)
+                for h, c in zip(heads, cls, strict=True)
+            )  # fmt: skip
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            st.losses = [*st.losses[-9:], float(loss.detach())]
+            st.seen += len(idx)
+            st.step += 1
+            if hook is not None:
+                hook(st.step, st.losses[-1])
+    model.eval()  # a report's measurement leaves the model in training mode
+    return st.losses[-1] if st.losses else 0.0
 
 
 @register_stage("early_exit")
 def apply(model: PreTrainedModel, cfg: EarlyExitConfig, ctx: StageContext) -> nn.Module:
-    total = len(layer_list(model))
+    backbone = model.backbone if isinstance(model, EarlyExitClassifier) else model
+    total = len(layer_list(backbone))
     exits = list(cfg.exit_layers) if cfg.exit_layers else list(range(total - 1))
     if min(exits) < 0 or max(exits) >= total - 1:
         raise ValueError(f"exit_layers {exits} must lie in [0, {total - 2}] (the last is final)")
-    wrapped = EarlyExitClassifier(model, exits, cfg.threshold).to(ctx.device)
+    if isinstance(model, EarlyExitClassifier):  # resumed from a checkpoint of this stage
+        if pending_resume() is None or model.exit_layers != sorted(exits):
+            raise ValueError("early_exit got a model that has exit heads already")
+        wrapped, model = model.to(ctx.device), model.backbone
+    else:
+        wrapped = EarlyExitClassifier(model, exits, cfg.threshold).to(ctx.device)
     for p in model.parameters():
         p.requires_grad_(False)
     final_loss = _train_heads(wrapped, cfg, ctx)

@@ -15,11 +15,22 @@ optimizer is rebuilt after each structural change (its moments belong to removed
 ``unstructured`` (per-matrix magnitude, same schedule) and ``semi_structured_2_4`` (2 of
 every 4 weights, applied at t = 0) zero weights through masks that are re-applied after every
 optimizer step; they do not lower dense FLOPs (see :mod:`engine.compress.masked`).
+
+Every stretch of training is a :func:`engine.train.train_classifier` call (constant ``lr``,
+one example order running through all of them), so the stage reports and checkpoints like
+``distill``. Stage steps: 1 … ``steps`` are the pruning phase (the schedule's t), then
+``steps`` + 1 … ``steps + recovery_steps`` recovery. With ``ctx.report`` a report every
+``report.every`` stage steps carries the metrics of the model as it is then (fewer heads and
+neurons after each event). A checkpoint's ``"stage"`` entry holds the phase's progress
+(events applied, schedule record, masks, FFN widths before pruning; in recovery the learning
+rates used), the model itself its current, physically pruned shape: a retried trial skips
+what was done and continues the stretch in progress bit for bit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel
@@ -39,26 +50,15 @@ from engine.compress.structure import (
 )
 from engine.config import PruneConfig
 from engine.models import layer_list
-from engine.train import train_classifier
+from engine.train import BatchOrder, pending_resume, progress_hook, train_classifier
 
-__all__ = ["apply", "prune_structured_to"]
+__all__ = ["apply", "prune_structured_to", "stage_steps"]
 
 
-class _Stream:
-    """Mini-batch index stream: a fresh permutation of the training set per epoch (seeded)."""
-
-    def __init__(self, n: int, batch_size: int, seed: int) -> None:
-        if n == 0:
-            raise ValueError("cannot prune-train on an empty training set")
-        self.n, self.bs = n, batch_size
-        self.gen = torch.Generator().manual_seed(seed)
-        self.buf: list[torch.Tensor] = []
-
-    def next(self) -> torch.Tensor:
-        if not self.buf:
-            order = torch.randperm(self.n, generator=self.gen)
-            self.buf = list(order.split(self.bs))[::-1]
-        return self.buf.pop()
+def stage_steps(cfg: PruneConfig) -> int:
+    """Optimizer steps on the stage's report axis: the gradual schedule's, then recovery's
+    (a trial reports ``stage_steps // report_every_steps`` times in this stage)."""
+    return cfg.steps + cfg.recovery_steps
 
 
 def _loss(cfg: PruneConfig) -> Callable[..., torch.Tensor]:
@@ -72,44 +72,96 @@ def _batch(ctx: StageContext, idx: torch.Tensor) -> dict[str, torch.Tensor]:
     return {k: ctx.train[k][idx] for k in ("input_ids", "attention_mask", "labels")}
 
 
-def _train_steps(
+def _n_train(ctx: StageContext) -> int:
+    n = int(ctx.train["labels"].shape[0])
+    if n == 0:
+        raise ValueError("cannot prune-train on an empty training set")
+    return n
+
+
+def _train(
     model: PreTrainedModel,
     cfg: PruneConfig,
     ctx: StageContext,
-    stream: _Stream,
-    n: int,
+    order: BatchOrder,
+    start: int,
+    end: int,
+    *,
     after_step: Callable[[], None] | None,
-) -> list[float]:
-    if n <= 0:
-        return []
-    if cfg.freeze_embeddings:
-        for p in model.get_input_embeddings().parameters():
-            p.requires_grad_(False)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    loss_fn = _loss(cfg)
-    use_teacher = cfg.kd and cfg.alpha_distill > 0
-    model.train()
-    losses = []
-    for _ in range(n):
-        idx = stream.next()
-        b = {k: v.to(ctx.device) for k, v in _batch(ctx, idx).items()}
-        t = ctx.teacher_logits[idx].to(ctx.device) if use_teacher else None
-        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-        loss = loss_fn(logits, b["labels"], t)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    stage_state: Callable[[], dict[str, Any]],
+) -> None:
+    """Train stage steps ``start`` + 1 … ``end`` at a constant ``lr`` with a fresh AdamW (the
+    previous one's moments belong to removed shapes), reporting on the stage-step axis."""
+    if end <= start:
+        return
+    hook = progress_hook(model, ctx.report) if ctx.report else None
+
+    def on_step(step: int, loss: float) -> None:
         if after_step is not None:
-            after_step()
-        losses.append(float(loss.detach()))
-    model.eval()
-    return losses
+            after_step()  # re-apply masks before the model is measured or checkpointed
+        if hook is not None:
+            hook(step, loss)
+
+    use_teacher = cfg.kd and cfg.alpha_distill > 0
+    train_classifier(
+        model,
+        ctx.train,
+        loss_fn=_loss(cfg),
+        epochs=float(end - start),
+        max_steps=end - start,
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        seed=ctx.seed,
+        weight_decay=cfg.weight_decay,
+        freeze_embeddings=cfg.freeze_embeddings,
+        teacher_logits=ctx.teacher_logits if use_teacher else None,
+        device=ctx.device,
+        on_step=on_step,
+        lr_schedule="constant",
+        batches=order,
+        step_offset=start,
+        stage_state=stage_state,
+    )
+
+
+def _gradual(
+    model: PreTrainedModel,
+    cfg: PruneConfig,
+    ctx: StageContext,
+    events: list[int],
+    prune_at: Callable[[int], dict[str, Any]],
+    st: dict[str, Any],
+) -> None:
+    """Prune at each of ``events`` (stage steps, ascending, from 0) with ``prune_at(i)``,
+    training in between and after the last event up to ``cfg.steps``.
+
+    ``st`` is the phase's progress, what a checkpoint's ``"stage"`` entry holds: ``next``
+    (events before it are applied; the stretch before it is in progress), ``schedule`` (the
+    record of applied events), ``masks`` (weight masks to re-apply, or None). Resumed from a
+    checkpoint, the loop starts at ``next`` and its first training call takes the snapshot.
+    One example order runs through all stretches (restored with the snapshot).
+    """
+    order = BatchOrder.seeded(_n_train(ctx), cfg.batch_size, ctx.seed)
+
+    def reapply() -> None:
+        masked.apply_masks(model, st["masks"])
+
+    def state() -> dict[str, Any]:
+        return {**st, "schedule": [dict(e) for e in st["schedule"]]}
+
+    bounds = [*events, max(events[-1], cfg.steps)]
+    for i in range(int(st["next"]), len(bounds)):
+        st["next"] = i
+        start = bounds[i - 1] if i else 0
+        after = reapply if st["masks"] is not None else None
+        _train(model, cfg, ctx, order, start, bounds[i], after_step=after, stage_state=state)
+        if i < len(events):
+            st["schedule"].append(prune_at(i))
 
 
 def _score_batches(ctx: StageContext, cfg: PruneConfig, seed: int) -> list[dict]:
-    stream = _Stream(int(ctx.train["labels"].shape[0]), cfg.batch_size, seed)
-    return [_batch(ctx, stream.next()) for _ in range(cfg.score_batches)]
+    order = BatchOrder.seeded(_n_train(ctx), cfg.batch_size, seed)
+    return [_batch(ctx, order.next()) for _ in range(cfg.score_batches)]
 
 
 def prune_structured_to(
@@ -167,7 +219,13 @@ def prune_structured_to(
     return {"heads": removed_h, "neurons": removed_n}
 
 
-def _structured(model: PreTrainedModel, cfg: PruneConfig, ctx: StageContext) -> PreTrainedModel:
+def _fresh(**kw: Any) -> dict[str, Any]:
+    return {"phase": "schedule", "next": 0, "schedule": [], "masks": None, **kw}
+
+
+def _structured(
+    model: PreTrainedModel, cfg: PruneConfig, ctx: StageContext, saved: dict[str, Any] | None
+) -> PreTrainedModel:
     blocks = list(layer_list(model))
     if cfg.head_sparsity > 0 and block_parts(blocks[0]).attn is None:
         raise ValueError(
@@ -175,18 +233,17 @@ def _structured(model: PreTrainedModel, cfg: PruneConfig, ctx: StageContext) -> 
             "set pipeline.prune.head_sparsity: 0 to prune FFN neurons only"
         )
     total_heads = model.config.num_attention_heads * len(blocks) if cfg.head_sparsity else 0
-    widths = [ffn_width(b) for b in blocks]
+    st = saved or _fresh(widths=[ffn_width(b) for b in blocks])
+    widths = st["widths"]  # before the first event (a resumed model is pruned already)
     model._engine_ffn_widths = widths  # type: ignore[attr-defined]
     kw = {"steps": cfg.steps, "every": cfg.prune_every, "exponent": cfg.exponent}
     ev_h = pruning_events(initial=min(cfg.initial_sparsity, cfg.head_sparsity),
                           final=cfg.head_sparsity, **kw)  # fmt: skip
     ev_n = pruning_events(initial=min(cfg.initial_sparsity, cfg.neuron_sparsity),
                           final=cfg.neuron_sparsity, **kw)  # fmt: skip
-    stream = _Stream(int(ctx.train["labels"].shape[0]), cfg.batch_size, ctx.seed)
-    schedule, losses, prev_t = [], [], 0
-    for (t, s_h), (_, s_n) in zip(ev_h, ev_n, strict=True):
-        losses += _train_steps(model, cfg, ctx, stream, t - prev_t, None)
-        prev_t = t
+
+    def prune_at(i: int) -> dict[str, Any]:
+        (t, s_h), (_, s_n) = ev_h[i], ev_n[i]
         batches = _score_batches(ctx, cfg, ctx.seed + 1 + t) if cfg.criterion != "magnitude" else []
         done = prune_structured_to(
             model,
@@ -196,7 +253,9 @@ def _structured(model: PreTrainedModel, cfg: PruneConfig, ctx: StageContext) -> 
             batches=batches,
             device=ctx.device,
         )
-        schedule.append({"step": t, "head_sparsity": s_h, "neuron_sparsity": s_n, **done})
+        return {"step": t, "head_sparsity": s_h, "neuron_sparsity": s_n, **done}
+
+    _gradual(model, cfg, ctx, [t for t, _ in ev_h], prune_at, st)
     kept_heads = [len(head_ids(b)) for b in blocks] if total_heads else None
     ctx.record["prune"] = {
         "method": "structured",
@@ -205,68 +264,73 @@ def _structured(model: PreTrainedModel, cfg: PruneConfig, ctx: StageContext) -> 
         "heads_kept_per_layer": kept_heads,
         "ffn_width": ffn_width(blocks[0]),
         "ffn_width_before": widths[0],
-        "schedule": schedule,
-        "prune_train_steps": len(losses),
+        "schedule": st["schedule"],
+        "prune_train_steps": cfg.steps,
         "dense_flops_reduced": True,
     }
     return model
 
 
-def _masked(model: PreTrainedModel, cfg: PruneConfig, ctx: StageContext) -> PreTrainedModel:
-    stream = _Stream(int(ctx.train["labels"].shape[0]), cfg.batch_size, ctx.seed)
-    state: dict[str, list[torch.Tensor]] = {}
-
-    def reapply() -> None:
-        masked.apply_masks(model, state["masks"])
-
-    schedule, losses = [], []
-    if cfg.method == "semi_structured_2_4":
-        state["masks"] = masked.two_four_masks(model)
-        reapply()
-        schedule.append({"step": 0, "sparsity": 0.5})
-        losses += _train_steps(model, cfg, ctx, stream, cfg.steps, reapply)
+def _masked(
+    model: PreTrainedModel, cfg: PruneConfig, ctx: StageContext, saved: dict[str, Any] | None
+) -> PreTrainedModel:
+    st = saved or _fresh()
+    if cfg.method == "semi_structured_2_4":  # 2:4 at t = 0, then train with it
+        events = [(0, 0.5)]
     else:
-        prev_t = 0
-        for t, s in pruning_events(
+        events = pruning_events(
             initial=min(cfg.initial_sparsity, cfg.weight_sparsity),
             final=cfg.weight_sparsity,
             steps=cfg.steps,
             every=cfg.prune_every,
             exponent=cfg.exponent,
-        ):
-            if "masks" in state:
-                losses += _train_steps(model, cfg, ctx, stream, t - prev_t, reapply)
-            prev_t = t
-            state["masks"] = masked.magnitude_masks(model, s)
-            reapply()
-            schedule.append({"step": t, "sparsity": s})
+        )
+
+    def prune_at(i: int) -> dict[str, Any]:
+        t, s = events[i]
+        if cfg.method == "semi_structured_2_4":
+            st["masks"] = masked.two_four_masks(model)
+        else:
+            st["masks"] = masked.magnitude_masks(model, s)
+        masked.apply_masks(model, st["masks"])
+        return {"step": t, "sparsity": s}
+
+    _gradual(model, cfg, ctx, [t for t, _ in events], prune_at, st)
     ctx.record["prune"] = {
         "method": cfg.method,
         "criterion": "magnitude",
-        "schedule": schedule,
-        "prune_train_steps": len(losses),
+        "schedule": st["schedule"],
+        "prune_train_steps": cfg.steps,
         "dense_flops_reduced": False,
     }
     ctx.record["sparsity"] = masked.mask_sparsity(model)
-    ctx.extras["masks"] = state["masks"]
+    ctx.extras["masks"] = st["masks"]
     return model
 
 
-def _recover(model: PreTrainedModel, cfg: PruneConfig, ctx: StageContext) -> None:
+def _recover(
+    model: PreTrainedModel, cfg: PruneConfig, ctx: StageContext, saved: dict[str, Any] | None
+) -> None:
+    """Fine-tune at ``recovery_lr`` (warm-up/decay): stage steps ``cfg.steps`` + 1 … on."""
     seen: dict[str, float] = {}
     opt_box: list[torch.optim.Optimizer] = []
-    used_lrs: list[float] = []  # the learning rate of each step, read from the optimizer
+    # the learning rate of each step, read from the optimizer (kept in checkpoints)
+    used_lrs: list[float] = list(saved["used_lrs"]) if saved else []
     masks = ctx.extras.get("masks") if cfg.method != "structured" else None
+    hook = progress_hook(model, ctx.report) if ctx.report else None
 
     def on_opt(opt: torch.optim.Optimizer) -> None:
         opt_box.append(opt)
         seen["optimizer_lr"] = float(opt.param_groups[0]["initial_lr"])
-        used_lrs.append(float(opt.param_groups[0]["lr"]))
+        if saved is None:  # resumed: the first step's lr is in used_lrs already
+            used_lrs.append(float(opt.param_groups[0]["lr"]))
 
-    def on_step(_step: int, _loss: float) -> None:
+    def on_step(step: int, loss: float) -> None:
         if masks is not None:
             masked.apply_masks(model, masks)
         used_lrs.append(float(opt_box[0].param_groups[0]["lr"]))  # for the next step
+        if hook is not None:
+            hook(step, loss)
 
     use_teacher = cfg.kd and cfg.alpha_distill > 0
     stats = train_classifier(
@@ -285,6 +349,8 @@ def _recover(model: PreTrainedModel, cfg: PruneConfig, ctx: StageContext) -> Non
         device=ctx.device,
         on_step=on_step,
         on_optimizer=on_opt,
+        step_offset=cfg.steps,
+        stage_state=lambda: {"phase": "recovery", "used_lrs": list(used_lrs)},
     )
     ctx.record["prune"]["recovery"] = {
         "steps": stats.steps,
@@ -300,7 +366,13 @@ def _recover(model: PreTrainedModel, cfg: PruneConfig, ctx: StageContext) -> Non
 @register_stage("prune")
 def apply(model: PreTrainedModel, cfg: PruneConfig, ctx: StageContext) -> PreTrainedModel:
     model.to(ctx.device).eval()
-    model = _structured(model, cfg, ctx) if cfg.method == "structured" else _masked(model, cfg, ctx)
+    resume = pending_resume()  # a trial checkpoint taken inside this stage, if any
+    saved = None if resume is None else resume.get("stage")
+    if resume is not None and saved is None:
+        raise ValueError("the checkpoint holds no prune progress (taken in another stage?)")
+    if saved is None or saved["phase"] == "schedule":
+        run = _structured if cfg.method == "structured" else _masked
+        model = run(model, cfg, ctx, saved)
     if cfg.recovery_steps > 0:
-        _recover(model, cfg, ctx)
+        _recover(model, cfg, ctx, saved if saved and saved["phase"] == "recovery" else None)
     return model
