@@ -231,15 +231,28 @@ def _teacher_row(cfg: StudyConfig, shared: Any) -> dict[str, Any]:
 
 
 def full_budget(cfg: StudyConfig, n_train: int) -> int:
-    """Results a full-length trial reports: one per ``report_every_steps`` distill steps + final."""
+    """Results a full-length trial reports: the final one, plus one per ``report_every_steps``
+    steps of each training stage in the pipeline (distill; prune's schedule + recovery;
+    early_exit's head training), each stage counting its own steps from 0."""
+    from engine.compress.prune import stage_steps
+
     every = cfg.search.report_every_steps
-    if every is None or "distill" not in cfg.pipeline.order:
+    if every is None:
         return 1
-    d = cfg.pipeline.distill
-    total = max(1, math.ceil(d.epochs * math.ceil(n_train / d.batch_size)))
-    if d.max_steps is not None:
-        total = min(total, d.max_steps)
-    return total // every + 1
+    p, reports = cfg.pipeline, 0
+    for name in p.order:
+        if name == "distill":
+            steps = max(1, math.ceil(p.distill.epochs * math.ceil(n_train / p.distill.batch_size)))
+            if p.distill.max_steps is not None:
+                steps = min(steps, p.distill.max_steps)
+        elif name == "prune":
+            steps = stage_steps(p.prune)
+        elif name == "early_exit":
+            steps = p.early_exit.steps
+        else:
+            continue
+        reports += steps // every
+    return reports + 1
 
 
 def trainable_for(cfg: StudyConfig, fn: Any, **params: Any) -> Any:

@@ -191,7 +191,7 @@ def test_worker_death_mid_prune_retries_from_the_last_checkpoint(ray_local, tmp_
     from safetensors.torch import load_file
 
     from engine.checkpoint import FAULT_KEY
-    from engine.sweep import trainable_for
+    from engine.sweep import full_budget, trainable_for
     from engine.trial import run_trial
 
     # recovery of 6 steps: stage steps 7 … 12, so a checkpoint (step 8) lies inside it
@@ -221,6 +221,8 @@ def test_worker_death_mid_prune_retries_from_the_last_checkpoint(ray_local, tmp_
     assert grid.num_errors == 0, [str(e)[:500] for e in grid.errors]
     by = {(r.config[FAULT_KEY] or {}).get("step"): r for r in grid}
     clean = by[None]
+    # the schedulers' budget counts what a full prune trial reports: 6 intermediate + final
+    assert clean.metrics["training_iteration"] == full_budget(study, 64) == 7
     weights = load_file(Path(clean.metrics["model_dir"]) / "model.safetensors")
     for name, died_at, resumed_at in (("schedule", 4, 2), ("recovery", 10, 8)):
         r = by[faults[name]["step"]]

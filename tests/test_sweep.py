@@ -79,6 +79,11 @@ def test_full_budget_counts_intermediate_and_final_results() -> None:
     capped = load_study("pareto", ["pipeline.distill.max_steps=7", "search.report_every_steps=3"])
     assert full_budget(capped, 800) == 7 // 3 + 1
     assert full_budget(load_study("smoke"), 160) == 1  # no intermediate reports
+    # every training stage reports on its own step axis: 25 distill steps (800/32) → 2,
+    # prune's 20 schedule + 20 recovery steps → 4, plus the final result
+    sens = load_study("sensitivity", ["search.report_every_steps=10"])
+    assert sens.pipeline.order == ("truncate", "distill", "prune")
+    assert full_budget(sens, 800) == 25 // 10 + 40 // 10 + 1
 
 
 def _trial(tid: str, **values: object) -> SimpleNamespace:
