@@ -52,6 +52,16 @@ def centre_values(run: RunData) -> dict[str, Any]:
     return {key: _dotted(run.config, key) for key in space}
 
 
+def _comparable(run: RunData) -> pd.DataFrame:
+    """The trials, less those of ``search.extra`` configurations that moved a path outside
+    the knobs (they are not one knob away from the centre)."""
+    df = students(run.results)
+    space = (run.config.get("search") or {}).get("space") or {}
+    extra = (run.config.get("search") or {}).get("extra") or []
+    held = {k: _dotted(run.config, k) for point in extra for k in point if k not in space}
+    return df[_at_centre(df, held, [k for k in held if k in df])]
+
+
 def _missing(v: Any) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
@@ -80,7 +90,7 @@ def knob_effects(run: RunData, quality: str, cost: str) -> pd.DataFrame:
     ``_ci_high`` for quality and cost, and the paired ``d_<m>_*`` against the centre
     (``n_pairs`` seeds in both). Empty when the run is not one knob at a time."""
     centre = centre_values(run)
-    df = students(run.results)
+    df = _comparable(run)
     keys = [k for k in centre if k in df]
     if not keys or df.empty or quality not in df:
         return pd.DataFrame()
@@ -202,7 +212,7 @@ def sensitivity_plot(run: RunData, out_dir: Path) -> Path | None:
     effects = knob_effects(run, quality, cost)
     if effects.empty or (effects["n"] == 0).all():
         return None
-    df = students(run.results)
+    df = _comparable(run)
     ok = df[df["status"] == "ok"] if "status" in df else df
     knobs = list(dict.fromkeys(effects["knob"]))
     metrics = [m for m in dict.fromkeys([quality, cost]) if f"{m}_mean" in effects]

@@ -354,10 +354,15 @@ class SearchConfig(Section):
     metrics every N steps (needed by a scheduler). ``checkpoint_every`` attaches a trial
     checkpoint to the first of those reports at least N steps after the previous checkpoint,
     so a trial retried after its worker died (``max_failures``) continues from it.
+    ``extra``: further configurations, each ``{dotted path: value}`` with the rest at the
+    study's settings, run (× seeds) after the search's own points by ``grid``,
+    ``one_at_a_time`` and ``random`` — e.g. an ablation's component arms (pruning on/off,
+    quantization on/off) beside its grid, without multiplying the grid by them.
     """
 
     algorithm: Literal["grid", "one_at_a_time", "random", "optuna", "optuna_mo"] = "grid"
     space: dict[str, SpaceSpec] = Field(default_factory=dict)
+    extra: tuple[dict[str, Any], ...] = ()
     num_samples: int = Field(8, ge=1)
     seed: int = Field(0, ge=0)
     objectives: tuple[Objective, ...] = (
@@ -386,6 +391,13 @@ class SearchConfig(Section):
                         f"space.{k}: optuna categorical values must be scalars "
                         "(bool, int, float, str, null)"
                     )
+        if self.extra and self.algorithm.startswith("optuna"):
+            raise ValueError(
+                "extra configurations run beside a fixed set of points: use algorithm grid, "
+                "one_at_a_time or random (optuna chooses its own)"
+            )
+        if any(not point for point in self.extra):
+            raise ValueError("extra: each configuration needs at least one {path: value}")
         if not self.objectives:
             raise ValueError("objectives: name at least one metric")
         multi = self.algorithm == "optuna_mo" or self.scheduler.name == "mo_asha"
@@ -623,6 +635,15 @@ def load_study(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -
                 validate(apply_overrides(base, {key: v}), source)
             except ConfigError as e:
                 problems.extend(f"{p} [search.space.{key}={v!r}]" for p in e.problems)
+    for i, point in enumerate(cfg.search.extra):
+        unknown = [k for k in point if not _has_path(base, k)]
+        problems += [f"{source}: search.extra.{i}.{k}: not a config path" for k in unknown]
+        if unknown:
+            continue
+        try:
+            validate(apply_overrides(base, dict(point)), source)
+        except ConfigError as e:
+            problems.extend(f"{p} [search.extra.{i}]" for p in e.problems)
     if problems:
         raise ConfigError(problems)
     return cfg

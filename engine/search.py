@@ -10,6 +10,7 @@ chose them. Each configuration runs once per seed in ``study.repeats``:
 - ``one_at_a_time``: each key's values alone, the rest at the study's settings × seeds.
 - ``random``: ``num_samples`` points drawn up front from a NumPy generator seeded with
   ``search.seed`` (reproducible and resumable), each a grid point × seeds.
+- These three then run ``search.extra``'s configurations too (each × seeds).
 - ``optuna``: TPE on the first objective; ``optuna_mo``: multi-objective TPE on all of them.
   Each suggested point runs under every seed (:class:`SeedRepeater`) and Optuna is told the
   mean over seeds. No metric/mode goes into ``TuneConfig`` (that would silently make a
@@ -88,6 +89,7 @@ def _tune_domain(spec: Any) -> Any:
 
 
 def _grid_plan(cfg: StudyConfig, points: list[dict[str, Any]]) -> SearchPlan:
+    points = [*points, *(dict(p) for p in cfg.search.extra)]
     space = {"values": tune.grid_search(points), "seed": tune.grid_search(list(cfg.repeats))}
     return SearchPlan(space, None, 1, len(points))
 

@@ -128,7 +128,7 @@ def _columns(values: dict[str, Any], study: StudyConfig) -> dict[str, Any]:
 
     trial = with_values(study, values).model_dump(mode="json")
     flat = flatten({"pipeline": trial["pipeline"]})
-    for key in study.search.space:
+    for key in [*study.search.space, *(k for point in study.search.extra for k in point)]:
         flat[key] = flatten(trial).get(key, values.get(key))
     return {k: (",".join(map(str, v)) if isinstance(v, list) else v) for k, v in flat.items()}
 

@@ -18,6 +18,7 @@ from analysis.sensitivity import centre_values, knob_effects, knob_ranking
 
 T_975_DF1 = 12.706204736  # Student t quantile 0.975, 1 degree of freedom (t tables)
 TEMP, KEEP = "pipeline.distill.temperature", "pipeline.truncate.keep_ratio"
+ORDER = "pipeline.order"
 
 # (temperature, keep_ratio, seed, accuracy, gflops); centre = (2.0, 0.5)
 PLANTED = [
@@ -44,13 +45,26 @@ def _write_sensitivity_run(run_dir: Path, algorithm: str = "one_at_a_time") -> P
     for i, (t, k, s, acc, gf) in enumerate(PLANTED):
         rows.append({"trial_id": f"t{i:02d}", "seed": s, "status": "ok", TEMP: t, KEEP: k,
                      "accuracy": acc, "gflops": gf})  # fmt: skip
+    # a search.extra arm at the centre's knob values, moved elsewhere: not the centre
+    rows.append({"trial_id": "t98", "seed": 0, "status": "ok", TEMP: 2.0, KEEP: 0.5,
+                 ORDER: "truncate,distill,prune", "accuracy": 0.99, "gflops": 0.01})  # fmt: skip
     rows.append({"trial_id": "t99", "seed": 2, "status": "failed", TEMP: 4.0, KEEP: 0.5,
                  "accuracy": np.nan, "gflops": np.nan, "error": "RuntimeError: planted"})  # fmt: skip
-    pd.DataFrame(rows).to_parquet(run_dir / "results.parquet", index=False)
+    df = pd.DataFrame(rows)
+    df[ORDER] = df[ORDER].fillna("truncate,distill")
+    df.to_parquet(run_dir / "results.parquet", index=False)
     config = {
         "name": "sens",
-        "pipeline": {"distill": {"temperature": 2.0}, "truncate": {"keep_ratio": 0.5}},
-        "search": {"algorithm": algorithm, "space": {TEMP: [1.0, 4.0], KEEP: [0.34, 0.84]}},
+        "pipeline": {
+            "order": ["truncate", "distill"],
+            "distill": {"temperature": 2.0},
+            "truncate": {"keep_ratio": 0.5},
+        },
+        "search": {
+            "algorithm": algorithm,
+            "space": {TEMP: [1.0, 4.0], KEEP: [0.34, 0.84]},
+            "extra": [{ORDER: ["truncate", "distill", "prune"]}],
+        },
         "report": {"quality_metric": "accuracy", "cost_metric": "gflops"},
     }
     (run_dir / "manifest.json").write_text(json.dumps({"config": config, "seeds": [0, 1, 2]}))

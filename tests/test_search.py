@@ -174,3 +174,41 @@ def test_seed_repeater_state_survives_save_and_restore(tmp_path) -> None:
     fresh.on_trial_complete("t1", {"valid_accuracy": 0.6, "gflops": 1.0})
     done = [t for t in fresh.searcher._ot_study.trials if t.state.name == "COMPLETE"]
     assert len(done) == 1 and done[0].values == pytest.approx([0.5, 1.0])
+
+
+EXTRA = (
+    "search.extra=[{pipeline.order: [truncate, distill, quantize]}, "
+    "{pipeline.order: [truncate, distill, prune], pipeline.prune.neuron_sparsity: 0.5}]"
+)
+
+
+def test_extra_configurations_follow_the_grid_points() -> None:
+    cfg = load_study("smoke", ["search.space={pipeline.truncate.keep_layers: [1, 2]}", EXTRA])
+    plan = plan_search(cfg)
+    points = plan.param_space["values"]["grid_search"]
+    assert points == [
+        {"pipeline.truncate.keep_layers": 1},
+        {"pipeline.truncate.keep_layers": 2},
+        {"pipeline.order": ["truncate", "distill", "quantize"]},
+        {"pipeline.order": ["truncate", "distill", "prune"], "pipeline.prune.neuron_sparsity": 0.5},
+    ]
+    assert plan.configs == 4
+    oat = plan_search(load_study("sensitivity", [EXTRA])).param_space["values"]["grid_search"]
+    assert oat[-2:] == points[-2:]
+
+
+def test_extra_configurations_are_validated_before_ray() -> None:
+    problems = _problems(
+        [
+            "search.extra=[{pipeline.order: [truncate, sharpen]}, {pipeline.nope: 1}, "
+            "{pipeline.prune.neuron_sparsity: 1.5}]"
+        ]
+    )
+    assert len(problems) == 3, problems
+    assert "pipeline.order.1" in problems[0] and "[search.extra.0]" in problems[0]
+    assert "search.extra.1.pipeline.nope: not a config path" in problems[1]
+    assert "neuron_sparsity" in problems[2] and "[search.extra.2]" in problems[2]
+    (p,) = _problems(["search.algorithm=optuna", RANGES, EXTRA])
+    assert "extra configurations" in p and "optuna chooses its own" in p
+    (p,) = _problems(["search.extra=[{}]"])
+    assert "at least one {path: value}" in p
