@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 from engine.config import load_study
 from engine.progress import ProgressTable
-from engine.sweep import full_budget
+from engine.sweep import _columns, full_budget
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -151,3 +151,15 @@ def test_distill_reports_every_n_steps_through_the_trial_reporter() -> None:
     assert sent[-1]["valid_macro_f1"] == final["macro_f1"]
     assert ctx.record["distill"]["steps"] == 4
     assert not out.training  # left in eval mode after training, though reports flip modes
+
+
+def test_extra_arm_columns_name_what_it_changed() -> None:
+    cfg = load_study("ablation")
+    grid_point, arm = cfg.search.space, cfg.search.extra[-1]
+    assert "pipeline.order" not in grid_point
+    on = _columns(dict(arm), cfg)
+    off = _columns({"pipeline.truncate.keep_ratio": 0.67}, cfg)
+    assert on["pipeline.order"] == "truncate,distill,prune,quantize"
+    assert off["pipeline.order"] == "truncate,distill"
+    assert on["pipeline.truncate.keep_ratio"] == off["pipeline.truncate.keep_ratio"] == 0.67
+    assert on["pipeline.truncate.strategy"] == "fisher"  # the study's setting
