@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import kendalltau
 
+from analysis.arms import arm_blocks
 from analysis.frontier import hypervolume_2d, pareto_front
 from analysis.plots import PLOTS
 from analysis.render import (
@@ -443,6 +444,7 @@ def build_blocks(run: RunData, images: dict[str, Path]) -> list[Block]:
         *_results(run, varying, quality, cost),
         *_summary(run, varying, quality, cost),
         *sensitivity_blocks(run, images),
+        *arm_blocks(run),
         *_pareto(run, varying, quality, cost, images),
         *_importance(run, images),
         *_agreement(run, images),

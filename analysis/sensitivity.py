@@ -10,7 +10,6 @@ t interval. Knobs are then ranked by the largest |mean Δ quality| over their va
 
 from __future__ import annotations
 
-import math
 from numbers import Real
 from pathlib import Path
 from typing import Any
@@ -18,10 +17,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analysis.paired import base_per_seed, config_value, matches, paired_effect, same_value
 from analysis.plots import AXIS_LABELS, PLOTS
 from analysis.render import Block, Heading, Image, Para, Table, format_table, interval_cells
 from analysis.rundir import RunData, students
-from analysis.stats import t_interval
 
 __all__ = [
     "centre_values",
@@ -37,19 +36,10 @@ def is_one_at_a_time(run: RunData) -> bool:
     return (run.config.get("search") or {}).get("algorithm") == "one_at_a_time"
 
 
-def _dotted(config: dict[str, Any], path: str) -> Any:
-    node: Any = config
-    for part in path.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return ",".join(map(str, node)) if isinstance(node, list) else node
-
-
 def centre_values(run: RunData) -> dict[str, Any]:
     """Each searched knob's value in the study file (``manifest.json`` ``config``)."""
     space = (run.config.get("search") or {}).get("space") or {}
-    return {key: _dotted(run.config, key) for key in space}
+    return {key: config_value(run.config, key) for key in space}
 
 
 def _comparable(run: RunData) -> pd.DataFrame:
@@ -58,31 +48,8 @@ def _comparable(run: RunData) -> pd.DataFrame:
     df = students(run.results)
     space = (run.config.get("search") or {}).get("space") or {}
     extra = (run.config.get("search") or {}).get("extra") or []
-    held = {k: _dotted(run.config, k) for point in extra for k in point if k not in space}
-    return df[_at_centre(df, held, [k for k in held if k in df])]
-
-
-def _missing(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Equal knob values, across the number/string forms a value takes in parquet and JSON."""
-    if _missing(a) or _missing(b):
-        return _missing(a) and _missing(b)
-    if isinstance(a, bool | np.bool_) or isinstance(b, bool | np.bool_):
-        return str(a).lower() == str(b).lower()
-    try:
-        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
-    except (TypeError, ValueError):
-        return str(a) == str(b)
-
-
-def _at_centre(df: pd.DataFrame, centre: dict[str, Any], keys: list[str]) -> pd.Series:
-    mask = pd.Series(True, index=df.index)
-    for k in keys:
-        mask &= df[k].map(lambda v, c=centre[k]: _same(v, c))
-    return mask
+    held = {k: config_value(run.config, k) for point in extra for k in point if k not in space}
+    return df[matches(df, held, [k for k in held if k in df])]
 
 
 def knob_effects(run: RunData, quality: str, cost: str) -> pd.DataFrame:
@@ -95,42 +62,26 @@ def knob_effects(run: RunData, quality: str, cost: str) -> pd.DataFrame:
     if not keys or df.empty or quality not in df:
         return pd.DataFrame()
     metrics = [m for m in dict.fromkeys([quality, cost]) if m in df]
-    ok = df["status"].eq("ok") if "status" in df else pd.Series(True, df.index)
-    at_centre = _at_centre(df, centre, keys)
-    base = df[at_centre & ok].groupby("seed")[metrics].mean().add_suffix("_centre")
+    base = base_per_seed(df[matches(df, centre, keys)], metrics)
     rows: list[dict[str, Any]] = []
     for key in keys:
-        others = _at_centre(df, centre, [k for k in keys if k != key])
-        mine = df[others]
+        mine = df[matches(df, centre, [k for k in keys if k != key])]
         values: list[Any] = []
         for v in mine[key]:
-            if not any(_same(v, u) for u in values):
+            if not any(same_value(v, u) for u in values):
                 values.append(v)
         if all(isinstance(v, Real) and not isinstance(v, bool | np.bool_) for v in values):
             values.sort()
         for value in values:
-            sel = mine[mine[key].map(lambda x, v=value: _same(x, v))]
-            good = sel[ok.loc[sel.index]]
-            row: dict[str, Any] = {
-                "knob": key,
-                "value": value,
-                "centre": _same(value, centre[key]),
-                "n": len(good),
-                "n_failed": int(len(sel) - len(good)),
-            }
-            per_seed = good.groupby("seed")[metrics].mean()
-            paired = per_seed.join(base, how="inner")
-            row["n_pairs"] = len(paired)
-            for m in metrics:
-                x = good[m].to_numpy(float)
-                x = x[np.isfinite(x)]
-                row[f"{m}_mean"] = float(x.mean()) if len(x) else float("nan")
-                row[f"{m}_ci_low"], row[f"{m}_ci_high"] = t_interval(x)
-                d = (paired[m] - paired[f"{m}_centre"]).to_numpy(float)
-                d = d[np.isfinite(d)]
-                row[f"d_{m}_mean"] = float(d.mean()) if len(d) else float("nan")
-                row[f"d_{m}_ci_low"], row[f"d_{m}_ci_high"] = t_interval(d)
-            rows.append(row)
+            sel = mine[mine[key].map(lambda x, v=value: same_value(x, v))]
+            rows.append(
+                {
+                    "knob": key,
+                    "value": value,
+                    "centre": same_value(value, centre[key]),
+                    **paired_effect(sel, base, metrics),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -229,9 +180,9 @@ def sensitivity_plot(run: RunData, out_dir: Path) -> Path | None:
         for i, m in enumerate(metrics):
             ax = axes[i][j]
             for x, value in zip(xs, g["value"], strict=True):
-                seeds = ok[ok[key].map(lambda v, u=value: _same(v, u))]
+                seeds = ok[ok[key].map(lambda v, u=value: same_value(v, u))]
                 seeds = seeds[
-                    _at_centre(seeds, centre, [k for k in centre if k != key and k in seeds])
+                    matches(seeds, centre, [k for k in centre if k != key and k in seeds])
                 ]
                 ax.scatter([x] * len(seeds), seeds[m], s=12, color="grey", alpha=0.6, zorder=2)
             mean = g[f"{m}_mean"].to_numpy(float)
