@@ -86,6 +86,7 @@ def paired_effect(trials: pd.DataFrame, base: pd.DataFrame, metrics: list[str]) 
         out[f"{m}_ci_low"], out[f"{m}_ci_high"] = t_interval(x)
         d = (paired[m] - paired[f"{m}_base"]).to_numpy(float)
         d = d[np.isfinite(d)]
-        out[f"d_{m}_mean"] = float(d.mean()) if len(d) else float("nan")
+        # rounded: equal metrics give 0, not the 1e-17 float residue of a - b
+        out[f"d_{m}_mean"] = round(float(d.mean()), 12) if len(d) else float("nan")
         out[f"d_{m}_ci_low"], out[f"d_{m}_ci_high"] = t_interval(d)
     return out

@@ -193,6 +193,8 @@ def sensitivity_plot(run: RunData, out_dir: Path) -> Path | None:
             centre_x = xs[g["centre"].to_numpy(bool)]
             for cx in centre_x:
                 ax.axvline(cx, color="black", linestyle=":", linewidth=1)
+            if numeric and xs.min() > 0 and xs.max() >= 10 * xs.min():
+                ax.set_xscale("log")  # e.g. learning rates
             if not numeric:
                 ax.set_xticks(xs, [str(v) for v in g["value"]], rotation=30, fontsize=7)
             ax.grid(alpha=0.3)
