@@ -135,6 +135,16 @@ class TrainingState:
             snap["stage"] = self.stage_state()
         return snap
 
+    def optimize(self, loss: torch.Tensor, examples: int) -> None:
+        """One optimizer and LR-schedule step on ``loss``, counted (step, examples, loss)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.losses = [*self.losses[-9:], float(loss.detach())]
+        self.seen += examples
+        self.step += 1
+
     def restore(self, snap: dict[str, Any]) -> None:
         if int(snap["total"]) != self.total:
             raise ValueError(
@@ -320,13 +330,7 @@ def train_classifier(
             loss = loss_fn(outputs.logits, labels, t_logits)
             if aux_loss is not None:
                 loss = loss + aux_loss(outputs, idx)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            st.losses = [*st.losses[-9:], float(loss.detach())]
-            st.seen += len(idx)
-            st.step += 1
+            st.optimize(loss, len(idx))
             if on_step is not None:
                 on_step(step_offset + st.step, st.losses[-1])
     model.eval()

@@ -176,13 +176,7 @@ def _train_heads(model: EarlyExitClassifier, cfg: EarlyExitConfig, ctx: StageCon
                         alpha_distill=a_d, alpha_task=a_t)
                 for h, c in zip(heads, cls, strict=True)
             )  # fmt: skip
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            st.losses = [*st.losses[-9:], float(loss.detach())]
-            st.seen += len(idx)
-            st.step += 1
+            st.optimize(loss, len(idx))
             if hook is not None:
                 hook(st.step, st.losses[-1])
     model.eval()  # a report's measurement leaves the model in training mode
