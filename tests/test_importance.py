@@ -264,6 +264,9 @@ def test_two_actors_equal_one_actor_and_table(ray_local) -> None:
         "rank",
         "ci_low",
         "ci_high",
+        "ci_unit",
+        "ci_units",
+        "ci_reliable",
         "score_rank_normalised",
     ]
     abl = table[table.method == "ablation"].set_index("layer")

@@ -31,7 +31,7 @@ from engine.importance.base import (
     SHARED_PASSES,
     Batch,
     LayerScores,
-    from_per_batch,
+    from_rows,
     register_importance,
     register_shared_pass,
 )
@@ -83,7 +83,7 @@ def run_ablation_pass(
         for m in wanted:
             rows[m].append(got[m])
     sizes = num_examples(batches)
-    return {m: from_per_batch(m, rows[m], sizes) for m in sorted(wanted)}
+    return {m: from_rows(m, rows[m], sizes) for m in sorted(wanted)}
 
 
 SHARED_PASSES["ablation"].join("ablation")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,6 +27,8 @@ __all__ = [
     "SharedPass",
     "bootstrap_ci",
     "from_per_batch",
+    "from_per_example",
+    "from_rows",
     "merge_scores",
     "rank_normalise",
     "register_derived",
@@ -48,9 +51,17 @@ class LayerScores:
         scores: per-layer scores, index = 0-based layer.
         ci_low / ci_high: optional bootstrap confidence bounds per layer.
         num_examples: how many calibration examples the scores are based on.
-        per_batch: optional per-batch score vectors (for bootstrap CIs and actor merging).
+        per_batch: optional per-batch score vectors (for actor merging and derived methods).
         batch_sizes: examples in each ``per_batch`` entry; ``scores`` is their example-weighted
             mean, so results merged from several actors equal a single actor's.
+        per_example: ``[N, L]`` per-example contributions, in batch order, for methods whose
+            score is a mean over examples (``per_batch[j]`` is the mean of batch j's rows);
+            None for methods defined on a whole batch (an estimator such as MI, a ratio of
+            batch sums). The bootstrap resamples these rows when present.
+        ci_unit: what the bootstrap resampled: ``"example"`` or ``"batch"`` (None: no CI).
+        ci_units: how many units it resampled.
+        ci_reliable: False when ``ci_units`` is below the configured minimum for the unit
+            (too few units for a bootstrap interval to reach its nominal coverage).
     """
 
     method: str
@@ -60,6 +71,10 @@ class LayerScores:
     ci_high: tuple[float, ...] | None = None
     per_batch: tuple[tuple[float, ...], ...] | None = field(default=None, repr=False)
     batch_sizes: tuple[int, ...] | None = field(default=None, repr=False)
+    per_example: tuple[tuple[float, ...], ...] | None = field(default=None, repr=False)
+    ci_unit: str | None = None
+    ci_units: int | None = None
+    ci_reliable: bool | None = None
 
     def ranks(self) -> tuple[int, ...]:
         """0 = most important; ties broken by layer index (stable)."""
@@ -91,11 +106,16 @@ def register_importance(name: str) -> Callable[[ScoreFn], ScoreFn]:
 # --- per-batch scores: the merge rule that makes actor splits exact -------------------------
 
 
+def _tuples(mat: np.ndarray) -> tuple[tuple[float, ...], ...]:
+    return tuple(tuple(float(v) for v in row) for row in mat)
+
+
 def from_per_batch(
     method: str, per_batch: Sequence[Sequence[float]], batch_sizes: Sequence[int]
 ) -> LayerScores:
-    """Build LayerScores whose ``scores`` is the example-weighted mean of ``per_batch`` rows."""
-    if len(per_batch) != len(batch_sizes) or not per_batch:
+    """Build LayerScores whose ``scores`` is the example-weighted mean of ``per_batch`` rows
+    (for methods defined on whole batches: no per-example contributions)."""
+    if len(per_batch) != len(batch_sizes) or len(per_batch) == 0:
         raise ValueError(
             f"{method}: need one batch size per per-batch vector and at least one batch "
             f"(got {len(per_batch)} vectors, {len(batch_sizes)} sizes)"
@@ -107,54 +127,139 @@ def from_per_batch(
         method=method,
         scores=tuple(float(v) for v in mean),
         num_examples=int(w.sum()),
-        per_batch=tuple(tuple(float(v) for v in row) for row in mat),
+        per_batch=_tuples(mat),
         batch_sizes=tuple(int(b) for b in batch_sizes),
     )
 
 
+def from_per_example(method: str, blocks: Sequence[np.ndarray]) -> LayerScores:
+    """Build LayerScores from per-example contributions: one ``[B_j, L]`` array per batch.
+
+    ``scores`` is the mean over all examples; ``per_batch`` holds each batch's mean (so actor
+    merging and the derived methods work as for per-batch methods).
+    """
+    mats = [np.asarray(b, dtype=np.float64) for b in blocks]
+    if not mats or any(m.ndim != 2 or m.shape[0] == 0 for m in mats):
+        raise ValueError(f"{method}: per-example blocks must be non-empty [B, L] arrays")
+    rows = np.concatenate(mats, axis=0)
+    return LayerScores(
+        method=method,
+        scores=tuple(float(v) for v in rows.mean(axis=0)),
+        num_examples=int(rows.shape[0]),
+        per_batch=_tuples(np.stack([m.mean(axis=0) for m in mats])),
+        batch_sizes=tuple(int(m.shape[0]) for m in mats),
+        per_example=_tuples(rows),
+    )
+
+
+def from_rows(method: str, rows: Sequence[np.ndarray], batch_sizes: Sequence[int]) -> LayerScores:
+    """Per-example LayerScores when every batch's row is a ``[B, L]`` array, per-batch ones
+    when every row is an ``[L]`` vector (what a shared pass's reducers return)."""
+    dims = {np.ndim(r) for r in rows}
+    if dims == {2}:
+        got = [int(np.shape(r)[0]) for r in rows]
+        if got != [int(b) for b in batch_sizes]:
+            raise ValueError(f"{method}: per-example rows {got} != batch sizes {list(batch_sizes)}")
+        return from_per_example(method, rows)
+    if dims == {1}:
+        return from_per_batch(method, rows, batch_sizes)
+    raise ValueError(f"{method}: rows must all be [B, L] or all [L] (got ndims {sorted(dims)})")
+
+
 def merge_scores(parts: Sequence[LayerScores]) -> LayerScores:
-    """Concatenate the per-batch vectors of ``parts`` (in the given order) and re-average."""
+    """Concatenate the per-batch (and per-example) rows of ``parts`` in order and re-average."""
     if not parts:
         raise ValueError("merge_scores needs at least one LayerScores")
-    rows: list[tuple[float, ...]] = []
-    sizes: list[int] = []
     for p in parts:
         if p.per_batch is None or p.batch_sizes is None:
             raise ValueError(f"{p.method}: cannot merge scores without per_batch/batch_sizes")
         if p.method != parts[0].method:
             raise ValueError(f"cannot merge {p.method!r} into {parts[0].method!r}")
-        rows.extend(p.per_batch)
-        sizes.extend(p.batch_sizes)
+    if all(p.per_example is not None for p in parts):
+        blocks, k = [], 0
+        for p in parts:
+            ex = np.asarray(p.per_example, dtype=np.float64)
+            k = 0
+            for b in p.batch_sizes or ():
+                blocks.append(ex[k : k + b])
+                k += b
+        return from_per_example(parts[0].method, blocks)
+    rows: list[tuple[float, ...]] = []
+    sizes: list[int] = []
+    for p in parts:
+        rows.extend(p.per_batch or ())
+        sizes.extend(p.batch_sizes or ())
     return from_per_batch(parts[0].method, rows, sizes)
 
 
+def _weighted_mean(values: np.ndarray, weights: np.ndarray, axis: int = -1) -> np.ndarray:
+    return (values * weights).sum(axis=axis) / weights.sum(axis=axis)
+
+
 def bootstrap_ci(
-    scores: LayerScores, *, samples: int = 1000, level: float = 0.95, seed: int = 0
+    scores: LayerScores,
+    *,
+    samples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+    min_examples: int = 50,
+    min_batches: int = 20,
 ) -> LayerScores:
-    """Percentile bootstrap over calibration batches (resampled with replacement, each
-    resample's score the example-weighted mean, as for the point estimate). Returns a copy with
-    ``ci_low``/``ci_high`` set; unchanged when there are fewer than 2 batches.
+    """BCa bootstrap interval of each layer's score (``scipy.stats.bootstrap``).
+
+    What is resampled: the examples (``per_example`` rows, the score being their mean) when
+    the method yields per-example contributions; otherwise the calibration batches (the
+    score being the example-weighted mean of per-batch vectors, resampled as (vector, size)
+    pairs). The interval is marked unreliable (``ci_reliable = False``) below
+    ``min_examples`` examples or ``min_batches`` batches: with fewer units the bootstrap
+    under-covers (a 95 % interval over 6 batches covered about 82 % in simulation). Returns
+    the scores unchanged when there are fewer than 2 units.
     """
-    if scores.per_batch is None or scores.batch_sizes is None or len(scores.per_batch) < 2:
+    from scipy.stats import bootstrap
+
+    if scores.per_example is not None:
+        unit, data = "example", (np.asarray(scores.per_example, dtype=np.float64),)
+        n, floor = data[0].shape[0], min_examples
+
+        def stat(x: np.ndarray, axis: int = 0) -> np.ndarray:
+            return x.mean(axis=axis)
+
+        kwargs: dict[str, Any] = {"axis": 0}
+    elif scores.per_batch is not None and scores.batch_sizes is not None:
+        unit, floor = "batch", min_batches
+        mat = np.asarray(scores.per_batch, dtype=np.float64).T  # [L, n]
+        w = np.broadcast_to(np.asarray(scores.batch_sizes, dtype=np.float64), mat.shape)
+        data, n = (mat, w), mat.shape[1]
+        stat = _weighted_mean
+        kwargs = {"axis": -1, "paired": True}
+    else:
         return scores
-    mat = np.asarray(scores.per_batch, dtype=np.float64)
-    w = np.asarray(scores.batch_sizes, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(w), size=(samples, len(w)))
-    counts = np.zeros((samples, len(w)))
-    np.add.at(counts, (np.arange(samples)[:, None], idx), 1.0)
-    weights = counts * w[None, :]
-    boot = weights @ mat / weights.sum(axis=1, keepdims=True)
-    alpha = (1.0 - level) / 2.0
-    low, high = np.quantile(boot, [alpha, 1.0 - alpha], axis=0)
-    return LayerScores(
-        method=scores.method,
-        scores=scores.scores,
-        num_examples=scores.num_examples,
+    if n < 2:
+        return scores
+    mean = np.asarray(scores.scores, dtype=np.float64)
+    spread = np.ptp(data[0], axis=kwargs["axis"])
+    # BCa's jackknife needs spread; a layer whose contributions are all equal has a point CI
+    with warnings.catch_warnings():  # degenerate (constant) layers: handled just below
+        warnings.simplefilter("ignore")
+        res = bootstrap(
+            data,
+            stat,
+            n_resamples=samples,
+            confidence_level=level,
+            method="BCa",
+            rng=np.random.default_rng(seed),
+            vectorized=True,
+            **kwargs,
+        )
+    low = np.where(spread > 0, res.confidence_interval.low, mean)
+    high = np.where(spread > 0, res.confidence_interval.high, mean)
+    return replace(
+        scores,
         ci_low=tuple(float(v) for v in low),
         ci_high=tuple(float(v) for v in high),
-        per_batch=scores.per_batch,
-        batch_sizes=scores.batch_sizes,
+        ci_unit=unit,
+        ci_units=int(n),
+        ci_reliable=bool(n >= floor),
     )
 
 

@@ -22,7 +22,7 @@ from engine.importance.base import (
     SHARED_PASSES,
     Batch,
     LayerScores,
-    from_per_batch,
+    from_rows,
     register_shared_pass,
 )
 from engine.importance.config import ImportanceConfig
@@ -147,4 +147,4 @@ def run_forward_pass(
         for m in wanted:
             rows[m].append(np.asarray(_REDUCERS[m][0](fb, cfg), dtype=np.float64))
     sizes = num_examples(batches)
-    return {m: from_per_batch(m, rows[m], sizes) for m in sorted(wanted)}
+    return {m: from_rows(m, rows[m], sizes) for m in sorted(wanted)}

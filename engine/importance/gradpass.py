@@ -30,7 +30,7 @@ from engine.importance.base import (
     SHARED_PASSES,
     Batch,
     LayerScores,
-    from_per_batch,
+    from_rows,
     register_shared_pass,
 )
 from engine.importance.config import ImportanceConfig
@@ -163,4 +163,4 @@ def run_backward_pass(
         for m in wanted:
             rows[m].append(np.asarray(_REDUCERS[m][0](gb), dtype=np.float64))
     sizes = num_examples(batches)
-    return {m: from_per_batch(m, rows[m], sizes) for m in sorted(wanted)}
+    return {m: from_rows(m, rows[m], sizes) for m in sorted(wanted)}

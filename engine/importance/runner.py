@@ -140,14 +140,22 @@ def compute_importance(
         if m in DERIVED:
             merged[m] = DERIVED[m].combine(merged, cfg)
     return {
-        m: bootstrap_ci(merged[m], samples=cfg.bootstrap_samples, level=cfg.ci_level, seed=cfg.seed)
+        m: bootstrap_ci(
+            merged[m],
+            samples=cfg.bootstrap_samples,
+            level=cfg.ci_level,
+            seed=cfg.seed,
+            min_examples=cfg.ci_min_examples,
+            min_batches=cfg.ci_min_batches,
+        )
         for m in cfg.methods
     }
 
 
 def importance_table(scores: Mapping[str, LayerScores] | Sequence[LayerScores]) -> pd.DataFrame:
-    """One row per (method, layer): ``method, layer, score, rank, ci_low, ci_high,
-    score_rank_normalised`` (rank 0 = most important; rank-normalised 1 = most important)."""
+    """One row per (method, layer): ``method, layer, score, rank, ci_low, ci_high, ci_unit,
+    ci_units, ci_reliable, score_rank_normalised`` (rank 0 = most important; rank-normalised
+    1 = most important; ``ci_unit`` = what the bootstrap resampled, "example" or "batch")."""
     items = list(scores.values()) if isinstance(scores, Mapping) else list(scores)
     rows = []
     for s in items:
@@ -162,8 +170,22 @@ def importance_table(scores: Mapping[str, LayerScores] | Sequence[LayerScores]) 
                     "rank": ranks[layer],
                     "ci_low": np.nan if s.ci_low is None else s.ci_low[layer],
                     "ci_high": np.nan if s.ci_high is None else s.ci_high[layer],
+                    "ci_unit": s.ci_unit or "",
+                    "ci_units": -1 if s.ci_units is None else int(s.ci_units),
+                    "ci_reliable": bool(s.ci_reliable),
                     "score_rank_normalised": float(norm[layer]),
                 }
             )
-    cols = ["method", "layer", "score", "rank", "ci_low", "ci_high", "score_rank_normalised"]
+    cols = [
+        "method",
+        "layer",
+        "score",
+        "rank",
+        "ci_low",
+        "ci_high",
+        "ci_unit",
+        "ci_units",
+        "ci_reliable",
+        "score_rank_normalised",
+    ]
     return pd.DataFrame(rows, columns=cols)
