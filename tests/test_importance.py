@@ -119,12 +119,14 @@ def scale_output_projections(model: torch.nn.Module, layer: int, factor: float) 
 
 
 @pytest.mark.parametrize("layer", [0, 1, 2, 3])
-def test_scaled_layer_scores_highest_under_gradient_methods(layer: int) -> None:
-    """Post-LN BERT: a block whose update is scaled 10× dominates fisher, gradient, taylor."""
+def test_scaled_layer_scores_highest_under_parameter_gradient_methods(layer: int) -> None:
+    """Post-LN BERT: a block whose update is scaled 10× dominates fisher and taylor (both read
+    the block's parameter gradients; ``gradient`` reads its output's gradient, which the
+    scaling does not raise — see tests/test_importance_gradients.py)."""
     model, batches = tiny_bert(num_layers=4), toy_batches(2, 6, 10)
-    before = score_methods(model, batches, ("fisher", "gradient", "taylor"), ImportanceConfig())
+    before = score_methods(model, batches, ("fisher", "taylor"), ImportanceConfig())
     scale_output_projections(model, layer, 10.0)
-    got = score_methods(model, batches, ("fisher", "gradient", "taylor"), ImportanceConfig())
+    got = score_methods(model, batches, ("fisher", "taylor"), ImportanceConfig())
     for name, s in got.items():
         assert s.ranks()[layer] == 0, (name, s.scores)
         assert s.scores[layer] > before[name].scores[layer]
@@ -139,26 +141,6 @@ def test_scaled_layer_scores_highest_under_taylor_on_decoders(build, layer: int)
     scale_output_projections(model, layer, 10.0)
     got = IMPORTANCE.get("taylor")(model, batches, cfg=ImportanceConfig())
     assert got.ranks()[layer] == 0, got.scores
-
-
-def test_fisher_matches_hand_computation_on_two_layer_toy() -> None:
-    model = tiny_bert(num_layers=2)
-    # unequal batch sizes check the example weighting as well as the formula
-    batches = toy_batches(1, 8, 10, seed=1) + toy_batches(1, 5, 10, seed=2)
-    got = IMPORTANCE.get("fisher")(model, batches, cfg=ImportanceConfig())
-    per_batch = []
-    for b in batches:
-        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-        loss = F.cross_entropy(logits, b["labels"])
-        row = []
-        for block in model.bert.encoder.layer:
-            grads = torch.autograd.grad(loss, list(block.parameters()), retain_graph=True)
-            row.append(sum(float((g.double() ** 2).sum()) for g in grads))
-        per_batch.append(row)
-    expected = (8 * np.array(per_batch[0]) + 5 * np.array(per_batch[1])) / 13
-    assert got.num_examples == 13
-    np.testing.assert_allclose(got.per_batch, per_batch, rtol=1e-5)
-    np.testing.assert_allclose(got.scores, expected, rtol=1e-5)
 
 
 def gate_hook(gates: torch.Tensor, j: int):

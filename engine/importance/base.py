@@ -202,8 +202,8 @@ def bootstrap_ci(
     samples: int = 1000,
     level: float = 0.95,
     seed: int = 0,
-    min_examples: int = 50,
-    min_batches: int = 20,
+    min_examples: int = 100,
+    min_batches: int = 50,
 ) -> LayerScores:
     """BCa bootstrap interval of each layer's score (``scipy.stats.bootstrap``).
 
@@ -211,9 +211,11 @@ def bootstrap_ci(
     the method yields per-example contributions; otherwise the calibration batches (the
     score being the example-weighted mean of per-batch vectors, resampled as (vector, size)
     pairs). The interval is marked unreliable (``ci_reliable = False``) below
-    ``min_examples`` examples or ``min_batches`` batches: with fewer units the bootstrap
-    under-covers (a 95 % interval over 6 batches covered about 82 % in simulation). Returns
-    the scores unchanged when there are fewer than 2 units.
+    ``min_examples`` examples or ``min_batches`` batches. Seeded simulations
+    (tests/test_importance_bootstrap.py, 8000 replicates, nominal 95 %): χ²₃ per-example
+    contributions covered 93.4 % at 50 examples, 94.2 % at 100, 94.6 % at 200; means of
+    batches covered 87 % at 6 batches, 93.5 % at 40, 94.1 % at 50. Heavier tails cover less
+    (log-normal σ = 1: 91 % at 96 examples). Returns the scores unchanged below 2 units.
     """
     from scipy.stats import bootstrap
 

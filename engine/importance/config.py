@@ -33,8 +33,8 @@ class ImportanceConfig(Section):
     # these counts an interval is flagged unreliable (ci_reliable = False)
     bootstrap_samples: int = Field(1000, ge=10)
     ci_level: float = Field(0.95, gt=0, lt=1)
-    ci_min_examples: int = Field(50, ge=2)
-    ci_min_batches: int = Field(20, ge=2)
+    ci_min_examples: int = Field(100, ge=2)
+    ci_min_batches: int = Field(50, ge=2)
     # bf16 autocast on CUDA for the gradient methods only (compute.BF16_SAFE); losses and
     # score reductions stay in float32/64, every other method runs in float32
     autocast_bf16: bool = True

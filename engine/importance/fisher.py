@@ -1,17 +1,23 @@
 """Fisher information per layer: of its parameters, and of a per-layer gate (mask variant).
 
-``fisher``: the trace of the layer's block of the empirical Fisher, estimated with
-mini-batch gradients — per batch ``Σ_{θ∈layer} (∂L_b/∂θ)²`` where ``L_b`` is the batch-mean
-cross-entropy — averaged over batches weighted by their size. (Per-example gradients would
-cost one backward per example; the mini-batch estimate is the usual practical stand-in,
-e.g. Kirkpatrick et al. 2017, and ranks layers the same way on the same batches.)
+``fisher``: the trace of the layer's block of the empirical Fisher information,
+
+    F_l = (1/N) Σ_i Σ_{θ∈layer l} (∂ℓ_i/∂θ)²
+
+with ``ℓ_i`` the cross-entropy of example i at its label — the diagonal empirical Fisher of
+Kirkpatrick et al. 2017 (EWC), summed over the layer's parameters. Per-example gradient norms
+come from layer hooks in the single shared backward (the ghost-norm identity for Linear
+layers, :mod:`engine.importance.ghostnorm`), not one backward per example. The squared
+norm of the *batch-mean* gradient is not this quantity: it is smaller by about the batch
+size and ranks layers differently, so it is not used.
 
 ``fisher_mask``: Kwon et al. 2022 ("A Fast Post-Training Pruning Framework for
-Transformers", eq. 4) score a mask variable m by ``(1/N) Σ_i (∂L_i/∂m)²`` at m = 1. Here
+Transformers", eq. 4) score a mask variable m by ``(1/N) Σ_i (∂ℓ_i/∂m)²`` at m = 1. Here
 the mask is one gate per layer on the block's residual update
 (``out + (g − 1)·(out − in)``), so g = 0 skips the layer; gradients are per example.
 
-Both share the engine's single backward pass with gradient and taylor (see ``gradpass``).
+Both yield per-example contributions, so their intervals bootstrap over examples. They share
+the engine's single backward pass with gradient and taylor (see ``gradpass``).
 """
 
 from __future__ import annotations
@@ -25,21 +31,23 @@ from engine.importance.base import Batch, LayerScores, register_importance
 from engine.importance.config import ImportanceConfig
 from engine.importance.gradpass import GradBatch, register_grad_reducer, run_backward_pass
 
-__all__ = ["fisher_mask_per_batch", "fisher_per_batch", "score", "score_mask"]
+__all__ = ["fisher_mask_per_example", "fisher_per_example", "score", "score_mask"]
 
 
-@register_grad_reducer("fisher")
-def fisher_per_batch(gb: GradBatch) -> np.ndarray:
-    """``Σ_{θ∈layer} (∂L_b/∂θ)²`` for each layer."""
-    return gb.sq_norms()
+@register_grad_reducer("fisher", needs={"example_norms"})
+def fisher_per_example(gb: GradBatch) -> np.ndarray:
+    """``[B, L]``: ``Σ_{θ∈layer} (∂ℓ_i/∂θ)²`` for each example and layer."""
+    if gb.example_sq_norms is None:
+        raise ValueError("fisher needs the per-example gradient norms of the backward pass")
+    return gb.example_sq_norms
 
 
-@register_grad_reducer("fisher_mask", needs_gates=True)
-def fisher_mask_per_batch(gb: GradBatch) -> np.ndarray:
-    """``mean_i (∂L_i/∂g_l)²`` for each layer l."""
+@register_grad_reducer("fisher_mask", needs={"gates"})
+def fisher_mask_per_example(gb: GradBatch) -> np.ndarray:
+    """``[B, L]``: ``(∂ℓ_i/∂g_l)²`` for each example and layer."""
     if gb.gate_grads is None:
         raise ValueError("fisher_mask needs the gate gradients of the backward pass")
-    return gb.gate_grads.double().pow(2).mean(dim=1).cpu().numpy()
+    return gb.gate_grads.double().pow(2).T.cpu().numpy()
 
 
 @register_importance("fisher")
