@@ -3,9 +3,14 @@
 Measures, on one calibration set (``--batches`` × ``--batch`` random token sequences):
 
 1. samples/s of a plain fwd+bwd loop (the floor: what one backward pass costs);
-2. samples/s of the gradient-sharing methods (fisher, fisher_mask, gradient, taylor) through
-   the engine — one shared backward per batch, so this should be close to (1);
-3. wall time of the ten base methods together, as a multiple of one plain fwd+bwd pass over
+2. ``fisher`` alone (the empirical Fisher from per-example gradient norms, ghost norms in
+   one backward) and the four gradient-sharing methods together (fisher, fisher_mask,
+   gradient, taylor — one shared backward per batch), each as a ratio to (1); goal for
+   fisher ≤ 2×;
+3. peak tensor memory of one batch: plain fwd+bwd vs fisher, and what materialising
+   per-example weight gradients of the largest block would take (``batch × block
+   parameters × 4 bytes``), so the reader sees fisher's memory does not grow with it;
+4. wall time of the ten base methods together, as a multiple of one plain fwd+bwd pass over
    the calibration set.
 
 Usage::
@@ -28,7 +33,7 @@ import torch.nn.functional as F
 
 from engine.importance.compute import score_methods
 from engine.importance.config import ImportanceConfig
-from engine.models import EMBEDDED_TEACHER, build_classifier
+from engine.models import EMBEDDED_TEACHER, build_classifier, layer_list
 
 __all__ = ["main"]
 
@@ -78,6 +83,29 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     return CLOCK() - t
+
+
+def peak_bytes(fn: Callable[[], object], device: torch.device) -> float:
+    """Peak tensor bytes ``fn`` holds above what was allocated before it: CUDA's
+    ``max_memory_allocated``, or on CPU the running sum of the profiler's allocation events
+    (the same method as ``engine.measure.latency``)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return float(torch.cuda.max_memory_allocated() - before)
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    running = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        running += int(e.nbytes())
+        peak = max(peak, running)
+    return float(peak)
 
 
 def plain_fwd_bwd(model: torch.nn.Module, batches: list[dict], device: torch.device) -> None:
@@ -147,43 +175,36 @@ def main() -> None:
     # figure, single timings are not
     plain_fwd_bwd(model, batches[:1], device)
     score_methods(model, batches[:1], GRADIENT_METHODS, cfg)
-    plain_s, grad_s = [], []
+    score_methods(model, batches[:1], ("fisher",), cfg)
+    runs: dict[str, list[float]] = {"plain": [], "fisher": [], "four": []}
     for _ in range(args.repeats):
-        plain_s.append(timed(lambda: plain_fwd_bwd(model, batches, device), device))
-        grad_s.append(timed(lambda: score_methods(model, batches, GRADIENT_METHODS, cfg), device))
-    ratios = [g / p for g, p in zip(grad_s, plain_s, strict=True)]
-    t_plain, t_grad = float(np.median(plain_s)), float(np.median(grad_s))
+        runs["plain"].append(timed(lambda: plain_fwd_bwd(model, batches, device), device))
+        runs["fisher"].append(
+            timed(lambda: score_methods(model, batches, ("fisher",), cfg), device)
+        )
+        runs["four"].append(
+            timed(lambda: score_methods(model, batches, GRADIENT_METHODS, cfg), device)
+        )
+    t_plain = float(np.median(runs["plain"]))
     print(f"plain fwd+bwd:           {n / t_plain:10.1f} samples/s  (median {t_plain:.2f} s)")
+    for key, label in (("fisher", "fisher"), ("four", "+".join(GRADIENT_METHODS))):
+        ratios = [g / p for g, p in zip(runs[key], runs["plain"], strict=True)]
+        t = float(np.median(runs[key]))
+        print(
+            f"engine {label}: {n / t:10.1f} samples/s (median {t:.2f} s); ratio to plain: "
+            f"median {np.median(ratios):.2f}×, min {min(ratios):.2f}×, max {max(ratios):.2f}× "
+            f"over {args.repeats} alternating repeats"
+        )
+
+    one = batches[:1]
+    plain_peak = peak_bytes(lambda: plain_fwd_bwd(model, one, device), device)
+    fisher_peak = peak_bytes(lambda: score_methods(model, one, ("fisher",), cfg), device)
+    block_params = max(sum(p.numel() for p in blk.parameters()) for blk in layer_list(model))
     print(
-        f"engine {'+'.join(GRADIENT_METHODS)}: {n / t_grad:10.1f} samples/s  "
-        f"(median {t_grad:.2f} s)"
-    )
-    print(
-        f"ratio engine / plain: median {np.median(ratios):.2f}×, min {min(ratios):.2f}×, "
-        f"max {max(ratios):.2f}× over {args.repeats} alternating repeats"
-    )
-
-    # the reductions alone (what the engine adds to the backward pass): time per batch and
-    # the number of aten ops dispatched (each one a kernel launch on a GPU)
-    from engine.importance.gradpass import _REDUCERS, gradient_batch
-
-    gb = gradient_batch(model, batches[0], gates=True)
-
-    def reduce_all() -> None:
-        getattr(gb, "_cache", {}).clear()  # newer GradBatch caches shared reductions
-        for m in GRADIENT_METHODS:
-            _REDUCERS[m][0](gb)
-
-    reduce_all()
-    red_s = float(np.median([timed(reduce_all, device) for _ in range(args.repeats)]))
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        reduce_all()
-    ops = sum(e.count for e in prof.key_averages() if e.key.startswith("aten::"))
-    per_batch_plain = t_plain / args.batches
-    print(
-        f"reductions of the 4 methods: {1000 * red_s:.1f} ms per batch "
-        f"({100 * red_s / per_batch_plain:.1f} % of one plain fwd+bwd batch), "
-        f"{ops} aten ops per batch"
+        f"peak tensor memory of one batch: plain fwd+bwd {plain_peak / 2**20:.1f} MiB, "
+        f"fisher {fisher_peak / 2**20:.1f} MiB ({fisher_peak / plain_peak:.2f}×); per-example "
+        f"weight gradients of one block would take {args.batch * block_params * 4 / 2**20:.1f} MiB "
+        f"(batch {args.batch} × {block_params / 1e6:.2f} M parameters × 4 B)"
     )
 
     if not args.skip_ten:
