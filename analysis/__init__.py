@@ -8,16 +8,18 @@ Reads only the run-directory files (``results.parquet``, ``importance.parquet``,
 
 from __future__ import annotations
 
-from analysis.frontier import hypervolume_2d, pareto_front, pareto_mask
+from analysis.frontier import config_front, hypervolume_2d, pareto_front, pareto_mask, seed_means
 from analysis.rundir import RunData, load_run
 from analysis.stats import summarize, t_interval
 
 __all__ = [
     "RunData",
+    "config_front",
     "hypervolume_2d",
     "load_run",
     "pareto_front",
     "pareto_mask",
+    "seed_means",
     "summarize",
     "t_interval",
 ]

@@ -6,7 +6,12 @@ so exact ties are all kept. Rows with a NaN in either column are excluded.
 
 :func:`nondominated_sort` and :func:`crowding_distance` (Deb et al. 2002, NSGA-II) work on a
 matrix of objectives to *minimise* (negate a maximised one); the multi-objective scheduler
-ranks each rung with them, and :func:`objective_front` picks the Pareto set of a run.
+ranks each rung with them, and :func:`objective_front` picks the non-dominated rows of a table.
+
+A run's Pareto set is a set of *configurations*, not of trials: :func:`seed_means` averages each
+configuration's successful seeds, and :func:`config_front` marks the non-dominated means. The
+engine's ``on_front`` column and the report's Pareto table, hypervolume and plot all come from
+:func:`config_front`, so a lucky seed cannot put a configuration on one front and not the other.
 """
 
 from __future__ import annotations
@@ -16,7 +21,11 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from analysis.rundir import config_columns, students, varying_config_columns
+
 __all__ = [
+    "config_front",
+    "config_key",
     "crowding_distance",
     "hypervolume_2d",
     "nondominated_sort",
@@ -24,6 +33,7 @@ __all__ = [
     "pareto_front",
     "pareto_mask",
     "rank_order",
+    "seed_means",
 ]
 
 
@@ -166,3 +176,69 @@ def objective_front(df: pd.DataFrame, objectives: Sequence[tuple[str, str]]) -> 
     )
     ok = np.isfinite(f).all(axis=1)
     return df[(nondominated_sort(f) == 0) & ok]
+
+
+def config_key(df: pd.DataFrame) -> list[str]:
+    """Columns whose values identify a configuration (its seeds share them): the engine's
+    ``config_id`` (a hash of the searched values); else the config columns that vary across
+    the trials; ``[]`` when the table has no config column at all (each row its own)."""
+    if "config_id" in df:
+        return ["config_id"]
+    return varying_config_columns(df) if config_columns(df) else []
+
+
+def seed_means(df: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
+    """One row per configuration of the successful (``status == ok``) non-teacher trials.
+
+    Each metric ``m`` becomes its mean over the configuration's seeds (NaN values skipped)
+    in column ``m``, with ``m_min`` / ``m_max`` its spread over those seeds; ``n_seeds``
+    counts the successful seeds. The other columns keep the first seed's value (config
+    columns are equal across seeds; per-trial columns such as ``seed`` are meaningless here).
+    Configurations come out in the order of their first row.
+    """
+    for col in metrics:
+        if col not in df:
+            raise KeyError(f"column {col!r} not in the table (columns: {', '.join(df.columns)})")
+    rows = students(df)
+    if "status" in rows:
+        rows = rows[rows["status"] == "ok"]
+    metrics = list(dict.fromkeys(metrics))
+    key = config_key(df)
+    if not key:  # nothing says which rows share a configuration
+        rows = rows.assign(_row=np.arange(len(rows)))
+        key = ["_row"]
+    if rows.empty:
+        return pd.DataFrame(
+            columns=[
+                *rows.columns,
+                "n_seeds",
+                *(f"{m}_{s}" for m in metrics for s in ("min", "max")),
+            ]
+        )
+    rows = rows.assign(**{m: rows[m].astype(float) for m in metrics})
+    groups = rows.groupby(key, dropna=False, sort=False)
+    out = groups.first()
+    out[metrics] = groups[metrics].mean()
+    for stat in ("min", "max"):
+        spread = groups[metrics].agg(stat)
+        out[[f"{m}_{stat}" for m in metrics]] = spread.set_axis(
+            [f"{m}_{stat}" for m in metrics], axis=1
+        )
+    out["n_seeds"] = groups.size()
+    return out.reset_index().drop(columns=["_row"], errors="ignore")
+
+
+def config_front(
+    df: pd.DataFrame,
+    objectives: Sequence[tuple[str, str]],
+    metrics: Sequence[str] = (),
+) -> pd.DataFrame:
+    """:func:`seed_means` of ``objectives`` (and ``metrics``) with a boolean ``on_front``:
+    the configuration's seed-averaged objectives are non-dominated among all configurations
+    (:func:`objective_front`; a configuration with a NaN mean is never on the front)."""
+    cols = [c for c, _ in objectives]
+    configs = seed_means(df, [*cols, *metrics])
+    configs["on_front"] = False
+    if not configs.empty:
+        configs.loc[objective_front(configs, objectives).index, "on_front"] = True
+    return configs

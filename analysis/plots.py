@@ -20,18 +20,20 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from analysis.frontier import pareto_mask
+from analysis.frontier import config_front
 from analysis.rundir import TEACHER_ID, RunData
 from engine.registry import Registry
 
 __all__ = [
     "AXIS_LABELS",
     "PLOTS",
+    "aggregation_caption",
     "agreement_heatmap",
     "agreement_matrix",
     "importance_heatmap",
     "pareto_plot",
     "rank_normalised",
+    "seed_count_text",
 ]
 
 PLOTS: Registry = Registry("plot")
@@ -60,6 +62,35 @@ def _cost_label(cost: str, seq_len: int | None) -> str:
     return label
 
 
+def _spread(means: pd.DataFrame, metric: str) -> np.ndarray:
+    """Errorbar lengths below and above each mean: to the min and max over its seeds (the
+    mean of equal values can land an ulp outside them, hence the clip at 0)."""
+    below = means[metric] - means[f"{metric}_min"]
+    above = means[f"{metric}_max"] - means[metric]
+    return np.clip(np.vstack([below.to_numpy(float), above.to_numpy(float)]), 0.0, None)
+
+
+def seed_count_text(n_seeds: pd.Series) -> str:
+    """ "3 seeds" or "1–3 seeds" (the range when failed seeds left configurations uneven)."""
+    n = pd.Series(n_seeds, dtype=float).dropna()
+    if n.empty:
+        return "0 seeds"
+    lo, hi = int(n.min()), int(n.max())
+    return f"{lo} seed{'s' * (hi != 1)}" if lo == hi else f"{lo}–{hi} seeds"
+
+
+def aggregation_caption(configs: pd.DataFrame, *, figure: bool = False) -> str:
+    """What a point of the Pareto table, hypervolume and figure is (one wording for all);
+    ``figure`` adds what the bars and faint dots of :func:`pareto_plot` show."""
+    text = (
+        f"Each point = one configuration, mean over {seed_count_text(configs['n_seeds'])} "
+        "(its successful seeds)."
+    )
+    if figure:
+        text += " Bars = min–max over those seeds; faint dots = single seeds."
+    return text
+
+
 def pareto_plot(
     results: pd.DataFrame,
     path: Path,
@@ -69,33 +100,60 @@ def pareto_plot(
     seq_len: int | None = None,
     title: str | None = None,
 ) -> Path:
-    """Scatter of ``quality`` vs ``cost`` for the ok rows; the teacher as a star, the
-    non-dominated points joined by a step line, colours by layer-selection strategy and
-    marker by distillation on/off when those columns exist. Always writes ``path``."""
+    """Scatter of ``quality`` vs ``cost``, one point per configuration (seed-averaged by
+    :func:`analysis.frontier.config_front`, the definition of the run's ``on_front``), with
+    min–max bars over its seeds and each seed as a faint dot; the teacher as a star; the
+    non-dominated configurations joined by a step line. Colours by layer-selection strategy
+    and marker by distillation on/off when those columns exist. Always writes ``path``.
+
+    Artists carry gids (``seeds``, ``config_means``, ``seed_spread``, ``pareto_front``) so a
+    test can read back what was drawn.
+    """
     path = Path(path)
     df = results
     if "status" in df:
         df = df[df["status"] == "ok"]
     df = df[np.isfinite(df[quality].astype(float)) & np.isfinite(df[cost].astype(float))]
     is_teacher = df["trial_id"].astype(str).eq(TEACHER_ID) if "trial_id" in df else False
-    teacher, trials = df[is_teacher], df[~is_teacher]
+    teacher, trials = df[is_teacher], df[~is_teacher]  # trials: the seeds drawn as dots
+    configs = config_front(results, [(quality, "max"), (cost, "min")])  # as the report's table
 
-    fig, ax = plt.subplots(figsize=(7.5, 5), dpi=120)
-    if STRATEGY_COL in trials and trials[STRATEGY_COL].notna().any():
-        groups = list(trials.groupby(trials[STRATEGY_COL].astype(str), sort=True))
-    else:
-        groups = [("trials", trials)]
+    by_strategy = STRATEGY_COL in configs and configs[STRATEGY_COL].notna().any()
+    has_kd = KD_COL in configs and configs[KD_COL].nunique() > 1
+
+    def styled(d: pd.DataFrame) -> pd.DataFrame:  # legend name and marker of each row
+        name = d[STRATEGY_COL].astype(str) if by_strategy else "configurations"
+        marker = _truthy(d[KD_COL]).map({True: "o", False: "^"}) if has_kd else "o"
+        return d.assign(_name=name, _marker=marker)
+
+    trials, configs = styled(trials), styled(configs)
+    fig, ax = plt.subplots(figsize=(7.5, 5.4), dpi=120)
     colors = plt.get_cmap("tab10").colors
-    has_kd = KD_COL in trials and trials[KD_COL].nunique() > 1
-    for i, (name, g) in enumerate(groups):
+    for i, name in enumerate(sorted(configs["_name"].unique())):
         color = colors[i % len(colors)]
-        if has_kd:
-            for kd, marker in ((True, "o"), (False, "^")):
-                sub = g[_truthy(g[KD_COL]) == kd]
-                ax.scatter(sub[cost], sub[quality], color=color, marker=marker, s=45, alpha=0.85)
-            ax.scatter([], [], color=color, marker="s", label=name)
-        else:
-            ax.scatter(g[cost], g[quality], color=color, s=45, alpha=0.85, label=name)
+        for marker in ("o", "^"):
+            seeds = trials[(trials["_name"] == name) & (trials["_marker"] == marker)]
+            means = configs[(configs["_name"] == name) & (configs["_marker"] == marker)]
+            if means.empty:
+                continue
+            ax.scatter(seeds[cost], seeds[quality], color=color, marker=marker, s=14,
+                       alpha=0.25, linewidths=0, gid="seeds")  # fmt: skip
+            bars = ax.errorbar(
+                means[cost],
+                means[quality],
+                xerr=_spread(means, cost),
+                yerr=_spread(means, quality),
+                fmt="none",
+                ecolor=color,
+                elinewidth=1.0,
+                capsize=2.5,
+                alpha=0.7,
+            )
+            for part in bars.lines[2]:
+                part.set_gid("seed_spread")
+            ax.scatter(means[cost], means[quality], color=color, marker=marker, s=45,
+                       alpha=0.9, gid="config_means")  # fmt: skip
+        ax.scatter([], [], color=color, marker="s", label=name)
     if has_kd:
         ax.scatter([], [], color="grey", marker="o", label="distilled (KD)")
         ax.scatter([], [], color="grey", marker="^", label="labels only")
@@ -109,8 +167,7 @@ def pareto_plot(
             zorder=4,
             label="teacher",
         )
-    front = df[pareto_mask(df[quality].to_numpy(float), df[cost].to_numpy(float))]
-    front = front.sort_values([cost, quality], ascending=[True, False])
+    front = configs[configs["on_front"]].sort_values([cost, quality], ascending=[True, False])
     if len(front):
         ax.step(
             front[cost],
@@ -120,7 +177,8 @@ def pareto_plot(
             linestyle="--",
             linewidth=1.2,
             zorder=1,
-            label="Pareto front",
+            label="Pareto front (configurations)",
+            gid="pareto_front",
         )
         ax.scatter(
             front[cost],
@@ -138,9 +196,18 @@ def pareto_plot(
     ax.set_title(title or f"{AXIS_LABELS.get(quality, quality)} vs cost")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        legend_title = "layer selection" if STRATEGY_COL in trials else None
+        legend_title = "layer selection" if by_strategy else None
         ax.legend(title=legend_title, fontsize=8, title_fontsize=8, loc="best")
-    fig.tight_layout()
+    if len(configs):
+        fig.text(
+            0.5,
+            0.01,
+            aggregation_caption(configs, figure=True),
+            ha="center",
+            va="bottom",
+            fontsize=7,
+        )
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)

@@ -18,8 +18,8 @@ import pandas as pd
 from scipy.stats import kendalltau
 
 from analysis.arms import arm_blocks
-from analysis.frontier import hypervolume_2d, pareto_front
-from analysis.plots import PLOTS
+from analysis.frontier import config_front, hypervolume_2d
+from analysis.plots import PLOTS, aggregation_caption
 from analysis.render import (
     Block,
     Code,
@@ -41,6 +41,7 @@ __all__ = ["build_blocks", "main", "write_report"]
 SECTION_PLOTS = ("pareto", "importance", "agreement", "sensitivity")  # placed in their own sections
 STRATEGY_COL = "pipeline.truncate.strategy"
 BASELINE_STRATEGIES = ("uniform", "first_last", "random")
+PARETO_METRICS = ("accuracy", "macro_f1", "gflops", "params", "latency_ms_p50")
 
 
 def _short(col: str) -> str:
@@ -153,55 +154,76 @@ def _summary(run: RunData, varying: list[str], quality: str, cost: str) -> list[
     return [*blocks, Table(format_table(show, {c: _short(c) for c in varying}))]
 
 
+def _objectives_text(objectives: list[tuple[str, str]]) -> str:
+    return ", ".join(f"{m} ({d})" for m, d in objectives)
+
+
 def _pareto(
     run: RunData, varying: list[str], quality: str, cost: str, images: dict[str, Path]
 ) -> list[Block]:
+    """The Pareto set of seed-averaged configurations (:func:`config_front`, the definition of
+    ``on_front``): table, hypervolume and figure all from the same means."""
     df = run.results
     blocks: list[Block] = [Heading(f"Pareto set ({quality} up, {cost} down)")]
     if quality not in df or cost not in df:
         return [*blocks, Para(f"Columns {quality!r} / {cost!r} are missing from the results.")]
-    ok = df[df["status"] == "ok"] if "status" in df else df
-    front = pareto_front(ok, quality, cost)
+    objectives = [(quality, "max"), (cost, "min")]
+    shown = [m for m in PARETO_METRICS if m in df and m not in (quality, cost)]
+    configs = config_front(df, objectives, shown)
+    front = configs[configs["on_front"]]
+    front = front.sort_values([cost, quality], ascending=[True, False], kind="stable")
     if front.empty:
-        blocks.append(Para("No successful rows with finite metrics: no Pareto set."))
+        blocks.append(Para("No successful configurations with finite metrics: no Pareto set."))
     else:
+        search = [
+            (str(o.get("metric")), str(o.get("mode")))
+            for o in (run.config.get("search") or {}).get("objectives") or []
+        ]
+        if not search or search == objectives:
+            same = "the same definition as the `on_front` column of results.parquet"
+        else:
+            same = (
+                "the definition of the `on_front` column of results.parquet, which applies it "
+                f"to the search objectives {_objectives_text(search)} instead, so the two sets "
+                "can differ"
+            )
         blocks.append(
             Para(
-                f"{len(front)} non-dominated of {len(ok)} successful rows "
-                "(teacher included), cheapest first."
+                f"{len(front)} non-dominated of {len(configs)} configurations, cheapest first "
+                "(the teacher is the reference, not a configuration). "
+                f"{aggregation_caption(configs)} The table, the hypervolume and the figure use "
+                f"these per-configuration means: {same}."
             )
         )
-        blocks.append(
-            _table(
-                _blank_teacher(front, varying),
-                [
-                    "trial_id",
-                    "seed",
-                    *varying,
-                    quality,
-                    cost,
-                    "accuracy",
-                    "macro_f1",
-                    "gflops",
-                    "params",
-                    "latency_ms_p50",
-                ],
-            )
+        table = front.copy()
+        table["seeds"] = table["n_seeds"]
+        columns = ["config_id", *varying, "seeds", quality, f"{quality} seed min–max", cost]
+        table[f"{quality} seed min–max"] = interval_cells(
+            table[f"{quality}_min"].rename(quality), table[f"{quality}_max"].rename(quality)
         )
+        if (configs[f"{cost}_max"] > configs[f"{cost}_min"]).any():
+            table[f"{cost} seed min–max"] = interval_cells(
+                table[f"{cost}_min"].rename(cost), table[f"{cost}_max"].rename(cost)
+            )
+            columns.append(f"{cost} seed min–max")
+        blocks.append(_table(table, [*columns, *shown]))
         majority = ((run.manifest.get("baselines") or {}).get("majority") or {}).get(quality)
+        ok = df[df["status"] == "ok"] if "status" in df else df
         teacher = ok[ok["trial_id"] == TEACHER_ID][cost] if "trial_id" in ok else pd.Series()
-        student_rows = students(ok)
-        if majority is not None and len(teacher) and len(student_rows):
+        if majority is not None and len(teacher):
             ref = (float(majority), float(teacher.iloc[0]))
-            hv = hypervolume_2d(student_rows[[quality, cost]].to_numpy(float), ref)
+            hv = hypervolume_2d(configs[[quality, cost]].to_numpy(float), ref)
             blocks.append(
                 Para(
-                    f"Student hypervolume: {hv:.4g} ({quality} × {cost} area above the majority "
-                    f"baseline {ref[0]:.4f} and below the teacher's {cost} {ref[1]:.4g})."
+                    f"Student hypervolume: {hv:.4g} ({quality} × {cost} area dominated by the "
+                    f"configurations' means, above the majority baseline {ref[0]:.4f} and below "
+                    f"the teacher's {cost} {ref[1]:.4g})."
                 )
             )
     if "pareto" in images:
         blocks.append(Image(images["pareto"].name, f"{quality} vs {cost}"))
+        if not configs.empty:
+            blocks.append(Para(f"Figure: {aggregation_caption(configs, figure=True)}"))
     return blocks
 
 

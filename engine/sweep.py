@@ -384,31 +384,30 @@ def _rows(cfg: StudyConfig, grid: Any) -> list[dict[str, Any]]:
 
 def _summary(cfg: StudyConfig, rows: list[dict[str, Any]]) -> Any:
     """Mark the Pareto set and print it: configurations that ran to the full budget, their
-    objectives averaged over seeds, non-dominated on ``search.objectives``."""
+    objectives averaged over seeds, non-dominated on ``search.objectives``
+    (:func:`analysis.frontier.config_front`, the report's definition too)."""
     import pandas as pd
 
-    from analysis.frontier import objective_front
+    from analysis.frontier import config_front
 
     df = pd.DataFrame([r for r in rows if r.get("trial_id") != "teacher"])
     objectives = [(o.metric, o.mode) for o in cfg.search.objectives]
     cols = [m for m, _ in objectives]
     if df.empty or any(c not in df for c in cols):
         return set()
-    done = df[df["status"] == "ok"]
-    means = done.groupby("config_id")[cols].mean()
-    front = objective_front(means.reset_index(), objectives)
+    configs = config_front(df, objectives)
+    front = configs[configs["on_front"]]
     counts = df["status"].value_counts().to_dict()
     print(f"[sweep] trials: {counts}", flush=True)
     print(
         f"[sweep] Pareto set on {', '.join(f'{m} ({d})' for m, d in objectives)} "
-        f"over {len(means)} finished configurations (mean over seeds): {len(front)}",
+        f"over {len(configs)} finished configurations (mean over seeds): {len(front)}",
         flush=True,
     )
     if not front.empty:
-        first = done.drop_duplicates("config_id").set_index("config_id")
-        shown = front.set_index("config_id")
-        for key in [k for k in cfg.search.space if k in first]:
-            shown[key] = first.loc[shown.index, key]
+        shown = front.set_index("config_id")[[*cols, "n_seeds"]]
+        for key in [k for k in cfg.search.space if k in front]:
+            shown[key] = front.set_index("config_id")[key]
         print(shown.sort_values(cols[-1]).to_string(float_format=lambda v: f"{v:.4g}"))
     return set(front["config_id"])
 

@@ -107,3 +107,42 @@ def toy_batches(
 @pytest.fixture
 def tiny_models():
     return {"bert": tiny_bert, "gpt2": tiny_gpt2, "llama": tiny_llama}
+
+
+# --- agreement statistics from their definitions (plain loops: no project code, no scipy) ---
+
+
+def average_ranks(scores: list[float]) -> list[float]:
+    """1-based ranks, highest score = 1; tied scores share the mean of the positions they
+    occupy: rank_i = 1 + #{j: s_j > s_i} + #{j ≠ i: s_j = s_i} / 2."""
+    return [1 + sum(t > s for t in scores) + (sum(t == s for t in scores) - 1) / 2 for s in scores]
+
+
+def kendall_w_by_definition(matrix: list[list[float]]) -> float:
+    """Kendall's W of m raters × n items, tie-corrected (Kendall & Babington Smith 1939):
+    W = 12 S / (m² (n³ − n) − m Σ T), S = Σ_j (R_j − m (n + 1) / 2)², R_j = item j's rank sum,
+    T = Σ (t³ − t) over each rater's groups of t tied items."""
+    m, n = len(matrix), len(matrix[0])
+    ranks = [average_ranks(list(row)) for row in matrix]
+    rank_sums = [sum(r[j] for r in ranks) for j in range(n)]
+    s = sum((rs - m * (n + 1) / 2) ** 2 for rs in rank_sums)
+    ties = 0.0
+    for row in matrix:
+        for value in set(row):
+            t = list(row).count(value)
+            ties += t**3 - t
+    return 12 * s / (m**2 * (n**3 - n) - m * ties)
+
+
+def kendall_tau_b_by_definition(x: list[float], y: list[float]) -> float:
+    """Kendall's τ-b over all pairs i < j: Σ sx·sy / √(Σ sx² · Σ sy²), sx = sign(x_i − x_j),
+    sy = sign(y_i − y_j) (tied pairs count 0); nan when x or y is constant."""
+
+    def sign(v: float) -> int:
+        return (v > 0) - (v < 0)
+
+    pairs = [(i, j) for i in range(len(x)) for j in range(i + 1, len(x))]
+    sx = [sign(x[i] - x[j]) for i, j in pairs]
+    sy = [sign(y[i] - y[j]) for i, j in pairs]
+    denom = (sum(a * a for a in sx) * sum(b * b for b in sy)) ** 0.5
+    return sum(a * b for a, b in zip(sx, sy, strict=True)) / denom if denom else float("nan")

@@ -19,7 +19,13 @@ from engine.importance.consensus import (
     pairwise_correlation,
     topk_jaccard,
 )
-from tests.conftest import tiny_gpt2, toy_batches
+from tests.conftest import (
+    average_ranks,
+    kendall_tau_b_by_definition,
+    kendall_w_by_definition,
+    tiny_gpt2,
+    toy_batches,
+)
 
 # 3 methods × 4 layers, higher = more important. Ranks (1 = best):
 #   a: 1 2 3 4    b: 2 1 3 4    c: 1 3 2 4   → rank sums 4 6 8 12
@@ -33,6 +39,7 @@ def as_scores(table: dict[str, list[float]]) -> dict[str, LayerScores]:
 def test_kendall_w_matches_hand_computation_3x4() -> None:
     # S = (4−7.5)² + (6−7.5)² + (8−7.5)² + (12−7.5)² = 35;  W = 12·35 / (3²·(4³−4)) = 7/9
     assert kendall_w(list(EXAMPLE.values())) == pytest.approx(7 / 9, rel=1e-12)
+    assert kendall_w_by_definition(list(EXAMPLE.values())) == pytest.approx(7 / 9, rel=1e-12)
 
 
 def test_kendall_w_tie_correction_by_hand() -> None:
@@ -42,6 +49,45 @@ def test_kendall_w_tie_correction_by_hand() -> None:
     assert kendall_w(x) == pytest.approx(12 * 33.5 / 522, rel=1e-12)
     assert kendall_w([[1, 2, 3], [10, 20, 30]]) == pytest.approx(1.0)
     assert kendall_w([[1, 2], [2, 1]]) == pytest.approx(0.0)
+    # m = 2, n = 3: a = (1, 1, 0) ranks 1.5 1.5 3, T_a = 6; b = (2, 1, 0) ranks 1 2 3.
+    # R = 2.5 3.5 6, m(n+1)/2 = 4 → S = 2.25 + 0.25 + 4 = 6.5; W = 12·6.5 / (4·24 − 2·6) = 13/14
+    assert kendall_w([[1, 1, 0], [2, 1, 0]]) == pytest.approx(13 / 14, rel=1e-12)
+
+
+def test_kendall_w_exact_on_identical_and_reversed_rankings() -> None:
+    same = [[0.3, 0.9, 0.1, 0.5, 0.7]] * 4  # four raters, one ranking → W = 1
+    assert kendall_w(same) == pytest.approx(1.0, rel=1e-12)
+    # m = 2 exactly reversed: every rank sum is n + 1 = m(n+1)/2 → S = 0 → W = 0
+    assert kendall_w([[4, 3, 2, 1], [1, 2, 3, 4]]) == pytest.approx(0.0, abs=1e-12)
+    # identical rankings with ties: still 1 (the tie correction makes the maximum reachable)
+    assert kendall_w([[2, 2, 1, 0], [5, 5, 3, 1]]) == pytest.approx(1.0, rel=1e-12)
+
+
+def test_definition_oracles_reproduce_the_hand_values() -> None:
+    assert average_ranks([2.0, 2.0, 1.0, 0.0]) == [1.5, 1.5, 3.0, 4.0]
+    assert kendall_w_by_definition([[1, 1, 0], [2, 1, 0]]) == pytest.approx(13 / 14)
+    assert kendall_w_by_definition([[2.0, 2.0, 1.0, 0.0], EXAMPLE["b"], EXAMPLE["c"]]) == (
+        pytest.approx(12 * 33.5 / 522)
+    )
+    assert kendall_w_by_definition([[4, 3, 2, 1], [1, 2, 3, 4]]) == pytest.approx(0.0)
+    assert kendall_tau_b_by_definition(EXAMPLE["a"], EXAMPLE["b"]) == pytest.approx(2 / 3)
+    # x ties its first pair: 5 concordant pairs, Σsx² = 5, Σsy² = 6 → τ-b = 5 / √30
+    assert kendall_tau_b_by_definition([2, 2, 1, 0], [3, 4, 2, 1]) == pytest.approx(5 / 30**0.5)
+
+
+def test_kendall_w_and_tau_b_match_the_definitions_on_tied_random_scores() -> None:
+    rng = np.random.default_rng(5)
+    for _ in range(25):
+        m, n = int(rng.integers(2, 6)), int(rng.integers(3, 8))
+        x = rng.integers(0, 4, size=(m, n)).astype(float)  # many ties
+        x[0, :2] = [0.0, 1.0]  # rater 0 not constant, so W's denominator is positive
+        assert kendall_w(x) == pytest.approx(kendall_w_by_definition(x.tolist()), rel=1e-12)
+        scores = as_scores({f"m{i}": row.tolist() for i, row in enumerate(x)})
+        tau = pairwise_correlation(scores, "kendall")
+        for i in range(m):
+            for j in range(i + 1, m):
+                want = kendall_tau_b_by_definition(x[i].tolist(), x[j].tolist())
+                np.testing.assert_allclose(tau.iloc[i, j], want, rtol=1e-12, equal_nan=True)
 
 
 def test_pairwise_correlations_and_jaccard_by_hand() -> None:
@@ -113,6 +159,13 @@ def test_hybrid_is_weighted_mean_of_per_batch_normalised_components() -> None:
     np.testing.assert_allclose(alone.scores, got["hybrid"].scores, rtol=1e-12)
 
 
+def test_rank_normalise_by_hand() -> None:
+    # (average rank − 1) / (n − 1), rank 1 = lowest score: best layer 1, worst 0
+    np.testing.assert_allclose(rank_normalise([3.0, 1.0, 2.0]), [1.0, 0.0, 0.5])
+    np.testing.assert_allclose(rank_normalise([5.0, 5.0, 1.0]), [0.75, 0.75, 0.0])  # tie
+    np.testing.assert_allclose(rank_normalise([7.0]), [1.0])
+
+
 def test_consensus_method_is_mean_rank_normalised_score() -> None:
     a = from_per_batch("fisher", [[3.0, 1.0, 2.0], [1.0, 2.0, 3.0]], [2, 6])
     b = from_per_batch("gradient", [[1.0, 2.0, 3.0], [1.0, 3.0, 2.0]], [2, 6])
@@ -120,8 +173,11 @@ def test_consensus_method_is_mean_rank_normalised_score() -> None:
     from engine.importance.base import DERIVED
 
     got = DERIVED["consensus"].combine({"fisher": a, "gradient": b}, cfg)
-    r0 = (rank_normalise([3, 1, 2]) + rank_normalise([1, 2, 3])) / 2
-    r1 = (rank_normalise([1, 2, 3]) + rank_normalise([1, 3, 2])) / 2
+    # rank-normalised by hand: (3,1,2) → (1, 0, .5); (1,2,3) → (0, .5, 1); (1,3,2) → (0, 1, .5)
+    r0 = (np.array([1.0, 0.0, 0.5]) + np.array([0.0, 0.5, 1.0])) / 2  # batch 0: .5 .25 .75
+    r1 = (np.array([0.0, 0.5, 1.0]) + np.array([0.0, 1.0, 0.5])) / 2  # batch 1: 0 .75 .75
+    # example-weighted (2 and 6 examples): (2·r0 + 6·r1) / 8 = (1, 5, 6) / 8
+    np.testing.assert_allclose(got.scores, [0.125, 0.625, 0.75])
     np.testing.assert_allclose(got.scores, (2 * r0 + 6 * r1) / 8)
     assert got.num_examples == 8
 

@@ -16,6 +16,7 @@ import pytest
 import engine.importance  # noqa: F401  (registers every method)
 from engine.config import BASELINE_STRATEGIES, load_study, trial_configs
 from engine.importance import IMPORTANCE
+from tests.conftest import kendall_tau_b_by_definition, kendall_w_by_definition
 
 REPO = Path(__file__).resolve().parent.parent
 STRATEGY = "pipeline.truncate.strategy"
@@ -106,8 +107,18 @@ def test_importance_and_agreement_files(importance_run: Path) -> None:
     pairs = agr[agr.statistic == "kendall_tau"]
     assert set(pairs.method_a) | set(pairs.method_b) == base
     assert len(pairs) == len(base) * (len(base) - 1) // 2
+    # W and every τ-b recomputed from importance.parquet's scores by their definitions
+    # (rank sums with the tie correction; pair signs), not by the agreement code
+    table = imp[imp.method.isin(base)].pivot(index="method", columns="layer", values="score")
     w = agr[agr.statistic == "kendall_w"]["value"].item()
-    assert 0.0 <= w <= 1.0
+    np.testing.assert_allclose(
+        w, kendall_w_by_definition(table.to_numpy().tolist()), rtol=1e-9, atol=1e-12
+    )
+    for p in pairs.itertuples():
+        want = kendall_tau_b_by_definition(
+            table.loc[p.method_a].tolist(), table.loc[p.method_b].tolist()
+        )
+        np.testing.assert_allclose(p.value, want, rtol=1e-9, equal_nan=True, err_msg=str(p))
     # the per-layer consensus ranking is the order of the methods' mean rank
     ranks = imp[imp.method.isin(base)].groupby("layer")["rank"].mean()
     mean_rank = agr[agr.statistic == "mean_rank"].set_index("layer")["value"]

@@ -119,18 +119,85 @@ def test_scheduler_decisions_on_planted_vectors() -> None:
     assert sched.on_result("c", res(2, 0.05, 4.0)) == "STOP"
 
 
+def _dominates(a: list[float], b: list[float]) -> bool:
+    """a dominates b (all minimised): no worse on every objective, better on one."""
+    return all(x <= y for x, y in zip(a, b, strict=True)) and any(
+        x < y for x, y in zip(a, b, strict=True)
+    )
+
+
+def _brute_fronts(points: list[list[float]]) -> list[int]:
+    """Front index of each point by peeling: front k = the points of what is left after
+    fronts < k that no other point left dominates."""
+    front = [-1] * len(points)
+    left = set(range(len(points)))
+    k = 0
+    while left:
+        current = {i for i in left if not any(_dominates(points[j], points[i]) for j in left)}
+        for i in current:
+            front[i] = k
+        left -= current
+        k += 1
+    return front
+
+
+def _textbook_crowding(points: list[list[float]]) -> list[float]:
+    """NSGA-II crowding distance (Deb et al. 2002), by hand: per objective, order the points
+    (equal values by input position); both ends get infinity; an inner point adds
+    (next − previous) / (max − min), nothing when the objective has zero range."""
+    n = len(points)
+    if n <= 2:
+        return [math.inf] * n
+    dist = [0.0] * n
+    for k in range(len(points[0])):
+        order = sorted(range(n), key=lambda i: (points[i][k], i))
+        lo, hi = points[order[0]][k], points[order[-1]][k]
+        dist[order[0]] = dist[order[-1]] = math.inf
+        for pos in range(1, n - 1):
+            if hi > lo:
+                gap = points[order[pos + 1]][k] - points[order[pos - 1]][k]
+                dist[order[pos]] += gap / (hi - lo)
+    return dist
+
+
 def _strict_rule(seen: list[list[float]], i: int, rf: float) -> bool:
-    """An independent statement of the promotion rule, by explicit pairwise comparisons."""
-    f = np.array(seen)
-    ranks = nondominated_sort(f)
-    same = np.flatnonzero(ranks == ranks[i])
-    crowd = dict(zip(same, crowding_distance(f[same]), strict=True))
+    """The promotion rule from its definition: point i goes on when fewer than
+    max(1, ⌊n/rf⌋) points rank strictly better — on an earlier front, or on its front with
+    a larger crowding distance within that front. Brute force, no project code."""
+    fronts = _brute_fronts(seen)
+    members = [j for j in range(len(seen)) if fronts[j] == fronts[i]]
+    crowd = dict(zip(members, _textbook_crowding([seen[j] for j in members]), strict=True))
     better = sum(
         1
-        for j in range(len(f))
-        if ranks[j] < ranks[i] or (ranks[j] == ranks[i] and crowd[j] > crowd[i])
+        for j in range(len(seen))
+        if fronts[j] < fronts[i] or (fronts[j] == fronts[i] and crowd[j] > crowd[i])
     )
-    return better < max(1, len(f) // rf)
+    return better < max(1, len(seen) // rf)
+
+
+def test_brute_force_oracles_on_the_planted_set() -> None:
+    # the oracles themselves against the hand values above (fronts A B C | D E | F; the
+    # middle of A B C has crowding 1 + 1 = 2; the line example 5/6 + 5/6 and 4/6 + 4/6)
+    assert _brute_fronts(PLANTED.tolist()) == [0, 0, 0, 1, 1, 2]
+    d = _textbook_crowding(PLANTED[:3].tolist())
+    assert math.isinf(d[0]) and math.isinf(d[2]) and d[1] == pytest.approx(2.0)
+    d = _textbook_crowding([[0, 6], [2, 4], [5, 1], [6, 0]])
+    assert d[1:3] == pytest.approx([5 / 3, 4 / 3])
+    # a tie on one objective: equal values in input order, zero range adds nothing
+    d = _textbook_crowding([[1, 3], [1, 2], [1, 1]])
+    assert math.isinf(d[0]) and math.isinf(d[2]) and d[1] == pytest.approx(1.0)
+
+
+def test_sort_and_crowding_match_the_oracles_on_random_points() -> None:
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        f = rng.integers(0, 5, size=(12, 2)).astype(float)  # many ties
+        assert nondominated_sort(f).tolist() == _brute_fronts(f.tolist())
+        for k in set(_brute_fronts(f.tolist())):
+            members = [i for i, r in enumerate(_brute_fronts(f.tolist())) if r == k]
+            np.testing.assert_allclose(
+                crowding_distance(f[members]), _textbook_crowding(f[members].tolist())
+            )
 
 
 def test_scheduler_stop_rule_on_random_arrivals() -> None:
@@ -224,10 +291,9 @@ def test_mo_asha_in_tune_keeps_the_frontier(ray_local) -> None:
     assert all(iters[n] == 1 for n in ("d0", "d1", "d2"))
     assert grid.num_errors == 0
     final = pd.DataFrame([{"name": r.config["name"], **r.metrics} for r in grid])
-    front = objective_front(
-        final[final.training_iteration == 9], [("acc", "max"), ("gflops", "min")]
-    )
-    assert set(front["name"]) == {"p0", "p1", "p2"}
+    done = final[final.training_iteration == 9]
+    f = np.column_stack([-done["acc"].to_numpy(float), done["gflops"].to_numpy(float)])
+    assert {done["name"].iloc[i] for i in _brute_front(f)} == {"p0", "p1", "p2"}
 
 
 def _tmp_storage():
