@@ -227,19 +227,52 @@ def _pareto(
     return blocks
 
 
+def _interval_note(g: pd.DataFrame, level: float) -> str:
+    """What one method's intervals resampled, and whether there were enough units."""
+    if "ci_unit" not in g or g["ci_low"].isna().all():
+        return "No interval (fewer than 2 resampling units)." if "ci_unit" in g else ""
+    unit, n = str(g["ci_unit"].iloc[0]), int(g["ci_units"].iloc[0])
+    units = {"example": "examples", "batch": "calibration batches"}.get(unit, unit)
+    text = f"Interval: {level:.0%} BCa bootstrap over {n} {units}"
+    if not bool(g["ci_reliable"].iloc[0]):
+        return (
+            f"{text} — **unreliable**: too few {units} for the interval to reach its nominal "
+            "coverage (see `importance.ci_min_examples` / `ci_min_batches`)."
+        )
+    return f"{text}."
+
+
+def consensus_members(run: RunData) -> list[str]:
+    """The methods the ``consensus`` score averages, from the run's config (engine default
+    when the config predates the key)."""
+    imp = run.config.get("importance") or {}
+    default = ["fisher", "gradient", "taylor", "ablation", "block_influence"]
+    return list(imp.get("consensus_methods") or default)
+
+
 def _importance(run: RunData, images: dict[str, Path]) -> list[Block]:
     imp = run.importance
     if imp is None or imp.empty:
         return []
+    level = float((run.config.get("importance") or {}).get("ci_level", 0.95))
     blocks: list[Block] = [
         Heading("Layer importance"),
         Para(
             "Per method: score (higher = more important to keep), rank (0 = most important) "
-            "and the score's interval where the method provides one."
+            "and the score's interval. Methods whose score is a mean of per-example "
+            "contributions resample examples; the others (defined on whole batches) resample "
+            "calibration batches."
         ),
     ]
     for method, g in imp.groupby("method", sort=True):
         blocks.append(Heading(f"{method}", 3))
+        if method == "consensus":
+            blocks.append(
+                Para(f"Mean rank-normalised score of: {', '.join(consensus_members(run))}.")
+            )
+        note = _interval_note(g, level)
+        if note:
+            blocks.append(Para(note))
         blocks.append(
             _table(g.sort_values("rank"), ["layer", "rank", "score", "ci_low", "ci_high"])
         )
@@ -295,8 +328,8 @@ def _agreement(run: RunData, images: dict[str, Path]) -> list[Block]:
     blocks: list[Block] = [
         Heading("Agreement between importance methods"),
         Para(
-            f"{len(methods)} methods over {layers} layers (hybrid and consensus excluded). "
-            f"Kendall's W = {w.iloc[0]:.3f} (tie-corrected coefficient of concordance: 1 = "
+            f"{len(methods)} methods over {layers} layers ({', '.join(methods)}; hybrid and "
+            f"consensus excluded). Kendall's W = {w.iloc[0]:.3f} (tie-corrected coefficient of concordance: 1 = "
             "every method ranks the layers identically, 0 = no agreement)."
             if len(w)
             else f"{len(methods)} methods over {layers} layers."
@@ -351,8 +384,8 @@ def _agreement(run: RunData, images: dict[str, Path]) -> list[Block]:
             "ties by layer index); `in top-k` = share of methods that put the layer among "
             "their k most important. (The `consensus` importance method, usable as a "
             "layer-selection strategy, is computed differently: the mean rank-normalised score "
-            "of `importance.consensus_methods`, per calibration batch, so that it has bootstrap "
-            "intervals.)"
+            "of `importance.consensus_methods` — here "
+            f"{', '.join(consensus_members(run))} — per calibration batch.)"
         ),
         Table(
             format_table(table[["consensus rank", *[c for c in table if c != "consensus rank"]]])

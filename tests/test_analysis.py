@@ -375,3 +375,40 @@ def test_no_agreement_file_no_agreement_section(tmp_path: Path) -> None:
     assert "## Agreement between importance methods" not in md
     assert not (run_dir / "agreement.png").exists()
     assert "## Which ranking makes the best student" in md  # τ column empty, table still there
+
+
+def test_report_importance_section_says_what_each_interval_resampled(tmp_path: Path) -> None:
+    """Per method: the resampling unit and count, the unreliable flag below the minimum, and
+    the consensus members read from the run's config."""
+    from engine.importance.base import bootstrap_ci, from_per_batch, from_per_example
+    from engine.importance.runner import importance_table
+
+    run_dir = _write_importance_run(tmp_path / "run")
+    rng = np.random.default_rng(0)
+    ls = {
+        "fisher": bootstrap_ci(from_per_example("fisher", [rng.normal(size=(60, 4))] * 2)),
+        "mutual_info": bootstrap_ci(
+            from_per_batch("mutual_info", rng.normal(size=(6, 4)), [8] * 6)
+        ),
+        "consensus": bootstrap_ci(from_per_batch("consensus", rng.normal(size=(6, 4)), [8] * 6)),
+    }
+    importance_table(ls).to_parquet(run_dir / "importance.parquet", index=False)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest["config"]["importance"] = {
+        "consensus_threshold": 0.75,
+        "ci_level": 0.9,
+        "consensus_methods": ["fisher", "ablation", "block_influence"],
+    }
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    md = write_report(run_dir).read_text()
+    section = md.split("## Layer importance")[1].split("\n## ")[0]
+    fisher = section.split("### fisher")[1].split("###")[0]
+    assert "Interval: 90% BCa bootstrap over 120 examples." in fisher
+    assert "unreliable" not in fisher
+    mi = section.split("### mutual_info")[1].split("###")[0]
+    assert "over 6 calibration batches — **unreliable**" in mi
+    cons = section.split("### consensus")[1].split("###")[0]
+    assert "Mean rank-normalised score of: fisher, ablation, block_influence." in cons
+    agreement = md.split("## Agreement between importance methods")[1]
+    assert "here fisher, ablation, block_influence" in agreement
+    assert "(fisher, ablation, block_influence; hybrid and consensus excluded)" in agreement
