@@ -5,7 +5,8 @@ Every trial and the teacher are measured by the same calls, so rows are comparab
 * :mod:`~engine.measure.cost` — ``count_gflops(model, seq_len)`` (GFLOPs per example =
   2 × multiply-adds counted by fvcore on the built model, SDPA attention included),
   ``count_params``, ``count_params_nonzero``, ``weights_bytes``;
-* :mod:`~engine.measure.latency` — ``measure_latency(model, batch, repeats=, warmup=)``;
+* :mod:`~engine.measure.latency` — ``measure_latency(model, batch, repeats=, warmup=)``,
+  ``interleaved_latency([(model, batch), ...], repeats=, warmup=)`` (several models in turns);
 * :mod:`~engine.measure.quality` — ``classification_metrics``, ``majority_baseline``,
   ``evaluate``.
 
@@ -25,7 +26,7 @@ from engine.measure.cost import (
     count_params_nonzero,
     weights_bytes,
 )
-from engine.measure.latency import measure_latency
+from engine.measure.latency import interleaved_latency, measure_latency
 from engine.measure.quality import (
     classification_metrics,
     confusion_matrix,
@@ -41,6 +42,7 @@ __all__ = [
     "count_params",
     "count_params_nonzero",
     "evaluate",
+    "interleaved_latency",
     "majority_baseline",
     "measure_latency",
     "weights_bytes",
