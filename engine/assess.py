@@ -38,7 +38,10 @@ def assess(
     ``record`` (what the compression stages did) adds ``quant`` and ``gflops_theoretical``
     = ``gflops`` × (1 − mask sparsity): the seeds' estimate for masked (unstructured / 2:4)
     pruning, which a dense kernel does not realise; ``gflops`` stays the dense fvcore count.
-    A dynamic-int8 model runs on CPU whatever the trial's device.
+    A dynamic-int8 model runs on CPU whatever the trial's device. The latency it measures is
+    the trial's own (beside whatever else runs then); the sweep moves it to
+    ``latency_in_trial_*`` and fills the public columns in its latency phase
+    (:mod:`engine.latency_phase`).
     """
     record = record or {}
     if record.get("quant") == "dynamic_int8":

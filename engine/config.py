@@ -559,6 +559,19 @@ def _check_names(cfg: StudyConfig, source: str) -> list[str]:
             f"{source}: pipeline.order: 'early_exit' must be the last stage and cannot be "
             f"combined with 'quantize', got {list(order)}"
         )
+    wants_latency = [
+        f"search.objectives.{i}"
+        for i, o in enumerate(cfg.search.objectives)
+        if o.metric == "latency_ms_p50"
+    ]
+    if cfg.report.cost_metric == "latency_ms_p50":
+        wants_latency.append("report.cost_metric")
+    if wants_latency and not cfg.measure.save_models:
+        problems.append(
+            f"{source}: measure.save_models: false leaves no saved model for the latency phase "
+            f"after the sweep, but {', '.join(wants_latency)} asks for latency_ms_p50 "
+            "(set measure.save_models=true)"
+        )
     if "truncate" in cfg.pipeline.order:
         s = cfg.pipeline.truncate.strategy
         allowed = (*cfg.importance.methods, *BASELINE_STRATEGIES)

@@ -382,6 +382,84 @@ def _rows(cfg: StudyConfig, grid: Any) -> list[dict[str, Any]]:
     return rows
 
 
+def _measuring_node(cuda: bool) -> dict[str, Any] | None:
+    """The node the latency phase holds whole: the driver's when it has CPUs (and a GPU for a
+    GPU study), else the first alive node that does; None when no node qualifies."""
+    import ray
+
+    here = ray.get_runtime_context().get_node_id()
+    alive = sorted((n for n in ray.nodes() if n.get("Alive")), key=lambda n: n["NodeID"] != here)
+    for n in alive:
+        res = n.get("Resources") or {}
+        if res.get("CPU", 0) >= 1 and (not cuda or res.get("GPU", 0) >= 1):
+            return n
+    return None
+
+
+def _latency_phase(
+    cfg: StudyConfig, shared: Any, rows: list[dict[str, Any]], timings: dict[str, float]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Time the teacher and every saved student serially after the sweep
+    (:mod:`engine.latency_phase`), in one Ray task that holds a whole node — all its CPUs
+    (and GPUs) — so no trial, actor or other task of the study runs beside the timing; on a
+    cluster this also picks a GPU node for a GPU study (the head has none). Returns the rows
+    with the latency columns replaced and the phase's description for the manifest."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from engine.latency_phase import ToTime, apply_latency, time_models, timing_setup, untimed_phase
+
+    items = [
+        ToTime(str(r.get("trial_id")), r.get("status"), r.get("model_dir"))
+        for r in rows
+        if r.get("trial_id") != "teacher"
+    ]
+    setup = timing_setup(cfg, shared.splits["test"])
+    node = _measuring_node(setup.cuda)
+    t0 = time.perf_counter()
+    if node is None:
+        phase = untimed_phase(
+            ["teacher", *(i.trial_id for i in items)],
+            "no alive node with a CPU" + (" and a GPU" if setup.cuda else "") + " to time on",
+        )
+    else:
+        res = node["Resources"]
+        cpus, gpus = res["CPU"], res.get("GPU", 0)
+        print(
+            f"[latency] timing the teacher and {len(items)} trials in turns on "
+            f"{node.get('NodeManagerHostname', node['NodeID'][:8])} (held whole: {cpus:g} CPUs, "
+            f"{gpus:g} GPUs), {setup.threads} torch threads, batch {cfg.measure.batch_size}, "
+            f"warmup {setup.warmup}, repeats {setup.repeats}",
+            flush=True,
+        )
+
+        def phase_task(teacher_config: dict[str, Any], teacher_state: dict[str, Any]) -> Any:
+            from engine.teacher import load_model
+
+            return time_models(items, setup, load_model(teacher_config, teacher_state))
+
+        task = ray.remote(phase_task).options(
+            num_cpus=cpus,
+            num_gpus=gpus,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
+        )
+        try:
+            phase = ray.get(task.remote(shared.teacher_config, shared.teacher_state))
+            phase.info.update(node_cpus=cpus, node_gpus=gpus)
+        except Exception as e:  # the study's results are kept; their latency says why not
+            phase = untimed_phase(
+                ["teacher", *(i.trial_id for i in items)],
+                f"latency phase failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}",
+            )
+    timings["latency_s"] = time.perf_counter() - t0
+    print(
+        f"[latency] {phase.info.get('timed', 0)} timed, {phase.info.get('untimed', 0)} without "
+        f"a figure ({timings['latency_s']:.1f} s)",
+        flush=True,
+    )
+    return apply_latency(rows, phase), phase.info
+
+
 def _summary(cfg: StudyConfig, rows: list[dict[str, Any]]) -> Any:
     """Mark the Pareto set and print it: configurations that ran to the full budget, their
     objectives averaged over seeds, non-dominated on ``search.objectives``
@@ -483,10 +561,11 @@ def run(
         timings["sweep_s"] = time.perf_counter() - t0
         trials = _rows(cfg, grid)
         _drop_checkpoints(grid)
-        on_front = _summary(cfg, trials)
-        for r in trials:
+        # after every trial has finished, so the timing shares the node with nothing
+        rows, manifest["latency"] = _latency_phase(cfg, shared, [teacher, *trials], timings)
+        on_front = _summary(cfg, rows)  # a latency objective is judged on the serial figures
+        for r in rows[1:]:  # the trials (rows[0] is the teacher)
             r["on_front"] = r.get("config_id") in on_front and r.get("status") == "ok"
-        rows = [teacher, *trials]
         timings["total_s"] = time.perf_counter() - t_all
         manifest["timings"] = timings
         _write_outputs(cfg, run_dir, data, art, shared, rows, manifest)

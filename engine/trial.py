@@ -78,7 +78,9 @@ class TrialReporter:
     """``ctx.report`` of a trial: measures the model being trained every ``every`` steps.
 
     ``measure`` gives validation quality (``valid_*``) and the cost metrics the objectives
-    need (GFLOPs and size; latency only when an objective asks for it).
+    need (GFLOPs and size; latency only when an objective asks for it: timed here, beside
+    the other trials, it steers the search only; the results' latency columns come from the
+    phase after the sweep, :mod:`engine.latency_phase`).
     """
 
     study: StudyConfig

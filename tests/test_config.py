@@ -110,6 +110,17 @@ def test_overrides_parse_as_yaml() -> None:
         parse_override("no_equals_sign")
 
 
+def test_latency_objective_needs_saved_models() -> None:
+    """Latency is timed on the saved students after the sweep: without them there is none to
+    steer a search or a report by (an in-trial figure is load, not the model)."""
+    objectives = "search.objectives=[{metric: valid_accuracy}, {metric: latency_ms_p50, mode: min}]"
+    (p,) = _problems(["measure.save_models=false", objectives, "report.cost_metric=latency_ms_p50"])
+    assert p.startswith("sweeps/smoke.yaml: measure.save_models: false leaves no saved model")
+    assert "search.objectives.1, report.cost_metric asks for latency_ms_p50" in p
+    load_study("smoke", ["measure.save_models=false"])  # fine without a latency objective
+    load_study("smoke", [objectives])  # and with saved models
+
+
 def test_override_precedence_cli_over_yaml_over_default() -> None:
     cfg = load_study("smoke", ["pipeline.distill.temperature=4", "repeats=[0, 1]"])
     assert cfg.pipeline.distill.temperature == 4.0  # CLI beats YAML's 2.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import os
@@ -87,6 +88,35 @@ def test_smoke_results_contract(smoke_run) -> None:
     assert (students.gflops < teacher.gflops.iloc[0]).all()
     assert (students.params < teacher.params.iloc[0]).all()
     assert (df.latency_ms_p95 >= df.latency_ms_p50).all()
+    # latency: every row timed after the sweep under one stated condition (latency phase)
+    assert (df.latency_phase == "serial").all(), df[["trial_id", "latency_reason"]]
+    assert df.latency_reason.isna().all()
+    assert (df.latency_threads == 1).all() and (df.latency_device == "cpu").all()
+    for col in ("throughput_per_s", "latency_in_trial_ms_p50", "latency_in_trial_ms_p95"):
+        assert df[col].map(math.isfinite).all(), col  # the trials' own figures, labelled
+    assert df.throughput_per_s.to_numpy() == pytest.approx(16 / (df.latency_ms_p50 / 1e3))
+
+
+@pytest.mark.slow
+def test_smoke_latency_phase_runs_after_the_trials(smoke_run) -> None:
+    """The phase starts once every trial has written its final row, times the saved
+    students and the teacher in one task on the whole node, and the report states the
+    noise floor from the two identical 2-layer students (fisher and uniform)."""
+    out, proc = smoke_run
+    man = json.loads((out / "manifest.json").read_text())
+    lat = man["latency"]
+    started = dt.datetime.fromisoformat(lat["started"]).timestamp()
+    ledger = list((out / "trials").glob("*.json"))
+    assert len(ledger) == 2 and all(p.stat().st_mtime <= started for p in ledger)
+    assert lat["finished"] >= lat["started"] and man["timings"]["latency_s"] > 0
+    assert (lat["phase"], lat["timed"], lat["untimed"], lat["groups"]) == ("serial", 3, 0, 1)
+    assert (lat["batch_size"], lat["warmup"], lat["repeats"], lat["threads"]) == (16, 1, 3, 1)
+    assert lat["node_cpus"] >= 1 and lat["devices"] == ["cpu"]
+    last_progress = proc.stdout.rindex("[progress]")  # the table printed as trials finish
+    assert proc.stdout.index("[latency] timing the teacher and 2 trials") > last_progress
+    section = (out / "report.md").read_text().split("## Latency and its noise floor")[1]
+    assert "identical architectures (same GFLOPs, parameters and weight bytes)" in section
+    assert "1 group(s), 2 models" in section.split("\n## ")[0]
 
 
 @pytest.mark.slow

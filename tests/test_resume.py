@@ -208,6 +208,9 @@ def test_kill_driver_then_resume_completes_exactly_once(tmp_path: Path) -> None:
         assert again.loc[ok.trial_id, "replayed"] == True  # noqa: E712 (numpy bool)
         assert again.loc[ok.trial_id, "wall_s"] == ok.wall_s
         assert again.loc[ok.trial_id, "accuracy"] == ok.accuracy
+        # the replayed row keeps its recorded in-trial latency; the phase times its student
+        assert again.loc[ok.trial_id, "latency_in_trial_ms_p50"] == ok.latency_in_trial_ms_p50
+        assert again.loc[ok.trial_id, "latency_phase"] == "serial"
         assert again.drop(index=[ok.trial_id, "teacher"]).replayed.isna().all()
         assert weights.stat().st_mtime_ns == stamp  # the student was not rebuilt
         (trial_dir,) = (out / "tune").glob(f"run_trial_{ok.trial_id}_*")
@@ -238,5 +241,10 @@ def _check_study(out: Path, before: set[str]) -> None:
     good = trials[trials["pipeline.truncate.keep_layers"] != 9]
     assert (good.status == "ok").all(), good.error.tolist()
     assert (good.student_layers == good["pipeline.truncate.keep_layers"]).all()
+    # the latency phase after the (resumed) sweep timed every saved student; failures say why
+    assert (good.latency_phase == "serial").all() and good.latency_ms_p50.notna().all()
+    assert (bad.latency_phase == "none").all() and bad.latency_ms_p50.isna().all()
+    assert bad.latency_reason.str.startswith("trial failed").all()
     man = json.loads((out / "manifest.json").read_text())
+    assert man["latency"]["timed"] == 3  # the teacher and the two ok students
     assert man["trials"] == {"total": 4, "ok": 2, "failed": 2, "stopped": 0}
