@@ -13,13 +13,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from analysis.latency import noise_floor, noise_floor_text
 from analysis.paired import base_per_seed, column_form, config_value, matches, paired_effect
 from analysis.render import Block, Heading, Para, Table, format_table, interval_cells
 from analysis.rundir import RunData, students
 
-__all__ = ["ARM_METRICS", "arm_blocks", "arm_effects"]
+__all__ = ["ARM_METRICS", "arm_blocks", "arm_effects", "beyond_noise"]
 
 ARM_METRICS = ("accuracy", "macro_f1", "gflops", "latency_ms_p50", "weights_bytes")
 
@@ -71,6 +73,19 @@ def arm_effects(run: RunData, metrics: tuple[str, ...] = ARM_METRICS) -> pd.Data
     return pd.DataFrame(rows)
 
 
+def beyond_noise(d: pd.Series, arm: pd.Series, floor_pct: float) -> list[str]:
+    """Per arm, whether |Δ latency| exceeds the noise floor (``floor_pct`` % of the base's
+    latency, base = arm − Δ): ``yes``, ``no`` or ``—`` without a Δ."""
+    out = []
+    for delta, value in zip(d, arm, strict=True):
+        base = value - delta
+        if not (np.isfinite(delta) and np.isfinite(base)):
+            out.append("—")
+        else:
+            out.append("yes" if abs(delta) > floor_pct / 100 * base else "no")
+    return out
+
+
 def arm_blocks(run: RunData) -> list[Block]:
     """The report section on a study's extra configurations (nothing without them)."""
     effects = arm_effects(run)
@@ -87,6 +102,10 @@ def arm_blocks(run: RunData) -> list[Block]:
             show[f"Δ {m} ci95"] = interval_cells(
                 effects[f"d_{m}_ci_low"], effects[f"d_{m}_ci_high"]
             )
+        if m == "latency_ms_p50" and (floor := noise_floor(run.results)) is not None:
+            show["Δ latency beyond noise"] = beyond_noise(
+                effects[f"d_{m}_mean"], effects[f"{m}_mean"], floor.spread_pct
+            )
     return [
         Heading("Extra configurations against their base"),
         Para(
@@ -94,8 +113,7 @@ def arm_blocks(run: RunData) -> list[Block]:
             "the search's configuration it departs from (`base`: the same searched values, the "
             "study's settings elsewhere). Δ = the arm's metric minus the base's under the same "
             "seed, averaged over seeds both ran (95 % Student-t interval over seeds; — with "
-            "fewer than 2). Latency is measured on the `device` of each trial, so compare it "
-            "within one run."
+            "fewer than 2). " + noise_floor_text(run)
         ),
         Table(format_table(show)),
     ]

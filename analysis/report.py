@@ -19,6 +19,7 @@ from scipy.stats import kendalltau
 
 from analysis.arms import arm_blocks
 from analysis.frontier import config_front, hypervolume_2d
+from analysis.latency import latency_blocks, latency_note
 from analysis.plots import PLOTS, aggregation_caption
 from analysis.render import (
     Block,
@@ -498,6 +499,7 @@ def build_blocks(run: RunData, images: dict[str, Path]) -> list[Block]:
         *_teacher(run),
         *_results(run, varying, quality, cost),
         *_summary(run, varying, quality, cost),
+        *latency_blocks(run),
         *sensitivity_blocks(run, images),
         *arm_blocks(run),
         *_pareto(run, varying, quality, cost, images),
@@ -515,9 +517,7 @@ def build_blocks(run: RunData, images: dict[str, Path]) -> list[Block]:
         Para(
             "GFLOPs = 2 × multiply-adds counted by fvcore on the built model, per example at "
             f"sequence length {seq_text}; matmul-class ops only (linear layers and attention "
-            "QKᵀ/AV), norms and activations excluded. Latency is per batch of "
-            f"{(run.config.get('measure') or {}).get('batch_size', '?')} examples on the device "
-            "in the `device` column."
+            "QKᵀ/AV), norms and activations excluded. " + latency_note(run)
         ),
     ]
     return blocks
