@@ -169,17 +169,18 @@ def test_apply_latency_keeps_in_trial_figures_apart() -> None:
 
 
 def test_interleaved_latency_orders_models_by_their_work() -> None:
-    """A model with 8 layers does ~8× the layer work of a 1-layer one on the same batch:
+    """A model with 12 layers does 12× the layer work of a 1-layer one on the same batch:
     timed in turns, it is slower; each model's figures are its own (p50 ≤ p95, throughput
-    = batch / p50)."""
-    b = toy_batches(1, batch_size=16, seq=32)[0]
+    = batch / p50). (Batch 64 and 11 rounds: with 8 layers, batch 16 and 5 rounds the
+    difference was small enough for a loaded 2-core machine to flip it once.)"""
+    b = toy_batches(1, batch_size=64, seq=32)[0]
     batch = {k: b[k] for k in ("input_ids", "attention_mask", "labels")}  # labels dropped
-    small, large = tiny_bert(num_layers=1), tiny_bert(num_layers=8)
-    out = interleaved_latency([(small, batch), (large, batch)], repeats=5, warmup=1)
+    small, large = tiny_bert(num_layers=1), tiny_bert(num_layers=12)
+    out = interleaved_latency([(small, batch), (large, batch)], repeats=11, warmup=1)
     assert out[1]["latency_ms_p50"] > out[0]["latency_ms_p50"]
     for r in out:
         assert 0 < r["latency_ms_p50"] <= r["latency_ms_p95"]
-        assert r["throughput_per_s"] == pytest.approx(16 / (r["latency_ms_p50"] / 1e3))
+        assert r["throughput_per_s"] == pytest.approx(64 / (r["latency_ms_p50"] / 1e3))
     assert not small.training and not large.training
     with pytest.raises(ValueError, match="repeats"):
         interleaved_latency([(small, batch)], repeats=0, warmup=0)
