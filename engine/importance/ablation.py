@@ -39,12 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.importance._common import (
-    forward_logits,
-    layer_hooks,
-    loss_per_example,
-    num_examples,
-)
+from engine.importance._common import forward_logits, layer_hooks, num_examples
 from engine.importance.base import (
     SHARED_PASSES,
     Batch,
@@ -73,19 +68,21 @@ def skipped_logits(model: nn.Module, batch: Batch, layer: int) -> torch.Tensor:
 def ablation_batch(model: nn.Module, batch: Batch, metric: str) -> dict[str, np.ndarray]:
     """Per-example ``[B, L]`` ``ablation`` and ``ablation_accuracy`` contributions for one batch."""
     labels = batch["labels"]
-    clean = forward_logits(model, batch).float()
-    clean_loss = loss_per_example(clean, labels)
-    clean_acc = (clean.argmax(-1) == labels).double()
+    # log-probabilities in float64: a near-identity layer's KL (or loss change) is far below
+    # float32's resolution of a log-probability (~1e-7), where it would read as noise or < 0
+    clean = forward_logits(model, batch).double()
     clean_logp = F.log_softmax(clean, dim=-1)
+    clean_loss = -clean_logp.gather(-1, labels[:, None]).squeeze(-1)
+    clean_acc = (clean.argmax(-1) == labels).double()
     out_metric, out_acc = [], []
     for layer in range(num_layers(model)):
-        skipped = skipped_logits(model, batch, layer).float()
+        skipped = skipped_logits(model, batch, layer).double()
+        logq = F.log_softmax(skipped, dim=-1)
         if metric == "kl":
-            logq = F.log_softmax(skipped, dim=-1)
             delta = (clean_logp.exp() * (clean_logp - logq)).sum(-1)
         else:
-            delta = loss_per_example(skipped, labels) - clean_loss
-        out_metric.append(delta.double())
+            delta = -logq.gather(-1, labels[:, None]).squeeze(-1) - clean_loss
+        out_metric.append(delta)
         out_acc.append(clean_acc - (skipped.argmax(-1) == labels).double())
     return {
         "ablation": torch.stack(out_metric, 1).cpu().numpy(),
