@@ -20,8 +20,9 @@ the model's own dropout modules) gives every layer the same noise rate and works
 architectures without dropout (e.g. Llama).
 
 Per-example contributions: yes (``s_il``), so the confidence interval resamples examples.
-The masks come from a generator seeded by ``cfg.seed`` and the batch contents, so results
-are deterministic and independent of actor splits. Not a monotone transform of another
+Each example's masks come from its own generator, seeded by ``cfg.seed``, the layer and the
+example's tokens, so its contribution is deterministic and the same whatever batch it is in
+(actor splits, out-of-memory halving, a batch of one). Not a monotone transform of another
 method (``entropy`` and ``variance`` are two different summaries of the same samples).
 """
 
@@ -48,22 +49,30 @@ def entropy(p: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def mc_dropout_batch(model: nn.Module, batch: Batch, cfg: ImportanceConfig) -> np.ndarray:
+    """Per example (``[B, L]``): the entropy increase or mean class variance of each layer."""
     clean = forward_logits(model, batch).double().softmax(-1)
     keep = 1.0 - cfg.mc_dropout_p
+    ids = batch["input_ids"]
     out = []
     for layer in range(num_layers(model)):
-        g = batch_generator(batch, cfg.seed, salt=f"mc_dropout/{layer}")
+        # one generator per example, seeded by that example's tokens: its masks (and so its
+        # contribution) do not depend on which other examples share its batch
+        gens = [
+            batch_generator({"input_ids": ids[i : i + 1]}, cfg.seed, salt=f"mc_dropout/{layer}")
+            for i in range(ids.shape[0])
+        ]
 
         def hook(
             i: int,
             h_in: torch.Tensor,
             h_out: torch.Tensor,
             layer: int = layer,
-            g: torch.Generator = g,
+            gens: list[torch.Generator] = gens,
         ) -> torch.Tensor | None:
             if i != layer:
                 return None
-            mask = torch.bernoulli(torch.full(h_out.shape, keep, device=h_out.device), generator=g)
+            p_keep = torch.full(h_out.shape[1:], keep, device=h_out.device)
+            mask = torch.stack([torch.bernoulli(p_keep, generator=g) for g in gens])
             return h_in + (h_out - h_in) * mask.to(h_out.dtype) / keep
 
         with layer_hooks(model, hook):
