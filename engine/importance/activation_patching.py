@@ -13,7 +13,9 @@ nothing scores 0); the layer score is the example-weighted mean of r_bl over bat
 Corruption, by ``cfg.patch_corruption``: ``token_noise`` replaces each real token with a
 random id with probability ``cfg.patch_noise_frac`` (seeded by ``cfg.seed`` and the batch
 contents); ``other_example`` feeds each example the next example's tokens (the batch rolled
-by one; token noise for a batch of one).
+by one; token noise for a batch of one). Patching is position-aligned, so ``other_example``
+is meaningful for examples of equal length: an example rolled in with another length is
+pooled at another position, and even patching its only non-zero update recovers < 1.
 
 Source: causal tracing / activation patching, Meng et al. 2022 ("Locating and Editing
 Factual Associations in GPT"); metrics and pitfalls, Heimersheim & Nanda 2024 ("How to use

@@ -15,8 +15,12 @@ the total absolute conductance over its real tokens t and hidden units h,
 Numerics: captum's ``LayerConductance`` sums ``∂F/∂y(α_k) · (y(α_{k+1}) − y(α_k))`` over
 ``cfg.conductance_steps + 1`` Gauss–Legendre nodes α_k in (0, 1) (its default ``method``;
 the nodes only, not the weights), so the two end segments of the path are left out; the
-error vanishes as the steps grow (tests/test_importance_reference.py measures it against an
-independent 256-step integral). ``cfg.conductance_internal_batch_size`` bounds memory.
+error vanishes as the steps grow. Measured against an independent autograd integral
+(tests/test_importance_reference.py): per example within 1 % at the default 16 steps on
+BERT and GPT-2, but 39 % off on a Llama-style model (RMSNorm, no additive position
+embedding: from the zero baseline the normalised residual stream jumps within α ≈ 1e-2,
+which the nodes barely sample; 7 % at 256 steps). ``cfg.conductance_internal_batch_size``
+bounds memory.
 Inputs are the word embeddings (the model's input-embedding module is hooked to return the
 interpolated tensor, so positions, token types and padding detection still see the real
 ``input_ids``). Cost: one integrated-gradients run per layer.
