@@ -59,6 +59,15 @@ def test_contract_one_finite_score_per_layer_deterministic(method: str, family: 
     # the contract that makes actor merging exact: score = example-weighted per-batch mean
     assert first.per_batch is not None and first.batch_sizes == (4, 4)
     np.testing.assert_allclose(first.scores, np.mean(first.per_batch, axis=0), rtol=1e-12)
+    # per-example methods: the score is the mean of the rows, per_batch each batch's mean
+    if first.per_example is not None:
+        rows = np.asarray(first.per_example)
+        assert rows.shape == (8, 3) and np.isfinite(rows).all()
+        np.testing.assert_allclose(first.scores, rows.mean(axis=0), rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(
+            first.per_batch, [rows[:4].mean(axis=0), rows[4:].mean(axis=0)], rtol=1e-12
+        )
+        assert first.per_example == again.per_example
 
 
 @pytest.mark.parametrize("method", METHODS)

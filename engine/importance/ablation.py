@@ -1,15 +1,33 @@
 """Ablation: how much worse the model gets when one layer is skipped.
 
-Skipping is a residual pass-through: the block's output is replaced by its input, so the
-rest of the network runs unchanged (Michel et al. 2019 do the same for heads; Men et al.
-2024 and Gromov et al. 2024 for whole layers). One clean forward and one forward per layer
-per batch; ``ablation`` and ``ablation_accuracy`` share them.
+Definition. Skipping block l replaces its output by its input (a residual pass-through), so
+the rest of the network runs unchanged. With p_i the clean class probabilities of example i
+(label y_i) and q_i^l those with block l skipped, example i contributes
 
-``ablation`` (per batch, mean over examples), by ``cfg.ablation_metric``:
-  - ``loss``: ``CE(skipped) − CE(clean)`` — the task-loss increase (can be negative).
-  - ``kl``: ``KL(p_clean ‖ p_skipped)`` — how far the prediction moves (≥ 0; exactly 0 for
-    a layer whose output equals its input).
-``ablation_accuracy``: ``acc(clean) − acc(skipped)`` — the task-metric drop.
+- ``ablation``, ``cfg.ablation_metric = "loss"``: ``s_il = CE(q_i^l, y_i) − CE(p_i, y_i)
+  = log p_i[y_i] − log q_i^l[y_i]``, the task-loss increase (can be negative);
+- ``ablation``, ``"kl"``: ``s_il = KL(p_i ‖ q_i^l) = Σ_c p_ic log(p_ic / q_ic^l)``, how far the
+  prediction moves (≥ 0; exactly 0 for a layer whose output equals its input);
+- ``ablation_accuracy``: ``s_il = 1[argmax p_i = y_i] − 1[argmax q_i^l = y_i] ∈ {−1, 0, 1}``,
+  the task-metric drop;
+
+and the layer score is the mean over examples, ``s_l = (1/N) Σ_i s_il``.
+
+Source: removing whole layers and measuring the damage, Gromov et al. 2024 ("The Unreasonable
+Ineffectiveness of the Deeper Layers") and Zhang, Dong & Kawaguchi 2024 ("Investigating Layer
+Importance in Large Language Models", layer ablation); for attention heads, Michel et al. 2019
+("Are Sixteen Heads Really Better than One?").
+
+Per-example contributions: yes (``s_il``); ``LayerScores.per_example`` holds them, so the
+confidence interval resamples examples.
+
+Relation to other methods: none is a monotone transform of another registered method.
+``kl`` is, to second order in the skip, half the *model* Fisher of a per-layer gate moved
+from 1 to 0, whereas ``fisher_mask`` is the *empirical* Fisher (label loss) of the gate's
+gradient at 1 — related, not equal. ``loss`` and ``kl`` differ in sign structure (skipping
+can lower the loss); ``ablation_accuracy`` thresholds each prediction, so it ties often.
+
+Cost: one clean forward and one forward per layer per batch, shared by both methods.
 """
 
 from __future__ import annotations
@@ -21,12 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.importance._common import (
-    forward_logits,
-    layer_hooks,
-    loss_per_example,
-    num_examples,
-)
+from engine.importance._common import forward_logits, layer_hooks, num_examples
 from engine.importance.base import (
     SHARED_PASSES,
     Batch,
@@ -53,23 +66,28 @@ def skipped_logits(model: nn.Module, batch: Batch, layer: int) -> torch.Tensor:
 
 @torch.no_grad()
 def ablation_batch(model: nn.Module, batch: Batch, metric: str) -> dict[str, np.ndarray]:
-    """Per-layer ``ablation`` and ``ablation_accuracy`` vectors for one batch."""
+    """Per-example ``[B, L]`` ``ablation`` and ``ablation_accuracy`` contributions for one batch."""
     labels = batch["labels"]
-    clean = forward_logits(model, batch).float()
-    clean_loss = loss_per_example(clean, labels)
-    clean_acc = (clean.argmax(-1) == labels).double()
+    # log-probabilities in float64: a near-identity layer's KL (or loss change) is far below
+    # float32's resolution of a log-probability (~1e-7), where it would read as noise or < 0
+    clean = forward_logits(model, batch).double()
     clean_logp = F.log_softmax(clean, dim=-1)
+    clean_loss = -clean_logp.gather(-1, labels[:, None]).squeeze(-1)
+    clean_acc = (clean.argmax(-1) == labels).double()
     out_metric, out_acc = [], []
     for layer in range(num_layers(model)):
-        skipped = skipped_logits(model, batch, layer).float()
+        skipped = skipped_logits(model, batch, layer).double()
+        logq = F.log_softmax(skipped, dim=-1)
         if metric == "kl":
-            logq = F.log_softmax(skipped, dim=-1)
             delta = (clean_logp.exp() * (clean_logp - logq)).sum(-1)
         else:
-            delta = loss_per_example(skipped, labels) - clean_loss
-        out_metric.append(float(delta.double().mean()))
-        out_acc.append(float((clean_acc - (skipped.argmax(-1) == labels).double()).mean()))
-    return {"ablation": np.array(out_metric), "ablation_accuracy": np.array(out_acc)}
+            delta = -logq.gather(-1, labels[:, None]).squeeze(-1) - clean_loss
+        out_metric.append(delta)
+        out_acc.append(clean_acc - (skipped.argmax(-1) == labels).double())
+    return {
+        "ablation": torch.stack(out_metric, 1).cpu().numpy(),
+        "ablation_accuracy": torch.stack(out_acc, 1).cpu().numpy(),
+    }
 
 
 @register_shared_pass("ablation")

@@ -1,18 +1,32 @@
-"""Activation patching (Meng et al. 2022; Heimersheim & Nanda 2024): restore one layer's
-clean contribution in a corrupted run and measure how much of the clean output comes back.
+"""Activation patching: restore one layer's clean contribution in a corrupted run and
+measure how much of the clean output comes back.
 
-Patching a block's full output would restore everything downstream (recovery 1 for every
-layer), so the patched quantity is the block's residual update ``out − in``: in the
-corrupted run, block l outputs ``in_corrupt + (out_clean − in_clean)``. With
-``d(a) = KL(p_clean ‖ p_a)`` summed over the batch,
+Definition. Patching a block's full output would restore everything downstream (recovery 1
+for every layer), so the patched quantity is the block's residual update ``out − in``: in the
+corrupted run, block l outputs ``in_corrupt + (out_clean − in_clean)``. With p_i the clean
+class probabilities of example i and ``D_b(a) = Σ_{i∈b} KL(p_i ‖ p_i^a)`` summed over batch b,
 
-    recovery_l = 1 − d(patched_l) / d(corrupted)
+    r_bl = 1 − D_b(patched_l) / D_b(corrupted)
 
 (0 = no recovery, 1 = the clean output is fully restored; a batch whose corruption moves
-nothing scores 0). Corruption, by ``cfg.patch_corruption``: ``token_noise`` replaces each
-real token with a random id with probability ``cfg.patch_noise_frac`` (seeded by
-``cfg.seed`` and the batch contents); ``other_example`` feeds each example the next example's
-tokens (the batch rolled by one; token noise for a batch of one).
+nothing scores 0); the layer score is the example-weighted mean of r_bl over batches.
+Corruption, by ``cfg.patch_corruption``: ``token_noise`` replaces each real token with a
+random id with probability ``cfg.patch_noise_frac`` (seeded by ``cfg.seed`` and the batch
+contents); ``other_example`` feeds each example the next example's tokens (the batch rolled
+by one; token noise for a batch of one). Patching is position-aligned, so ``other_example``
+is meaningful for examples of equal length: an example rolled in with another length is
+pooled at another position, and even patching its only non-zero update recovers < 1.
+
+Source: causal tracing / activation patching, Meng et al. 2022 ("Locating and Editing
+Factual Associations in GPT"); metrics and pitfalls, Heimersheim & Nanda 2024 ("How to use
+and interpret activation patching"). Patching the residual update of a whole block, scored
+by recovered KL, is this engine's variant.
+
+Per-example contributions: none — r_bl is a ratio of batch sums, not a mean over examples
+(a mean of per-example ratios is a different quantity, unstable where one example's
+corruption barely moves its prediction), and ``other_example`` corruption couples the
+examples of a batch; so the confidence interval resamples batches. Not a monotone transform
+of another method.
 """
 
 from __future__ import annotations

@@ -1,17 +1,29 @@
 """MC-dropout sensitivity: how much predictive uncertainty grows when only one layer is noisy.
 
-For layer l, dropout with rate ``cfg.mc_dropout_p`` is applied to that block's residual
-update only (``out' = in + mask ⊙ (out − in) / (1 − p)``), the rest of the model runs in
-eval mode, and ``cfg.mc_samples`` stochastic passes are averaged (Gal & Ghahramani 2016).
-Per example the score is, by ``cfg.mc_metric``:
+Definition. For layer l, dropout with rate ``p = cfg.mc_dropout_p`` is applied to that
+block's residual update only, ``out' = in + m ⊙ (out − in) / (1 − p)`` with m ~ Bernoulli(1 − p)
+per token and hidden unit, the rest of the model running in eval mode; ``T = cfg.mc_samples``
+stochastic passes give class probabilities p_i^(t) for example i, with mean p̄_i and clean
+probabilities p_i. Example i contributes, by ``cfg.mc_metric``:
 
-- ``entropy``: ``H(mean_t p_t) − H(p_clean)``, the increase of predictive entropy;
-- ``variance``: mean over classes of the variance of ``p_t`` across samples.
+- ``entropy``: ``s_il = H(p̄_i) − H(p_i)``, the increase of predictive entropy (nats; can be
+  negative when the noise happens to sharpen the prediction);
+- ``variance``: ``s_il = (1/C) Σ_c Var_t p_ic^(t)`` (population variance over the T samples,
+  averaged over the C classes; ≥ 0, exactly 0 for a layer with a zero update);
 
-Dropping the block's update (rather than the model's own dropout modules) gives every layer
-the same noise rate and works for architectures without dropout (e.g. Llama). Masks come
-from a generator seeded by ``cfg.seed`` and the batch contents, so results are
-deterministic and independent of actor splits.
+and the layer score is the mean over examples.
+
+Source: MC dropout as approximate Bayesian inference, Gal & Ghahramani 2016 ("Dropout as a
+Bayesian Approximation"); applying it to one layer's update at a time, as a layer
+sensitivity score, is this engine's construction. Dropping the block's update (rather than
+the model's own dropout modules) gives every layer the same noise rate and works for
+architectures without dropout (e.g. Llama).
+
+Per-example contributions: yes (``s_il``), so the confidence interval resamples examples.
+Each example's masks come from its own generator, seeded by ``cfg.seed``, the layer and the
+example's tokens, so its contribution is deterministic and the same whatever batch it is in
+(actor splits, out-of-memory halving, a batch of one). Not a monotone transform of another
+method (``entropy`` and ``variance`` are two different summaries of the same samples).
 """
 
 from __future__ import annotations
@@ -22,8 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.importance._common import batch_generator, forward_logits, layer_hooks, num_examples
-from engine.importance.base import Batch, LayerScores, from_per_batch, register_importance
+from engine.importance._common import batch_generator, forward_logits, layer_hooks
+from engine.importance.base import Batch, LayerScores, from_per_example, register_importance
 from engine.importance.config import ImportanceConfig
 from engine.models import num_layers
 
@@ -37,22 +49,30 @@ def entropy(p: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def mc_dropout_batch(model: nn.Module, batch: Batch, cfg: ImportanceConfig) -> np.ndarray:
+    """Per example (``[B, L]``): the entropy increase or mean class variance of each layer."""
     clean = forward_logits(model, batch).double().softmax(-1)
     keep = 1.0 - cfg.mc_dropout_p
+    ids = batch["input_ids"]
     out = []
     for layer in range(num_layers(model)):
-        g = batch_generator(batch, cfg.seed, salt=f"mc_dropout/{layer}")
+        # one generator per example, seeded by that example's tokens: its masks (and so its
+        # contribution) do not depend on which other examples share its batch
+        gens = [
+            batch_generator({"input_ids": ids[i : i + 1]}, cfg.seed, salt=f"mc_dropout/{layer}")
+            for i in range(ids.shape[0])
+        ]
 
         def hook(
             i: int,
             h_in: torch.Tensor,
             h_out: torch.Tensor,
             layer: int = layer,
-            g: torch.Generator = g,
+            gens: list[torch.Generator] = gens,
         ) -> torch.Tensor | None:
             if i != layer:
                 return None
-            mask = torch.bernoulli(torch.full(h_out.shape, keep, device=h_out.device), generator=g)
+            p_keep = torch.full(h_out.shape[1:], keep, device=h_out.device)
+            mask = torch.stack([torch.bernoulli(p_keep, generator=g) for g in gens])
             return h_in + (h_out - h_in) * mask.to(h_out.dtype) / keep
 
         with layer_hooks(model, hook):
@@ -63,12 +83,11 @@ def mc_dropout_batch(model: nn.Module, batch: Batch, cfg: ImportanceConfig) -> n
             per_ex = entropy(probs.mean(0)) - entropy(clean)
         else:
             per_ex = probs.var(0, unbiased=False).mean(-1)
-        out.append(float(per_ex.mean()))
-    return np.array(out)
+        out.append(per_ex)
+    return torch.stack(out, 1).cpu().numpy()
 
 
 @register_importance("mc_dropout")
 def score(model: nn.Module, batches: Sequence[Batch], *, cfg: ImportanceConfig) -> LayerScores:
     """Predictive-uncertainty increase under single-layer MC dropout (higher = more important)."""
-    rows = [mc_dropout_batch(model, b, cfg) for b in batches]
-    return from_per_batch("mc_dropout", rows, num_examples(batches))
+    return from_per_example("mc_dropout", [mc_dropout_batch(model, b, cfg) for b in batches])

@@ -1,24 +1,36 @@
 """Mutual information between a layer's pooled representation and the label.
 
-The block output is pooled per example (``cfg.mi_pooling``: masked mean, first token, or last
-real token) and mapped by a fixed random Gaussian projection (seeded by ``cfg.seed``, the same
-for every batch and actor) to ``cfg.mi_projection_dims`` dimensions, because both estimators
-degrade quickly with dimension. ``I(Z; Y)`` in nats is then estimated per batch by:
+Definition. The block output is pooled per example (``cfg.mi_pooling``: masked mean, first
+token, or last real token) and mapped by a fixed random Gaussian projection (seeded by
+``cfg.seed``, the same for every batch and actor) to ``d = cfg.mi_projection_dims``
+dimensions, because both estimators degrade quickly with dimension: ``z_i ∈ R^d``. For each
+batch b the score is an estimate of ``I(Z; Y)`` in nats from that batch's (z_i, y_i), by:
 
 - ``knn`` (default): Ross 2014, "Mutual Information between Discrete and Continuous Data
-  Sets" (the estimator behind scikit-learn's ``mutual_info_classif``), with Chebyshev
-  distances and ``k = cfg.mi_neighbors``::
+  Sets" (PLoS ONE 9(2): e87357; the estimator behind scikit-learn's
+  ``mutual_info_classif``), with Chebyshev distances and ``k = cfg.mi_neighbors``::
 
-      I = ψ(N) + ⟨ψ(k_i)⟩ − ⟨ψ(N_{y_i})⟩ − ⟨ψ(m_i)⟩
+      Î_b = ψ(N) + ⟨ψ(k_i)⟩ − ⟨ψ(N_{y_i})⟩ − ⟨ψ(m_i)⟩
 
   where k_i = min(k, N_{y_i} − 1), d_i is the distance to the k_i-th nearest example with the
   same label and m_i counts all examples strictly closer than d_i (itself included). Examples
   whose label occurs once in the batch are left out. Clipped at 0.
-- ``binned``: plug-in MI of equal-frequency bins (``cfg.mi_bins`` per dimension) and the
-  label, averaged over the projected dimensions.
+- ``binned``: the plug-in MI ``Σ_{x,y} p̂(x, y) log(p̂(x, y) / p̂(x)p̂(y))`` of ``cfg.mi_bins``
+  equal-frequency bins of each projected dimension and the label, averaged over the
+  dimensions (a per-dimension quantity, not the joint MI). The plug-in is biased upwards by
+  about ``(bins − 1)(classes − 1) / 2N`` nats (Miller 1955; Paninski 2003).
 
-Per-batch estimates are averaged (example-weighted), so values depend on the batch size;
-compare layers, not absolute numbers. Computed from the engine's shared forward pass.
+The layer score is the example-weighted mean of the per-batch estimates. Both estimators are
+biased at batch sizes (tests/test_importance_reference.py states the bias measured on a
+planted two-class Gaussian mixture), so values depend on the batch size: compare layers,
+not absolute numbers. Using this MI as a layer keep-score is the engine's heuristic; the
+estimators are the cited ones.
+
+Per-example contributions: none — the score is defined on a whole batch. Each of Ross's
+per-example terms depends on the example's neighbours in its batch, the estimate is clipped
+at 0, and a bootstrap resample with repeated examples creates zero distances that break a
+k-NN estimator; so the confidence interval resamples batches. Not a monotone transform of
+another method. Computed from the engine's shared forward pass.
 """
 
 from __future__ import annotations
