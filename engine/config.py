@@ -416,10 +416,16 @@ class SearchConfig(Section):
 
 
 class ResourcesConfig(Section):
-    """Per-trial resources (fractions allowed: ``gpus: 0.25`` packs four trials on a GPU)."""
+    """Per-trial resources (fractions allowed: ``gpus: 0.25`` packs four trials on a GPU).
+
+    ``precision``: ``auto`` = bf16 autocast where the trial's device supports it (a CUDA GPU
+    with bf16), float32 elsewhere; ``bf16`` = bf16 autocast on any device; ``fp32`` = never
+    (see :mod:`engine.device`). Applies to the teacher's fine-tuning and every trial.
+    """
 
     cpus: float = Field(1.0, gt=0)
     gpus: float = Field(0.0, ge=0)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
 
 class MeasureConfig(Section):
