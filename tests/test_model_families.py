@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -150,3 +151,32 @@ def test_model_source_problems_are_reported_before_any_work(tmp_path: Path, monk
     assert any("teacher.model: 'no-such-org" in p for p in err.value.problems)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # downloads allowed: a hub id is accepted
     assert model_source_problem("no-such-org/no-such-model-xyz") is None
+
+
+def test_a_decoder_tokenizer_without_pad_token_pads_with_end_of_text(tmp_path: Path) -> None:
+    """GPT-2 / Llama tokenizers have no pad token: tokenising pads with end-of-text, on the
+    right, as the classifier head built for them expects."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from engine.data.pipeline import Tokenise
+
+    vocab = {"<unk>": 0, "<|endoftext|>": 1, "good": 2, "bad": 3, "very": 4}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|endoftext|>", unk_token="<unk>"
+    )
+    assert fast.pad_token is None
+    fast.save_pretrained(tmp_path / "tok")
+    batch = {
+        "title": np.array(["", "very"], dtype=object),
+        "text": np.array(["good", "bad"], dtype=object),
+        "label": np.array([1, 0]),
+        "row_key": np.array(["a", "b"], dtype=object),
+        "hash": np.array([1, 2]),
+        "split": np.array(["train", "train"], dtype=object),
+    }
+    out = Tokenise(str(tmp_path / "tok"), 6)(batch)
+    assert out["input_ids"].tolist() == [[2, 1, 1, 1, 1, 1], [4, 0, 3, 1, 1, 1]]  # "very. bad"
+    assert out["attention_mask"].tolist() == [[1, 0, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0]]
