@@ -50,6 +50,17 @@ FAMILIES = {  # model_type → config (tiny), and the classifier class expected
         },
         "DebertaV2ForSequenceClassification",
     ),  # DeBERTa-v2 and v3
+    "distilbert": (
+        {
+            "vocab_size": 200,
+            "dim": 32,
+            "n_layers": 3,
+            "n_heads": 4,
+            "hidden_dim": 64,
+            "max_position_embeddings": 64,
+        },
+        "DistilBertForSequenceClassification",
+    ),
     "gpt2": (
         {
             "vocab_size": 200,
