@@ -466,10 +466,13 @@ def step_importance(plan: Plan, timeout_s: float) -> dict[str, Any]:
     else:
         size = ["--model", "bert-base", "--batch", "64", "--seq", "128", "--device", "cuda"]
     cmd = [plan.python, "bench/importance.py", *size, "--json", str(path)]
-    _check(run_cmd(plan, "importance", cmd, timeout_s), "bench/importance.py")
-    out = json.loads(path.read_text())
-    out["goal_ratio"] = 1.3
-    out["goal_met"] = {k: out[k]["ratio_to_plain_median"] <= 1.3 for k in ("fisher", "four")}
+    run = run_cmd(plan, "importance", cmd, timeout_s)
+    out: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    if "four" in out:  # the headline ratios survive a later timeout (the JSON grows as it runs)
+        out["goal_ratio"] = 1.3
+        out["goal_met"] = {k: out[k]["ratio_to_plain_median"] <= 1.3 for k in ("fisher", "four")}
+    plan.results["importance"] = out
+    _check(run, "bench/importance.py")
     return out
 
 
@@ -506,7 +509,7 @@ STEPS: tuple[Step, ...] = (
     Step("pytest_gpu", step_pytest_gpu, 100, 300),
     Step("smoke", step_smoke, 170, 600),
     Step("gpu_util", step_gpu_util, 5, 5),
-    Step("importance", step_importance, 100, 300),
+    Step("importance", step_importance, 150, 300),
     Step("inference", step_inference, 80, 300),
 )
 

@@ -155,6 +155,13 @@ def main() -> None:
     args = ap.parse_args()
     out: dict[str, Any] = {"settings": {k: v for k, v in vars(args).items() if k != "json"}}
 
+    def dump() -> None:
+        """Write what is measured so far (a caller that stops this run keeps it)."""
+        if args.json:
+            tmp = args.json.with_suffix(".tmp")
+            tmp.write_text(json.dumps(out, indent=2))
+            tmp.replace(args.json)
+
     device = torch.device(args.device)
     global CLOCK
     if args.clock == "cpu":
@@ -164,6 +171,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = build_model(args.model).to(device).eval()
+    out["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     vocab = int(model.get_input_embeddings().num_embeddings)
     data = make_data(args.batches * args.batch, args.seq, vocab)
     batches = [
@@ -230,6 +238,7 @@ def main() -> None:
         "fisher": fisher_peak,
         "per_example_block_grads": float(args.batch * block_params * 4),
     }
+    dump()
     print(
         f"peak tensor memory of one batch: plain fwd+bwd {plain_peak / 2**20:.1f} MiB, "
         f"fisher {fisher_peak / 2**20:.1f} MiB ({fisher_peak / plain_peak:.2f}×); per-example "
@@ -245,6 +254,7 @@ def main() -> None:
             t_m = timed(lambda m=m: score_methods(model, batches, (m,), cfg), device)
             print(f"  {m:<20} {t_m:7.2f} s  {t_m / t_plain:6.1f}×")
             out["ten_methods"]["per_method"][m] = {"s": t_m, "ratio_to_plain": t_m / t_plain}
+            dump()
 
     if args.ray:
         import ray
@@ -257,9 +267,8 @@ def main() -> None:
         print(f"compute_importance (1 actor, incl. start-up): {t_ray:.2f} s")
         out["ray_one_actor_s"] = t_ray
         ray.shutdown()
-    if args.json:
-        out["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-        args.json.write_text(json.dumps(out, indent=2))
+    out["complete"] = True
+    dump()
 
 
 if __name__ == "__main__":
