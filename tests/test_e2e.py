@@ -87,6 +87,10 @@ def test_smoke_results_contract(smoke_run) -> None:
     assert (students.gflops < teacher.gflops.iloc[0]).all()
     assert (students.params < teacher.params.iloc[0]).all()
     assert (df.latency_ms_p95 >= df.latency_ms_p50).all()
+    # on CPU: float32, no GPU ids, no out-of-memory retries
+    assert (df.precision == "fp32").all() and (df.device == "cpu").all()
+    assert (students.gpu_ids == "").all() and (students.oom_retries == 0).all()
+    assert students.train_micro_batch_size.isna().all()
 
 
 @pytest.mark.slow
