@@ -18,14 +18,21 @@ Usage::
     python bench/importance.py --model minilm --batch 32 --seq 64 --device cpu
     python bench/importance.py --model minilm --batch 16 --seq 64 --threads 1 --clock cpu
     python bench/importance.py --model bert-base --batch 64 --seq 128 --device cuda --ray
+    python bench/importance.py --model tiny --batch 8 --seq 16 --repeats 2 --json out.json
+
+``--json OUT`` also writes the figures printed (samples/s, ratios, peaks, per-method times) to
+``OUT``; ``--model tiny`` (2 BERT layers, hidden 64) is for CPU dry runs of the script.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,6 +65,12 @@ def build_model(name: str, num_labels: int = 5) -> torch.nn.Module:
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
+    if name == "tiny":
+        cfg = BertConfig(
+            vocab_size=2000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=128, max_position_embeddings=128, num_labels=num_labels,
+        )  # fmt: skip
+        return BertForSequenceClassification(cfg)
     return BertForSequenceClassification(BertConfig(num_labels=num_labels))  # BERT-base shape
 
 
@@ -122,7 +135,7 @@ def plain_fwd_bwd(model: torch.nn.Module, batches: list[dict], device: torch.dev
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--model", choices=("minilm", "bert-base"), default="minilm")
+    ap.add_argument("--model", choices=("minilm", "bert-base", "tiny"), default="minilm")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--batches", type=int, default=4)
@@ -138,7 +151,16 @@ def main() -> None:
     ap.add_argument("--conductance-steps", type=int, default=16)
     ap.add_argument("--skip-ten", action="store_true", help="skip the 10-method wall time")
     ap.add_argument("--ray", action="store_true", help="also time compute_importance on 1 actor")
+    ap.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = ap.parse_args()
+    out: dict[str, Any] = {"settings": {k: v for k, v in vars(args).items() if k != "json"}}
+
+    def dump() -> None:
+        """Write what is measured so far (a caller that stops this run keeps it)."""
+        if args.json:
+            tmp = args.json.with_suffix(".tmp")
+            tmp.write_text(json.dumps(out, indent=2))
+            tmp.replace(args.json)
 
     device = torch.device(args.device)
     global CLOCK
@@ -149,6 +171,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = build_model(args.model).to(device).eval()
+    out["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     vocab = int(model.get_input_embeddings().num_embeddings)
     data = make_data(args.batches * args.batch, args.seq, vocab)
     batches = [
@@ -186,10 +209,20 @@ def main() -> None:
             timed(lambda: score_methods(model, batches, GRADIENT_METHODS, cfg), device)
         )
     t_plain = float(np.median(runs["plain"]))
+    out["plain"] = {"samples_per_s": n / t_plain, "median_s": t_plain, "runs_s": runs["plain"]}
     print(f"plain fwd+bwd:           {n / t_plain:10.1f} samples/s  (median {t_plain:.2f} s)")
     for key, label in (("fisher", "fisher"), ("four", "+".join(GRADIENT_METHODS))):
         ratios = [g / p for g, p in zip(runs[key], runs["plain"], strict=True)]
         t = float(np.median(runs[key]))
+        out[key] = {
+            "methods": list(GRADIENT_METHODS) if key == "four" else ["fisher"],
+            "samples_per_s": n / t,
+            "median_s": t,
+            "ratio_to_plain_median": float(np.median(ratios)),
+            "ratio_to_plain_min": min(ratios),
+            "ratio_to_plain_max": max(ratios),
+            "runs_s": runs[key],
+        }
         print(
             f"engine {label}: {n / t:10.1f} samples/s (median {t:.2f} s); ratio to plain: "
             f"median {np.median(ratios):.2f}×, min {min(ratios):.2f}×, max {max(ratios):.2f}× "
@@ -200,6 +233,12 @@ def main() -> None:
     plain_peak = peak_bytes(lambda: plain_fwd_bwd(model, one, device), device)
     fisher_peak = peak_bytes(lambda: score_methods(model, one, ("fisher",), cfg), device)
     block_params = max(sum(p.numel() for p in blk.parameters()) for blk in layer_list(model))
+    out["peak_bytes"] = {
+        "plain_fwd_bwd": plain_peak,
+        "fisher": fisher_peak,
+        "per_example_block_grads": float(args.batch * block_params * 4),
+    }
+    dump()
     print(
         f"peak tensor memory of one batch: plain fwd+bwd {plain_peak / 2**20:.1f} MiB, "
         f"fisher {fisher_peak / 2**20:.1f} MiB ({fisher_peak / plain_peak:.2f}×); per-example "
@@ -210,9 +249,12 @@ def main() -> None:
     if not args.skip_ten:
         t_ten = timed(lambda: score_methods(model, batches, TEN_METHODS, cfg), device)
         print(f"10 methods:              {t_ten:.2f} s = {t_ten / t_plain:.1f}× one fwd+bwd pass")
+        out["ten_methods"] = {"s": t_ten, "ratio_to_plain": t_ten / t_plain, "per_method": {}}
         for m in TEN_METHODS:
             t_m = timed(lambda m=m: score_methods(model, batches, (m,), cfg), device)
             print(f"  {m:<20} {t_m:7.2f} s  {t_m / t_plain:6.1f}×")
+            out["ten_methods"]["per_method"][m] = {"s": t_m, "ratio_to_plain": t_m / t_plain}
+            dump()
 
     if args.ray:
         import ray
@@ -223,7 +265,10 @@ def main() -> None:
         ray_cfg = cfg.model_copy(update={"methods": GRADIENT_METHODS})
         t_ray = timed(lambda: compute_importance(model, data, ray_cfg), device)
         print(f"compute_importance (1 actor, incl. start-up): {t_ray:.2f} s")
+        out["ray_one_actor_s"] = t_ray
         ray.shutdown()
+    out["complete"] = True
+    dump()
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import torch
 from transformers import PreTrainedModel
 
 from engine.config import StudyConfig
+from engine.device import autocast, precision_name
 from engine.measure import (
     count_gflops,
     count_params,
@@ -32,20 +33,24 @@ def assess(
     study: StudyConfig,
     device: torch.device,
     record: dict[str, Any] | None = None,
+    autocast_dtype: torch.dtype | None = None,
 ) -> dict[str, Any]:
     """Quality on each split (``test`` unprefixed, others prefixed ``<split>_``) and cost.
 
     ``record`` (what the compression stages did) adds ``quant`` and ``gflops_theoretical``
     = ``gflops`` × (1 − mask sparsity): the seeds' estimate for masked (unstructured / 2:4)
     pruning, which a dense kernel does not realise; ``gflops`` stays the dense fvcore count.
-    A dynamic-int8 model runs on CPU whatever the trial's device. The latency it measures is
-    the trial's own (beside whatever else runs then); the sweep moves it to
+    A dynamic-int8 model runs on CPU whatever the trial's device. ``autocast_dtype``: the
+    forwards of evaluation and latency run under that autocast (the ``precision`` column);
+    GFLOPs are counted without it (the same multiply-adds either way). The latency it
+    measures is the trial's own (beside whatever else runs then); the sweep moves it to
     ``latency_in_trial_*`` and fills the public columns in its latency phase
     (:mod:`engine.latency_phase`).
     """
     record = record or {}
     if record.get("quant") == "dynamic_int8":
         device = torch.device("cpu")
+        autocast_dtype = None  # int8 kernels take float32 activations
     if record.get("quant", "").startswith("bnb"):
         device = next(model.parameters()).device  # bitsandbytes layers live where they were
     else:
@@ -53,7 +58,13 @@ def assess(
     model.eval()
     row: dict[str, Any] = {}
     for split, data in splits.items():
-        _, metrics = evaluate(model, data, batch_size=study.measure.eval_batch_size, device=device)
+        _, metrics = evaluate(
+            model,
+            data,
+            batch_size=study.measure.eval_batch_size,
+            device=device,
+            autocast_dtype=autocast_dtype,
+        )
         prefix = "" if split == "test" else f"{split}_"
         row.update({f"{prefix}{k}": float(v) for k, v in metrics.items()})
     seq = study.data.max_length
@@ -74,11 +85,13 @@ def assess(
         "input_ids": torch.as_tensor(test["input_ids"][:bs], device=device),
         "attention_mask": torch.as_tensor(test["attention_mask"][:bs], device=device),
     }
-    lat = measure_latency(
-        model, batch, repeats=study.measure.latency_repeats, warmup=study.measure.warmup
-    )
+    with autocast(device, autocast_dtype):
+        lat = measure_latency(
+            model, batch, repeats=study.measure.latency_repeats, warmup=study.measure.warmup
+        )
     row.update({k: v if isinstance(v, str) else float(v) for k, v in lat.items()})
     if hasattr(model, "last_layers_executed"):  # the timed forwards' real average depth
         row["exit_avg_layers"] = float(model.last_layers_executed)
     row["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    row["precision"] = precision_name(autocast_dtype)
     return row

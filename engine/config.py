@@ -416,10 +416,16 @@ class SearchConfig(Section):
 
 
 class ResourcesConfig(Section):
-    """Per-trial resources (fractions allowed: ``gpus: 0.25`` packs four trials on a GPU)."""
+    """Per-trial resources (fractions allowed: ``gpus: 0.25`` packs four trials on a GPU).
+
+    ``precision``: ``auto`` = bf16 autocast where the trial's device supports it (a CUDA GPU
+    with bf16), float32 elsewhere; ``bf16`` = bf16 autocast on any device; ``fp32`` = never
+    (see :mod:`engine.device`). Applies to the teacher's fine-tuning and every trial.
+    """
 
     cpus: float = Field(1.0, gt=0)
     gpus: float = Field(0.0, ge=0)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
 
 class MeasureConfig(Section):
@@ -535,11 +541,16 @@ def _format_errors(source: str, err: ValidationError) -> list[str]:
 
 
 def _check_names(cfg: StudyConfig, source: str) -> list[str]:
-    """Cross-field checks that need the registries (stage and method names)."""
+    """Cross-field checks that need the registries (stage and method names), and whether
+    ``teacher.model`` can be loaded here (a folder with config.json, or a hub id that the
+    cache has or that downloads may fetch)."""
     from engine.compress import STAGES
     from engine.importance import IMPORTANCE
+    from engine.models import model_source_problem
 
     problems = []
+    if (teacher_problem := model_source_problem(cfg.teacher.model)) is not None:
+        problems.append(f"{source}: teacher.model: {teacher_problem}")
     for i, stage in enumerate(cfg.pipeline.order):
         if stage not in STAGES:
             problems.append(f"{source}: pipeline.order.{i}: {STAGES.unknown_message(stage)}")

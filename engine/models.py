@@ -1,14 +1,22 @@
 """Models: the embedded teacher, task heads, and per-architecture layer access.
 
 The only architecture-specific knowledge in the engine lives in :data:`ADAPTERS`: how to
-find the stack of transformer blocks and how to keep a subset of them. Encoders (BERT
-family) and decoders (GPT-2, Llama family) are supported.
+find the stack of transformer blocks and how to keep a subset of them. Encoders (BERT,
+RoBERTa, DeBERTa v1/v2, DistilBERT) and decoders (GPT-2; the Llama layout shared by Llama,
+Qwen2 and Mistral) are supported.
+
+``teacher.model`` is ``embedded:all-MiniLM-L6-v2``, a local Hugging Face folder (with
+``config.json``, weights and tokenizer files; the base model or one with any head — a fresh
+sequence-classification head is put on), or a hub id, fetched only when the user allows
+downloads (``HF_HUB_OFFLINE=0``) or found in the local Hugging Face cache:
+:func:`model_source_problem` says before any Ray work why a name cannot be loaded.
 """
 
 from __future__ import annotations
 
 import copy
 import importlib.resources
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +31,7 @@ __all__ = [
     "embedded_model_path",
     "keep_layers",
     "layer_list",
+    "model_source_problem",
     "num_layers",
     "resolve_model_path",
 ]
@@ -64,9 +73,10 @@ class LayerAdapter:
 ADAPTERS: tuple[LayerAdapter, ...] = (
     LayerAdapter("bert", "bert.encoder.layer"),
     LayerAdapter("roberta", "roberta.encoder.layer"),
+    LayerAdapter("deberta", "deberta.encoder.layer"),  # DeBERTa and DeBERTa-v2/v3
     LayerAdapter("distilbert", "distilbert.transformer.layer"),
     LayerAdapter("gpt2", "transformer.h"),
-    LayerAdapter("llama", "model.layers"),
+    LayerAdapter("llama", "model.layers"),  # Llama, Qwen2, Mistral (and others of that layout)
     LayerAdapter("bare-encoder", "encoder.layer"),
     LayerAdapter("bare-decoder", "layers"),
     LayerAdapter("bare-gpt2", "h"),
@@ -149,9 +159,45 @@ def build_classifier(
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the fresh head is expected; silence the load report
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, config=cfg, attn_implementation=attn_implementation
-        )
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, config=cfg, attn_implementation=attn_implementation
+            )
+        except ValueError as e:  # e.g. DeBERTa has no SDPA attention: its own (eager) one
+            if "scaled_dot_product_attention" not in str(e) or attn_implementation != "sdpa":
+                raise
+            torch.manual_seed(seed)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, config=cfg, attn_implementation="eager"
+            )
     finally:
         hf_logging.set_verbosity(verbosity)
     return model
+
+
+def model_source_problem(name: str) -> str | None:
+    """Why ``teacher.model`` cannot be loaded here, or None.
+
+    A local folder must hold ``config.json``; a name that is not a folder is a hub id, which
+    needs downloads allowed (``HF_HUB_OFFLINE`` other than ``1``) unless its config is in the
+    local Hugging Face cache already.
+    """
+    if name == EMBEDDED_TEACHER:
+        return None
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            return f"{name!r} is a folder without config.json (not a Hugging Face model folder)"
+        return None
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1:
+        return f"{name!r}: no such folder"
+    if os.environ.get("HF_HUB_OFFLINE", "1") not in ("0", "false", "False", ""):
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return (
+                f"{name!r} is neither a local folder nor in the Hugging Face cache, and "
+                "downloads are off: run with HF_HUB_OFFLINE=0 to fetch it once, or give a "
+                "local folder"
+            )
+    return None

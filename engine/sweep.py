@@ -156,7 +156,15 @@ def _prepare(cfg: StudyConfig, timings: dict[str, float]) -> tuple[Any, Any, Any
     )
 
     t0 = time.perf_counter()
-    key = teacher_key(cfg.teacher, data.train, data.num_labels)
+    res = cfg.resources
+    precision = f"{res.precision}/{'gpu' if res.gpus > 0 else 'cpu'}"
+    # float32 CPU runs (the default) keep their cache keys; anything else is keyed apart
+    key = teacher_key(
+        cfg.teacher,
+        data.train,
+        data.num_labels,
+        precision=None if precision in ("auto/cpu", "fp32/cpu") else precision,
+    )
     art = load_cache(key)
     if art is None:
         print(f"[teacher] fine-tuning {cfg.teacher.model} (cache key {key})", flush=True)
@@ -171,6 +179,8 @@ def _prepare(cfg: StudyConfig, timings: dict[str, float]) -> tuple[Any, Any, Any
                 data.num_labels,
                 key=key,
                 threads=None,  # nothing else runs while the study prepares: use the whole node
+                gpus=res.gpus,
+                precision=res.precision,
             )
         )
         save_cache(art)
@@ -205,16 +215,17 @@ def _teacher_row(cfg: StudyConfig, shared: Any) -> dict[str, Any]:
         import torch
 
         from engine.assess import assess
+        from engine.device import autocast_dtype, worker_device
         from engine.teacher import load_model
 
         torch.set_num_threads(study.threads_per_trial or max(1, int(study.resources.cpus)))
-        device = torch.device(
-            "cuda" if study.resources.gpus > 0 and torch.cuda.is_available() else "cpu"
-        )
+        device = worker_device(study.resources.gpus)
         t0 = time.perf_counter()
         model = load_model(shared.teacher_config, shared.teacher_state)
         evals = {k: v for k, v in shared.splits.items() if k in ("valid", "test")}
-        row = assess(model, evals, study, device)
+        row = assess(
+            model, evals, study, device, None, autocast_dtype(study.resources.precision, device)
+        )
         row["wall_s"] = time.perf_counter() - t0
         return row
 

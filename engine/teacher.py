@@ -4,7 +4,8 @@ The cache key hashes the teacher section of the study, the tokenised training da
 label count, so a rerun or another study on the same inputs reuses the weights. Fine-tuning
 runs as a Ray task with the trial resources (a GPU where trials get one), never assuming a
 filesystem shared between nodes: weights come back through the object store and are cached
-on the driver.
+on the driver. The task runs on the GPU Ray assigned it (:func:`engine.device.worker_device`)
+under the study's ``resources.precision``.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
 
 from engine.config import TeacherConfig
+from engine.device import autocast_dtype, precision_name, worker_device
 from engine.models import build_classifier
-from engine.train import train_classifier
+from engine.train import OomLog, train_classifier
 
 __all__ = ["TeacherArtifacts", "cache_dir", "finetune", "fingerprint", "load_model", "teacher_key"]
 
@@ -37,7 +39,7 @@ class TeacherArtifacts:
     config: dict[str, Any]  # HF config as a dict
     state_dict: dict[str, torch.Tensor]
     train_logits: np.ndarray  # float32 [N_train, C]
-    metrics: dict[str, float]  # valid_/test quality
+    metrics: dict[str, Any]  # valid_/test quality (+ device, precision, oom_retries)
     key: str
     cached: bool = False
 
@@ -58,7 +60,14 @@ def fingerprint(arrays: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def teacher_key(cfg: TeacherConfig, train: dict[str, np.ndarray], num_labels: int) -> str:
+def teacher_key(
+    cfg: TeacherConfig,
+    train: dict[str, np.ndarray],
+    num_labels: int,
+    precision: str | None = None,
+) -> str:
+    """Cache key of a fine-tuned teacher. ``precision`` (e.g. ``"auto/gpu"``) enters the key
+    only when given, so float32 CPU runs keep the keys they had before it existed."""
     payload = {
         "code": CODE_VERSION,
         "teacher": cfg.model_dump(mode="json"),
@@ -66,6 +75,8 @@ def teacher_key(cfg: TeacherConfig, train: dict[str, np.ndarray], num_labels: in
         "num_labels": num_labels,
         "torch": torch.__version__.split("+")[0],
     }
+    if precision is not None:
+        payload["precision"] = precision
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -85,18 +96,23 @@ def finetune(
     *,
     key: str,
     threads: int | None = None,
+    gpus: float = 0.0,
+    precision: str = "auto",
 ) -> TeacherArtifacts:
     """Fine-tune the teacher on ``train`` (labels only); compute its train logits and the
     quality on each split in ``evals``. Plain function: the caller runs it as a Ray task.
 
-    ``threads`` None uses every core of the node."""
+    ``threads`` None uses every core of the node. ``gpus``: what the task asked Ray for (the
+    device is the GPU Ray assigned; CPU when 0). ``precision``: ``resources.precision``."""
     from engine.measure import evaluate
 
     # None = every core of this node (Ray caps torch at the task's num_cpus threads otherwise)
     torch.set_num_threads(threads or os.cpu_count() or 1)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = worker_device(gpus)
+    dtype = autocast_dtype(precision, device)  # type: ignore[arg-type]
     model = build_classifier(cfg.model, num_labels, attn_implementation="sdpa", seed=cfg.seed)
     tensors = {k: torch.as_tensor(train[k]) for k in ("input_ids", "attention_mask", "labels")}
+    oom = OomLog()
     train_classifier(
         model,
         tensors,
@@ -110,12 +126,19 @@ def finetune(
         freeze_embeddings=cfg.freeze_embeddings,
         seed=cfg.seed,
         device=device,
+        autocast_dtype=dtype,
+        oom=oom,
     )
-    metrics: dict[str, float] = {}
+    metrics: dict[str, Any] = {}
     for split, data in evals.items():
-        _, split_metrics = evaluate(model, data, batch_size=128, device=device)
+        _, split_metrics = evaluate(
+            model, data, batch_size=128, device=device, autocast_dtype=dtype
+        )
         metrics.update({f"{split}_{k}": float(v) for k, v in split_metrics.items()})
-    train_logits, _ = evaluate(model, train, batch_size=128, device=device)
+    train_logits, _ = evaluate(model, train, batch_size=128, device=device, autocast_dtype=dtype)
+    metrics["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    metrics["precision"] = precision_name(dtype)
+    metrics["oom_retries"] = oom.retries
     model.cpu()
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return TeacherArtifacts(model.config.to_dict(), state, train_logits, metrics, key)

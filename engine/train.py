@@ -20,10 +20,26 @@ as ``"stage"`` beside ``"stage_step"``. On resume the stage reads that with
 :func:`pending_resume`, skips what it had done, and its next ``train_classifier`` call takes
 the snapshot. A :class:`BatchOrder` passed as ``batches`` carries the example order (seeded
 permutation and position in it) from one call to the next.
+
+Out of memory: when a step's forward or backward raises a device out-of-memory error
+(:func:`engine.device.is_out_of_memory`), the step is redone with the batch cut into
+micro-batches of half the size, gradients accumulated over them, until it fits (then the
+smaller size is kept for the rest of the call). The optimizer still steps once per batch on
+the batch-mean loss — each micro-batch's loss weighted by its share of the batch — so the
+step count, LR schedule, example order and checkpoints are those of the unsplit run, and the
+result equals it up to float rounding (exact for per-example-mean losses; the hidden-state
+and attention distillation terms normalise by tokens, which the example weighting
+approximates). Each retry is logged and counted in ``TrainStats.oom_retries`` and in the
+:class:`OomLog` a trial passes (the results' ``oom_retries`` and ``train_micro_batch_size``).
+
+Precision: ``autocast_dtype`` (e.g. ``torch.bfloat16``, see :mod:`engine.device`) runs each
+forward and the loss under ``torch.autocast``; the loss itself is taken on float32 logits
+and the backward runs outside the autocast region, as PyTorch recommends.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,8 +51,11 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
+from engine.device import autocast, is_out_of_memory
+
 __all__ = [
     "BatchOrder",
+    "OomLog",
     "ProgressReport",
     "TrainStats",
     "TrainingState",
@@ -47,6 +66,8 @@ __all__ = [
     "track",
     "train_classifier",
 ]
+
+log = logging.getLogger(__name__)
 
 # loss_fn(student_logits, labels, teacher_logits_or_None) -> scalar loss
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -59,6 +80,22 @@ class TrainStats:
     examples_seen: int
     final_loss: float
     mean_loss_last_10: float
+    oom_retries: int = 0
+    micro_batch_size: int | None = None  # examples per forward at the end; None = whole batch
+
+
+@dataclass
+class OomLog:
+    """Out-of-memory retries across the training calls of one trial (or teacher run):
+    how many, and the smallest micro-batch any call ended with (None = never split)."""
+
+    retries: int = 0
+    micro_batch_size: int | None = None
+
+    def note(self, micro_batch_size: int) -> None:
+        self.retries += 1
+        if self.micro_batch_size is None or micro_batch_size < self.micro_batch_size:
+            self.micro_batch_size = micro_batch_size
 
 
 @dataclass
@@ -112,6 +149,8 @@ class TrainingState:
     resumed_from: int | None = None
     step_offset: int = 0
     stage_state: StageState | None = None
+    micro_batch: int | None = None  # examples per forward after an out-of-memory; None = all
+    oom_retries: int = 0
 
     def snapshot(self) -> dict[str, Any]:
         """Everything but the model needed to continue this run exactly (picklable)."""
@@ -129,6 +168,8 @@ class TrainingState:
             "losses": list(self.losses[-10:]),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": cuda,
+            "micro_batch": self.micro_batch,
+            "oom_retries": self.oom_retries,
         }
         if self.stage_state is not None:
             snap["stage_step"] = self.step_offset + self.step
@@ -139,9 +180,13 @@ class TrainingState:
         """One optimizer and LR-schedule step on ``loss``, counted (step, examples, loss)."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.apply(float(loss.detach()), examples)
+
+    def apply(self, loss: float, examples: int) -> None:
+        """One optimizer and LR-schedule step on the gradients already accumulated, counted."""
         self.optimizer.step()
         self.scheduler.step()
-        self.losses = [*self.losses[-9:], float(loss.detach())]
+        self.losses = [*self.losses[-9:], loss]
         self.seen += examples
         self.step += 1
 
@@ -159,6 +204,8 @@ class TrainingState:
         self.step, self.seen = int(snap["step"]), int(snap["seen"])
         self.losses = list(snap["losses"])
         self.resumed_from = self.step
+        self.micro_batch = snap.get("micro_batch")
+        self.oom_retries = int(snap.get("oom_retries", 0))
         torch.set_rng_state(snap["torch_rng"])
         if snap.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(snap["cuda_rng"])
@@ -277,6 +324,8 @@ def train_classifier(
     batches: BatchOrder | None = None,
     step_offset: int = 0,
     stage_state: StageState | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    oom: OomLog | None = None,
 ) -> TrainStats:
     """Train ``model`` in place with AdamW and a linear warm-up/decay schedule.
 
@@ -289,7 +338,8 @@ def train_classifier(
     ``lr_schedule: constant`` keeps ``lr`` throughout (no warm-up/decay). ``batches`` continues
     an example order across calls (``seed`` is then unused). ``step_offset``/``stage_state``
     place the call on its stage's step axis (module docstring): ``on_step`` gets
-    ``step_offset + step``.
+    ``step_offset + step``. ``autocast_dtype`` runs forwards under autocast; ``oom`` counts
+    out-of-memory retries (module docstring).
     """
     device = torch.device(device)
     n = int(train["labels"].shape[0])
@@ -319,20 +369,62 @@ def train_classifier(
     model.to(device).train()
     st = TrainingState(model, opt, sched, batches, total, step_offset=step_offset,
                        stage_state=stage_state)  # fmt: skip
+
+    def forward_backward(idx: torch.Tensor) -> float:
+        """Loss of the batch ``idx`` with its gradients accumulated, in micro-batches of
+        ``st.micro_batch`` examples (one pass when None), each weighted by its share."""
+        micro = st.micro_batch
+        parts = [idx] if micro is None or micro >= len(idx) else list(idx.split(micro))
+        total_loss = 0.0
+        for part in parts:
+            t_logits = teacher_logits[part].to(device) if teacher_logits is not None else None
+            with autocast(device, autocast_dtype):
+                outputs = model(
+                    input_ids=train["input_ids"][part].to(device),
+                    attention_mask=train["attention_mask"][part].to(device),
+                    **(forward_kwargs or {}),
+                )
+                loss = loss_fn(outputs.logits.float(), train["labels"][part].to(device), t_logits)
+                if aux_loss is not None:
+                    loss = loss + aux_loss(outputs, part)
+            if len(parts) > 1:
+                loss = loss * (len(part) / len(idx))
+            del outputs
+            loss.backward()
+            total_loss += float(loss.detach())
+        return total_loss
+
     with track(st):
         while st.step < total:
             idx = batches.next()
-            ids = train["input_ids"][idx].to(device)
-            mask = train["attention_mask"][idx].to(device)
-            labels = train["labels"][idx].to(device)
-            t_logits = teacher_logits[idx].to(device) if teacher_logits is not None else None
-            outputs = model(input_ids=ids, attention_mask=mask, **(forward_kwargs or {}))
-            loss = loss_fn(outputs.logits, labels, t_logits)
-            if aux_loss is not None:
-                loss = loss + aux_loss(outputs, idx)
-            st.optimize(loss, len(idx))
+            while True:
+                st.optimizer.zero_grad(set_to_none=True)
+                size = min(st.micro_batch or len(idx), len(idx))
+                try:
+                    loss_value = forward_backward(idx)
+                    break
+                except RuntimeError as err:  # torch.OutOfMemoryError is a RuntimeError
+                    if not is_out_of_memory(err) or size <= 1:
+                        raise
+                    why = str(err).splitlines()[0] if str(err) else type(err).__name__
+                # outside the handler: the failed pass's tensors are free now
+                st.optimizer.zero_grad(set_to_none=True)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                st.micro_batch = (size + 1) // 2
+                st.oom_retries += 1
+                if oom is not None:
+                    oom.note(st.micro_batch)
+                log.warning(
+                    "out of memory at step %d with %d examples per forward; retrying the "
+                    "batch of %d in micro-batches of %d: %s",
+                    st.step + 1, size, len(idx), st.micro_batch, why,
+                )  # fmt: skip
+            st.apply(loss_value, len(idx))
             if on_step is not None:
                 on_step(step_offset + st.step, st.losses[-1])
     model.eval()
     last = st.losses[-10:]
-    return TrainStats(st.step, st.seen, st.losses[-1], sum(last) / len(last))
+    return TrainStats(
+        st.step, st.seen, st.losses[-1], sum(last) / len(last), st.oom_retries, st.micro_batch
+    )

@@ -32,6 +32,7 @@ import torch
 from engine.checkpoint import FAULT_KEY, TrialCheckpointer, TrialResume, resume_from
 from engine.compress import STAGES, StageContext
 from engine.config import StudyConfig, with_values
+from engine.device import autocast, autocast_dtype, ray_gpu_ids, worker_device
 from engine.importance import LayerScores
 
 __all__ = [
@@ -91,13 +92,18 @@ class TrialReporter:
     base: dict[str, Any] = field(default_factory=dict)
     start: float = field(default_factory=time.perf_counter)
     checkpointer: TrialCheckpointer | None = None
+    autocast_dtype: torch.dtype | None = None
     _cost: dict[tuple, dict[str, float]] = field(default_factory=dict)
 
     def measure(self, model: torch.nn.Module) -> dict[str, float]:
         from engine.measure import count_gflops, count_params, evaluate, weights_bytes
 
         _, metrics = evaluate(
-            model, self.valid, batch_size=self.study.measure.eval_batch_size, device=self.device
+            model,
+            self.valid,
+            batch_size=self.study.measure.eval_batch_size,
+            device=self.device,
+            autocast_dtype=self.autocast_dtype,
         )
         out = {f"valid_{k}": float(v) for k, v in metrics.items()}
         key = _structure_key(model)  # count again only when the architecture changed
@@ -123,11 +129,9 @@ class TrialReporter:
             for k in ("input_ids", "attention_mask")
         }
         m = self.study.measure
-        return float(
-            measure_latency(model, batch, repeats=m.latency_repeats, warmup=m.warmup)[
-                "latency_ms_p50"
-            ]
-        )
+        with autocast(self.device, self.autocast_dtype):
+            lat = measure_latency(model, batch, repeats=m.latency_repeats, warmup=m.warmup)
+        return float(lat["latency_ms_p50"])
 
     def __call__(self, metrics: dict[str, Any]) -> None:
         payload = {**self.base, **metrics, "wall_s": time.perf_counter() - self.start}
@@ -142,12 +146,6 @@ class TrialReporter:
                 self.sink(payload, checkpoint=ckpt)
 
 
-def _device(study: StudyConfig) -> torch.device:
-    if study.resources.gpus > 0 and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
 def build_student(
     study: StudyConfig,
     shared: SharedInputs,
@@ -157,12 +155,15 @@ def build_student(
     report: Any = None,
     checkpointer: TrialCheckpointer | None = None,
     resume: TrialResume | None = None,
+    dtype: torch.dtype | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Run the pipeline on a fresh copy of the teacher; returns the model and the record.
 
     With ``save_dir`` the result is saved there in HF format (:mod:`engine.compress.save`).
     With ``resume`` the pipeline continues from a checkpoint: stages before its stage are
-    skipped and that stage's training continues at the saved step.
+    skipped and that stage's training continues at the saved step. ``dtype``: the autocast
+    dtype of the stages' forwards (None = float32). The record's ``oom`` entry counts the
+    training's out-of-memory retries (:class:`engine.train.OomLog`).
     """
     from engine.teacher import load_model
     from engine.train import resuming
@@ -180,6 +181,7 @@ def build_student(
         importance=shared.importance,
         seed=seed,
         device=device,
+        autocast_dtype=dtype,
         report=report,
     )
     first = 0
@@ -199,6 +201,7 @@ def build_student(
         stage_cfg = getattr(study.pipeline, name, None)
         with resuming(snap):
             model = STAGES.get(name)(model, stage_cfg, ctx)
+    ctx.record["oom"] = {"retries": ctx.oom.retries, "micro_batch_size": ctx.oom.micro_batch_size}
     if save_dir is not None:
         from engine.compress.save import save_compressed
 
@@ -238,10 +241,12 @@ def run_trial(
     row: dict[str, Any] = {"seed": seed}
     try:
         trial_study = with_values(study, trial_values(config))
-        device = _device(trial_study)
+        device = worker_device(trial_study.resources.gpus)  # the GPU Ray assigned, if any
+        dtype = autocast_dtype(trial_study.resources.precision, device)
         every = trial_study.search.report_every_steps
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
         base = {"seed": seed, "device": name}
+        row["gpu_ids"] = ",".join(ray_gpu_ids() or [])
         reporter = checkpointer = resume = None
         ckpt_every = trial_study.search.checkpoint_every
         if every is not None:
@@ -258,6 +263,7 @@ def run_trial(
                 tune.report,
                 base,
                 checkpointer=checkpointer,
+                autocast_dtype=dtype,
             )
         if resume is not None:
             row.update(resumed_stage=resume.stage_name, resumed_step=resume.step)
@@ -265,10 +271,12 @@ def run_trial(
         if run_dir and trial_study.measure.save_models:
             save_dir = Path(run_dir, "models", trial_id)
         model, record = build_student(
-            trial_study, shared, seed, device, save_dir, reporter, checkpointer, resume
+            trial_study, shared, seed, device, save_dir, reporter, checkpointer, resume, dtype
         )
         evals = {k: v for k, v in shared.splits.items() if k in ("valid", "test")}
-        row.update(assess(model, evals, trial_study, device, record))
+        row.update(assess(model, evals, trial_study, device, record, dtype))
+        row["oom_retries"] = record["oom"]["retries"]
+        row["train_micro_batch_size"] = record["oom"]["micro_batch_size"]
         if checkpointer is not None and checkpointer.error:
             row["checkpoint_error"] = checkpointer.error
         row["model_dir"] = record.get("saved_to")

@@ -95,6 +95,10 @@ def test_smoke_results_contract(smoke_run) -> None:
     for col in ("throughput_per_s", "latency_in_trial_ms_p50", "latency_in_trial_ms_p95"):
         assert df[col].map(math.isfinite).all(), col  # the trials' own figures, labelled
     assert df.throughput_per_s.to_numpy() == pytest.approx(16 / (df.latency_ms_p50 / 1e3))
+    # on CPU: float32, no GPU ids, no out-of-memory retries
+    assert (df.precision == "fp32").all() and (df.device == "cpu").all()
+    assert (students.gpu_ids == "").all() and (students.oom_retries == 0).all()
+    assert students.train_micro_batch_size.isna().all()
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ from transformers import PreTrainedModel
 
 from engine.importance.base import LayerScores
 from engine.registry import Registry
+from engine.train import OomLog
 
 __all__ = ["STAGES", "StageContext", "StageFn", "register_stage"]
 
@@ -26,6 +27,9 @@ class StageContext:
         importance: method name → LayerScores of the teacher's layers.
         seed: the trial seed.
         device: where to run.
+        autocast_dtype: the dtype training and evaluation forwards autocast to (None =
+            float32), from ``resources.precision`` (:mod:`engine.device`).
+        oom: out-of-memory retries of the stages' training (:class:`engine.train.OomLog`).
         threads: torch intra-op threads for this trial.
         record: what the stages did (written to results and the model's JSON).
         extras: objects stages hand to later ones (e.g. pruning masks, the float model
@@ -38,6 +42,8 @@ class StageContext:
     importance: dict[str, LayerScores]
     seed: int
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    autocast_dtype: torch.dtype | None = None
+    oom: OomLog = field(default_factory=OomLog)
     record: dict[str, Any] = field(default_factory=dict)
     report: Callable[[dict[str, float]], None] | None = None
     extras: dict[str, Any] = field(default_factory=dict)

@@ -238,6 +238,8 @@ def apply(model: PreTrainedModel, cfg: DistillConfig, ctx: StageContext) -> PreT
             seed=ctx.seed,
             teacher_logits=teacher_logits,
             device=ctx.device,
+            autocast_dtype=ctx.autocast_dtype,
+            oom=ctx.oom,
             aux_loss=aux,
             forward_kwargs=fwd,
             on_step=progress_hook(model, ctx.report) if ctx.report else None,

@@ -168,6 +168,9 @@ class Tokenise:
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+        if self.tokenizer.pad_token is None:  # decoders (GPT-2, Llama): pad with end-of-text,
+            self.tokenizer.pad_token = self.tokenizer.eos_token  # as build_classifier's head
+        self.tokenizer.padding_side = "right"  # pooling and the head read the last real token
         self.max_length = max_length
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -22,6 +22,7 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 from torch import nn
 
+from engine.device import is_out_of_memory
 from engine.importance.base import (
     DERIVED,
     IMPORTANCE,
@@ -83,15 +84,6 @@ def split_batches(batches: Sequence[Batch]) -> list[Batch]:
         out.append({k: v[:h] for k, v in b.items()})
         out.append({k: v[h:] for k, v in b.items()})
     return out
-
-
-def is_out_of_memory(err: BaseException) -> bool:
-    """A device out-of-memory error: ``torch.OutOfMemoryError`` (CUDA caching allocator) or
-    a ``RuntimeError`` whose message says "out of memory" (cuBLAS/cuDNN workspaces, other
-    backends)."""
-    if isinstance(err, torch.OutOfMemoryError):
-        return True
-    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
 
 
 def _run_group(

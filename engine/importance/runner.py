@@ -6,6 +6,10 @@ re-averages (example-weighted), so any number of actors gives exactly the result
 Derived methods (hybrid, consensus) and bootstrap confidence intervals are computed on the
 driver from the merged per-batch vectors.
 
+GPUs: each actor asks Ray for ``gpus_per_actor`` GPUs and runs on the one Ray assigned it
+(:func:`engine.device.worker_device`): with ``gpus_per_actor: 0.5`` two actors share a GPU,
+with ``1`` each gets its own (on a node with several), and the driver logs where each went.
+
 Example::
 
     ray.init(num_cpus=2)
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -25,6 +30,7 @@ import ray
 import torch
 from torch import nn
 
+from engine.device import ray_gpu_ids, worker_device
 from engine.importance.base import (
     DERIVED,
     Batch,
@@ -66,14 +72,23 @@ class ImportanceWorker:
 
     def __init__(self, model: nn.Module, cfg: ImportanceConfig, threads: int) -> None:
         torch.set_num_threads(threads)
-        use_cuda = cfg.gpus_per_actor > 0 and torch.cuda.is_available()
-        self.device = torch.device("cuda" if use_cuda else "cpu")
+        self.device = worker_device(cfg.gpus_per_actor)  # the GPU Ray assigned, if any
         self.model = model.to(self.device).eval()
         self.cfg = cfg
 
     def node_id(self) -> str:
         """The Ray node this actor runs on (logged by the driver: where the work went)."""
         return ray.get_runtime_context().get_node_id()
+
+    def placement(self) -> dict[str, object]:
+        """Where this actor runs: Ray node, the GPU ids Ray assigned, the CUDA devices it
+        sees (``CUDA_VISIBLE_DEVICES``, as Ray set it) and its torch device."""
+        return {
+            "node": self.node_id(),
+            "gpu_ids": ray_gpu_ids() or [],
+            "visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "device": str(self.device),
+        }
 
     def score(self, shard: list[dict], methods: tuple[str, ...]) -> dict[str, LayerScores]:
         batches: list[Batch] = [
@@ -124,9 +139,12 @@ def compute_importance(
     ]
     try:
         shards = [s.tolist() for s in np.array_split(np.arange(len(batches)), n_actors)]
-        nodes = ray.get([a.node_id.remote() for a in actors])
-        for i, (node, shard) in enumerate(zip(nodes, shards, strict=True)):
-            log.info("importance actor %d on node %s: batches %s", i, node, shard)
+        places = ray.get([a.placement.remote() for a in actors])
+        for i, (where, shard) in enumerate(zip(places, shards, strict=True)):
+            log.info(
+                "importance actor %d on node %s, GPUs %s (%s): batches %s",
+                i, where["node"], where["gpu_ids"], where["device"], shard,
+            )  # fmt: skip
         futures = [
             a.score.remote([batches[i] for i in shard], base)
             for a, shard in zip(actors, shards, strict=True)

@@ -77,11 +77,15 @@ def evaluate(
     *,
     batch_size: int,
     device: torch.device | str,
+    autocast_dtype: torch.dtype | None = None,
 ) -> tuple[np.ndarray, dict[str, float]]:
-    """Run ``model`` over ``data`` (``input_ids``, ``attention_mask``, ``labels`` arrays).
+    """Run ``model`` over ``data`` (``input_ids``, ``attention_mask``, ``labels`` arrays),
+    under autocast to ``autocast_dtype`` when given (:mod:`engine.device`).
 
     Returns the float32 logits ``[n, C]`` and :func:`classification_metrics` on them.
     """
+    from engine.device import autocast
+
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if len(data["labels"]) == 0:
@@ -92,7 +96,7 @@ def evaluate(
     model.eval()
     out: list[torch.Tensor] = []
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(device, autocast_dtype):
             for s in range(0, len(data["labels"]), batch_size):
                 ids = torch.as_tensor(data["input_ids"][s : s + batch_size], device=device)
                 mask = torch.as_tensor(data["attention_mask"][s : s + batch_size], device=device)
