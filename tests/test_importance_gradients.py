@@ -23,6 +23,27 @@ from tests.conftest import tiny_bert, tiny_gpt2, tiny_llama, toy_batches
 CFG = ImportanceConfig()
 
 
+def tiny_deberta(num_layers: int = 3):
+    """DeBERTa (v1): its attention owns bias parameters and takes relative-position
+    embeddings, exercising the torch.func path with batched and unbatched arguments."""
+    from transformers import DebertaConfig, DebertaForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = DebertaConfig(
+        vocab_size=200,
+        hidden_size=32,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=5,
+        relative_attention=True,
+        pos_att_type=["c2p", "p2c"],
+        max_relative_positions=16,
+    )
+    return DebertaForSequenceClassification(cfg).eval()
+
+
 def one(batch: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
     return {k: v[i : i + 1] for k, v in batch.items()}
 
@@ -52,9 +73,10 @@ def per_example_param_sq_norms(model: torch.nn.Module, batches) -> np.ndarray:
 # --- fisher ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("build", [tiny_bert, tiny_gpt2, tiny_llama])
+@pytest.mark.parametrize("build", [tiny_bert, tiny_gpt2, tiny_llama, tiny_deberta])
 def test_fisher_is_mean_of_per_example_squared_gradient_norms(build) -> None:
-    """BERT (Linear + LayerNorm), GPT-2 (Conv1D) and Llama (RMSNorm through torch.func)."""
+    """BERT (Linear + LayerNorm), GPT-2 (Conv1D), Llama (RMSNorm through torch.func) and
+    DeBERTa (attention-owned biases through torch.func with its other arguments)."""
     model = build(num_layers=3)
     batches = toy_batches(1, 5, 10, seed=1) + toy_batches(1, 3, 10, seed=2)
     got = IMPORTANCE.get("fisher")(model, batches, cfg=CFG)

@@ -13,9 +13,10 @@ forward hooks keep each parameterised module's input ``a`` and a hook on its out
   ``‖A_iᵀ G_i‖²_F = Σ_{s,t} (a_s·a_t)(g_s·g_t)`` — memory ``batch × tokens²``, not
   ``batch × in × out``. When ``tokens·(in + out) ≥ in·out`` the per-example gradient is
   formed directly instead (cheaper then). The bias gradient is ``Σ_s g_s``.
-* Any other module owning parameters (LayerNorm, Llama's RMSNorm, …, all small): exact
-  per-example gradients of ``Σ_s g_s · f(a_s; θ)`` with ``torch.func.vmap(grad(...))`` over
-  the module alone (memory ``batch × that module's parameters``).
+* Any other module owning parameters (LayerNorm, Llama's RMSNorm, DeBERTa's attention
+  biases, …, all small): exact per-example gradients of ``Σ_s g_s · f(a_s; θ)`` with
+  ``torch.func.vmap(grad(...))`` over the module alone, its own parameters only (memory
+  ``batch × those parameters``; the module's forward runs once more per batch).
 
 Gradients of the batch-mean loss are ``∂L/∂z_i = (1/B) ∂ℓ_i/∂z_i`` (examples do not interact
 in a transformer in eval mode), so norms are rescaled by ``B²``. Parameters need not require
@@ -66,18 +67,33 @@ def linear_sq_norms(
     return weight.double()
 
 
-def _generic_sq_norms(module: nn.Module, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Exact per-example ``Σ_θ (∂ℓ_i/∂θ)²`` over ``module``'s own parameters (torch.func)."""
+def _generic_sq_norms(
+    module: nn.Module, args: tuple, kwargs: dict, g: torch.Tensor, batch: int
+) -> torch.Tensor:
+    """Exact per-example ``Σ_θ (∂ℓ_i/∂θ)²`` over ``module``'s own parameters (torch.func).
+
+    The module is re-run per example under ``vmap``: every tensor argument whose leading
+    dimension is the batch is split by example, the others are passed whole (e.g. DeBERTa's
+    relative-position embeddings beside its hidden states and mask).
+    """
     from torch.func import functional_call, grad, vmap
+    from torch.utils._pytree import tree_flatten, tree_unflatten
 
     params = {n: p.detach() for n, p in module.named_parameters(recurse=False)}
+    flat, spec = tree_flatten((args, kwargs))
+    split = [isinstance(t, torch.Tensor) and t.dim() > 0 and t.shape[0] == batch for t in flat]
+    per_ex = [t.detach() for t, s in zip(flat, split, strict=True) if s]
 
-    def inner(p: dict[str, torch.Tensor], x: torch.Tensor, gz: torch.Tensor) -> torch.Tensor:
-        out = functional_call(module, p, (x.unsqueeze(0),))
+    def inner(p: dict[str, torch.Tensor], gz: torch.Tensor, *xs: torch.Tensor) -> torch.Tensor:
+        it = iter(xs)
+        items = [next(it).unsqueeze(0) if s else t for t, s in zip(flat, split, strict=True)]
+        a, kw = tree_unflatten(items, spec)
+        out = functional_call(module, p, tuple(a), dict(kw))
         out = out if isinstance(out, torch.Tensor) else out[0]
         return (out.float() * gz.unsqueeze(0).float()).sum()
 
-    per = vmap(grad(inner), in_dims=(None, 0, 0))(params, a.detach(), g.detach())
+    dims = (None, 0, *([0] * len(per_ex)))
+    per = vmap(grad(inner), in_dims=dims)(params, g.detach(), *per_ex)
     return sum(v.double().pow(2).reshape(v.shape[0], -1).sum(1) for v in per.values())
 
 
@@ -117,11 +133,10 @@ class PerExampleNorms:
                     f"{type(mod).__name__} in block {layer} ran twice in one forward: "
                     "per-example gradient norms of a reused module are not supported"
                 )
-            x = args[0] if args else next(iter(kwargs.values()))
             z = out if isinstance(out, torch.Tensor) else out[0]
             if not z.requires_grad:
                 return
-            x = x.detach()
+            x = (args[0] if args else next(iter(kwargs.values()))).detach() if linear else None
             scale = float(self.batch_size)
 
             def on_grad(gz: torch.Tensor) -> None:
@@ -132,7 +147,7 @@ class PerExampleNorms:
                     self._inside = True
                     try:
                         with torch.enable_grad():
-                            sq = _generic_sq_norms(mod, x, gz)
+                            sq = _generic_sq_norms(mod, args, kwargs, gz, self.batch_size)
                     finally:
                         self._inside = False
                 self.total[:, layer] += sq.to(self.total.device)
