@@ -371,7 +371,8 @@ def make_teacher(dest: Path, size: str, src: Path) -> None:
 
 
 def _smoke_overrides(plan: Plan, teacher: Path) -> list[str]:
-    common = [f"teacher.model={teacher}", "measure.save_models=false", "resources.precision=auto"]
+    # students are saved so the sweep's latency phase reloads and times them on the GPU
+    common = [f"teacher.model={teacher}", "resources.precision=auto"]
     if plan.dry_run:
         return [*common, "resources.gpus=0", "resources.cpus=1", "repeats=[0]"]
     return [
@@ -394,7 +395,8 @@ def _smoke_overrides(plan: Plan, teacher: Path) -> list[str]:
 
 
 SMOKE_COLUMNS = ("trial_id", "status", "error", "device", "gpu_ids", "precision", "wall_s",
-                 "trial_time_s", "accuracy", "gflops", "latency_ms_p50", "peak_mem_bytes",
+                 "trial_time_s", "accuracy", "gflops", "latency_ms_p50", "latency_phase",
+                 "latency_device", "latency_in_trial_ms_p50", "peak_mem_bytes",
                  "peak_mem_method", "oom_retries", "train_micro_batch_size")  # fmt: skip
 
 

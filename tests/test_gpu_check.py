@@ -57,6 +57,8 @@ def test_dry_run_runs_every_step_and_writes_real_figures(tmp_path: Path) -> None
     for t in trials:
         assert t["status"] == "ok" and t["device"] == "cpu" and t["precision"] == "fp32"
         assert _finite_positive(t["gflops"]) and _finite_positive(t["latency_ms_p50"])
+        # timed in the sweep's latency phase (saved students reloaded), on the run's device
+        assert t["latency_phase"] == "serial" and t["latency_device"] == "cpu"
         assert 0.0 <= t["accuracy"] <= 1.0
     assert all(t["oom_retries"] == 0 for t in trials if t["trial_id"] != "teacher")
 
