@@ -69,6 +69,27 @@ def tiny_gpt2(num_layers: int = 4, num_labels: int = 5, seed: int = 0):
     return GPT2ForSequenceClassification(cfg).eval()
 
 
+def tiny_deberta(num_layers: int = 3):
+    """DeBERTa (v1): its attention owns bias parameters and takes relative-position
+    embeddings, exercising the torch.func path with batched and unbatched arguments."""
+    from transformers import DebertaConfig, DebertaForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = DebertaConfig(
+        vocab_size=200,
+        hidden_size=32,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=5,
+        relative_attention=True,
+        pos_att_type=["c2p", "p2c"],
+        max_relative_positions=16,
+    )
+    return DebertaForSequenceClassification(cfg).eval()
+
+
 def tiny_llama(num_layers: int = 4, num_labels: int = 5, seed: int = 0):
     """A randomly initialised Llama classifier (decoder) for unit tests."""
     from transformers import LlamaConfig, LlamaForSequenceClassification

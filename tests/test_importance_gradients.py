@@ -18,30 +18,9 @@ from engine.importance.compute import score_methods
 from engine.importance.config import ImportanceConfig
 from engine.importance.ghostnorm import linear_sq_norms
 from engine.models import layer_list
-from tests.conftest import tiny_bert, tiny_gpt2, tiny_llama, toy_batches
+from tests.conftest import tiny_bert, tiny_deberta, tiny_gpt2, tiny_llama, toy_batches
 
 CFG = ImportanceConfig()
-
-
-def tiny_deberta(num_layers: int = 3):
-    """DeBERTa (v1): its attention owns bias parameters and takes relative-position
-    embeddings, exercising the torch.func path with batched and unbatched arguments."""
-    from transformers import DebertaConfig, DebertaForSequenceClassification
-
-    torch.manual_seed(0)
-    cfg = DebertaConfig(
-        vocab_size=200,
-        hidden_size=32,
-        num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        num_labels=5,
-        relative_attention=True,
-        pos_att_type=["c2p", "p2c"],
-        max_relative_positions=16,
-    )
-    return DebertaForSequenceClassification(cfg).eval()
 
 
 def one(batch: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:

@@ -72,6 +72,18 @@ def forward_peak_bytes(model: nn.Module, inputs: dict[str, Any]) -> tuple[float,
         return math.nan, "unavailable"
 
 
+def _timed_forward(model: nn.Module, inputs: dict[str, Any], device: torch.device) -> float:
+    """Seconds one ``model(**inputs)`` takes, bracketed by synchronisations on CUDA."""
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    model(**inputs)
+    if cuda:
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
 def measure_latency(
     model: nn.Module, batch: dict[str, torch.Tensor], *, repeats: int, warmup: int
 ) -> dict[str, Any]:
@@ -93,7 +105,6 @@ def measure_latency(
         raise ValueError("batch has no model inputs")
     batch_size = int(next(iter(inputs.values())).shape[0])
     device = next(model.parameters()).device
-    cuda = device.type == "cuda"
     was_training = model.training
     model.eval()
     times_s: list[float] = []
@@ -102,13 +113,7 @@ def measure_latency(
             for _ in range(warmup):
                 model(**inputs)
             for _ in range(repeats):
-                if cuda:
-                    torch.cuda.synchronize(device)
-                t0 = time.perf_counter()
-                model(**inputs)
-                if cuda:
-                    torch.cuda.synchronize(device)
-                times_s.append(time.perf_counter() - t0)
+                times_s.append(_timed_forward(model, inputs, device))
             activations, method = forward_peak_bytes(model, inputs)
     finally:
         model.train(was_training)
@@ -167,14 +172,7 @@ def interleaved_latency(
                 shuffle.shuffle(order)
                 for i in order:
                     model, inputs, device, _ = prepared[i]
-                    cuda = device.type == "cuda"
-                    if cuda:
-                        torch.cuda.synchronize(device)
-                    t0 = time.perf_counter()
-                    model(**inputs)
-                    if cuda:
-                        torch.cuda.synchronize(device)
-                    times_s[i].append(time.perf_counter() - t0)
+                    times_s[i].append(_timed_forward(model, inputs, device))
     finally:
         for model, _, _, was_training in prepared:
             model.train(was_training)
