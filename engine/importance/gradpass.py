@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -80,24 +80,17 @@ class GradBatch:
     hidden_grad_norms: np.ndarray | None
     gate_grads: torch.Tensor | None
     batch_size: int
-    _cache: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def abs_taylor(self) -> np.ndarray:
         """``Σ_{θ∈layer} |θ · ∂L_b/∂θ|`` per layer (float64), with multi-tensor
         ``torch._foreach`` kernels (one launch per layer) and one transfer to the host."""
         if self.grads is None:
             raise ValueError("abs_taylor needs the parameter gradients of the backward pass")
-        if "abs_taylor" not in self._cache:
-            per_tensor = [
-                torch.stack(torch._foreach_norm(torch._foreach_mul(ps, gs), 1)).double()
-                for ps, gs in zip(self.params, self.grads, strict=True)
-            ]
-            self._cache["abs_taylor"] = (
-                torch.stack([v.sum() for v in per_tensor]).cpu().numpy()
-                if per_tensor
-                else np.zeros(0)
-            )
-        return self._cache["abs_taylor"]
+        per_layer = [
+            torch.stack(torch._foreach_norm(torch._foreach_mul(ps, gs), 1)).double().sum()
+            for ps, gs in zip(self.params, self.grads, strict=True)
+        ]
+        return torch.stack(per_layer).cpu().numpy() if per_layer else np.zeros(0)
 
 
 Reducer = Callable[[GradBatch], np.ndarray]
