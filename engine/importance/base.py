@@ -212,7 +212,7 @@ def bootstrap_ci(
     score being the example-weighted mean of per-batch vectors, resampled as (vector, size)
     pairs). The interval is marked unreliable (``ci_reliable = False``) below
     ``min_examples`` examples or ``min_batches`` batches. Seeded simulations
-    (tests/test_importance_bootstrap.py, 8000 replicates, nominal 95 %): χ²₃ per-example
+    (tests/engine/importance/test_base.py, 8000 replicates, nominal 95 %): χ²₃ per-example
     contributions covered 93.4 % at 50 examples, 94.2 % at 100, 94.6 % at 200; means of
     batches covered 87 % at 6 batches, 93.5 % at 40, 94.1 % at 50. Heavier tails cover less
     (log-normal σ = 1: 91 % at 96 examples). Returns the scores unchanged below 2 units.

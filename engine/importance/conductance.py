@@ -16,7 +16,7 @@ Numerics: captum's ``LayerConductance`` sums ``∂F/∂y(α_k) · (y(α_{k+1}) �
 ``cfg.conductance_steps + 1`` Gauss–Legendre nodes α_k in (0, 1) (its default ``method``;
 the nodes only, not the weights), so the two end segments of the path are left out; the
 error vanishes as the steps grow. Measured against an independent autograd integral
-(tests/test_importance_reference.py): per example within 1 % at the default 16 steps on
+(tests/engine/importance/test_reference.py): per example within 1 % at the default 16 steps on
 BERT and GPT-2, but 39 % off on a Llama-style model (RMSNorm, no additive position
 embedding: from the zero baseline the normalised residual stream jumps within α ≈ 1e-2,
 which the nodes barely sample; 7 % at 256 steps). ``cfg.conductance_internal_batch_size``

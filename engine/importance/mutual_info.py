@@ -21,7 +21,7 @@ batch b the score is an estimate of ``I(Z; Y)`` in nats from that batch's (z_i, 
   about ``(bins − 1)(classes − 1) / 2N`` nats (Miller 1955; Paninski 2003).
 
 The layer score is the example-weighted mean of the per-batch estimates. Both estimators are
-biased at batch sizes (tests/test_importance_reference.py states the bias measured on a
+biased at batch sizes (tests/engine/importance/test_reference.py states the bias measured on a
 planted two-class Gaussian mixture), so values depend on the batch size: compare layers,
 not absolute numbers. Using this MI as a layer keep-score is the engine's heuristic; the
 estimators are the cited ones.

@@ -153,7 +153,7 @@ def test_bf16_only_for_gradient_groups_on_cuda() -> None:
 def test_bf16_gradient_pass_ranks_like_float32_on_cuda() -> None:
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    from tests.test_importance import scale_output_projections
+    from tests.engine.importance.test_methods import scale_output_projections
 
     model = tiny_bert(num_layers=4).cuda()
     scale_output_projections(model, 2, 10.0)
@@ -177,7 +177,7 @@ def test_actors_on_two_nodes_equal_one_actor(caplog) -> None:
     from ray.cluster_utils import Cluster
 
     from engine.importance.runner import compute_importance
-    from tests.test_importance import as_data
+    from tests.engine.importance.test_methods import as_data
 
     was_running = ray.is_initialized()
     if was_running:

@@ -15,7 +15,7 @@ from engine.data import DataError, read_corpus
 from engine.data.config import RecsysConfig
 from engine.data.recsys import USER_SCHEMA, _views, build_recsys
 
-ASSETS = Path(__file__).parent / "assets" / "data"
+ASSETS = Path(__file__).resolve().parents[2] / "assets" / "data"
 
 
 def pandas_kcore(df: pd.DataFrame, k: int) -> pd.DataFrame:

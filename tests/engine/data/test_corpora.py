@@ -25,7 +25,7 @@ from engine.data.registry import ROW_SCHEMA
 from engine.data.table import read_table
 from engine.models import embedded_model_path
 
-ASSETS = Path(__file__).parent / "assets" / "data"
+ASSETS = Path(__file__).resolve().parents[2] / "assets" / "data"
 SPLITS = ("train", "valid", "test")
 TOKENIZER = str(embedded_model_path())
 TABLE_COLUMNS = {

@@ -19,7 +19,7 @@ from engine.config import (
 )
 from engine.search import plan_search
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 STUDIES = sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml"))
 
 

@@ -100,7 +100,7 @@ def test_per_example_rows_average_to_per_batch_and_a_batch_of_one_gives_its_row(
         np.testing.assert_allclose(alone.per_example, rows[i : i + 1], rtol=1e-9, atol=1e-12)
 
 
-GOLDEN = Path(__file__).parent / "assets" / "importance_scores_609d401.json"
+GOLDEN = Path(__file__).resolve().parents[2] / "assets" / "importance_scores_609d401.json"
 
 
 def golden_entries() -> list[dict]:

@@ -24,7 +24,7 @@ from engine.device import (
     worker_device,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CPU = torch.device("cpu")
 
 

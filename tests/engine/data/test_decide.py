@@ -26,7 +26,7 @@ from engine.data.pipeline import SPLITS, _annotate
 from engine.data.read import bad_rows_of, collect, open_source
 from engine.models import embedded_model_path
 
-ASSETS = Path(__file__).parent / "assets" / "data"
+ASSETS = Path(__file__).resolve().parents[2] / "assets" / "data"
 TOKENIZER = str(embedded_model_path())
 
 # --- the reference: the former driver-side implementation, in pandas ---------------------

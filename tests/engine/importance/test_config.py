@@ -18,7 +18,7 @@ from engine.config import BASELINE_STRATEGIES, load_study, trial_configs
 from engine.importance import IMPORTANCE
 from tests.conftest import kendall_tau_b_by_definition, kendall_w_by_definition
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 STRATEGY = "pipeline.truncate.strategy"
 
 

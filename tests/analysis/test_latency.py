@@ -15,7 +15,7 @@ from analysis.arms import beyond_noise
 from analysis.latency import identical_architectures, noise_floor, noise_floor_text
 from analysis.report import write_report
 from analysis.rundir import load_run
-from tests.test_analysis_arms import _write as write_arms_run
+from tests.analysis.test_arms import _write as write_arms_run
 
 ARCH = ("student_layers", "gflops", "params", "weights_bytes")
 TWO, FOUR = (2, 0.47, 13_837_829, 55_351_316), (4, 0.93, 18_276_677, 73_106_708)

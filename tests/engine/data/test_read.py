@@ -35,7 +35,7 @@ from engine.data.registry import ROW_SCHEMA
 from engine.data.textio import csv_records, decompress
 from engine.models import embedded_model_path
 
-ASSETS = Path(__file__).parent / "assets" / "data"
+ASSETS = Path(__file__).resolve().parents[2] / "assets" / "data"
 WOMENS = ASSETS / "womens" / "reviews.csv"
 AMAZON = ASSETS / "amazon"
 SPLITS = ("train", "valid", "test")

@@ -131,7 +131,7 @@ def scale_output_projections(model: torch.nn.Module, layer: int, factor: float) 
 def test_scaled_layer_scores_highest_under_parameter_gradient_methods(layer: int) -> None:
     """Post-LN BERT: a block whose update is scaled 10× dominates fisher and taylor (both read
     the block's parameter gradients; ``gradient`` reads its output's gradient, which the
-    scaling does not raise — see tests/test_importance_gradients.py)."""
+    scaling does not raise — see tests/engine/importance/test_gradpass.py)."""
     model, batches = tiny_bert(num_layers=4), toy_batches(2, 6, 10)
     before = score_methods(model, batches, ("fisher", "taylor"), ImportanceConfig())
     scale_output_projections(model, layer, 10.0)

@@ -1,7 +1,7 @@
 """The finished-trial ledger (engine/ledger.py): rows round-trip exactly, writes are atomic.
 
 The replay it enables is tested end to end, through a driver kill and ``--resume``, in
-tests/test_resume.py.
+tests/e2e/test_resume.py.
 """
 
 from __future__ import annotations

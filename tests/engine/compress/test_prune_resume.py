@@ -25,7 +25,7 @@ from engine.models import layer_list
 from engine.train import active_training
 from engine.trial import TrialReporter, build_student
 from tests.conftest import tiny_bert, toy_batches
-from tests.test_trial_checkpoint import _shared, _steps
+from tests.engine.test_checkpoint import _shared, _steps
 
 SEQ = 12
 CPU = torch.device("cpu")

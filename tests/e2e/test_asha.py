@@ -28,9 +28,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.test_e2e import PARETO_TINY
+from tests.e2e.test_sweep_cli import PARETO_TINY
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 ASHA = [
     *[o for o in PARETO_TINY if not o.startswith("search.num_samples")],

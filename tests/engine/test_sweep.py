@@ -15,7 +15,7 @@ from engine.config import load_study
 from engine.progress import ProgressTable
 from engine.sweep import _columns, full_budget
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 PROBE = textwrap.dedent(
     """

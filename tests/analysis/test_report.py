@@ -17,7 +17,7 @@ from analysis.frontier import hypervolume_2d, pareto_front, pareto_mask
 from analysis.report import write_report
 from analysis.stats import summarize, t_interval
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ----------------------------------------------------------------------------- frontier
