@@ -38,7 +38,7 @@ from ray import tune
 from ray.tune.search import Searcher
 
 from engine.config import FloatRange, IntRange, StudyConfig, trial_configs
-from engine.registry import Registry
+from sweepcore.registry import Registry
 
 __all__ = ["ALGORITHMS", "SearchPlan", "SeedRepeater", "plan_search", "sample_points"]
 

@@ -10,15 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.frontier import (
+from engine.config import load_study
+from engine.schedulers import MOASHAScheduler, build_scheduler, promote, rung_milestones
+from sweepcore.pareto import (
     crowding_distance,
     hypervolume_2d,
     nondominated_sort,
     objective_front,
     rank_order,
 )
-from engine.config import load_study
-from engine.schedulers import MOASHAScheduler, build_scheduler, promote, rung_milestones
 
 # Minimised pairs. Front 0: A(1,5) B(2,3) C(4,1); front 1: D(3,4) E(5,2); front 2: F(6,6).
 PLANTED = np.array([[1, 5], [2, 3], [4, 1], [3, 4], [5, 2], [6, 6]], dtype=float)
