@@ -608,21 +608,6 @@ def validate(raw: dict[str, Any], source: str) -> StudyConfig:
     return cfg
 
 
-def trial_configs(cfg: StudyConfig, source: str = "study") -> list[dict[str, Any]]:
-    """Every grid point as {dotted path: value}; each is validated by substituting it."""
-    import itertools
-
-    keys = list(cfg.search.space)
-    ranges = [k for k in keys if not isinstance(cfg.search.space[k], list)]
-    if ranges:
-        raise ConfigError([f"{source}: search.space.{k}: a range has no grid" for k in ranges])
-    combos = [
-        dict(zip(keys, vals, strict=True))
-        for vals in itertools.product(*(cfg.search.space[k] for k in keys))
-    ]
-    return combos or [{}]
-
-
 def load_study(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> StudyConfig:
     """Load, override and validate a study; every search-space value is validated too."""
     path = study_path(name_or_path)

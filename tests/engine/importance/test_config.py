@@ -14,8 +14,9 @@ import pandas as pd
 import pytest
 
 import engine.importance  # noqa: F401  (registers every method)
-from engine.config import BASELINE_STRATEGIES, load_study, trial_configs
+from engine.config import BASELINE_STRATEGIES, load_study
 from engine.importance import IMPORTANCE
+from engine.search import trial_configs
 from tests.conftest import kendall_tau_b_by_definition, kendall_w_by_definition
 
 REPO = Path(__file__).resolve().parents[3]
