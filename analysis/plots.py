@@ -22,7 +22,7 @@ import pandas as pd
 
 from analysis.frontier import config_front
 from analysis.rundir import TEACHER_ID, RunData
-from engine.registry import Registry
+from sweepcore.registry import Registry
 
 __all__ = [
     "AXIS_LABELS",

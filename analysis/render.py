@@ -20,9 +20,11 @@ __all__ = [
     "Image",
     "Para",
     "Table",
+    "column_table",
     "format_table",
     "format_value",
     "interval_cells",
+    "short_name",
     "to_html",
     "to_markdown",
 ]
@@ -98,6 +100,18 @@ def format_table(df: pd.DataFrame, rename: dict[str, str] | None = None) -> pd.D
         index=range(len(df)),
     )
     return out.rename(columns=rename or {})
+
+
+def short_name(col: str) -> str:
+    """A config column as a table header: the dotted path without ``pipeline.``."""
+    return col.removeprefix("pipeline.")
+
+
+def column_table(df: pd.DataFrame, cols: list[str]) -> Table:
+    """The columns of ``df`` named in ``cols`` that it has (in that order, once each),
+    formatted, with short config-column headers."""
+    cols = [c for c in dict.fromkeys(cols) if c in df]
+    return Table(format_table(df[cols], {c: short_name(c) for c in cols}))
 
 
 def interval_cells(low: pd.Series, high: pd.Series) -> list[str]:

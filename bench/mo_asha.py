@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.frontier import hypervolume_2d, objective_front
+from sweepcore.pareto import hypervolume_2d, objective_front
 
 __all__ = ["hv_curve", "main", "summarize_run", "trial_times"]
 

@@ -18,7 +18,9 @@ from pydantic import Discriminator, Field, Tag, ValidationError, model_validator
 
 from engine.configbase import Section
 from engine.data.config import DataConfig
+from engine.data.config import problems as data_problems
 from engine.importance.config import ImportanceConfig
+from engine.importance.config import problems as importance_problems
 from engine.models import EMBEDDED_TEACHER
 
 __all__ = [
@@ -548,7 +550,7 @@ def _check_names(cfg: StudyConfig, source: str) -> list[str]:
     from engine.importance import IMPORTANCE
     from engine.models import model_source_problem
 
-    problems = []
+    problems = [*data_problems(cfg.data, source), *importance_problems(cfg.importance, source)]
     if (teacher_problem := model_source_problem(cfg.teacher.model)) is not None:
         problems.append(f"{source}: teacher.model: {teacher_problem}")
     for i, stage in enumerate(cfg.pipeline.order):
@@ -604,21 +606,6 @@ def validate(raw: dict[str, Any], source: str) -> StudyConfig:
     if problems:
         raise ConfigError(problems)
     return cfg
-
-
-def trial_configs(cfg: StudyConfig, source: str = "study") -> list[dict[str, Any]]:
-    """Every grid point as {dotted path: value}; each is validated by substituting it."""
-    import itertools
-
-    keys = list(cfg.search.space)
-    ranges = [k for k in keys if not isinstance(cfg.search.space[k], list)]
-    if ranges:
-        raise ConfigError([f"{source}: search.space.{k}: a range has no grid" for k in ranges])
-    combos = [
-        dict(zip(keys, vals, strict=True))
-        for vals in itertools.product(*(cfg.search.space[k] for k in keys))
-    ]
-    return combos or [{}]
 
 
 def load_study(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> StudyConfig:

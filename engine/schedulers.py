@@ -35,8 +35,8 @@ import numpy as np
 from ray.tune import Callback
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
-from analysis.frontier import crowding_distance, nondominated_sort
 from engine.config import StudyConfig
+from sweepcore.pareto import crowding_distance, nondominated_sort
 
 __all__ = ["MOASHAScheduler", "SchedulerState", "build_scheduler", "promote", "rung_milestones"]
 

@@ -37,10 +37,17 @@ import numpy as np
 from ray import tune
 from ray.tune.search import Searcher
 
-from engine.config import FloatRange, IntRange, StudyConfig, trial_configs
-from engine.registry import Registry
+from engine.config import ConfigError, FloatRange, IntRange, StudyConfig
+from sweepcore.registry import Registry
 
-__all__ = ["ALGORITHMS", "SearchPlan", "SeedRepeater", "plan_search", "sample_points"]
+__all__ = [
+    "ALGORITHMS",
+    "SearchPlan",
+    "SeedRepeater",
+    "plan_search",
+    "sample_points",
+    "trial_configs",
+]
 
 SEED_KEY = "__trial_index__"
 
@@ -55,6 +62,21 @@ class SearchPlan:
 
 PlanFn = Callable[[StudyConfig], SearchPlan]
 ALGORITHMS: Registry[PlanFn] = Registry("search algorithm")
+
+
+def trial_configs(cfg: StudyConfig, source: str = "study") -> list[dict[str, Any]]:
+    """Every grid point as {dotted path: value}; each is validated by substituting it."""
+    import itertools
+
+    keys = list(cfg.search.space)
+    ranges = [k for k in keys if not isinstance(cfg.search.space[k], list)]
+    if ranges:
+        raise ConfigError([f"{source}: search.space.{k}: a range has no grid" for k in ranges])
+    combos = [
+        dict(zip(keys, vals, strict=True))
+        for vals in itertools.product(*(cfg.search.space[k] for k in keys))
+    ]
+    return combos or [{}]
 
 
 def _sample(spec: Any, rng: np.random.Generator) -> Any:

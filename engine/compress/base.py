@@ -10,8 +10,8 @@ import torch
 from transformers import PreTrainedModel
 
 from engine.importance.base import LayerScores
-from engine.registry import Registry
 from engine.train import OomLog
+from sweepcore.registry import Registry
 
 __all__ = ["STAGES", "StageContext", "StageFn", "register_stage"]
 

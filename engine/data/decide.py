@@ -18,7 +18,7 @@ tables whose size does not grow with the corpus:
   join the evaluation rows in the same partitioning, so an evaluation pair that is in them
   is marked ``in_train_corpus`` in the partition — no set of keys on the driver.
 * **bad rows** (:func:`listed_bad_rows`): per block the first
-  :data:`~engine.data.read.MAX_BAD_ROWS_LISTED` invalid rows in (file, line) order, merged
+  :data:`~engine.data.registry.MAX_BAD_ROWS_LISTED` invalid rows in (file, line) order, merged
   on the driver into one bounded list.
 """
 
@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from engine.data.read import MAX_BAD_ROWS_LISTED, NORMAL_SKIPS, TASK_CPUS
+from engine.data.registry import MAX_BAD_ROWS_LISTED, NORMAL_SKIPS, TASK_CPUS
 
 __all__ = [
     "Policy",

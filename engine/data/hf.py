@@ -24,8 +24,8 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from engine.data.read import REPO_ROOT, TASK_CPUS
-from engine.data.registry import ROW_SCHEMA, DataError, register_corpus
+from engine.data.paths import locate
+from engine.data.registry import ROW_SCHEMA, TASK_CPUS, DataError, register_corpus
 from engine.data.table import REQUIRED, mapped_row, source_columns
 
 __all__ = ["load_hf", "open_hf"]
@@ -34,10 +34,8 @@ ROW_NUMBER = "__row_number"
 
 
 def _local(path: str) -> Path | None:
-    for where in (Path(path).expanduser(), REPO_ROOT / path):
-        if where.exists():
-            return where.resolve()
-    return None
+    where = locate(path)
+    return where.resolve() if where is not None else None
 
 
 def load_hf(path: str, name: str | None, split: str) -> tuple[Any, str]:

@@ -5,7 +5,7 @@ per block, and the corpus-wide decisions too (:mod:`engine.data.decide`): duplic
 marked in hash partitions by ``row_key``, counts are summed from per-block tables, and
 each split's size cap is a (hash, row_key) threshold found from per-block top-k
 candidates. The driver holds O(files × reasons) counts, O(cap) candidate keys, at most
-:data:`~engine.data.read.MAX_BAD_ROWS_LISTED` bad rows and the tokenised, capped splits
+:data:`~engine.data.registry.MAX_BAD_ROWS_LISTED` bad rows and the tokenised, capped splits
 it returns — nothing that grows with the corpus when the split sizes are capped.
 
 Every decision depends only on row content and ``cfg.seed``, never on file order, block
@@ -40,15 +40,13 @@ from engine.data.decide import (
     tally,
 )
 from engine.data.read import (
-    NORMAL_SKIPS,
-    TASK_CPUS,
     Source,
     check_bad_fraction,
     file_records,
     get_corpus,
     open_source,
 )
-from engine.data.registry import RAW_CHARS, DataError, FileRecord
+from engine.data.registry import NORMAL_SKIPS, RAW_CHARS, TASK_CPUS, DataError, FileRecord
 
 __all__ = ["LABEL_NAMES", "SPLITS", "PreparedData", "prepare_data", "split_of"]
 

@@ -9,7 +9,6 @@ rows themselves (e.g. recommendation on MovieLens).
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import itertools
 import os
@@ -25,13 +24,21 @@ import pyarrow.fs as pafs
 import ray
 from ray.data.expressions import col
 
-import engine
-from engine.data.registry import CORPORA, ROW_SCHEMA, Corpus, DataError, FileRecord
-from engine.registry import UnknownNameError
+from engine.data.decide import listed_bad_rows
+from engine.data.paths import glob_files, is_pattern, locate, not_found
+from engine.data.registry import (
+    CORPORA,
+    MAX_BAD_ROWS_LISTED,
+    NORMAL_SKIPS,
+    ROW_SCHEMA,
+    TASK_CPUS,
+    Corpus,
+    DataError,
+    FileRecord,
+)
+from sweepcore.registry import UnknownNameError
 
 __all__ = [
-    "NORMAL_SKIPS",
-    "REPO_ROOT",
     "CorpusRows",
     "Source",
     "apply_limit",
@@ -51,12 +58,7 @@ __all__ = [
     "sha256_of",
 ]
 
-REPO_ROOT = Path(engine.__file__).resolve().parent.parent
-TASK_CPUS = 0.5  # read/parse tasks; fractional so actor pools never starve them
-MAX_BAD_ROWS_LISTED = 1_000
-# Skips that are a property of the data, not damage: they never count as "bad".
 _LOCAL = pafs.LocalFileSystem()
-NORMAL_SKIPS = frozenset({"empty_text", "duplicate", "repeated_user_item", "sampled_out"})
 
 
 def get_corpus(name: str) -> Corpus:
@@ -65,13 +67,6 @@ def get_corpus(name: str) -> Corpus:
         return CORPORA.get(name)
     except UnknownNameError as err:
         raise DataError(f"data.corpus: {err}") from None
-
-
-def _locate(raw: str) -> Path:
-    path = Path(raw).expanduser()
-    if path.exists() or path.is_absolute():
-        return path
-    return REPO_ROOT / raw
 
 
 def _matches(path: Path, globs: Iterable[str]) -> bool:
@@ -86,20 +81,16 @@ def resolve_files(corpus: Corpus, path: str | None) -> tuple[list[Path], list[Pa
     readable and be non-empty; otherwise a :class:`DataError` names it.
     """
     raw = path if path is not None else corpus.default_path
-    if any(ch in raw for ch in "*?["):
-        found = sorted(glob.glob(os.path.expanduser(raw)))
-        if not found and not Path(raw).is_absolute():
-            found = sorted(glob.glob(str(REPO_ROOT / raw)))
-        files = [Path(f) for f in found if Path(f).is_file()]
+    if is_pattern(raw):
+        files = glob_files(raw)
         if not files:
             raise DataError(f"{raw}: no files match this pattern (corpus {corpus.name!r})")
         items = [f for f in files if _matches(f, corpus.item_globs)]
         reviews = [f for f in files if f not in items]
     else:
-        where = _locate(raw)
-        if not where.exists():
-            places = sorted({str(Path.cwd()), str(REPO_ROOT)})
-            raise DataError(f"{raw}: no such file or directory (looked in {' and '.join(places)})")
+        where = locate(raw)
+        if where is None:
+            raise DataError(not_found(raw))
         if where.is_dir():
             entries = sorted(p for p in where.iterdir() if p.is_file())
             items = [p for p in entries if _matches(p, corpus.item_globs)]
@@ -447,8 +438,6 @@ def read_corpus(
     ds = src.rows.materialize()
     counts = count_reasons(ds)
     check_bad_fraction({f: counts.get(f, Counter()) for f in src.files}, max_bad_fraction)
-    from engine.data.decide import listed_bad_rows  # decide builds on this module
-
     bad = listed_bad_rows(ds) if _any_bad(counts) else []
     valid = ds.filter(expr=col("reason") == "").drop_columns(["record"])
     records = file_records([Path(f) for f in src.files], counts, src.checksums)

@@ -29,8 +29,8 @@ import pyarrow.compute as pc
 import ray
 
 from engine.data.config import RecsysConfig
-from engine.data.read import TASK_CPUS, collect
-from engine.data.registry import DataError
+from engine.data.read import collect
+from engine.data.registry import TASK_CPUS, DataError
 
 __all__ = ["USER_SCHEMA", "VIEW_SCHEMA", "RecsysViews", "build_recsys", "kept_user"]
 

@@ -20,11 +20,14 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from engine.registry import Registry
+from sweepcore.registry import Registry
 
 __all__ = [
     "CORPORA",
+    "MAX_BAD_ROWS_LISTED",
+    "NORMAL_SKIPS",
     "ROW_SCHEMA",
+    "TASK_CPUS",
     "Corpus",
     "DataError",
     "FileRecord",
@@ -37,6 +40,10 @@ __all__ = [
 ]
 
 RAW_CHARS = 500  # how much of a bad record is kept for the report
+MAX_BAD_ROWS_LISTED = 1_000  # quarantined rows listed in bad_rows.jsonl
+# Skips that are a property of the data, not damage: they never count as "bad".
+NORMAL_SKIPS = frozenset({"empty_text", "duplicate", "repeated_user_item", "sampled_out"})
+TASK_CPUS = 0.5  # Ray Data read/parse/decide tasks; fractional so actor pools never starve them
 
 ReviewReader = Callable[[str, bytes, Mapping[str, str]], Iterator[dict]]
 ItemReader = Callable[[str, bytes], Iterator[dict]]

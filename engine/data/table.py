@@ -10,8 +10,11 @@ required; without a ``user_id`` column the corpus has no users (no (user, item) 
 
 from __future__ import annotations
 
+import csv
+import gzip
 import json
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -20,7 +23,7 @@ from engine.data.movielens import delimiter_problem
 from engine.data.registry import bad_row, register_corpus, review_row
 from engine.data.textio import csv_records, iter_lines
 
-__all__ = ["TABLE_GLOBS", "mapped_row", "read_table", "source_columns"]
+__all__ = ["TABLE_GLOBS", "header_columns", "mapped_row", "read_table", "source_columns"]
 
 TABLE_GLOBS = (
     "*.parquet",
@@ -135,6 +138,25 @@ def _jsonl(
             yield bad_row(path, line.number, "malformed_json", line.text)
             continue
         yield mapped_row(path, line.number, obj, src, explicit, scale, line.text)
+
+
+def header_columns(path: Path) -> list[str] | None:
+    """The column names of a Parquet file (its schema) or a CSV/TSV file (its first line),
+    read without reading the rows; None for JSON Lines (records need not share keys) or a
+    file whose head cannot be read (the reader then reports it, with its line)."""
+    name = path.name.removesuffix(".gz")
+    try:
+        if name.endswith(".parquet"):
+            return list(pq.read_schema(path).names)
+        if not name.endswith((".csv", ".tsv")):
+            return None
+        opener = gzip.open if path.name.endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8", errors="surrogateescape", newline="") as fh:
+            first = fh.readline().lstrip("\ufeff")
+        sep = "," if name.endswith(".csv") else "\t"
+        return [n.strip() for n in next(csv.reader([first], delimiter=sep))]  # as csv_records
+    except (OSError, ValueError, StopIteration, csv.Error, pa.ArrowException):
+        return None
 
 
 def read_table(

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.registry import Registry
+from sweepcore.registry import Registry
 
 if TYPE_CHECKING:
     from engine.importance.config import ImportanceConfig

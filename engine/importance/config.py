@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Literal
 
 from pydantic import Field, model_validator
 
 from engine.configbase import Section
 
-__all__ = ["ImportanceConfig"]
+__all__ = ["ImportanceConfig", "problems"]
 
 
 class ImportanceConfig(Section):
@@ -96,3 +97,29 @@ class ImportanceConfig(Section):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+
+def problems(cfg: ImportanceConfig, source: str) -> list[str]:
+    """Component names of the derived methods (``hybrid_weights``, ``consensus_methods``)
+    that are not registered importance methods: found here, before Ray starts, instead of
+    as a traceback in the importance actors. One line each, naming the key, the bad name,
+    the nearest match and the allowed names."""
+    # the package import (run first) registers every method, derived ones included
+    from engine.importance.base import DERIVED, IMPORTANCE
+
+    allowed = [n for n in IMPORTANCE.names() if n not in DERIVED]
+    out = []
+    for key, names in (
+        ("hybrid_weights", {n: n for n in cfg.hybrid_weights}),
+        ("consensus_methods", {str(i): n for i, n in enumerate(cfg.consensus_methods)}),
+    ):
+        for at, name in names.items():
+            if name in IMPORTANCE:
+                continue
+            near = difflib.get_close_matches(name, allowed, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            out.append(
+                f"{source}: importance.{key}.{at}: unknown importance method {name!r}{hint} "
+                f"(allowed: {', '.join(allowed)})"
+            )
+    return out

@@ -119,7 +119,7 @@ def test_config_front_averages_seeds(with_config_id: bool) -> None:
 
 def test_engine_on_front_uses_the_same_definition() -> None:
     from engine.config import load_study
-    from engine.sweep import _summary
+    from engine.tune_run import pareto_summary as _summary
 
     cfg = load_study("pareto")  # objectives: valid_accuracy (max), gflops (min)
     assert [(o.metric, o.mode) for o in cfg.search.objectives] == [

@@ -189,8 +189,8 @@ def test_worker_death_retries_from_the_last_checkpoint(ray_local, tmp_path: Path
     from safetensors.torch import load_file
 
     from engine.checkpoint import CHECKPOINT_FILE, FAULT_KEY, load_trial_state
-    from engine.sweep import trainable_for
     from engine.trial import run_trial
+    from engine.tune_run import trainable_for
 
     study = load_study(
         "smoke",

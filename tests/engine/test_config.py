@@ -15,7 +15,6 @@ from engine.config import (
     apply_overrides,
     load_study,
     parse_override,
-    trial_configs,
 )
 from engine.search import plan_search
 
@@ -133,14 +132,6 @@ def test_config_is_frozen() -> None:
     cfg = load_study("smoke")
     with pytest.raises(Exception):  # noqa: B017  (pydantic raises ValidationError)
         cfg.pipeline.distill.temperature = 9.0  # type: ignore[misc]
-
-
-def test_grid_is_cartesian_product() -> None:
-    cfg = load_study("ablation")
-    grid = trial_configs(cfg)
-    sizes = [len(v) for v in cfg.search.space.values()]
-    assert len(grid) == sizes[0] * sizes[1] * sizes[2]
-    assert len({tuple(sorted(g.items())) for g in grid}) == len(grid)
 
 
 def test_unreadable_yaml_is_one_line(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from engine.config import ConfigError, FloatRange, IntRange, load_study
-from engine.search import ALGORITHMS, SeedRepeater, plan_search, sample_points
+from engine.search import ALGORITHMS, SeedRepeater, plan_search, sample_points, trial_configs
 from engine.trial import trial_seed
 
 RANGES = (
@@ -212,3 +212,11 @@ def test_extra_configurations_are_validated_before_ray() -> None:
     assert "extra configurations" in p and "optuna chooses its own" in p
     (p,) = _problems(["search.extra=[{}]"])
     assert "at least one {path: value}" in p
+
+
+def test_grid_is_cartesian_product() -> None:
+    cfg = load_study("ablation")
+    grid = trial_configs(cfg)
+    sizes = [len(v) for v in cfg.search.space.values()]
+    assert len(grid) == sizes[0] * sizes[1] * sizes[2]
+    assert len({tuple(sorted(g.items())) for g in grid}) == len(grid)

@@ -13,7 +13,8 @@ from types import SimpleNamespace
 
 from engine.config import load_study
 from engine.progress import ProgressTable
-from engine.sweep import _columns, full_budget
+from engine.rundir import trial_columns as _columns
+from engine.tune_run import full_budget
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,7 +24,7 @@ PROBE = textwrap.dedent(
     import ray
     from ray import tune
     from engine.config import load_study
-    from engine.sweep import trainable_for
+    from engine.tune_run import trainable_for
 
     cfg = load_study("smoke", ["resources.gpus=0.25", "resources.cpus=0.5"])
 

@@ -191,8 +191,8 @@ def test_worker_death_mid_prune_retries_from_the_last_checkpoint(ray_local, tmp_
     from safetensors.torch import load_file
 
     from engine.checkpoint import FAULT_KEY
-    from engine.sweep import full_budget, trainable_for
     from engine.trial import run_trial
+    from engine.tune_run import full_budget, trainable_for
 
     # recovery of 6 steps: stage steps 7 … 12, so a checkpoint (step 8) lies inside it
     study = _study("structured", ("pipeline.prune.recovery_steps=6",))

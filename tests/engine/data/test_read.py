@@ -30,7 +30,8 @@ from engine.data import (
     register_corpus,
     review_row,
 )
-from engine.data.read import REPO_ROOT, resolve_files
+from engine.data.paths import REPO_ROOT
+from engine.data.read import resolve_files
 from engine.data.registry import ROW_SCHEMA
 from engine.data.textio import csv_records, decompress
 from engine.models import embedded_model_path

@@ -14,8 +14,9 @@ import pandas as pd
 import pytest
 
 import engine.importance  # noqa: F401  (registers every method)
-from engine.config import BASELINE_STRATEGIES, load_study, trial_configs
+from engine.config import BASELINE_STRATEGIES, load_study
 from engine.importance import IMPORTANCE
+from engine.search import trial_configs
 from tests.conftest import kendall_tau_b_by_definition, kendall_w_by_definition
 
 REPO = Path(__file__).resolve().parents[3]
@@ -162,3 +163,24 @@ def test_report_shows_agreement_consensus_and_best_student(importance_run: Path)
     assert "Consensus 75% at k: the share of layers" in md
     for png in ("importance.png", "agreement.png"):
         assert (importance_run / png).stat().st_size > 5000
+
+
+def test_unknown_derived_components_are_config_problems() -> None:
+    from engine.importance.config import ImportanceConfig, problems
+
+    assert problems(ImportanceConfig(), "s.yaml") == []
+    cfg = ImportanceConfig(
+        hybrid_weights={"fisher": 1.0, "gradiant": 1.0},
+        consensus_methods=("fisher", "ablaton", "nonsense_xyz"),
+    )
+    out = problems(cfg, "s.yaml")
+    assert len(out) == 3
+    assert out[0].startswith("s.yaml: importance.hybrid_weights.gradiant: ")
+    assert "'gradiant'" in out[0] and "did you mean 'gradient'" in out[0]
+    assert out[1].startswith("s.yaml: importance.consensus_methods.1: ")
+    assert "did you mean 'ablation'" in out[1]
+    assert out[2].startswith("s.yaml: importance.consensus_methods.2: ")
+    assert "did you mean" not in out[2]
+    allowed = out[2].split("(allowed: ")[1].rstrip(")").split(", ")
+    # every registered method except the derived ones (which cannot be components)
+    assert set(allowed) == set(IMPORTANCE.names()) - {"hybrid", "consensus"}

@@ -1,0 +1,123 @@
+"""Preparation, once per study: data → teacher → importance, and the teacher's results row.
+
+Each piece is computed once for the whole study (the teacher and its logits are cached by
+content hash) and handed to every trial as :class:`engine.trial.SharedInputs`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from engine.config import StudyConfig
+
+__all__ = ["prepare", "teacher_row"]
+
+
+def prepare(cfg: StudyConfig, timings: dict[str, float]) -> tuple[Any, Any, Any]:
+    """Data → teacher → importance, each computed once for the whole study."""
+    import ray
+    import torch
+
+    from engine.data import prepare_data
+    from engine.importance.runner import compute_importance
+    from engine.models import resolve_model_path
+    from engine.teacher import finetune, load_cache, load_model, save_cache, teacher_key
+    from engine.trial import SharedInputs
+
+    t0 = time.perf_counter()
+    data = prepare_data(cfg.data, resolve_model_path(cfg.teacher.model))
+    splits = {"train": data.train, "valid": data.valid, "test": data.test}
+    timings["data_s"] = time.perf_counter() - t0
+    print(
+        f"[data] {cfg.data.corpus}: train {len(data.train['labels'])}, "
+        f"valid {len(data.valid['labels'])}, test {len(data.test['labels'])} "
+        f"({timings['data_s']:.1f} s)",
+        flush=True,
+    )
+
+    t0 = time.perf_counter()
+    res = cfg.resources
+    precision = f"{res.precision}/{'gpu' if res.gpus > 0 else 'cpu'}"
+    # float32 CPU runs (the default) keep their cache keys; anything else is keyed apart
+    key = teacher_key(
+        cfg.teacher,
+        data.train,
+        data.num_labels,
+        precision=None if precision in ("auto/cpu", "fp32/cpu") else precision,
+    )
+    art = load_cache(key)
+    if art is None:
+        print(f"[teacher] fine-tuning {cfg.teacher.model} (cache key {key})", flush=True)
+        task = ray.remote(finetune).options(
+            num_cpus=cfg.resources.cpus, num_gpus=cfg.resources.gpus
+        )
+        art = ray.get(
+            task.remote(
+                cfg.teacher,
+                data.train,
+                {"valid": data.valid, "test": data.test},
+                data.num_labels,
+                key=key,
+                threads=None,  # nothing else runs while the study prepares: use the whole node
+                gpus=res.gpus,
+                precision=res.precision,
+            )
+        )
+        save_cache(art)
+    timings["teacher_s"] = time.perf_counter() - t0
+    print(
+        f"[teacher] {'cached' if art.cached else 'trained'}: test accuracy "
+        f"{art.metrics['test_accuracy']:.3f}, macro-F1 {art.metrics['test_macro_f1']:.3f} "
+        f"({timings['teacher_s']:.1f} s)",
+        flush=True,
+    )
+
+    t0 = time.perf_counter()
+    teacher = load_model(art.config, art.state_dict)
+    scores = compute_importance(teacher, data.train, cfg.importance)
+    del teacher
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    timings["importance_s"] = time.perf_counter() - t0
+    for m, s in scores.items():
+        print(f"[importance] {m}: ranks {list(s.ranks())}", flush=True)
+
+    shared = SharedInputs(
+        art.config, art.state_dict, art.train_logits, splits, data.num_labels, scores
+    )
+    return data, art, shared
+
+
+def teacher_row(cfg: StudyConfig, shared: Any) -> dict[str, Any]:
+    """Measure the teacher exactly as trials are measured, with the trial resources."""
+    import ray
+
+    def measure(study: StudyConfig, shared: Any) -> dict[str, Any]:
+        import torch
+
+        from engine.assess import assess
+        from engine.device import autocast_dtype, worker_device
+        from engine.teacher import load_model
+
+        torch.set_num_threads(study.threads_per_trial or max(1, int(study.resources.cpus)))
+        device = worker_device(study.resources.gpus)
+        t0 = time.perf_counter()
+        model = load_model(shared.teacher_config, shared.teacher_state)
+        evals = {k: v for k, v in shared.splits.items() if k in ("valid", "test")}
+        row = assess(
+            model, evals, study, device, None, autocast_dtype(study.resources.precision, device)
+        )
+        row["wall_s"] = time.perf_counter() - t0
+        return row
+
+    task = ray.remote(measure).options(num_cpus=cfg.resources.cpus, num_gpus=cfg.resources.gpus)
+    row = ray.get(task.remote(cfg, shared))
+    row.update(
+        trial_id="teacher",
+        seed=cfg.teacher.seed,
+        status="ok",
+        error=None,
+        kept_layers=",".join(map(str, range(row["student_layers"]))),
+    )
+    return row

