@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ import pytest
 from analysis.frontier import hypervolume_2d, pareto_front, pareto_mask
 from analysis.report import write_report
 from analysis.stats import summarize, t_interval
+from tests.conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -252,22 +251,10 @@ def test_report_survives_an_all_failed_run(tmp_path: Path) -> None:
 
 def test_report_cli_prints_the_path(tmp_path: Path) -> None:
     run_dir = _write_run(tmp_path / "run")
-    proc = subprocess.run(
-        [sys.executable, "-m", "analysis.report", str(run_dir)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_cli("analysis.report", str(run_dir), timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(run_dir / "report.md")
-    missing = subprocess.run(
-        [sys.executable, "-m", "analysis.report", str(tmp_path / "nope")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    missing = run_cli("analysis.report", str(tmp_path / "nope"), timeout=120)
     assert missing.returncode == 2 and "results.parquet" in missing.stderr
 
 
