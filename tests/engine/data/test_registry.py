@@ -11,6 +11,7 @@ A new corpus is covered by the generated tests once its data is where they look:
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,13 +30,11 @@ from engine.data import (
 )
 from engine.data.read import REPO_ROOT, bind_corpus, resolve_files
 from engine.data.registry import ROW_SCHEMA, Corpus
-from tests.engine.data.conftest import ASSETS, all_keys, prep
+from tests.engine.data.conftest import ASSETS, TABLE_COLUMNS, all_keys, plain_rows, prep
 
 # fixture folders whose names predate the corpus names
 FIXTURES = {"amazon-2014": "amazon2014", "amazon-2023": "amazon2023", "amazon-2018": "amazon",
             "womens-ecommerce": "womens"}  # fmt: skip
-TABLE_COLUMNS = {"user_id": "reviewer", "item_id": "product", "rating": "stars",
-                 "text": "body", "title": "headline", "timestamp": "when"}  # fmt: skip
 OPTIONS = {"table": {"columns": TABLE_COLUMNS}}
 FILE_CORPORA = sorted(n for n in CORPORA.names() if CORPORA.get(n).opener is None)
 OPENER_CORPORA = sorted(n for n in CORPORA.names() if CORPORA.get(n).opener is not None)
@@ -139,6 +138,60 @@ def test_every_opener_corpus_reads_a_local_dataset(name: str, ray_local, tmp_pat
     assert rec.skip_reasons == {"rating_out_of_range": 1}
     rows = got.rows.take_all()
     assert sorted(r["item_id"] for r in rows) == sorted(f"i{i}" for i in range(n) if i != 4)
+
+
+# --- every reader on its planted-bad fixture: exact counts and the normalised schema ------
+
+READER_CASES = {
+    # name, folder: (records, {reason: count}, [(line, reason) of invalid rows])
+    ("amazon-2023", "amazon2023"): (
+        20,
+        {"": 15, "rating_out_of_range": 1, "missing_field": 1, "malformed_json": 1}
+        | {"invalid_timestamp": 1, "non_utf8": 1},
+        [
+            (15, "rating_out_of_range"),
+            (16, "missing_field"),
+            (17, "malformed_json"),
+            (19, "invalid_timestamp"),
+            (20, "non_utf8"),
+        ],
+    ),
+    ("amazon-2014", "amazon2014"): (
+        15,
+        {"": 11, "rating_out_of_range": 1, "missing_field": 1, "malformed_json": 1}
+        | {"invalid_rating": 1},
+        [
+            (12, "rating_out_of_range"),
+            (13, "missing_field"),
+            (14, "malformed_json"),
+            (15, "invalid_rating"),
+        ],
+    ),
+    ("movielens", "movielens"): (12, {"": 10, "rating_out_of_range": 1, "malformed_line": 1}, None),
+    ("movielens", "movielens1m"): (
+        10,
+        {"": 8, "rating_out_of_range": 1, "malformed_line": 1},
+        [(4, "rating_out_of_range"), (7, "malformed_line")],
+    ),
+    ("movielens", "movielens25m"): (
+        13,
+        {"": 10, "rating_out_of_range": 1, "malformed_line": 1, "missing_field": 1},
+        [(5, "rating_out_of_range"), (8, "malformed_line"), (14, "missing_field")],
+    ),
+}
+
+
+@pytest.mark.parametrize(("name", "sub"), sorted(READER_CASES))
+def test_reader_counts_and_schema_on_planted_fixtures(name: str, sub: str) -> None:
+    records, reasons, bad_lines = READER_CASES[(name, sub)]
+    rows, _ = plain_rows(name, sub)
+    table = pa.Table.from_pylist(rows, schema=ROW_SCHEMA)  # fails on a schema mismatch
+    assert table.num_rows == records
+    assert Counter(table["reason"].to_pylist()) == reasons
+    if bad_lines is not None:
+        assert [(r["source_line"], r["reason"]) for r in rows if r["reason"]] == bad_lines
+    valid = [r for r in rows if not r["reason"]]
+    assert all(r["user_id"] and r["item_id"] and r["timestamp"] > 0 for r in valid)
 
 
 # --- the embedded copies, duplicate names, a corpus added by a user -------------------------
