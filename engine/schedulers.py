@@ -15,6 +15,9 @@ the searcher and the callbacks only; the scheduler is restored as it was built),
 run. :class:`SchedulerState` is a callback that carries the scheduler's state in the
 callbacks' snapshot and puts it back on restore (MO-ASHA and Tune's ASHA alike).
 
+``search.scheduler.name`` names an entry of :data:`SCHEDULERS`:
+``build(cfg, max_t) -> TrialScheduler`` (``none``, ``asha``, ``mo_asha``).
+
 Example::
 
     sched = MOASHAScheduler([("valid_accuracy", "max"), ("gflops", "min")],
@@ -27,7 +30,7 @@ from __future__ import annotations
 import math
 import pickle
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +40,16 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialSch
 
 from engine.config import StudyConfig
 from sweepcore.pareto import crowding_distance, nondominated_sort
+from sweepcore.registry import Registry
 
-__all__ = ["MOASHAScheduler", "SchedulerState", "build_scheduler", "promote", "rung_milestones"]
+__all__ = [
+    "SCHEDULERS",
+    "MOASHAScheduler",
+    "SchedulerState",
+    "build_scheduler",
+    "promote",
+    "rung_milestones",
+]
 
 
 def rung_milestones(grace_period: int, reduction_factor: float, max_t: int) -> list[int]:
@@ -209,27 +220,45 @@ class SchedulerState(Callback):
             self.scheduler.restore(str(path))
 
 
-def build_scheduler(cfg: StudyConfig, max_t: int) -> TrialScheduler:
-    """The study's scheduler; ``max_t`` = results reported by a full-length trial."""
-    s = cfg.search.scheduler
-    max_t = s.max_t or max_t
-    objectives = [(o.metric, o.mode) for o in cfg.search.objectives]
-    if s.name == "asha":
-        metric, mode = objectives[0]
-        return AsyncHyperBandScheduler(
-            time_attr="training_iteration",
-            metric=metric,
-            mode=mode,
-            max_t=max_t,
-            grace_period=s.grace_period,
-            reduction_factor=s.reduction_factor,
-            stop_last_trials=False,  # a survivor always runs to its final, full report
-        )
-    if s.name == "mo_asha":
-        return MOASHAScheduler(
-            objectives,
-            max_t=max_t,
-            grace_period=s.grace_period,
-            reduction_factor=s.reduction_factor,
-        )
+SchedulerFn = Callable[[StudyConfig, int], TrialScheduler]
+# ``search.scheduler.name`` → ``build(cfg, max_t) -> TrialScheduler`` (max_t: results of a
+# full-length trial, already resolved against ``search.scheduler.max_t``)
+SCHEDULERS: Registry[SchedulerFn] = Registry("scheduler")
+
+
+@SCHEDULERS.register("none")
+def _fifo(cfg: StudyConfig, max_t: int) -> TrialScheduler:
     return FIFOScheduler()
+
+
+@SCHEDULERS.register("asha")
+def _asha(cfg: StudyConfig, max_t: int) -> TrialScheduler:
+    s = cfg.search.scheduler
+    first = cfg.search.objectives[0]
+    return AsyncHyperBandScheduler(
+        time_attr="training_iteration",
+        metric=first.metric,
+        mode=first.mode,
+        max_t=max_t,
+        grace_period=s.grace_period,
+        reduction_factor=s.reduction_factor,
+        stop_last_trials=False,  # a survivor always runs to its final, full report
+    )
+
+
+@SCHEDULERS.register("mo_asha")
+def _mo_asha(cfg: StudyConfig, max_t: int) -> TrialScheduler:
+    s = cfg.search.scheduler
+    return MOASHAScheduler(
+        [(o.metric, o.mode) for o in cfg.search.objectives],
+        max_t=max_t,
+        grace_period=s.grace_period,
+        reduction_factor=s.reduction_factor,
+    )
+
+
+def build_scheduler(cfg: StudyConfig, max_t: int) -> TrialScheduler:
+    """The study's scheduler (:data:`SCHEDULERS` under ``search.scheduler.name``);
+    ``max_t`` = results reported by a full-length trial unless ``search.scheduler.max_t``."""
+    s = cfg.search.scheduler
+    return SCHEDULERS.get(s.name)(cfg, s.max_t or max_t)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +15,47 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli_env(cache: Path | None = None, **extra: str) -> dict[str, str]:
+    """The environment a CLI subprocess runs in: this process's, Ray token auth off, the
+    teacher/data cache in ``cache`` when given (so a test never shares the user's), plus
+    ``extra`` (e.g. ``PYTHONPATH``, ``TUNE_GLOBAL_CHECKPOINT_S``)."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    if cache is not None:
+        env["COMPRESSION_SWEEPS_CACHE"] = str(cache)
+    return {**env, **extra}
+
+
+def run_cli(
+    module: str,
+    *args: str,
+    out: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 900,
+) -> subprocess.CompletedProcess[str]:
+    """``python -m <module> ARGS [--out OUT]`` from the repository root, output captured as
+    text. ``env`` defaults to :func:`cli_env` with the cache beside ``out`` (``out.parent /
+    "cache"``) when ``out`` is given. The caller checks the exit code."""
+    if env is None:
+        env = cli_env(out.parent / "cache" if out is not None else None)
+    cmd = [sys.executable, "-m", module, *args]
+    if out is not None:
+        cmd += ["--out", str(out)]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_sweep(
+    *args: str,
+    out: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 900,
+) -> subprocess.CompletedProcess[str]:
+    """``python -m engine.sweep ARGS [--out OUT]``: the real CLI in a subprocess (see
+    :func:`run_cli`)."""
+    return run_cli("engine.sweep", *args, out=out, env=env, timeout=timeout)
 
 
 @pytest.fixture(scope="session")

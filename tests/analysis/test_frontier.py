@@ -4,6 +4,8 @@ A planted run where a lucky seed changes the answer. Config X (fisher) scores 0.
 0.84 over three seeds, config Y (ablation) 0.70 / 0.70 / 0.70, both at 0.5 GFLOPs. Per seed,
 X's 0.84 row dominates every row of Y; per configuration, Y's mean 0.70 beats X's 0.68. The
 engine's ``on_front``, the report's table and hypervolume and the plot must all say Y.
+
+Also the Pareto front and hypervolume of single points against hand computations.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import pandas as pd
 import pytest
 
 from analysis import plots
-from analysis.frontier import config_front, seed_means
+from analysis.frontier import config_front, hypervolume_2d, pareto_front, pareto_mask, seed_means
 from analysis.report import write_report
 
 STRAT = "pipeline.truncate.strategy"
@@ -199,3 +201,45 @@ def test_plot_draws_the_seed_averaged_front(tmp_path: Path, monkeypatch) -> None
         assert "Bars = min–max over those seeds" in caption
     finally:
         close(fig)
+
+
+# ----------------------------------------------------------------------------- frontier
+
+
+def test_pareto_front_on_planted_set() -> None:
+    df = pd.DataFrame(
+        {
+            "name": ["a", "b", "b2", "c", "d", "e", "f", "g"],
+            "acc": [0.50, 0.70, 0.70, 0.80, 0.60, 0.90, np.nan, 0.95],
+            "gflops": [1.0, 2.0, 2.0, 3.0, 2.5, 6.0, 0.1, np.nan],
+        }
+    )
+    # a, b, c, e form the staircase; b2 ties b exactly (kept); d is dominated by b
+    # (more cost, less accuracy); f and g have a NaN and can never be on the front
+    front = pareto_front(df, "acc", "gflops")
+    assert front["name"].tolist() == ["a", "b", "b2", "c", "e"]
+    assert front["gflops"].is_monotonic_increasing
+
+
+def test_pareto_equal_cost_keeps_only_the_better() -> None:
+    # same cost, different quality: the worse one is dominated (weakly worse on cost)
+    mask = pareto_mask([0.5, 0.6, 0.6], [1.0, 1.0, 0.9])
+    assert mask.tolist() == [False, False, True]
+
+
+def test_pareto_front_unknown_column_names_it() -> None:
+    with pytest.raises(KeyError, match="latency"):
+        pareto_front(pd.DataFrame({"acc": [1.0]}), "acc", "latency")
+
+
+def test_hypervolume_matches_hand_computation() -> None:
+    pts = [(0.6, 1.0), (0.8, 3.0), (0.7, 2.0), (0.65, 4.0)]  # last one is dominated
+    ref = (0.5, 5.0)
+    # staircase cheapest first: [1,2)×(0.6-0.5) + [2,3)×(0.7-0.5) + [3,5)×(0.8-0.5)
+    expected = 1 * 0.1 + 1 * 0.2 + 2 * 0.3
+    assert hypervolume_2d(pts, ref) == pytest.approx(expected)
+    # points outside the reference box add nothing; an empty set has zero volume
+    assert hypervolume_2d([*pts, (0.4, 0.5), (0.99, 7.0)], ref) == pytest.approx(expected)
+    assert hypervolume_2d([], ref) == 0.0
+    # a single point is a rectangle
+    assert hypervolume_2d([(0.9, 1.0)], (0.5, 3.0)) == pytest.approx(0.4 * 2.0)

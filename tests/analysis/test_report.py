@@ -1,100 +1,20 @@
-"""analysis: Pareto front and hypervolume against hand computations, stats against a hand
-t-interval, and the report written from a synthetic run directory (with a failed trial)."""
+"""analysis.report: the report written from a synthetic run directory (with a failed trial),
+its CLI, and the importance study's sections. The front and the statistics it uses are
+tested in test_frontier.py and test_stats.py."""
 
 from __future__ import annotations
 
 import json
-import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.frontier import hypervolume_2d, pareto_front, pareto_mask
 from analysis.report import write_report
-from analysis.stats import summarize, t_interval
+from tests.conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-# ----------------------------------------------------------------------------- frontier
-
-
-def test_pareto_front_on_planted_set() -> None:
-    df = pd.DataFrame(
-        {
-            "name": ["a", "b", "b2", "c", "d", "e", "f", "g"],
-            "acc": [0.50, 0.70, 0.70, 0.80, 0.60, 0.90, np.nan, 0.95],
-            "gflops": [1.0, 2.0, 2.0, 3.0, 2.5, 6.0, 0.1, np.nan],
-        }
-    )
-    # a, b, c, e form the staircase; b2 ties b exactly (kept); d is dominated by b
-    # (more cost, less accuracy); f and g have a NaN and can never be on the front
-    front = pareto_front(df, "acc", "gflops")
-    assert front["name"].tolist() == ["a", "b", "b2", "c", "e"]
-    assert front["gflops"].is_monotonic_increasing
-
-
-def test_pareto_equal_cost_keeps_only_the_better() -> None:
-    # same cost, different quality: the worse one is dominated (weakly worse on cost)
-    mask = pareto_mask([0.5, 0.6, 0.6], [1.0, 1.0, 0.9])
-    assert mask.tolist() == [False, False, True]
-
-
-def test_pareto_front_unknown_column_names_it() -> None:
-    with pytest.raises(KeyError, match="latency"):
-        pareto_front(pd.DataFrame({"acc": [1.0]}), "acc", "latency")
-
-
-def test_hypervolume_matches_hand_computation() -> None:
-    pts = [(0.6, 1.0), (0.8, 3.0), (0.7, 2.0), (0.65, 4.0)]  # last one is dominated
-    ref = (0.5, 5.0)
-    # staircase cheapest first: [1,2)×(0.6-0.5) + [2,3)×(0.7-0.5) + [3,5)×(0.8-0.5)
-    expected = 1 * 0.1 + 1 * 0.2 + 2 * 0.3
-    assert hypervolume_2d(pts, ref) == pytest.approx(expected)
-    # points outside the reference box add nothing; an empty set has zero volume
-    assert hypervolume_2d([*pts, (0.4, 0.5), (0.99, 7.0)], ref) == pytest.approx(expected)
-    assert hypervolume_2d([], ref) == 0.0
-    # a single point is a rectangle
-    assert hypervolume_2d([(0.9, 1.0)], (0.5, 3.0)) == pytest.approx(0.4 * 2.0)
-
-
-# ----------------------------------------------------------------------------- stats
-
-
-def test_summarize_groups_seeds_with_t_interval() -> None:
-    df = pd.DataFrame(
-        {
-            "trial_id": ["teacher", "t0", "t1", "t2", "t3", "t4"],
-            "seed": [0, 0, 1, 2, 0, 1],
-            "status": ["ok", "ok", "ok", "ok", "ok", "failed"],
-            "pipeline.truncate.strategy": [
-                "fisher",
-                "fisher",
-                "fisher",
-                "fisher",
-                "uniform",
-                "uniform",
-            ],
-            "accuracy": [0.9, 0.60, 0.70, 0.80, 0.50, np.nan],
-        }
-    )
-    out = summarize(df, metrics=["accuracy"]).set_index("pipeline.truncate.strategy")
-    fisher = out.loc["fisher"]
-    assert fisher["n"] == 3 and fisher["n_failed"] == 0  # the teacher row is not a seed
-    assert fisher["accuracy_mean"] == pytest.approx(0.70)
-    assert fisher["accuracy_std"] == pytest.approx(0.10)
-    half = 4.302652729911275 * 0.10 / math.sqrt(3)  # t_{0.975, 2} from tables
-    assert fisher["accuracy_ci_low"] == pytest.approx(0.70 - half)
-    assert fisher["accuracy_ci_high"] == pytest.approx(0.70 + half)
-    uniform = out.loc["uniform"]
-    assert uniform["n"] == 1 and uniform["n_failed"] == 1
-    assert uniform["accuracy_mean"] == pytest.approx(0.50)
-    assert math.isnan(uniform["accuracy_ci_low"])
-    assert all(math.isnan(v) for v in t_interval([1.0]))
 
 
 # ----------------------------------------------------------------------------- report
@@ -252,22 +172,10 @@ def test_report_survives_an_all_failed_run(tmp_path: Path) -> None:
 
 def test_report_cli_prints_the_path(tmp_path: Path) -> None:
     run_dir = _write_run(tmp_path / "run")
-    proc = subprocess.run(
-        [sys.executable, "-m", "analysis.report", str(run_dir)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_cli("analysis.report", str(run_dir), timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(run_dir / "report.md")
-    missing = subprocess.run(
-        [sys.executable, "-m", "analysis.report", str(tmp_path / "nope")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    missing = run_cli("analysis.report", str(tmp_path / "nope"), timeout=120)
     assert missing.returncode == 2 and "results.parquet" in missing.stderr
 
 

@@ -20,17 +20,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from tests.conftest import run_sweep
 from tests.e2e.test_sweep_cli import PARETO_TINY
-
-REPO = Path(__file__).resolve().parents[2]
 
 ASHA = [
     *[o for o in PARETO_TINY if not o.startswith("search.num_samples")],
@@ -51,19 +47,7 @@ EXPECTED = {1: ("ok", 4, 6), 4: ("stopped", 1, 2), 2: ("stopped", 2, 4), 3: ("st
 @pytest.mark.slow  # four small students one after another: ~1-2 min on 2 idle cores
 def test_asha_stops_trials_at_rungs_and_records_them(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    env = {
-        **os.environ,
-        "COMPRESSION_SWEEPS_CACHE": str(tmp_path / "cache"),
-        "RAY_AUTH_MODE": "disabled",
-    }
-    proc = subprocess.run(
-        [sys.executable, "-m", "engine.sweep", "pareto", *ASHA, "--out", str(out), "--no-report"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    proc = run_sweep("pareto", *ASHA, "--no-report", out=out, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "scheduler asha (4 results per full trial)" in proc.stdout
     df = pd.read_parquet(out / "results.parquet")

@@ -23,7 +23,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import REPO, cli_env, run_sweep
+
 RAY = Path(sys.executable).parent / "ray"
 
 OVERRIDES = [
@@ -135,13 +136,7 @@ def test_kill_driver_then_resume_completes_exactly_once(tmp_path: Path) -> None:
     temp_dir = Path(tempfile.gettempdir()) / f"rs{uuid.uuid4().hex[:8]}"
     port = _free_port()
     out = tmp_path / "run"
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "RAY_AUTH_MODE": "disabled",
-        "COMPRESSION_SWEEPS_CACHE": str(tmp_path / "cache"),
-        "TUNE_GLOBAL_CHECKPOINT_S": "1",
-    }
+    env = cli_env(tmp_path / "cache", PYTHONPATH=str(REPO), TUNE_GLOBAL_CHECKPOINT_S="1")
     head = [
         str(RAY),
         "start",
@@ -153,18 +148,8 @@ def test_kill_driver_then_resume_completes_exactly_once(tmp_path: Path) -> None:
         f"--object-store-memory={300 * 2**20}",
         "--disable-usage-stats",
     ]
-    cli = [
-        sys.executable,
-        "-m",
-        "engine.sweep",
-        "smoke",
-        *OVERRIDES,
-        "--out",
-        str(out),
-        "--no-report",
-        "--address",
-        f"127.0.0.1:{port}",
-    ]
+    args = ["smoke", *OVERRIDES, "--out", str(out), "--no-report", "--address", f"127.0.0.1:{port}"]
+    cli = [sys.executable, "-m", "engine.sweep", *args]
     try:
         subprocess.run(head, env=env, check=True, capture_output=True, timeout=120)
         log1 = (tmp_path / "first.log").open("w")
@@ -185,9 +170,7 @@ def test_kill_driver_then_resume_completes_exactly_once(tmp_path: Path) -> None:
         before = {d.name for d in (out / "tune").glob("run_trial*") if _final_rows(d)}
         assert not (out / "results.parquet").exists()
 
-        second = subprocess.run(
-            [*cli, "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
-        )
+        second = run_sweep(*args, "--resume", env=env, timeout=900)
         assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
         assert "[sweep] resuming" in second.stdout
         _check_study(out, before)
@@ -199,9 +182,7 @@ def test_kill_driver_then_resume_completes_exactly_once(tmp_path: Path) -> None:
         weights = Path(ok.model_dir) / "model.safetensors"
         stamp = weights.stat().st_mtime_ns
         _mark_running(out / "tune", ok.trial_id)
-        third = subprocess.run(
-            [*cli, "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
-        )
+        third = run_sweep(*args, "--resume", env=env, timeout=900)
         assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
         _check_study(out, before)
         again = pd.read_parquet(out / "results.parquet").set_index("trial_id")

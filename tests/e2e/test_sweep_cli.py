@@ -5,33 +5,19 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import REPO, run_sweep
 
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("smoke") / "run"
-    env = {
-        **os.environ,
-        "COMPRESSION_SWEEPS_CACHE": str(out.parent / "cache"),
-        "RAY_AUTH_MODE": "disabled",
-    }
-    proc = subprocess.run(
-        [sys.executable, "-m", "engine.sweep", "smoke", "--out", str(out)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    proc = run_sweep("smoke", out=out, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, proc
 
@@ -143,28 +129,10 @@ def test_smoke_importance_and_manifest(smoke_run) -> None:
 
 @pytest.mark.slow
 def test_missing_data_file_is_a_one_line_error(tmp_path: Path) -> None:
-    env = {
-        **os.environ,
-        "COMPRESSION_SWEEPS_CACHE": str(tmp_path / "cache"),
-        "RAY_AUTH_MODE": "disabled",
-    }
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "engine.sweep",
-            "smoke",
-            "data.path=/nonexistent/reviews.csv",
-            "--out",
-            str(tmp_path / "run"),
-            "--no-report",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
+    proc = run_sweep(
+        "smoke", "data.path=/nonexistent/reviews.csv", "--no-report", out=tmp_path / "run",
         timeout=300,
-    )
+    )  # fmt: skip
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -197,19 +165,7 @@ PARETO_TINY = [
 def test_pareto_study_with_mo_asha_returns_only_non_dominated(tmp_path: Path) -> None:
     """The shipped ``pareto`` study (multi-objective Optuna + MO-ASHA) at smoke sizes."""
     out = tmp_path / "run"
-    env = {
-        **os.environ,
-        "COMPRESSION_SWEEPS_CACHE": str(tmp_path / "cache"),
-        "RAY_AUTH_MODE": "disabled",
-    }
-    proc = subprocess.run(
-        [sys.executable, "-m", "engine.sweep", "pareto", *PARETO_TINY, "--out", str(out)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    proc = run_sweep("pareto", *PARETO_TINY, out=out, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "[progress]" in proc.stdout and "best valid_accuracy (max)" in proc.stdout
     assert "[sweep] Pareto set on valid_accuracy (max), gflops (min)" in proc.stdout

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from engine.config import (
     parse_override,
 )
 from engine.search import plan_search
+from tests.conftest import run_sweep
 
 REPO = Path(__file__).resolve().parents[2]
 STUDIES = sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml"))
@@ -144,13 +144,7 @@ def test_unreadable_yaml_is_one_line(tmp_path: Path) -> None:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "engine.sweep", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_sweep(*args, timeout=120)
 
 
 def test_cli_rejects_bad_input_with_exit_2_before_ray() -> None:

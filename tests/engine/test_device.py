@@ -5,7 +5,6 @@ logical GPUs, importance actors share or spread over GPUs as ``gpus_per_actor`` 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -23,6 +22,7 @@ from engine.device import (
     ray_gpu_ids,
     worker_device,
 )
+from tests.conftest import cli_env
 
 REPO = Path(__file__).resolve().parents[2]
 CPU = torch.device("cpu")
@@ -117,7 +117,7 @@ PROBE = textwrap.dedent(
 
 
 def test_importance_actors_share_or_spread_over_logical_gpus(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}
+    env = cli_env(PYTHONPATH=str(REPO))
     proc = subprocess.run(
         [sys.executable, "-c", PROBE], cwd=tmp_path, env=env, capture_output=True, text=True,
         timeout=300,

@@ -28,7 +28,7 @@ from engine.models import (
     num_layers,
 )
 from engine.teacher import load_model
-from tests.conftest import toy_batches
+from tests.conftest import tiny_bert, tiny_gpt2, tiny_llama, toy_batches
 
 SMALL = {"vocab_size": 200, "hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 4,
          "intermediate_size": 64, "max_position_embeddings": 64}  # fmt: skip
@@ -191,3 +191,111 @@ def test_a_decoder_tokenizer_without_pad_token_pads_with_end_of_text(tmp_path: P
     out = Tokenise(str(tmp_path / "tok"), 6)(batch)
     assert out["input_ids"].tolist() == [[2, 1, 1, 1, 1, 1], [4, 0, 3, 1, 1, 1]]  # "very. bad"
     assert out["attention_mask"].tolist() == [[1, 0, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0]]
+
+
+# ------------------------------------------------------------------ keep_layers by definition
+
+
+def test_keep_layers_hidden_states_are_the_teachers_chosen_blocks_in_order() -> None:
+    """The kept model's hidden states equal a forward written out by hand: the teacher's
+    embeddings, then the teacher's blocks 0 and 2 (given as [2, 0]), in forward order."""
+    teacher = tiny_bert(num_layers=4).eval()
+    student = keep_layers(teacher, [2, 0]).eval()
+    assert num_layers(student) == 2 and num_layers(teacher) == 4  # the teacher is untouched
+    assert student.config.num_hidden_layers == 2
+    ids = toy_batches(1, 4, 10)[0]["input_ids"].clamp(min=5)  # no padding: full attention
+    with torch.no_grad():
+        out = student(input_ids=ids, output_hidden_states=True)
+        h = teacher.bert.embeddings(input_ids=ids)
+        manual = [h]
+        for i in (0, 2):
+            h = teacher.bert.encoder.layer[i](h, attention_mask=None)
+            h = h[0] if isinstance(h, tuple) else h
+            manual.append(h)
+    assert len(out.hidden_states) == 3
+    for got, want in zip(out.hidden_states, manual, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("build", [tiny_gpt2, tiny_llama])
+def test_keep_layers_of_a_decoder_is_a_shallower_model_with_those_blocks(build) -> None:
+    """A decoder kept at blocks [1, 3] computes what a freshly built 2-layer model of the same
+    family computes once its blocks 0, 1 are loaded with the teacher's blocks 1, 3 and every
+    other weight with the teacher's."""
+    teacher = build(num_layers=4).eval()
+    student = keep_layers(teacher, [3, 1]).eval()
+    fresh = build(num_layers=2, seed=1).eval()
+    prefix = layer_list_path(teacher)
+    moved = {}
+    for name, value in teacher.state_dict().items():
+        if name.startswith(prefix):
+            i, rest = name[len(prefix) :].split(".", 1)
+            if int(i) in (1, 3):
+                moved[f"{prefix}{(1, 3).index(int(i))}.{rest}"] = value
+        else:
+            moved[name] = value
+    fresh.load_state_dict(moved)
+    batch = toy_batches(1, 4, 10)[0]
+    with torch.no_grad():
+        torch.testing.assert_close(
+            student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+            fresh(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+        )
+
+
+def layer_list_path(model: torch.nn.Module) -> str:
+    """The state-dict prefix of the model's blocks, found by looking for the ModuleList."""
+    blocks = layer_list(model)
+    (name,) = [n for n, m in model.named_modules() if m is blocks]
+    return name + "."
+
+
+def test_num_layers_and_keep_layers_errors(tiny_models) -> None:
+    for family, build in tiny_models.items():
+        for n in (1, 3):
+            assert num_layers(build(num_layers=n)) == n, family
+    model = tiny_bert(num_layers=3)
+    with pytest.raises(ValueError, match="at least one"):
+        keep_layers(model, [])
+    with pytest.raises(ValueError, match="out of range"):
+        keep_layers(model, [0, 3])
+    with pytest.raises(ValueError, match="out of range"):
+        keep_layers(model, [-1])
+    with pytest.raises(ValueError, match="cannot find the transformer blocks"):
+        num_layers(torch.nn.Linear(2, 2))
+    assert num_layers(keep_layers(model, [1, 1, 2])) == 2  # a repeated index is one block
+
+
+def test_build_classifier_loads_the_body_and_a_seeded_head_of_the_asked_width(
+    folders,
+) -> None:
+    from transformers import AutoModel
+
+    folder = str(folders["bert"])
+    body = AutoModel.from_pretrained(folder).eval()
+    a = build_classifier(folder, num_labels=7, seed=0).eval()
+    b = build_classifier(folder, num_labels=7, seed=0).eval()
+    c = build_classifier(folder, num_labels=7, seed=1).eval()
+    assert a.classifier.out_features == 7 and a.config.num_labels == 7
+    for name, value in body.state_dict().items():  # the body is the saved one, not re-drawn
+        assert torch.equal(a.bert.state_dict()[name], value), name
+    assert torch.equal(a.classifier.weight, b.classifier.weight)
+    assert not torch.equal(a.classifier.weight, c.classifier.weight)
+    batch = toy_batches(1, 3, 10)[0]
+    with torch.no_grad():
+        logits = a(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert logits.shape == (3, 7)
+    assert build_classifier(folder, num_labels=2).classifier.out_features == 2
+
+
+def test_model_source_problem_names_a_missing_folder(folders, tmp_path: Path) -> None:
+    assert model_source_problem(str(folders["bert"])) is None  # a saved model folder
+    for name in (str(tmp_path / "nope"), "./no-such-dir-xyz", "~/no-such-dir-xyz", "a/b/c"):
+        msg = model_source_problem(name)
+        assert msg == f"{name!r}: no such folder", name
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "tokenizer.json").write_text("{}")
+    assert model_source_problem(str(tmp_path / "half")) == (
+        f"{str(tmp_path / 'half')!r} is a folder without config.json "
+        "(not a Hugging Face model folder)"
+    )

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from engine.config import load_study
-from engine.schedulers import MOASHAScheduler, build_scheduler, promote, rung_milestones
+from engine.schedulers import SCHEDULERS, MOASHAScheduler, build_scheduler, promote, rung_milestones
 from tests.sweepcore.test_pareto import PLANTED, _brute_front, _brute_fronts, _textbook_crowding
 
 
@@ -168,3 +168,37 @@ def test_planted_curves_are_consistent() -> None:
     names = list(CURVES)
     assert {names[i] for i in _brute_front(f)} == {"p0", "p1", "p2"}
     assert all(len(set(c)) == 2 for c in itertools.combinations(CURVES, 2))
+
+
+# ------------------------------------------------------ contract: every registered scheduler
+
+
+@pytest.mark.parametrize("name", SCHEDULERS.names())
+def test_every_scheduler_builds_from_a_study_and_pickles(name: str) -> None:
+    """A study naming it validates; the built scheduler is a Tune scheduler, honours
+    ``search.scheduler.max_t`` over the derived budget where it has one, and survives the
+    pickling Tune does when it ships and snapshots an experiment."""
+    import pickle
+
+    from ray.tune.schedulers import TrialScheduler
+
+    cfg = load_study("pareto", [f"search.scheduler.name={name}"])
+    sched = build_scheduler(cfg, max_t=6)
+    assert isinstance(sched, TrialScheduler)
+    assert type(pickle.loads(pickle.dumps(sched))) is type(sched)
+    capped = build_scheduler(load_study("pareto", [f"search.scheduler.name={name}",
+                                                   "search.scheduler.max_t=4"]), max_t=6)  # fmt: skip
+    for attr in ("max_t", "_max_t"):
+        if hasattr(sched, attr):
+            assert (getattr(sched, attr), getattr(capped, attr)) == (6, 4), attr
+    if hasattr(sched, "milestones"):  # rungs sit below the budget
+        assert max(sched.milestones, default=0) < 6 and max(capped.milestones, default=0) < 4
+
+
+def test_an_unregistered_scheduler_is_a_config_error() -> None:
+    from engine.config import ConfigError
+
+    with pytest.raises(ConfigError):
+        load_study("pareto", ["search.scheduler.name=no_such_scheduler"])
+    with pytest.raises(KeyError, match="known"):
+        SCHEDULERS.get("no_such_scheduler")

@@ -220,3 +220,58 @@ def test_grid_is_cartesian_product() -> None:
     sizes = [len(v) for v in cfg.search.space.values()]
     assert len(grid) == sizes[0] * sizes[1] * sizes[2]
     assert len({tuple(sorted(g.items())) for g in grid}) == len(grid)
+
+
+# ---------------------------------------------- contract: every registered search algorithm
+
+KNOBS = {"pipeline.truncate.keep_layers": [1, 2], "pipeline.distill.temperature": [1.0, 4.0, 8.0]}
+CONTRACT_STUDY = [
+    "search.space={pipeline.truncate.keep_layers: [1, 2], "
+    "pipeline.distill.temperature: [1.0, 4.0, 8.0]}",
+    "search.num_samples=3",
+    "repeats=[0, 7]",
+]
+# configurations per algorithm on that study, counted by hand from each definition: the
+# product 2 × 3; the centre plus each value alone 1 + 2 + 3; num_samples for the samplers
+KNOWN_CONFIGS = {"grid": 6, "one_at_a_time": 6, "random": 3, "optuna": 3, "optuna_mo": 3}
+
+
+def _grid_trials(space: object) -> list[dict]:
+    """Every trial a Tune grid expands ``space`` into, by brute force over its
+    ``{"grid_search": [...]}`` leaves (a leaf with another value is passed through)."""
+    if isinstance(space, dict) and set(space) == {"grid_search"}:
+        return list(space["grid_search"])
+    if isinstance(space, dict):
+        out: list[dict] = [{}]
+        for key, sub in space.items():
+            out = [{**o, key: v} for o in out for v in _grid_trials(sub)]
+        return out
+    return [space]
+
+
+@pytest.mark.parametrize("name", ALGORITHMS.names())
+def test_every_algorithm_plans_one_trial_per_configuration_and_seed(name: str) -> None:
+    cfg = load_study("pareto", [f"search.algorithm={name}", *CONTRACT_STUDY])
+    plan = ALGORITHMS.get(name)(cfg)
+    assert plan.configs >= 1
+    if name in KNOWN_CONFIGS:
+        assert plan.configs == KNOWN_CONFIGS[name]
+    if plan.search_alg is None:  # a grid: the trials are known before Tune runs
+        trials = _grid_trials(plan.param_space) * plan.num_samples
+        assert len(trials) == plan.configs * len(cfg.repeats)
+        assert sorted({t["seed"] for t in trials}) == [0, 7]
+        assert len({repr(sorted(t["values"].items())) + str(t["seed"]) for t in trials}) == len(
+            trials
+        )  # no configuration × seed twice
+        for t in trials:
+            for key, value in t["values"].items():
+                assert value in KNOBS[key], (key, value)
+        assert plan.param_space == ALGORITHMS.get(name)(cfg).param_space  # deterministic
+    else:  # a searcher proposes: Tune runs num_samples trials, each configuration per seed
+        assert plan.num_samples == plan.configs * len(cfg.repeats)
+        assert set(plan.param_space["values"]) == set(KNOBS)
+
+
+def test_an_unregistered_algorithm_is_a_config_error() -> None:
+    with pytest.raises(ConfigError):
+        load_study("pareto", ["search.algorithm=no_such_search"])

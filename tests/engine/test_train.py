@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from engine.device import autocast
 from engine.measure import evaluate
-from engine.train import OomLog, active_training, train_classifier
+from engine.train import BatchOrder, OomLog, active_training, train_classifier
 from tests.conftest import tiny_bert
 
 
@@ -222,3 +222,104 @@ def test_real_cuda_oom_halves_the_forward() -> None:
         handle.remove()
     assert (stats.oom_retries, stats.micro_batch_size) == (2, 2)
     assert stats.steps == 3 and torch.isfinite(torch.tensor(stats.final_loss))
+
+
+# ------------------------------------------------------------- the training loop's definition
+
+
+def test_one_constant_lr_step_is_a_hand_adamw_step() -> None:
+    """One step at a constant LR on the whole training set equals AdamW's first step taken by
+    hand from the gradient of the batch loss: m̂ = g, v̂ = g², so
+    p ← p (1 − lr·wd) − lr · g / (|g| + eps) (Loshchilov & Hutter; torch's defaults
+    β = (0.9, 0.999), eps = 1e-8). The frozen token embeddings do not move."""
+    model = _no_dropout_bert().train()
+    train = _train_data(n=12)
+    lr, wd = 1e-3, 0.05
+    frozen = {id(p) for p in model.get_input_embeddings().parameters()}  # the token embeddings
+    params = {n: p for n, p in model.named_parameters() if id(p) not in frozen}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    out = model(input_ids=train["input_ids"], attention_mask=train["attention_mask"])
+    loss = F.cross_entropy(out.logits, train["labels"])
+    grads = dict(zip(params, torch.autograd.grad(loss, list(params.values())), strict=True))
+    stats = train_classifier(
+        model, train, loss_fn=_ce, epochs=1.0, lr=lr, batch_size=12, seed=3, weight_decay=wd,
+        lr_schedule="constant",
+    )  # fmt: skip
+    assert stats.steps == 1 and stats.examples_seen == 12
+    assert stats.final_loss == pytest.approx(float(loss.detach()), rel=1e-5)
+    for name, p in model.named_parameters():
+        if name in params:
+            g = grads[name]
+            expected = before[name] * (1 - lr * wd) - lr * g / (g.abs() + 1e-8)
+        else:  # frozen: no gradient, no decay
+            expected = before[name]
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize(("n", "batch_size"), [(10, 4), (12, 4), (5, 8), (1, 1)])
+def test_batch_order_gives_each_row_once_per_epoch(n: int, batch_size: int) -> None:
+    order = BatchOrder.seeded(n, batch_size, seed=7)
+    again = BatchOrder.seeded(n, batch_size, seed=7)
+    for _epoch in range(3):
+        rows: list[int] = []
+        while len(rows) < n:
+            idx = order.next()
+            assert torch.equal(idx, again.next())  # same seed, same order
+            assert 1 <= len(idx) <= batch_size
+            rows += idx.tolist()
+        assert sorted(rows) == list(range(n))  # every row exactly once
+    other = BatchOrder.seeded(100, 100, seed=8).next()
+    assert not torch.equal(BatchOrder.seeded(100, 100, seed=7).next(), other)
+    with pytest.raises(ValueError, match="empty"):
+        BatchOrder.seeded(0, 4, seed=0)
+
+
+def test_batch_order_with_replacement_draws_full_batches_in_range() -> None:
+    order = BatchOrder.seeded(5, 8, seed=1, replacement=True)
+    draws = [order.next() for _ in range(50)]
+    assert all(len(d) == 5 and int(d.min()) >= 0 and int(d.max()) < 5 for d in draws)
+    assert len({tuple(d.tolist()) for d in draws}) > 1  # not one fixed permutation
+    assert any(len(set(d.tolist())) < 5 for d in draws)  # rows drawn with replacement
+
+
+# 10 rows in batches of 4 → batches of 4, 4, 2 per epoch; written out by hand
+STEP_CASES = [
+    # epochs, max_steps, steps, examples seen
+    (1.0, None, 3, 10),
+    (2.0, None, 6, 20),
+    (0.5, None, 2, 8),  # half an epoch of 3 batches rounds up to 2 batches
+    (0.01, None, 1, 4),  # at least one step
+    (2.0, 4, 4, 14),  # capped: a whole epoch (4+4+2) then one batch of the next
+    (1.0, 10, 3, 10),  # a cap above the epoch count changes nothing
+]
+
+
+@pytest.mark.parametrize(("epochs", "max_steps", "steps", "seen"), STEP_CASES)
+def test_step_counts_of_epochs_and_max_steps(epochs, max_steps, steps, seen) -> None:
+    calls: list[int] = []
+    stats = train_classifier(
+        _no_dropout_bert(), _train_data(n=10), loss_fn=_ce, epochs=epochs, lr=1e-3,
+        batch_size=4, seed=0, max_steps=max_steps, on_step=lambda s, _loss: calls.append(s),
+    )  # fmt: skip
+    assert calls == list(range(1, steps + 1))
+    assert (stats.steps, stats.examples_seen) == (steps, seen)
+
+
+def test_same_seed_same_weights_other_seed_other_weights() -> None:
+    def run(seed: int) -> dict[str, torch.Tensor]:
+        m = _no_dropout_bert()
+        train_classifier(m, _train_data(n=10), loss_fn=_ce, epochs=1.0, lr=1e-2, batch_size=4,
+                         seed=seed)  # fmt: skip
+        return {k: v.clone() for k, v in m.state_dict().items()}
+
+    a, b, c = run(0), run(0), run(1)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)  # another example order
+
+
+def test_empty_training_set_is_an_error() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        train_classifier(
+            _no_dropout_bert(), _train_data(n=12) | {"labels": torch.zeros(0, dtype=torch.long)},
+            loss_fn=_ce, epochs=1.0, lr=1e-3, batch_size=4, seed=0,
+        )  # fmt: skip

@@ -1,6 +1,7 @@
 """Regenerate the data fixtures (run from anywhere; writes next to this file).
 
-Each file plants known bad rows; tests/engine/data/test_read.py asserts the exact counts below.
+Each file plants known bad rows; tests/engine/data/ (test_read.py, test_pipeline.py,
+test_registry.py) assert the exact counts below.
 
 womens/reviews.csv — 52 records: 40 valid, 2 duplicates, 2 empty texts, 8 invalid
   (rating_out_of_range 2, invalid_rating 1, missing_field 2, malformed_csv 1, non_utf8 1,

@@ -86,3 +86,8 @@ def test_a_good_mapping_a_missing_file_and_jsonl_pass(tmp_path: Path) -> None:
 
 def test_the_shipped_corpus_defaults_pass() -> None:
     assert problems(DataConfig(), SRC) == []
+
+
+def test_data_config_rejects_unknown_mapping_targets() -> None:
+    with pytest.raises(ValueError, match="unknown normalised column"):
+        DataConfig(corpus="table", columns={"stars": "rating"})

@@ -1,5 +1,7 @@
-"""Data layer: exact counts on planted-bad fixtures, dedup, deterministic splits, errors,
-and the embedded real corpora end to end (real local Ray, no mocks).
+"""Reading and preparing a corpus (engine/data/read.py and the preparation it feeds): exact
+counts on planted-bad fixtures, dedup, deterministic splits, errors, and the embedded real
+corpora end to end (real local Ray, no mocks). Byte-level helpers: test_textio.py; the
+corpus registry's contract: test_registry.py.
 
 Fixture contents and their planted rows are listed in tests/assets/data/make_fixtures.py.
 """
@@ -10,45 +12,22 @@ import gzip
 import hashlib
 import json
 import zlib
-from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pytest
 
 from engine.data import (
-    CORPORA,
-    DataConfig,
     DataError,
     PreparedData,
-    bad_row,
-    iter_lines,
-    prepare_data,
     read_corpus,
-    register_corpus,
-    review_row,
 )
 from engine.data.paths import REPO_ROOT
-from engine.data.read import resolve_files
-from engine.data.registry import ROW_SCHEMA
-from engine.data.textio import csv_records, decompress
-from engine.models import embedded_model_path
+from tests.engine.data.conftest import ASSETS, SPLITS, all_keys, prep
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets" / "data"
 WOMENS = ASSETS / "womens" / "reviews.csv"
 AMAZON = ASSETS / "amazon"
-SPLITS = ("train", "valid", "test")
-TOKENIZER = str(embedded_model_path())
-
-
-def prep(num_blocks: int | None = None, **kw: object) -> PreparedData:
-    return prepare_data(DataConfig(**kw), TOKENIZER, num_blocks=num_blocks)
-
-
-def all_keys(d: PreparedData) -> list[str]:
-    return [k for s in SPLITS for k in getattr(d, s)["row_key"].tolist()]
 
 
 def pair_key(user: str, item: str) -> str:
@@ -64,85 +43,6 @@ def womens(ray_local) -> PreparedData:
 @pytest.fixture(scope="module")
 def amazon(ray_local) -> PreparedData:
     return prep(corpus="amazon-2018", path=str(AMAZON), max_bad_fraction=0.5)
-
-
-# --- byte-level helpers (no Ray) ---------------------------------------------------------
-
-
-def test_decompress_reads_multi_member_and_flags_truncation() -> None:
-    two = gzip.compress(b"a\nb\n") + gzip.compress(b"c\n")
-    assert decompress(two) == (b"a\nb\nc\n", None)
-    body = "".join(f'{{"n": {i}}}\n' for i in range(2000)).encode()
-    cut = gzip.compress(body)[:-200]
-    data, problem = decompress(cut)
-    assert problem == "truncated_gzip" and body.startswith(data) and 0 < len(data) < len(body)
-    assert decompress(b"plain\n") == (b"plain\n", None)
-
-
-def test_iter_lines_numbers_skips_blanks_and_flags_bad_bytes() -> None:
-    lines = list(iter_lines(b"one\r\n\n  \nt\xffwo\nthree"))
-    assert [(ln.number, ln.text, ln.problem) for ln in lines] == [
-        (1, "one", None),
-        (4, None, "non_utf8"),
-        (5, "three", None),
-    ]
-
-
-def test_csv_records_lines_widths_bad_bytes_and_stops() -> None:
-    data = b'\xef\xbb\xbfa, b ,c\n1,"two\nlines",3\n\n4,5\n6,\xff,7\n8;9;10\n'
-    rows = list(csv_records(data))
-    assert [(r.line, r.fields, r.problem, r.ends) for r in rows] == [
-        (1, ["a", "b", "c"], None, False),  # BOM dropped, names stripped
-        (2, ["1", "two\nlines", "3"], None, False),  # a record spanning two lines
-        (5, None, "malformed_csv", False),  # 2 fields for 3 columns; the blank line 4 skipped
-        (6, None, "non_utf8", False),
-        (7, None, "malformed_csv", False),  # wrong delimiter: one field
-    ]
-    assert list(csv_records(b"a;b\n1;2\n", ";"))[1].fields == ["1", "2"]
-    assert list(csv_records(b"")) == []
-    big = b'a,b\n1,2\n3,"' + b"x" * 200_000 + b'"\n5,6\n'
-    stop = list(csv_records(big))[-1]  # a field over the csv module's limit stops the file
-    assert (stop.line, stop.problem, stop.ends) == (3, "malformed_csv", True)
-    body = b"a,b\n" + b"".join(b"%d,%d\n" % (i, i) for i in range(3000))
-    cut = list(csv_records(gzip.compress(body)[:-100]))
-    assert (cut[-1].line, cut[-1].problem, cut[-1].ends) == (None, "truncated_gzip", True)
-    # every record before the cut one is whole (the cut one may be short of a field)
-    assert all(r.problem is None for r in cut[:-2]) and 1 < len(cut) - 1 < 3001
-
-
-# --- contract tests generated from the registry (no Ray) ------------------------------------
-
-CARD_ROWS = {"womens-ecommerce": 23_486, "amazon-2018": 5_269 + 2_972, "movielens": 100_000}
-
-
-@pytest.mark.parametrize("name", sorted(CARD_ROWS))
-def test_every_corpus_reads_its_embedded_copy_in_plain_python(name: str) -> None:
-    """Each registered reader, called without Ray, turns its embedded files into rows of
-    the one schema, with no invalid row and the row count stated on the dataset card."""
-    assert set(CORPORA.names()) >= set(CARD_ROWS)
-    corpus = CORPORA.get(name)
-    reviews, items = resolve_files(corpus, None)
-    titles: dict[str, str] = {}
-    for f in items:
-        assert corpus.read_items is not None
-        for row in corpus.read_items(str(f), f.read_bytes()):
-            titles.setdefault(row["item_id"], row["item_title"])
-    rows = [r for f in reviews for r in corpus(str(f), f.read_bytes(), titles)]
-    table = pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
-    assert table.num_rows == CARD_ROWS[name]
-    assert set(table["reason"].to_pylist()) == {""}
-    ratings = np.asarray(table["rating"])
-    assert ratings.min() >= 1 and ratings.max() <= 5
-    if name == "movielens":
-        assert titles["1"] == "Toy Story (1995)"
-        assert sum(bool(t) for t in table["item_title"].to_pylist()) == 100_000
-
-
-def test_registering_a_duplicate_corpus_name_is_an_error() -> None:
-    with pytest.raises(ValueError, match="already registered"):
-        register_corpus("amazon-2018", default_path="x", review_globs=("*.x",))(
-            lambda path, data, titles: iter(())
-        )
 
 
 # --- planted-bad fixtures ----------------------------------------------------------------
@@ -298,27 +198,6 @@ def test_movielens_reads_for_recommendation_but_not_for_text(ray_local) -> None:
     assert got.item_titles["5"] == "Café Society (1999)"  # latin-1 decoded
     with pytest.raises(DataError, match="'movielens' has no review text"):
         prep(corpus="movielens", path=str(ASSETS / "movielens"))
-
-
-def test_custom_corpus_plugs_in_through_the_documented_signature(ray_local, tmp_path: Path) -> None:
-    if "test-tsv" not in CORPORA:
-
-        @register_corpus("test-tsv", default_path="unused", review_globs=("*.tsv",))
-        def read_tsv(path: str, data: bytes, item_titles: Mapping[str, str]) -> Iterator[dict]:
-            for line in iter_lines(data):
-                if line.text is None:
-                    yield bad_row(path, line.number, line.problem or "", line.raw)
-                    continue
-                user, item, stars, text = line.text.split("\t")
-                yield review_row(
-                    path, line.number, user_id=user, item_id=item, rating=stars, text=text
-                )
-
-    rows = [f"u{i}\ti{i}\t{1 + i % 5}\treview {i}" for i in range(30)] + ["u0\ti0\t3\tagain"]
-    (tmp_path / "r.tsv").write_text("\n".join(rows) + "\n")
-    got = prep(corpus="test-tsv", path=str(tmp_path))
-    assert got.files[0].skip_reasons == {"repeated_user_item": 1}
-    assert len(all_keys(got)) == 30
 
 
 # --- errors --------------------------------------------------------------------------------

@@ -4,9 +4,6 @@ and the report sections, and each student keeps the layers its method ranks firs
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +14,7 @@ import engine.importance  # noqa: F401  (registers every method)
 from engine.config import BASELINE_STRATEGIES, load_study
 from engine.importance import IMPORTANCE
 from engine.search import trial_configs
-from tests.conftest import kendall_tau_b_by_definition, kendall_w_by_definition
+from tests.conftest import kendall_tau_b_by_definition, kendall_w_by_definition, run_sweep
 
 REPO = Path(__file__).resolve().parents[3]
 STRATEGY = "pipeline.truncate.strategy"
@@ -71,19 +68,7 @@ REDUCED = [
 @pytest.fixture(scope="module")
 def importance_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("importance") / "run"
-    env = {
-        **os.environ,
-        "COMPRESSION_SWEEPS_CACHE": str(out.parent / "cache"),
-        "RAY_AUTH_MODE": "disabled",
-    }
-    proc = subprocess.run(
-        [sys.executable, "-m", "engine.sweep", "importance", *REDUCED, "--out", str(out)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
+    proc = run_sweep("importance", *REDUCED, out=out, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out
 

@@ -1,0 +1,102 @@
+"""The teacher's cache: its key changes exactly when what the fine-tuned weights depend on
+changes, and a saved teacher reloads equal (weights, train logits, config, metrics)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine.config import load_study
+from engine.teacher import (
+    TeacherArtifacts,
+    cache_dir,
+    load_cache,
+    load_model,
+    save_cache,
+    teacher_key,
+)
+from tests.conftest import tiny_bert, toy_batches
+
+
+def _train(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "input_ids": rng.integers(5, 200, (16, 12)).astype(np.int64),
+        "attention_mask": np.ones((16, 12), dtype=np.int64),
+        "labels": rng.integers(0, 5, 16).astype(np.int64),
+    }
+
+
+def test_teacher_key_changes_with_data_and_settings_and_nothing_else() -> None:
+    cfg = load_study("smoke").teacher
+    train = _train()
+    key = teacher_key(cfg, train, 5)
+    # the same inputs, rebuilt: the same key
+    assert (
+        teacher_key(load_study("smoke").teacher, {k: v.copy() for k, v in train.items()}, 5) == key
+    )
+    # arrays the fine-tuning does not read do not enter the key
+    assert teacher_key(cfg, {**train, "review_id": np.arange(16)}, 5) == key
+    changed = []
+    for name in ("input_ids", "attention_mask", "labels"):  # one value changed in each array
+        other = {k: v.copy() for k, v in train.items()}
+        flat = other[name].reshape(-1)
+        flat[7] = (flat[7] + 1) % 2 if name == "attention_mask" else flat[7] % 4 + 1
+        changed.append(teacher_key(cfg, other, 5))
+    changed.append(teacher_key(cfg, {k: v[:15] for k, v in train.items()}, 5))  # one row fewer
+    changed.append(teacher_key(cfg, train, 6))  # another label count
+    changed.append(teacher_key(load_study("smoke", ["teacher.lr=0.0002"]).teacher, train, 5))
+    changed.append(teacher_key(load_study("smoke", ["teacher.seed=1"]).teacher, train, 5))
+    changed.append(teacher_key(cfg, train, 5, precision="auto/gpu"))
+    assert len(set(changed)) == len(changed) and key not in changed
+    assert len(key) == 16 and int(key, 16) >= 0  # a hex digest, usable as a folder name
+
+
+def test_cache_dir_follows_the_environment(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("COMPRESSION_SWEEPS_CACHE", str(tmp_path / "c"))
+    assert cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("COMPRESSION_SWEEPS_CACHE")
+    assert cache_dir().name == ".cache"
+
+
+def test_cache_round_trip_returns_equal_artifacts(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("COMPRESSION_SWEEPS_CACHE", str(tmp_path))
+    model = tiny_bert(num_layers=2)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    logits = np.random.default_rng(0).standard_normal((16, 5)).astype(np.float32)
+    metrics = {"valid_accuracy": 0.25, "test_macro_f1": 0.125, "device": "cpu", "oom_retries": 0}
+    art = TeacherArtifacts(model.config.to_dict(), state, logits, metrics, key="0123abcd")
+    assert load_cache("0123abcd") is None  # nothing saved yet
+    where = save_cache(art)
+    assert where == tmp_path / "teachers" / "0123abcd"
+    got = load_cache("0123abcd")
+    assert got is not None and got.cached and got.key == "0123abcd"
+    assert got.state_dict.keys() == state.keys()
+    for k, v in state.items():
+        assert torch.equal(got.state_dict[k], v), k
+    assert got.train_logits.dtype == np.float32 and np.array_equal(got.train_logits, logits)
+    assert got.metrics == metrics
+    assert got.config["num_hidden_layers"] == 2 and len(got.config["id2label"]) == 5
+    # the reloaded teacher computes what the saved one did
+    batch = toy_batches(1, 4, 10)[0]
+    rebuilt = load_model(got.config, got.state_dict)
+    with torch.no_grad():
+        want = model.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        have = rebuilt(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    torch.testing.assert_close(have.logits, want.logits)
+    assert not rebuilt.training
+    # a damaged entry is a cache miss, not an error
+    (where / "train_logits.npy").write_bytes(b"not a numpy file")
+    assert load_cache("0123abcd") is None
+
+
+@pytest.mark.parametrize("missing", ["meta.json", "state_dict.pt", "train_logits.npy"])
+def test_an_incomplete_cache_entry_is_a_miss(tmp_path: Path, missing: str) -> None:
+    art = TeacherArtifacts({"model_type": "bert"}, {"w": torch.ones(2)}, np.zeros((1, 2)), {}, "k")
+    where = save_cache(art, root=tmp_path)
+    assert load_cache("k", root=tmp_path) is not None
+    (where / missing).unlink()
+    assert load_cache("k", root=tmp_path) is None
