@@ -50,7 +50,7 @@ from engine.compress.structure import (
 )
 from engine.config import PruneConfig
 from engine.models import layer_list
-from engine.train import BatchOrder, pending_resume, progress_hook, train_classifier
+from engine.train import BatchOrder, train_classifier
 
 __all__ = ["apply", "prune_structured_to", "stage_steps"]
 
@@ -94,13 +94,10 @@ def _train(
     previous one's moments belong to removed shapes), reporting on the stage-step axis."""
     if end <= start:
         return
-    hook = progress_hook(model, ctx.report) if ctx.report else None
 
-    def on_step(step: int, loss: float) -> None:
+    def on_step(_step: int, _loss: float) -> None:
         if after_step is not None:
             after_step()  # re-apply masks before the model is measured or checkpointed
-        if hook is not None:
-            hook(step, loss)
 
     use_teacher = cfg.kd and cfg.alpha_distill > 0
     train_classifier(
@@ -119,6 +116,8 @@ def _train(
         autocast_dtype=ctx.autocast_dtype,
         oom=ctx.oom,
         on_step=on_step,
+        report=ctx.report,
+        resume=ctx.resume,
         lr_schedule="constant",
         batches=order,
         step_offset=start,
@@ -319,7 +318,6 @@ def _recover(
     # the learning rate of each step, read from the optimizer (kept in checkpoints)
     used_lrs: list[float] = list(saved["used_lrs"]) if saved else []
     masks = ctx.extras.get("masks") if cfg.method != "structured" else None
-    hook = progress_hook(model, ctx.report) if ctx.report else None
 
     def on_opt(opt: torch.optim.Optimizer) -> None:
         opt_box.append(opt)
@@ -331,8 +329,6 @@ def _recover(
         if masks is not None:
             masked.apply_masks(model, masks)
         used_lrs.append(float(opt_box[0].param_groups[0]["lr"]))  # for the next step
-        if hook is not None:
-            hook(step, loss)
 
     use_teacher = cfg.kd and cfg.alpha_distill > 0
     stats = train_classifier(
@@ -352,6 +348,8 @@ def _recover(
         autocast_dtype=ctx.autocast_dtype,
         oom=ctx.oom,
         on_step=on_step,
+        report=ctx.report,
+        resume=ctx.resume,
         on_optimizer=on_opt,
         step_offset=cfg.steps,
         stage_state=lambda: {"phase": "recovery", "used_lrs": list(used_lrs)},
@@ -370,8 +368,8 @@ def _recover(
 @register_stage("prune")
 def apply(model: PreTrainedModel, cfg: PruneConfig, ctx: StageContext) -> PreTrainedModel:
     model.to(ctx.device).eval()
-    resume = pending_resume()  # a trial checkpoint taken inside this stage, if any
-    saved = None if resume is None else resume.get("stage")
+    resume = ctx.resume  # a trial checkpoint taken inside this stage, if any
+    saved = None if resume is None else resume.stage
     if resume is not None and saved is None:
         raise ValueError("the checkpoint holds no prune progress (taken in another stage?)")
     if saved is None or saved["phase"] == "schedule":
