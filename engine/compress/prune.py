@@ -52,7 +52,9 @@ from engine.config import PruneConfig
 from engine.models import layer_list
 from engine.train import BatchOrder, train_classifier
 
-__all__ = ["apply", "prune_structured_to", "stage_steps"]
+__all__ = ["FFN_WIDTHS", "apply", "prune_structured_to", "stage_steps"]
+
+FFN_WIDTHS = "ffn_widths_before_pruning"  # model config key: FFN width per layer before pruning
 
 
 def stage_steps(cfg: PruneConfig) -> int:
@@ -177,7 +179,8 @@ def prune_structured_to(
     """Prune until ``heads_removed`` heads in total (global ranking, ≥ 1 kept per layer) and
     ``neurons_removed[l]`` neurons of layer l are gone, counting units removed before.
 
-    Neuron counts are measured against the FFN widths at the first call (kept on the model).
+    Neuron counts are measured against the FFN widths before the first call (kept in
+    ``model.config.ffn_widths_before_pruning``, so they travel with copies and saves).
     Returns how many heads and neurons this call removed.
     """
     blocks = list(layer_list(model))
@@ -208,8 +211,8 @@ def prune_structured_to(
         for layer, pos in drop.items():
             remove_heads(blocks[layer], pos)
             removed_h += len(pos)
-    widths = getattr(model, "_engine_ffn_widths", None) or [ffn_width(b) for b in blocks]
-    model._engine_ffn_widths = widths  # type: ignore[attr-defined]
+    widths = getattr(model.config, FFN_WIDTHS, None) or [ffn_width(b) for b in blocks]
+    setattr(model.config, FFN_WIDTHS, list(widths))
     for layer, (b, sc) in enumerate(zip(blocks, n_scores, strict=True)):
         need = neurons_removed[layer] - (widths[layer] - ffn_width(b))
         if need > 0:
@@ -236,7 +239,7 @@ def _structured(
     total_heads = model.config.num_attention_heads * len(blocks) if cfg.head_sparsity else 0
     st = saved or _fresh(widths=[ffn_width(b) for b in blocks])
     widths = st["widths"]  # before the first event (a resumed model is pruned already)
-    model._engine_ffn_widths = widths  # type: ignore[attr-defined]
+    setattr(model.config, FFN_WIDTHS, list(widths))
     kw = {"steps": cfg.steps, "every": cfg.prune_every, "exponent": cfg.exponent}
     ev_h = pruning_events(initial=min(cfg.initial_sparsity, cfg.head_sparsity),
                           final=cfg.head_sparsity, **kw)  # fmt: skip
