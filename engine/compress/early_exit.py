@@ -146,9 +146,8 @@ def _train_heads(model: EarlyExitClassifier, cfg: EarlyExitConfig, ctx: StageCon
     The loop runs on a :class:`engine.train.TrainingState` (constant lr, batches drawn with
     replacement) handed to each report, so it reports every ``report.every`` steps through
     ``ctx.report`` and a trial checkpoint taken then lets a retry (``ctx.resume``) continue at
-    that step: the features are
-    recomputed (frozen backbone, eval mode), heads, AdamW moments and the sampler's state
-    come from the checkpoint.
+    that step: the features are recomputed (frozen backbone, eval mode), heads, AdamW moments
+    and the sampler's state come from the checkpoint.
     """
     train = ctx.train
     n = int(train["labels"].shape[0])
