@@ -2,8 +2,17 @@
 
 A checkpoint holds the model being trained, the pipeline position (stage index), what earlier
 stages recorded, and the training state (optimizer, LR schedule, example order, step, RNG).
-:class:`TrialCheckpointer` writes them (through :class:`engine.trial.TrialReporter`'s reports);
+:class:`TrialCheckpointer` writes them (through :class:`engine.trial.TrialReporter`'s reports,
+which hand it the live :class:`engine.train.TrainingState` they were called with);
 :func:`resume_from` reads the one Tune hands a retried trial.
+
+Resume is explicit state, not a context variable: the trial hands the stage in progress a
+:class:`StageResume` as ``ctx.resume`` (None for every other stage). The stage passes it to its
+training calls (``train_classifier(..., resume=ctx.resume)``, or :meth:`StageResume.restore`
+for a loop of its own); the first call that gets it continues from the snapshot, later calls
+start fresh. A multi-call stage (``prune``) reads its own progress (events done, masks, record
+so far) from :attr:`StageResume.stage` to skip what it had done. After the stage the trial
+calls :meth:`StageResume.check_taken`: a stage that did not resume its training raises.
 """
 
 from __future__ import annotations
@@ -14,16 +23,19 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from engine.compress import StageContext
+if TYPE_CHECKING:  # engine.compress imports this module (StageContext.resume)
+    from engine.compress import StageContext
+    from engine.train import TrainingState
 
 __all__ = [
     "CHECKPOINT_FILE",
     "FAULT_KEY",
     "RESUMABLE_STAGES",
+    "StageResume",
     "TrialCheckpointer",
     "TrialResume",
     "load_trial_state",
@@ -34,13 +46,49 @@ __all__ = [
 # Stages whose training state is what a TrainingState snapshots (plus deterministic set-up),
 # so they can continue mid-training from a checkpoint: distill (one train_classifier call),
 # prune (one call per stretch between pruning events and one for recovery, its own progress
-# in the snapshot's "stage" entry; see engine.train) and early_exit (its head-training loop,
-# run under engine.train.track). Reports from other stages carry none.
+# in the snapshot's "stage" entry; see StageResume) and early_exit (its head-training loop,
+# restored with StageResume.restore). Reports from other stages carry none.
 RESUMABLE_STAGES = frozenset({"distill", "prune", "early_exit"})
 CHECKPOINT_FILE = "trial_state.pt"
 # Test-only fault injection: a Tune config key {"step": k, "marker": path}. The first report at
 # a step >= k exits the worker process (before reporting), once: the marker file records it.
 FAULT_KEY = "__fault_exit__"
+
+
+@dataclass
+class StageResume:
+    """The checkpoint the stage in progress continues from (``ctx.resume``; module docstring).
+
+    ``training`` is a :meth:`engine.train.TrainingState.snapshot`: optimizer, LR schedule,
+    example order, step, RNG, and for a multi-call stage ``"stage_step"`` and ``"stage"``.
+    """
+
+    training: dict[str, Any]
+    taken: bool = False
+
+    @property
+    def stage(self) -> dict[str, Any] | None:
+        """The stage's own progress at the checkpoint (a multi-call stage's), if any."""
+        return self.training.get("stage")
+
+    @property
+    def step(self) -> int:
+        """The stage step the checkpoint was taken at (a multi-call stage's own axis)."""
+        return int(self.training.get("stage_step", self.training["step"]))
+
+    def restore(self, state: TrainingState) -> bool:
+        """Continue ``state`` from the snapshot if no training call has taken it yet (call it
+        after the model is on its device). Returns whether it did."""
+        if self.taken:
+            return False
+        self.taken = True
+        state.restore(self.training)
+        return True
+
+    def check_taken(self) -> None:
+        """Raises ``RuntimeError`` if no training call of the stage took the snapshot."""
+        if not self.taken:
+            raise RuntimeError("the stage did not resume its training from the checkpoint")
 
 
 @dataclass
@@ -58,7 +106,11 @@ class TrialResume:
     @property
     def step(self) -> int:
         """The stage step the checkpoint was taken at (a multi-call stage's own axis)."""
-        return int(self.training.get("stage_step", self.training["step"]))
+        return StageResume(self.training).step
+
+    def stage_resume(self) -> StageResume:
+        """What the stage in progress (``stage_index``) gets as ``ctx.resume``."""
+        return StageResume(self.training)
 
 
 @dataclass
@@ -96,13 +148,12 @@ class TrialCheckpointer:
         os._exit(1)  # a worker death, as when a node is lost
 
     @contextlib.contextmanager
-    def checkpoint(self, step: int | None) -> Iterator[Any]:
-        """A ``ray.tune.Checkpoint`` for a report at ``step``, or None when none is due."""
+    def checkpoint(self, step: int | None, training: TrainingState | None) -> Iterator[Any]:
+        """A ``ray.tune.Checkpoint`` for a report at ``step`` of the live ``training`` (None
+        outside a training loop), or None when none is due."""
         from ray.tune import Checkpoint
 
-        from engine.train import active_training
-
-        active = active_training()
+        active = training
         due = step is not None and step - self.last_step >= self.every and self.ctx is not None
         if not due or active is None or self.stage_name not in RESUMABLE_STAGES:
             yield None

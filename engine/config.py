@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import copy
 import difflib
+import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import Discriminator, Field, Tag, ValidationError, model_validator
+from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, model_validator
 
 from engine.configbase import Section
 from engine.data.config import DataConfig
@@ -40,6 +41,7 @@ __all__ = [
     "SearchConfig",
     "StudyConfig",
     "apply_overrides",
+    "either_or_partners",
     "flatten",
     "list_studies",
     "load_study",
@@ -81,6 +83,10 @@ class TruncateConfig(Section):
     one of ``uniform`` (evenly spaced, last layer kept), ``first_last`` (first k−1 and the
     last), ``random`` (k layers drawn under the trial seed).
     """
+
+    # an override of one member (CLI, search.space, search.extra, a trial's values) replaces
+    # the other: engine.config.apply_overrides clears it
+    either_or: ClassVar[tuple[tuple[str, ...], ...]] = (("keep_layers", "keep_ratio"),)
 
     keep_layers: int | None = Field(None, ge=1)
     keep_ratio: float | None = Field(None, gt=0, le=1)
@@ -513,19 +519,64 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, parsed
 
 
-def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Set dotted paths in a nested dict (a copy); intermediate dicts are created."""
+def _section_at(path: list[str], schema: type[BaseModel]) -> type[BaseModel] | None:
+    """The config class at dotted ``path`` below ``schema`` (walking the pydantic fields), or
+    None where the path leaves the typed sections."""
+    cls: type[BaseModel] | None = schema
+    for part in path:
+        field = cls.model_fields.get(part) if cls is not None else None
+        if field is None:
+            return None
+        todo, found = [field.annotation], []
+        while todo:  # X, X | None, Annotated[X, ...]: the one config class among them
+            t = todo.pop()
+            if isinstance(t, type) and issubclass(t, BaseModel):
+                found.append(t)
+            else:
+                todo.extend(typing.get_args(t))
+        cls = found[0] if len(found) == 1 else None
+    return cls
+
+
+def either_or_partners(key: str, schema: type[BaseModel] | None = None) -> list[str]:
+    """The dotted paths an override of ``key`` replaces: the other members of its either/or
+    pair, as the config class at that path declares them (``either_or``)."""
+    parent, _, leaf = key.rpartition(".")
+    cls = _section_at(parent.split(".") if parent else [], schema or StudyConfig)
+    groups = getattr(cls, "either_or", ()) if cls is not None else ()
+    prefix = f"{parent}." if parent else ""
+    return [f"{prefix}{o}" for g in groups if leaf in g for o in g if o != leaf]
+
+
+def apply_overrides(
+    raw: dict[str, Any], overrides: dict[str, Any], schema: type[BaseModel] | None = None
+) -> dict[str, Any]:
+    """Set dotted paths in a nested dict (a copy); intermediate dicts are created.
+
+    Setting one member of an either/or pair (``pipeline.truncate.keep_layers`` /
+    ``keep_ratio``, declared by the config class at that path in ``schema``, default
+    :class:`StudyConfig`) clears the others, unless ``overrides`` sets them too (then the
+    validation reports both set).
+    """
     out = copy.deepcopy(raw)
-    for key, value in overrides.items():
+
+    def node_of(parts: list[str]) -> dict[str, Any]:
         node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
+        for part in parts:
             nxt = node.get(part)
             if not isinstance(nxt, dict):
                 nxt = {}
                 node[part] = nxt
             node = nxt
-        node[parts[-1]] = value
+        return node
+
+    for key, value in overrides.items():
+        parts = key.split(".")
+        node_of(parts[:-1])[parts[-1]] = value
+        for other in either_or_partners(key, schema):
+            if other not in overrides:
+                o_parts = other.split(".")
+                node_of(o_parts[:-1])[o_parts[-1]] = None
     return out
 
 
@@ -634,6 +685,13 @@ def load_study(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -
     # Each search value must itself make a valid study: catch a bad grid before Ray starts.
     problems: list[str] = []
     base = cfg.model_dump(mode="python")
+    for key in cfg.search.space:
+        both = [o for o in either_or_partners(key) if o in cfg.search.space and key < o]
+        problems += [
+            f"{source}: search.space.{key}: searched together with search.space.{o}, but only "
+            "one of the two may be set (either/or)"
+            for o in both
+        ]
     for key, values in cfg.search.space.items():
         if not _has_path(base, key):
             problems.append(f"{source}: search.space.{key}: not a config path")

@@ -139,6 +139,13 @@ def keep_layers(model: PreTrainedModel, keep: list[int] | tuple[int, ...]) -> Pr
             setattr(cfg, key, len(idx))
     if getattr(cfg, "layer_types", None) is not None and len(cfg.layer_types) == total:
         cfg.layer_types = [cfg.layer_types[i] for i in idx]
+    # per-layer facts of a pruned model (engine.compress.structure / prune) follow their layers
+    if heads := getattr(cfg, "pruned_heads", None):
+        cfg.pruned_heads = {str(n): list(heads[str(o)]) for n, o in enumerate(idx)
+                            if str(o) in heads}  # fmt: skip
+    widths = getattr(cfg, "ffn_widths_before_pruning", None)
+    if widths is not None and len(widths) == total:
+        cfg.ffn_widths_before_pruning = [widths[i] for i in idx]
     return student
 
 

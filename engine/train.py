@@ -3,23 +3,26 @@
 Teacher fine-tuning (labels only) and student distillation (teacher logits + labels) differ
 only in the loss, so both call :func:`train_classifier` with a ``loss_fn``.
 
-:func:`progress_hook` turns a stage context's ``report`` callable into an ``on_step`` hook, so
-a training stage reports intermediate results (for early-stopping schedulers) in one line.
+:func:`progress_hook` turns a stage context's ``report`` callable into a hook that
+:func:`train_classifier` runs after each step (``report=ctx.report``), so a training stage
+reports intermediate results (for early-stopping schedulers) in one argument. A
+:class:`ProgressReport` is called with the live :class:`TrainingState` (model, optimizer, LR
+schedule, example order, step, RNG) as ``training``: a trial's reporter saves its
+:meth:`~TrainingState.snapshot` with the report (:mod:`engine.checkpoint`).
 
-Checkpoints: while :func:`train_classifier` runs, :func:`active_training` gives its live
-:class:`TrainingState` (model, optimizer, LR schedule, example order, step, RNG), whose
-:meth:`~TrainingState.snapshot` a trial saves with a report. Inside :func:`resuming`, the next
-``train_classifier`` call continues from such a snapshot instead of step 0 — bit for bit, as
-the example order, optimizer moments and the torch RNG (dropout) are restored.
+Resume is an argument: ``train_classifier(..., resume=ctx.resume)`` continues from the
+checkpoint's snapshot instead of step 0 — bit for bit, as the example order, optimizer moments
+and the torch RNG (dropout) are restored — when it is the first training call of the stage to
+get it (:class:`engine.checkpoint.StageResume`: the snapshot is taken once).
 
 A stage that trains in several calls (``prune``: one call per stretch between pruning events,
 then one for recovery) counts its steps on one stage-step axis: each call gets ``step_offset``
-(the stage's steps before it; ``on_step`` sees stage steps) and ``stage_state``, a callable
-whose dict (the stage's own progress: events done, masks, record so far) the snapshot carries
-as ``"stage"`` beside ``"stage_step"``. On resume the stage reads that with
-:func:`pending_resume`, skips what it had done, and its next ``train_classifier`` call takes
-the snapshot. A :class:`BatchOrder` passed as ``batches`` carries the example order (seeded
-permutation and position in it) from one call to the next.
+(the stage's steps before it; hooks see stage steps) and ``stage_state``, a callable whose
+dict (the stage's own progress: events done, masks, record so far) the snapshot carries as
+``"stage"`` beside ``"stage_step"``. On resume the stage reads that from
+``ctx.resume.stage``, skips what it had done, and passes ``ctx.resume`` to its training calls
+(the first one continues). A :class:`BatchOrder` passed as ``batches`` carries the example
+order (seeded permutation and position in it) from one call to the next.
 
 Out of memory: when a step's forward or backward raises a device out-of-memory error
 (:func:`engine.device.is_out_of_memory`), the step is redone with the batch cut into
@@ -41,11 +44,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -53,17 +54,16 @@ from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
 from engine.device import autocast, is_out_of_memory
 
+if TYPE_CHECKING:
+    from engine.checkpoint import StageResume
+
 __all__ = [
     "BatchOrder",
     "OomLog",
     "ProgressReport",
     "TrainStats",
     "TrainingState",
-    "active_training",
-    "pending_resume",
     "progress_hook",
-    "resuming",
-    "track",
     "train_classifier",
 ]
 
@@ -211,88 +211,46 @@ class TrainingState:
             torch.cuda.set_rng_state_all(snap["cuda_rng"])
 
 
-_ACTIVE: ContextVar[TrainingState | None] = ContextVar("active_training", default=None)
-_RESUME: ContextVar[dict[str, Any] | None] = ContextVar("resume_training", default=None)
-
-
-def active_training() -> TrainingState | None:
-    """The state of the :func:`train_classifier` call running in this thread, if any."""
-    return _ACTIVE.get()
-
-
-@contextmanager
-def track(st: TrainingState) -> Iterator[TrainingState]:
-    """Make ``st`` the :func:`active_training` (what a trial checkpoints) for the block, first
-    restoring it from the pending :func:`resuming` snapshot if there is one. For training
-    loops of their own (e.g. early exit's heads); :func:`train_classifier` uses it too."""
-    snap = _RESUME.get()
-    if snap is not None:  # continue a checkpointed run (after the model is on its device)
-        _RESUME.set(None)
-        st.restore(snap)
-    token = _ACTIVE.set(st)
-    try:
-        yield st
-    finally:
-        _ACTIVE.reset(token)
-
-
-def pending_resume() -> dict[str, Any] | None:
-    """The snapshot the next :func:`train_classifier` call will continue from, if any (a
-    multi-call stage reads its ``"stage"`` entry to skip what it had done)."""
-    return _RESUME.get()
-
-
-@contextmanager
-def resuming(snapshot: dict[str, Any] | None) -> Iterator[None]:
-    """The first :func:`train_classifier` call inside continues from ``snapshot``.
-
-    Raises ``RuntimeError`` on exit if no call took it (the stage did not train as expected).
-    """
-    token = _RESUME.set(snapshot)
-    try:
-        yield
-        if snapshot is not None and _RESUME.get() is not None:
-            raise RuntimeError("the stage did not resume its training from the checkpoint")
-    finally:
-        _RESUME.reset(token)
-
-
 @runtime_checkable
 class ProgressReport(Protocol):
     """A ``report`` callable that also says how often to report and what to measure.
 
     ``every``: report every N optimizer steps; ``measure(model)``: metrics of the model being
-    trained (e.g. validation accuracy, GFLOPs), merged into the report.
+    trained (e.g. validation accuracy, GFLOPs), merged into the report; ``training``: the live
+    state of the training loop reporting (what a trial checkpoints), None outside one.
     """
 
     every: int
 
     def measure(self, model: nn.Module) -> dict[str, float]: ...
 
-    def __call__(self, metrics: dict[str, Any]) -> None: ...
+    def __call__(self, metrics: dict[str, Any], training: TrainingState | None = None) -> None: ...
 
 
-def progress_hook(
-    model: nn.Module, report: Callable[[dict[str, Any]], None]
-) -> Callable[[int, float], None]:
-    """An ``on_step`` hook that reports ``{"step", "train_loss", **measure(model)}``.
+ProgressFn = Callable[[int, float, "TrainingState | None"], None]
+
+
+def progress_hook(model: nn.Module, report: Callable[..., None]) -> ProgressFn:
+    """A hook ``(step, loss, training)`` that reports ``{"step", "train_loss", **measure(model)}``.
 
     A plain callable is called on every step with step and loss only; a
-    :class:`ProgressReport` every ``report.every`` steps, with its measurements. The model is
-    put back in training mode after measuring.
+    :class:`ProgressReport` every ``report.every`` steps, with its measurements and the live
+    ``training`` state. The model is put back in training mode after measuring.
     """
     every = report.every if isinstance(report, ProgressReport) else 1
 
-    def on_step(step: int, loss: float) -> None:
+    def hook(step: int, loss: float, training: TrainingState | None = None) -> None:
         if step % every:
             return
         metrics: dict[str, Any] = {"step": step, "train_loss": loss}
         if isinstance(report, ProgressReport):
             metrics.update(report.measure(model))
             model.train()
-        report(metrics)
+            report(metrics, training=training)
+        else:
+            report(metrics)
 
-    return on_step
+    return hook
 
 
 def _freeze_embeddings(model: nn.Module) -> None:
@@ -317,6 +275,8 @@ def train_classifier(
     teacher_logits: torch.Tensor | None = None,
     device: torch.device | str = "cpu",
     on_step: Callable[[int, float], None] | None = None,
+    report: Callable[..., None] | None = None,
+    resume: StageResume | None = None,
     on_optimizer: Callable[[torch.optim.Optimizer], None] | None = None,
     aux_loss: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
     forward_kwargs: dict[str, Any] | None = None,
@@ -332,7 +292,10 @@ def train_classifier(
     The example order is a permutation drawn from ``seed`` each epoch, so a run is
     reproducible. ``epochs`` may be fractional; ``max_steps`` caps the step count.
     ``on_optimizer`` sees the optimizer once it is built; ``on_step(step, loss)`` runs after
-    every optimizer step (e.g. to re-apply pruning masks). ``aux_loss(outputs, idx)`` adds a
+    every optimizer step (e.g. to re-apply pruning masks); then ``report`` (a stage context's
+    ``report``) gets the step's progress through :func:`progress_hook`. ``resume`` (a stage
+    context's ``resume``) continues from a trial checkpoint if no earlier call of the stage
+    took it (module docstring). ``aux_loss(outputs, idx)`` adds a
     term computed from the model's full outputs (run with ``forward_kwargs``, e.g.
     ``output_hidden_states=True``) and the batch's row indices into ``train``.
     ``lr_schedule: constant`` keeps ``lr`` throughout (no warm-up/decay). ``batches`` continues
@@ -369,6 +332,9 @@ def train_classifier(
     model.to(device).train()
     st = TrainingState(model, opt, sched, batches, total, step_offset=step_offset,
                        stage_state=stage_state)  # fmt: skip
+    if resume is not None:  # continue a checkpointed run (after the model is on its device)
+        resume.restore(st)
+    progress = progress_hook(model, report) if report is not None else None
 
     def forward_backward(idx: torch.Tensor) -> float:
         """Loss of the batch ``idx`` with its gradients accumulated, in micro-batches of
@@ -394,35 +360,36 @@ def train_classifier(
             total_loss += float(loss.detach())
         return total_loss
 
-    with track(st):
-        while st.step < total:
-            idx = batches.next()
-            while True:
-                st.optimizer.zero_grad(set_to_none=True)
-                size = min(st.micro_batch or len(idx), len(idx))
-                try:
-                    loss_value = forward_backward(idx)
-                    break
-                except RuntimeError as err:  # torch.OutOfMemoryError is a RuntimeError
-                    if not is_out_of_memory(err) or size <= 1:
-                        raise
-                    why = str(err).splitlines()[0] if str(err) else type(err).__name__
-                # outside the handler: the failed pass's tensors are free now
-                st.optimizer.zero_grad(set_to_none=True)
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                st.micro_batch = (size + 1) // 2
-                st.oom_retries += 1
-                if oom is not None:
-                    oom.note(st.micro_batch)
-                log.warning(
-                    "out of memory at step %d with %d examples per forward; retrying the "
-                    "batch of %d in micro-batches of %d: %s",
-                    st.step + 1, size, len(idx), st.micro_batch, why,
-                )  # fmt: skip
-            st.apply(loss_value, len(idx))
-            if on_step is not None:
-                on_step(step_offset + st.step, st.losses[-1])
+    while st.step < total:
+        idx = batches.next()
+        while True:
+            st.optimizer.zero_grad(set_to_none=True)
+            size = min(st.micro_batch or len(idx), len(idx))
+            try:
+                loss_value = forward_backward(idx)
+                break
+            except RuntimeError as err:  # torch.OutOfMemoryError is a RuntimeError
+                if not is_out_of_memory(err) or size <= 1:
+                    raise
+                why = str(err).splitlines()[0] if str(err) else type(err).__name__
+            # outside the handler: the failed pass's tensors are free now
+            st.optimizer.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            st.micro_batch = (size + 1) // 2
+            st.oom_retries += 1
+            if oom is not None:
+                oom.note(st.micro_batch)
+            log.warning(
+                "out of memory at step %d with %d examples per forward; retrying the "
+                "batch of %d in micro-batches of %d: %s",
+                st.step + 1, size, len(idx), st.micro_batch, why,
+            )  # fmt: skip
+        st.apply(loss_value, len(idx))
+        if on_step is not None:
+            on_step(step_offset + st.step, st.losses[-1])
+        if progress is not None:
+            progress(step_offset + st.step, st.losses[-1], st)
     model.eval()
     last = st.losses[-10:]
     return TrainStats(

@@ -34,6 +34,7 @@ from engine.compress import STAGES, StageContext
 from engine.config import StudyConfig, with_values
 from engine.device import autocast, autocast_dtype, ray_gpu_ids, worker_device
 from engine.importance import LayerScores
+from engine.train import TrainingState
 
 __all__ = [
     "SharedInputs",
@@ -133,13 +134,15 @@ class TrialReporter:
             lat = measure_latency(model, batch, repeats=m.latency_repeats, warmup=m.warmup)
         return float(lat["latency_ms_p50"])
 
-    def __call__(self, metrics: dict[str, Any]) -> None:
+    def __call__(self, metrics: dict[str, Any], training: TrainingState | None = None) -> None:
+        """Report ``metrics``; with a checkpointer, the live ``training`` state rides along
+        when a checkpoint is due."""
         payload = {**self.base, **metrics, "wall_s": time.perf_counter() - self.start}
         if self.checkpointer is None:
             self.sink(payload)
             return
         self.checkpointer.maybe_fail(payload.get("step"))
-        with self.checkpointer.checkpoint(payload.get("step")) as ckpt:
+        with self.checkpointer.checkpoint(payload.get("step"), training) as ckpt:
             if ckpt is None:
                 self.sink(payload)
             else:
@@ -166,7 +169,6 @@ def build_student(
     training's out-of-memory retries (:class:`engine.train.OomLog`).
     """
     from engine.teacher import load_model
-    from engine.train import resuming
 
     torch.manual_seed(seed)
     teacher = load_model(shared.teacher_config, shared.teacher_state).to(device)
@@ -195,12 +197,14 @@ def build_student(
     for i, name in enumerate(study.pipeline.order):
         if i < first:
             continue  # finished before the checkpoint
-        snap = resume.training if resume is not None and i == first else None
+        ctx.resume = resume.stage_resume() if resume is not None and i == first else None
         if checkpointer is not None:
-            checkpointer.enter(i, name, model, ctx, step=resume.step if resume and snap else 0)
+            checkpointer.enter(i, name, model, ctx, step=ctx.resume.step if ctx.resume else 0)
         stage_cfg = getattr(study.pipeline, name, None)
-        with resuming(snap):
-            model = STAGES.get(name)(model, stage_cfg, ctx)
+        model = STAGES.get(name)(model, stage_cfg, ctx)
+        if ctx.resume is not None:
+            ctx.resume.check_taken()  # a resumed stage must continue its training
+    ctx.resume = None
     ctx.record["oom"] = {"retries": ctx.oom.retries, "micro_batch_size": ctx.oom.micro_batch_size}
     if save_dir is not None:
         from engine.compress.save import save_compressed

@@ -211,3 +211,19 @@ def kendall_tau_b_by_definition(x: list[float], y: list[float]) -> float:
     sy = [sign(y[i] - y[j]) for i, j in pairs]
     denom = (sum(a * a for a in sx) * sum(b * b for b in sy)) ** 0.5
     return sum(a * b for a, b in zip(sx, sy, strict=True)) / denom if denom else float("nan")
+
+
+class Live:
+    """A report (engine.train.ProgressReport) on every step that hands ``fn(step, training)``
+    the live training state it is called with, as a trial's reporter gets it."""
+
+    every = 1
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+
+    def measure(self, _model: torch.nn.Module) -> dict[str, float]:
+        return {}
+
+    def __call__(self, metrics: dict, training=None) -> None:
+        self.fn(int(metrics["step"]), training)

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
+from engine.checkpoint import StageResume
 from engine.importance.base import LayerScores
 from engine.train import OomLog
 from sweepcore.registry import Registry
@@ -34,6 +35,8 @@ class StageContext:
         record: what the stages did (written to results and the model's JSON).
         extras: objects stages hand to later ones (e.g. pruning masks, the float model
             before quantization); not written anywhere.
+        resume: the trial checkpoint this stage continues from (set by the trial for the
+            stage in progress only; :class:`engine.checkpoint.StageResume`), else None.
     """
 
     teacher: PreTrainedModel
@@ -47,6 +50,7 @@ class StageContext:
     record: dict[str, Any] = field(default_factory=dict)
     report: Callable[[dict[str, float]], None] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    resume: StageResume | None = None
 
 
 StageFn = Callable[[PreTrainedModel, Any, StageContext], PreTrainedModel]

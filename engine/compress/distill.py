@@ -28,7 +28,7 @@ from transformers import PreTrainedModel
 
 from engine.compress.base import StageContext, register_stage
 from engine.config import DistillConfig
-from engine.train import progress_hook, train_classifier
+from engine.train import train_classifier
 
 __all__ = [
     "apply",
@@ -242,7 +242,8 @@ def apply(model: PreTrainedModel, cfg: DistillConfig, ctx: StageContext) -> PreT
             oom=ctx.oom,
             aux_loss=aux,
             forward_kwargs=fwd,
-            on_step=progress_hook(model, ctx.report) if ctx.report else None,
+            report=ctx.report,
+            resume=ctx.resume,
         )
     finally:
         for m, impl in zip((model, ctx.teacher), attn_impls, strict=False):

@@ -28,7 +28,7 @@ from engine.compress.distill import kd_loss
 from engine.config import EarlyExitConfig
 from engine.measure.quality import classification_metrics
 from engine.models import layer_list
-from engine.train import BatchOrder, TrainingState, pending_resume, progress_hook, track
+from engine.train import BatchOrder, TrainingState, progress_hook
 
 __all__ = ["EarlyExitClassifier", "apply"]
 
@@ -143,11 +143,11 @@ class EarlyExitClassifier(nn.Module):
 def _train_heads(model: EarlyExitClassifier, cfg: EarlyExitConfig, ctx: StageContext) -> float:
     """Train the exit heads on cached [CLS] states of the frozen backbone.
 
-    The loop runs as a tracked :class:`engine.train.TrainingState` (constant lr, batches drawn
-    with replacement), so it reports every ``report.every`` steps through ``ctx.report`` and
-    a trial checkpoint taken then lets a retry continue at that step: the features are
-    recomputed (frozen backbone, eval mode), heads, AdamW moments and the sampler's state
-    come from the checkpoint.
+    The loop runs on a :class:`engine.train.TrainingState` (constant lr, batches drawn with
+    replacement) handed to each report, so it reports every ``report.every`` steps through
+    ``ctx.report`` and a trial checkpoint taken then lets a retry (``ctx.resume``) continue at
+    that step: the features are recomputed (frozen backbone, eval mode), heads, AdamW moments
+    and the sampler's state come from the checkpoint.
     """
     train = ctx.train
     n = int(train["labels"].shape[0])
@@ -166,19 +166,21 @@ def _train_heads(model: EarlyExitClassifier, cfg: EarlyExitConfig, ctx: StageCon
     use_teacher = cfg.kd and cfg.alpha_distill > 0
     a_d, a_t = (cfg.alpha_distill, cfg.alpha_task) if cfg.kd else (0.0, 1.0)
     hook = progress_hook(model, ctx.report) if ctx.report else None
-    with track(TrainingState(model, opt, sched, batches, cfg.steps)) as st:
-        while st.step < cfg.steps:
-            idx = batches.next()
-            y = train["labels"][idx].to(ctx.device)
-            t = ctx.teacher_logits[idx].to(ctx.device) if use_teacher else None
-            loss = sum(
-                kd_loss(h(c[idx.to(c.device)]), y, t, temperature=cfg.temperature,
-                        alpha_distill=a_d, alpha_task=a_t)
-                for h, c in zip(heads, cls, strict=True)
-            )  # fmt: skip
-            st.optimize(loss, len(idx))
-            if hook is not None:
-                hook(st.step, st.losses[-1])
+    st = TrainingState(model, opt, sched, batches, cfg.steps)
+    if ctx.resume is not None:
+        ctx.resume.restore(st)
+    while st.step < cfg.steps:
+        idx = batches.next()
+        y = train["labels"][idx].to(ctx.device)
+        t = ctx.teacher_logits[idx].to(ctx.device) if use_teacher else None
+        loss = sum(
+            kd_loss(h(c[idx.to(c.device)]), y, t, temperature=cfg.temperature,
+                    alpha_distill=a_d, alpha_task=a_t)
+            for h, c in zip(heads, cls, strict=True)
+        )  # fmt: skip
+        st.optimize(loss, len(idx))
+        if hook is not None:
+            hook(st.step, st.losses[-1], st)
     model.eval()  # a report's measurement leaves the model in training mode
     return st.losses[-1] if st.losses else 0.0
 
@@ -191,7 +193,7 @@ def apply(model: PreTrainedModel, cfg: EarlyExitConfig, ctx: StageContext) -> nn
     if min(exits) < 0 or max(exits) >= total - 1:
         raise ValueError(f"exit_layers {exits} must lie in [0, {total - 2}] (the last is final)")
     if isinstance(model, EarlyExitClassifier):  # resumed from a checkpoint of this stage
-        if pending_resume() is None or model.exit_layers != sorted(exits):
+        if ctx.resume is None or model.exit_layers != sorted(exits):
             raise ValueError("early_exit got a model that has exit heads already")
         wrapped, model = model.to(ctx.device), model.backbone
     else:

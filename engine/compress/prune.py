@@ -50,9 +50,11 @@ from engine.compress.structure import (
 )
 from engine.config import PruneConfig
 from engine.models import layer_list
-from engine.train import BatchOrder, pending_resume, progress_hook, train_classifier
+from engine.train import BatchOrder, train_classifier
 
-__all__ = ["apply", "prune_structured_to", "stage_steps"]
+__all__ = ["FFN_WIDTHS", "apply", "prune_structured_to", "stage_steps"]
+
+FFN_WIDTHS = "ffn_widths_before_pruning"  # model config key: FFN width per layer before pruning
 
 
 def stage_steps(cfg: PruneConfig) -> int:
@@ -94,13 +96,10 @@ def _train(
     previous one's moments belong to removed shapes), reporting on the stage-step axis."""
     if end <= start:
         return
-    hook = progress_hook(model, ctx.report) if ctx.report else None
 
-    def on_step(step: int, loss: float) -> None:
+    def on_step(_step: int, _loss: float) -> None:
         if after_step is not None:
             after_step()  # re-apply masks before the model is measured or checkpointed
-        if hook is not None:
-            hook(step, loss)
 
     use_teacher = cfg.kd and cfg.alpha_distill > 0
     train_classifier(
@@ -119,6 +118,8 @@ def _train(
         autocast_dtype=ctx.autocast_dtype,
         oom=ctx.oom,
         on_step=on_step,
+        report=ctx.report,
+        resume=ctx.resume,
         lr_schedule="constant",
         batches=order,
         step_offset=start,
@@ -178,7 +179,8 @@ def prune_structured_to(
     """Prune until ``heads_removed`` heads in total (global ranking, ≥ 1 kept per layer) and
     ``neurons_removed[l]`` neurons of layer l are gone, counting units removed before.
 
-    Neuron counts are measured against the FFN widths at the first call (kept on the model).
+    Neuron counts are measured against the FFN widths before the first call (kept in
+    ``model.config.ffn_widths_before_pruning``, so they travel with copies and saves).
     Returns how many heads and neurons this call removed.
     """
     blocks = list(layer_list(model))
@@ -209,8 +211,8 @@ def prune_structured_to(
         for layer, pos in drop.items():
             remove_heads(blocks[layer], pos)
             removed_h += len(pos)
-    widths = getattr(model, "_engine_ffn_widths", None) or [ffn_width(b) for b in blocks]
-    model._engine_ffn_widths = widths  # type: ignore[attr-defined]
+    widths = getattr(model.config, FFN_WIDTHS, None) or [ffn_width(b) for b in blocks]
+    setattr(model.config, FFN_WIDTHS, list(widths))
     for layer, (b, sc) in enumerate(zip(blocks, n_scores, strict=True)):
         need = neurons_removed[layer] - (widths[layer] - ffn_width(b))
         if need > 0:
@@ -237,7 +239,7 @@ def _structured(
     total_heads = model.config.num_attention_heads * len(blocks) if cfg.head_sparsity else 0
     st = saved or _fresh(widths=[ffn_width(b) for b in blocks])
     widths = st["widths"]  # before the first event (a resumed model is pruned already)
-    model._engine_ffn_widths = widths  # type: ignore[attr-defined]
+    setattr(model.config, FFN_WIDTHS, list(widths))
     kw = {"steps": cfg.steps, "every": cfg.prune_every, "exponent": cfg.exponent}
     ev_h = pruning_events(initial=min(cfg.initial_sparsity, cfg.head_sparsity),
                           final=cfg.head_sparsity, **kw)  # fmt: skip
@@ -319,7 +321,6 @@ def _recover(
     # the learning rate of each step, read from the optimizer (kept in checkpoints)
     used_lrs: list[float] = list(saved["used_lrs"]) if saved else []
     masks = ctx.extras.get("masks") if cfg.method != "structured" else None
-    hook = progress_hook(model, ctx.report) if ctx.report else None
 
     def on_opt(opt: torch.optim.Optimizer) -> None:
         opt_box.append(opt)
@@ -331,8 +332,6 @@ def _recover(
         if masks is not None:
             masked.apply_masks(model, masks)
         used_lrs.append(float(opt_box[0].param_groups[0]["lr"]))  # for the next step
-        if hook is not None:
-            hook(step, loss)
 
     use_teacher = cfg.kd and cfg.alpha_distill > 0
     stats = train_classifier(
@@ -352,6 +351,8 @@ def _recover(
         autocast_dtype=ctx.autocast_dtype,
         oom=ctx.oom,
         on_step=on_step,
+        report=ctx.report,
+        resume=ctx.resume,
         on_optimizer=on_opt,
         step_offset=cfg.steps,
         stage_state=lambda: {"phase": "recovery", "used_lrs": list(used_lrs)},
@@ -370,8 +371,8 @@ def _recover(
 @register_stage("prune")
 def apply(model: PreTrainedModel, cfg: PruneConfig, ctx: StageContext) -> PreTrainedModel:
     model.to(ctx.device).eval()
-    resume = pending_resume()  # a trial checkpoint taken inside this stage, if any
-    saved = None if resume is None else resume.get("stage")
+    resume = ctx.resume  # a trial checkpoint taken inside this stage, if any
+    saved = None if resume is None else resume.stage
     if resume is not None and saved is None:
         raise ValueError("the checkpoint holds no prune progress (taken in another stage?)")
     if saved is None or saved["phase"] == "schedule":

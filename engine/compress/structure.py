@@ -14,14 +14,21 @@ layer, so the width stays uniform and ``config.intermediate_size`` (``n_inner`` 
 simply updated — a model pruned only in its FFNs reloads with plain
 ``AutoModelForSequenceClassification.from_pretrained``. Head counts may differ per layer
 (heads are ranked globally), which no HF config field can express any more; the original head
-ids removed per layer are written to ``config.pruned_heads`` (the key transformers 4 used) and
+ids removed per layer are kept in ``config.pruned_heads`` (the key transformers 4 used) and
 :func:`load_pruned` rebuilds the full model, removes the same heads, then loads the weights.
+
+Facts about a pruned model live in its config, not in attributes bolted onto its modules, so
+they travel with every copy, checkpoint and ``save_pretrained``: ``config.pruned_heads``
+(``{"<layer>": [original ids removed]}``) is updated by :func:`remove_heads` as it cuts and
+read by :func:`head_ids` (a block's layer is its attention module's ``layer_idx``, which
+:func:`engine.models.keep_layers` renumbers together with the config's per-layer keys).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,16 +37,18 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrai
 from engine.models import layer_list
 
 __all__ = [
+    "PRUNED_HEADS",
     "BlockParts",
     "block_parts",
     "head_ids",
     "load_pruned",
     "remove_heads",
     "remove_neurons",
+    "removed_heads",
     "sync_config",
 ]
 
-_HEADS_ATTR = "_engine_head_ids"  # original head ids still present, kept on the attention module
+PRUNED_HEADS = "pruned_heads"  # config key: {"<layer>": [original head ids removed]}
 
 
 @dataclass
@@ -70,14 +79,33 @@ def block_parts(block: nn.Module) -> BlockParts:
     raise ValueError(f"cannot prune blocks of type {type(block).__name__}")
 
 
-def head_ids(block: nn.Module) -> list[int]:
-    """Original ids of the heads still present in ``block``."""
+def _head_place(block: nn.Module) -> tuple[nn.Module, Any, str]:
+    """The attention module of ``block``, the model config it shares, and its layer key."""
     attn = block_parts(block).attn
     if attn is None:
         raise ValueError(f"head pruning is not supported for {type(block).__name__}")
-    if not hasattr(attn, _HEADS_ATTR):
-        setattr(attn, _HEADS_ATTR, list(range(attn.num_attention_heads)))
-    return list(getattr(attn, _HEADS_ATTR))
+    cfg, layer = getattr(attn, "config", None), getattr(attn, "layer_idx", None)
+    if cfg is None or layer is None:
+        raise ValueError(f"{type(attn).__name__} does not say its config and layer_idx")
+    return attn, cfg, str(layer)
+
+
+def removed_heads(config: Any) -> dict[str, list[int]]:
+    """``config.pruned_heads`` with string layer keys ({} when nothing was removed)."""
+    return {str(k): list(v) for k, v in (getattr(config, PRUNED_HEADS, None) or {}).items()}
+
+
+def head_ids(block: nn.Module) -> list[int]:
+    """Original ids of the heads still present in ``block`` (from ``config.pruned_heads``)."""
+    attn, cfg, layer = _head_place(block)
+    gone = set(removed_heads(cfg).get(layer, ()))
+    ids = [h for h in range(cfg.num_attention_heads) if h not in gone]
+    if len(ids) != attn.num_attention_heads:
+        raise ValueError(
+            f"config.pruned_heads says layer {layer} keeps {len(ids)} heads, "
+            f"its attention has {attn.num_attention_heads}"
+        )
+    return ids
 
 
 def _slice(layer: nn.Module, keep: torch.Tensor, dim: int) -> None:
@@ -115,7 +143,10 @@ def remove_heads(block: nn.Module, heads: list[int]) -> None:
     _slice(parts.attn_out, index, 1)
     attn.num_attention_heads = len(kept_pos)
     attn.all_head_size = len(kept_pos) * d
-    setattr(attn, _HEADS_ATTR, [ids[h] for h in kept_pos])
+    _, cfg, layer = _head_place(block)
+    pruned = removed_heads(cfg)
+    pruned[layer] = sorted({*pruned.get(layer, ()), *(ids[h] for h in drop)})
+    setattr(cfg, PRUNED_HEADS, pruned)
 
 
 def ffn_width(block: nn.Module) -> int:
@@ -157,11 +188,10 @@ def sync_config(model: PreTrainedModel) -> None:
     setattr(cfg, key, width)
     pruned: dict[str, list[int]] = {}
     for i, b in enumerate(blocks):
-        attn = block_parts(b).attn
-        if attn is None or not hasattr(attn, _HEADS_ATTR):
+        if block_parts(b).attn is None:
             continue
         total = cfg.num_attention_heads
-        gone = sorted(set(range(total)) - set(head_ids(b)))
+        gone = sorted(set(range(total)) - set(head_ids(b)))  # checks the config's layer keys
         if gone:
             pruned[str(i)] = gone
     cfg.pruned_heads = pruned
@@ -178,9 +208,10 @@ def load_pruned(path: str | Path) -> PreTrainedModel:
 
     path = Path(path)
     cfg = AutoConfig.from_pretrained(path)
-    pruned = {int(k): list(v) for k, v in (getattr(cfg, "pruned_heads", None) or {}).items()}
+    pruned = {int(k): v for k, v in removed_heads(cfg).items()}
     if not pruned:
         return AutoModelForSequenceClassification.from_pretrained(path).eval()
+    setattr(cfg, PRUNED_HEADS, {})  # the full model first; remove_heads records them again
     model = AutoModelForSequenceClassification.from_config(cfg)
     blocks = layer_list(model)
     for i, gone in pruned.items():

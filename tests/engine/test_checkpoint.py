@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import copy
 import json
+from contextvars import ContextVar
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import engine.train
+from engine.checkpoint import StageResume
 from engine.config import ConfigError, load_study
-from engine.train import active_training, resuming, train_classifier
-from tests.conftest import tiny_bert, toy_batches
+from engine.train import TrainingState, train_classifier
+from tests.conftest import Live, tiny_bert, toy_batches
 
 
 def _data(n_batches: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -26,7 +29,7 @@ def _ce(s: torch.Tensor, y: torch.Tensor, _t: torch.Tensor | None) -> torch.Tens
     return torch.nn.functional.cross_entropy(s, y)
 
 
-def _train(model: torch.nn.Module, train: dict, on_step=None) -> object:
+def _train(model: torch.nn.Module, train: dict, on_step=None, report=None, resume=None) -> object:
     # 64 examples / batch 8 = 8 steps an epoch; 10 steps cross an epoch boundary
     return train_classifier(
         model,
@@ -38,6 +41,8 @@ def _train(model: torch.nn.Module, train: dict, on_step=None) -> object:
         batch_size=8,
         seed=3,
         on_step=on_step,
+        report=report,
+        resume=resume,
     )
 
 
@@ -51,21 +56,21 @@ def test_resumed_training_equals_uninterrupted_bit_for_bit() -> None:
     part = tiny_bert(num_layers=2)
     saved: dict = {}
 
-    def grab(step: int, _loss: float) -> None:
+    def grab(step: int, st: TrainingState | None) -> None:
         if step == 5:  # mid-epoch: order and position in it must be restored
-            st = active_training()
             assert st is not None and st.step == 5
             saved["snap"] = copy.deepcopy(st.snapshot())
             saved["model"] = copy.deepcopy(st.model.state_dict())
 
-    _train(part, train, on_step=grab)
+    _train(part, train, report=Live(grab))
 
     torch.manual_seed(999)  # whatever happened since, the snapshot's RNG state wins
     resumed = tiny_bert(num_layers=2, seed=5)
     resumed.load_state_dict(saved["model"])
     steps_seen: list[int] = []
-    with resuming(saved["snap"]):
-        stats = _train(resumed, train, on_step=lambda s, _l: steps_seen.append(s))
+    resume = StageResume(saved["snap"])
+    stats = _train(resumed, train, on_step=lambda s, _l: steps_seen.append(s), resume=resume)
+    assert resume.taken
     assert steps_seen == list(range(6, 11))  # continued at step 6, not 1
     assert stats.steps == stats_full.steps == 10
     assert stats.examples_seen == stats_full.examples_seen
@@ -79,8 +84,7 @@ def test_resumed_training_equals_uninterrupted_bit_for_bit() -> None:
     snap = dict(saved["snap"], torch_rng=torch.manual_seed(999).get_state())
     other = tiny_bert(num_layers=2, seed=5)
     other.load_state_dict(saved["model"])
-    with resuming(snap):
-        _train(other, train)
+    _train(other, train, resume=StageResume(snap))
     assert not all(
         torch.equal(a, b)
         for a, b in zip(full.state_dict().values(), other.state_dict().values(), strict=True)
@@ -91,18 +95,33 @@ def test_resume_refuses_a_snapshot_of_another_run_and_an_unused_one() -> None:
     train = _data()
     saved: dict = {}
     model = tiny_bert(num_layers=1)
-    _train(
-        model, train, on_step=lambda s, _l: saved.setdefault("snap", active_training().snapshot())
-    )
-    assert active_training() is None  # cleared when training ends
-    with (
-        pytest.raises(ValueError, match="10-step run, this run has 4 steps"),
-        resuming(saved["snap"]),
-    ):
+    _train(model, train, report=Live(lambda _s, st: saved.setdefault("snap", st.snapshot())))
+    # no ambient training state that could outlive the run (it is an argument now)
+    assert not any(isinstance(v, ContextVar) for v in vars(engine.train).values())
+    with pytest.raises(ValueError, match="10-step run, this run has 4 steps"):
         train_classifier(model, train, loss_fn=_ce, epochs=1, max_steps=4, lr=1e-3,
-                         batch_size=8, seed=3)  # fmt: skip
-    with pytest.raises(RuntimeError, match="did not resume"), resuming(saved["snap"]):
-        pass
+                         batch_size=8, seed=3, resume=StageResume(saved["snap"]))  # fmt: skip
+    with pytest.raises(RuntimeError, match="did not resume"):
+        StageResume(saved["snap"]).check_taken()
+
+
+def test_a_stage_resume_is_taken_by_the_first_training_call_only() -> None:
+    """Two training calls given the same resume: the first continues at the snapshot's step
+    (5 of 10), the second starts at step 1 — as a multi-call stage needs."""
+    train = _data()
+    saved: dict = {}
+    model = tiny_bert(num_layers=1)
+    _train(
+        model, train, report=Live(lambda s, st: s == 5 and saved.setdefault("snap", st.snapshot()))
+    )
+    resume = StageResume(saved["snap"])
+    assert resume.step == 5 and resume.stage is None  # one call: no stage progress
+    first: list[int] = []
+    second: list[int] = []
+    _train(model, train, on_step=lambda s, _l: first.append(s), resume=resume)
+    resume.check_taken()  # taken: no error
+    _train(model, train, on_step=lambda s, _l: second.append(s), resume=resume)
+    assert first == list(range(6, 11)) and second == list(range(1, 11))
 
 
 def test_checkpoint_every_must_ride_on_reports() -> None:
@@ -126,24 +145,24 @@ def test_checkpoints_ride_on_the_first_report_due() -> None:
     due = []
     train = _data(n_batches=2)
 
-    def on_step(step: int, _loss: float) -> None:
+    def on_step(step: int, training: TrainingState | None) -> None:
         if step % 2 == 0:
-            with ck.checkpoint(step) as c:
+            with ck.checkpoint(step, training) as c:
                 due.append((step, c is not None))
 
     train_classifier(model, train, loss_fn=_ce, epochs=6, lr=1e-3, batch_size=8, seed=0,
-                     on_step=on_step)  # fmt: skip
+                     report=Live(on_step))  # fmt: skip
     assert [s for s, d in due if d] == [4, 8, 12]
     assert ck.saved == 3 and ck.error is None
     ck.enter(2, "quantize", model, ctx)  # not resumable mid-training: no checkpoint
-    with ck.checkpoint(99) as c:
+    with ck.checkpoint(99, None) as c:
         assert c is None
     # a checkpoint that cannot be written leaves the report without one, and says why
     ctx.extras["hook"] = lambda: None
     ck.enter(1, "distill", model, ctx)
     due.clear()
     train_classifier(model, train, loss_fn=_ce, epochs=2, lr=1e-3, batch_size=8, seed=0,
-                     on_step=on_step)  # fmt: skip
+                     report=Live(on_step))  # fmt: skip
     assert due == [(2, False), (4, False)] and ck.saved == 3
     assert ck.error is not None and "pickle" in ck.error.lower()
 
@@ -254,3 +273,18 @@ def test_worker_death_retries_from_the_last_checkpoint(ray_local, tmp_path: Path
     emb = resume.model.get_parameter("bert.embeddings.word_embeddings.weight")
     assert torch.equal(emb, shared.teacher_state["bert.embeddings.word_embeddings.weight"])
     assert resume.record["truncate"]["kept_layers"] == [1, 3]  # uniform 2 of 4, from stage 0
+
+
+def test_a_resumed_stage_that_does_not_train_from_its_checkpoint_fails() -> None:
+    """The trial hands the stage in progress its checkpoint as ``ctx.resume``; a stage that
+    does not continue its training from it (here truncate, which does not train) is an
+    error, not a silent restart."""
+    from engine.checkpoint import TrialResume
+    from engine.trial import build_student
+
+    study = load_study("smoke", ["data.max_length=12", "pipeline.truncate.strategy=uniform"])
+    shared = _shared()
+    model = tiny_bert(num_layers=4)
+    resume = TrialResume(model, 0, "truncate", {"step": 3}, record={}, extras={})
+    with pytest.raises(RuntimeError, match="did not resume its training"):
+        build_student(study, shared, 0, torch.device("cpu"), resume=resume)

@@ -12,10 +12,12 @@ from engine.config import (
     SWEEPS_DIR,
     ConfigError,
     apply_overrides,
+    either_or_partners,
     load_study,
     parse_override,
+    with_values,
 )
-from engine.search import plan_search
+from engine.search import plan_search, trial_configs
 from tests.conftest import run_sweep
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,8 +72,65 @@ def test_errors_are_collected_together() -> None:
 
 
 def test_keep_layers_and_ratio_are_exclusive() -> None:
-    (p,) = _problems(["pipeline.truncate.keep_ratio=0.5"])  # smoke sets keep_layers
+    # both in one override set (one alone replaces the study's other: see the tests below)
+    (p,) = _problems(["pipeline.truncate.keep_ratio=0.5", "pipeline.truncate.keep_layers=2"])
     assert "exactly one of keep_layers and keep_ratio" in p
+    # neither: an override of null clears the study's own, and nothing replaces it
+    (p,) = _problems(["pipeline.truncate.keep_layers=null"])  # smoke sets keep_layers
+    assert "exactly one of keep_layers and keep_ratio" in p
+
+
+def test_an_override_of_one_either_or_member_replaces_the_other() -> None:
+    """``keep_layers`` / ``keep_ratio`` is an either/or pair: the ablation study sets
+    keep_ratio, smoke keep_layers; a CLI override of the other member replaces it."""
+    cfg = load_study("ablation", ["pipeline.truncate.keep_layers=3"])
+    assert (cfg.pipeline.truncate.keep_layers, cfg.pipeline.truncate.keep_ratio) == (3, None)
+    cfg = load_study("smoke", ["pipeline.truncate.keep_ratio=0.5"])
+    assert (cfg.pipeline.truncate.keep_layers, cfg.pipeline.truncate.keep_ratio) == (None, 0.5)
+    assert either_or_partners("pipeline.truncate.keep_layers") == ["pipeline.truncate.keep_ratio"]
+    assert either_or_partners("pipeline.truncate.strategy") == []
+    assert either_or_partners("pipeline.distill.temperature") == []
+
+
+def test_a_search_over_one_either_or_member_replaces_the_other() -> None:
+    """A search space or an extra point over keep_layers on a study that sets keep_ratio
+    (dpq), and the reverse (smoke sets keep_layers): every trial gets the searched member and
+    the other cleared."""
+    space = "search.space={pipeline.truncate.keep_layers: [2, 3]}"
+    cfg = load_study("dpq", [space])  # validated point by point before any trial runs
+    trials = [with_values(cfg, point) for point in trial_configs(cfg)]
+    got = [(t.pipeline.truncate.keep_layers, t.pipeline.truncate.keep_ratio) for t in trials]
+    assert got == [(2, None), (3, None)]
+    cfg = load_study("smoke", ["search.space={pipeline.truncate.keep_ratio: [0.25, 0.5]}"])
+    trials = [with_values(cfg, point) for point in trial_configs(cfg)]
+    got = [(t.pipeline.truncate.keep_layers, t.pipeline.truncate.keep_ratio) for t in trials]
+    assert got == [(None, 0.25), (None, 0.5)]
+    extra = "search.extra=[{pipeline.truncate.keep_ratio: 0.5}]"
+    cfg = load_study("smoke", ["search.algorithm=grid", extra])
+    t = with_values(cfg, dict(cfg.search.extra[0]))
+    assert (t.pipeline.truncate.keep_layers, t.pipeline.truncate.keep_ratio) == (None, 0.5)
+
+
+def test_searching_both_either_or_members_is_an_error_before_running() -> None:
+    both = "search.space={pipeline.truncate.keep_layers: [2], pipeline.truncate.keep_ratio: [0.5]}"
+    (p,) = _problems([both])
+    assert p.startswith("sweeps/smoke.yaml: search.space.pipeline.truncate.keep_layers:")
+    assert "search.space.pipeline.truncate.keep_ratio" in p and "either/or" in p
+    extra = "search.extra=[{pipeline.truncate.keep_layers: 2, pipeline.truncate.keep_ratio: 0.5}]"
+    (p,) = _problems(["search.algorithm=grid", extra])
+    assert "exactly one of keep_layers and keep_ratio" in p and "[search.extra.0]" in p
+
+
+def test_apply_overrides_clears_the_other_member_by_the_schema() -> None:
+    raw = {"pipeline": {"truncate": {"keep_ratio": 0.5, "strategy": "uniform"}}}
+    out = apply_overrides(raw, {"pipeline.truncate.keep_layers": 3})
+    assert out == {"pipeline": {"truncate": {"keep_ratio": None, "strategy": "uniform",
+                                             "keep_layers": 3}}}  # fmt: skip
+    assert raw["pipeline"]["truncate"]["keep_ratio"] == 0.5  # a copy
+    both = {"pipeline.truncate.keep_layers": 3, "pipeline.truncate.keep_ratio": 0.25}
+    assert apply_overrides(raw, both)["pipeline"]["truncate"] == {
+        "keep_ratio": 0.25, "strategy": "uniform", "keep_layers": 3
+    }  # fmt: skip
 
 
 def test_unknown_stage_lists_known_stages() -> None:

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 
 from engine.device import autocast
 from engine.measure import evaluate
-from engine.train import BatchOrder, OomLog, active_training, train_classifier
-from tests.conftest import tiny_bert
+from engine.train import BatchOrder, OomLog, train_classifier
+from tests.conftest import Live, tiny_bert
 
 
 def _ce(s: torch.Tensor, y: torch.Tensor, _t: torch.Tensor | None) -> torch.Tensor:
@@ -148,7 +148,7 @@ def test_checkpoint_snapshot_keeps_the_micro_batch() -> None:
     snaps = []
     handle = _limit_examples(model, 5, seen)
     try:
-        _train(model, train, on_step=lambda step, _l: snaps.append(active_training().snapshot()))
+        _train(model, train, report=Live(lambda _s, st: snaps.append(st.snapshot())))
     finally:
         handle.remove()
     assert [s["micro_batch"] for s in snaps] == [4, 4, 4]

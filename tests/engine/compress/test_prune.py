@@ -11,7 +11,13 @@ import torch
 from engine.compress import STAGES, StageContext, masked
 from engine.compress.schedule import pruning_events, sparsity_at
 from engine.compress.scores import unit_scores
-from engine.compress.structure import head_ids, remove_heads, remove_neurons, sync_config
+from engine.compress.structure import (
+    ffn_width,
+    head_ids,
+    remove_heads,
+    remove_neurons,
+    sync_config,
+)
 from engine.config import PruneConfig
 from engine.measure import count_gflops, count_multiply_adds, count_params
 from tests.conftest import tiny_bert, tiny_gpt2, tiny_llama, toy_batches
@@ -223,3 +229,32 @@ def test_sync_config_rejects_uneven_ffn_widths() -> None:
     remove_neurons(model.bert.encoder.layer[0], [0])
     with pytest.raises(ValueError, match="FFN widths differ"):
         sync_config(model)
+
+
+def test_pruned_structure_lives_in_the_config_and_follows_truncation() -> None:
+    """Kept head ids are a fact of the model's config (``pruned_heads``), not attributes on
+    its modules: they survive a deep copy and a layer selection (truncate after prune), and
+    the FFN widths before pruning (``ffn_widths_before_pruning``) too."""
+    from engine.compress.prune import prune_structured_to
+    from engine.models import keep_layers, layer_list
+
+    model = tiny_bert()
+    blocks = list(layer_list(model))
+    remove_heads(blocks[1], [0])
+    remove_heads(blocks[3], [1, 2])
+    remove_heads(blocks[3], [0])  # current positions: original id 0 → positions shift
+    assert model.config.pruned_heads == {"1": [0], "3": [0, 1, 2]}
+    assert [head_ids(b) for b in blocks] == [[0, 1, 2, 3], [1, 2, 3], [0, 1, 2, 3], [3]]
+    private = [k for m in model.modules() for k in vars(m) if k.startswith("_engine")]
+    assert private == []
+    small = keep_layers(model, [1, 3])  # a truncate after pruning renumbers the layers
+    assert small.config.pruned_heads == {"0": [0], "1": [0, 1, 2]}
+    assert [head_ids(b) for b in layer_list(small)] == [[1, 2, 3], [3]]
+    assert model.config.pruned_heads == {"1": [0], "3": [0, 1, 2]}  # the source is untouched
+    # FFN targets count against the widths before the first call, kept in the config
+    fresh = tiny_bert()
+    prune_structured_to(fresh, heads_removed=0, neurons_removed=[16] * 4, criterion="magnitude")
+    assert fresh.config.ffn_widths_before_pruning == [FFN] * 4
+    twin = copy.deepcopy(fresh)
+    prune_structured_to(twin, heads_removed=0, neurons_removed=[40] * 4, criterion="magnitude")
+    assert [ffn_width(b) for b in layer_list(twin)] == [FFN - 40] * 4  # 24 more, not 40

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from engine.compress.structure import head_ids
 from engine.config import StudyConfig, load_study
 from engine.measure import count_gflops
 from engine.models import layer_list
-from engine.train import active_training
+from engine.train import TrainingState
 from engine.trial import TrialReporter, build_student
 from tests.conftest import tiny_bert, toy_batches
 from tests.engine.test_checkpoint import _shared, _steps
@@ -75,6 +76,17 @@ def _reporter(study: StudyConfig, shared, sink, checkpointer=None) -> TrialRepor
     return TrialReporter(study, shared.splits["valid"], CPU, 2, sink, checkpointer=checkpointer)
 
 
+@dataclass
+class _SeesTraining(TrialReporter):
+    """A trial's reporter that keeps the live training state its last report came with."""
+
+    live: TrainingState | None = None
+
+    def __call__(self, metrics: dict[str, Any], training: TrainingState | None = None) -> None:
+        self.live = training
+        super().__call__(metrics, training)
+
+
 def test_reports_follow_the_stage_steps_and_gflops_fall_with_each_pruning_event() -> None:
     """Reports at stage steps 2 … 10; each report's GFLOPs equal a fresh fvcore count of the
     live model at that moment (a figure cached from the unpruned model would not)."""
@@ -84,14 +96,15 @@ def test_reports_follow_the_stage_steps_and_gflops_fall_with_each_pruning_event(
     heads: list[int] = []
 
     def sink(payload: dict[str, Any]) -> None:
-        live = active_training()
+        live = reporter.live
         assert live is not None
         reports.append(payload)
         model = copy.deepcopy(live.model)
         counted.append(count_gflops(model, SEQ))
         heads.append(sum(len(head_ids(b)) for b in layer_list(model)))
 
-    _, record = build_student(study, shared, 0, CPU, report=_reporter(study, shared, sink))
+    reporter = _SeesTraining(study, shared.splits["valid"], CPU, 2, sink)
+    _, record = build_student(study, shared, 0, CPU, report=reporter)
     assert [r["step"] for r in reports] == [2, 4, 6, 8, 10]
     assert stage_steps(study.pipeline.prune) == 10
     gflops = [r["gflops"] for r in reports]

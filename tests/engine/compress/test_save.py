@@ -140,3 +140,23 @@ def test_trials_save_their_model_unless_measure_save_models_is_false(
         preds = again(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
     acc = float((preds.argmax(-1) == b["labels"]).float().mean())
     assert acc == pytest.approx(rows[True]["accuracy"])
+
+
+def test_a_head_pruned_model_saved_before_the_config_kept_its_widths_reloads(
+    tmp_path: Path,
+) -> None:
+    """A model saved before the FFN widths moved into the config (config.json without
+    ``ffn_widths_before_pruning``) reloads exactly, with the same kept heads."""
+    from engine.compress.structure import head_ids
+    from engine.models import layer_list
+
+    model, ctx = _run([HEADS])
+    save_compressed(model, tmp_path, record=ctx.record, extras=ctx.extras)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["ffn_widths_before_pruning"] == [64] * 4  # tiny_bert's FFN, before pruning
+    del cfg["ffn_widths_before_pruning"]
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    again = load_compressed(tmp_path)
+    assert torch.equal(_logits(model), _logits(again))
+    assert [head_ids(b) for b in layer_list(again)] == [head_ids(b) for b in layer_list(model)]
+    assert again.config.pruned_heads == model.config.pruned_heads
