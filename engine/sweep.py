@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import ConfigError, StudyConfig, flatten, list_studies, load_study
+from engine.tasks import get_task
 
 __all__ = ["main"]
 
@@ -164,6 +165,7 @@ def _prepare(cfg: StudyConfig, timings: dict[str, float]) -> tuple[Any, Any, Any
         data.train,
         data.num_labels,
         precision=None if precision in ("auto/cpu", "fp32/cpu") else precision,
+        task=cfg.task,
     )
     art = load_cache(key)
     if art is None:
@@ -181,19 +183,20 @@ def _prepare(cfg: StudyConfig, timings: dict[str, float]) -> tuple[Any, Any, Any
                 threads=None,  # nothing else runs while the study prepares: use the whole node
                 gpus=res.gpus,
                 precision=res.precision,
+                task=cfg.task,
             )
         )
         save_cache(art)
     timings["teacher_s"] = time.perf_counter() - t0
+    quality = ", ".join(f"{m} {art.metrics[f'test_{m}']:.3f}" for m in get_task(cfg.task).metrics)
     print(
-        f"[teacher] {'cached' if art.cached else 'trained'}: test accuracy "
-        f"{art.metrics['test_accuracy']:.3f}, macro-F1 {art.metrics['test_macro_f1']:.3f} "
+        f"[teacher] {'cached' if art.cached else 'trained'}: test {quality} "
         f"({timings['teacher_s']:.1f} s)",
         flush=True,
     )
 
     t0 = time.perf_counter()
-    teacher = load_model(art.config, art.state_dict)
+    teacher = load_model(art.config, art.state_dict, cfg.task)
     scores = compute_importance(teacher, data.train, cfg.importance)
     del teacher
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -221,7 +224,7 @@ def _teacher_row(cfg: StudyConfig, shared: Any) -> dict[str, Any]:
         torch.set_num_threads(study.threads_per_trial or max(1, int(study.resources.cpus)))
         device = worker_device(study.resources.gpus)
         t0 = time.perf_counter()
-        model = load_model(shared.teacher_config, shared.teacher_state)
+        model = load_model(shared.teacher_config, shared.teacher_state, study.task)
         evals = {k: v for k, v in shared.splits.items() if k in ("valid", "test")}
         row = assess(
             model, evals, study, device, None, autocast_dtype(study.resources.precision, device)
@@ -447,7 +450,8 @@ def _latency_phase(
         def phase_task(teacher_config: dict[str, Any], teacher_state: dict[str, Any]) -> Any:
             from engine.teacher import load_model
 
-            return time_models(items, setup, load_model(teacher_config, teacher_state))
+            teacher = load_model(teacher_config, teacher_state, cfg.task)
+            return time_models(items, setup, teacher)
 
         task = ray.remote(phase_task).options(
             num_cpus=cpus,
@@ -514,7 +518,6 @@ def _write_outputs(
 
     from engine.importance.consensus import write_agreement
     from engine.importance.runner import importance_table
-    from engine.measure import majority_baseline
 
     df = pd.DataFrame(rows)
     front = ["trial_id", "seed", "status", "error", "wall_s", "device"]
@@ -527,9 +530,10 @@ def _write_outputs(
     with (run_dir / "bad_rows.jsonl").open("w") as f:
         for bad in data.bad_rows:
             f.write(json.dumps(bad, default=str) + "\n")
-    manifest["baselines"] = {
-        "majority": majority_baseline(data.train["labels"], data.test["labels"], data.num_labels)
-    }
+    task = get_task(cfg.task)
+    target = task.view.target
+    manifest["task"] = task.describe()
+    manifest["baselines"] = task.baselines(data.train[target], data.test[target], data.num_labels)
     manifest["data"] = {
         "corpus": cfg.data.corpus,
         "files": [vars(f) if not hasattr(f, "_asdict") else f._asdict() for f in data.files],

@@ -11,6 +11,7 @@ from transformers import PreTrainedModel
 
 from engine.importance.base import LayerScores
 from engine.registry import Registry
+from engine.tasks import DEFAULT_TASK, Task, get_task
 from engine.train import OomLog
 
 __all__ = ["STAGES", "StageContext", "StageFn", "register_stage"]
@@ -47,6 +48,7 @@ class StageContext:
     record: dict[str, Any] = field(default_factory=dict)
     report: Callable[[dict[str, float]], None] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    task: Task = field(default_factory=lambda: get_task(DEFAULT_TASK))  # the study's task
 
 
 StageFn = Callable[[PreTrainedModel, Any, StageContext], PreTrainedModel]
