@@ -69,7 +69,7 @@ def _loss(cfg: PruneConfig, ctx: StageContext) -> Callable[..., torch.Tensor]:
 
 
 def _batch(ctx: StageContext, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-    return {k: ctx.train[k][idx] for k in ("input_ids", "attention_mask", "labels")}
+    return {k: ctx.train[k][idx] for k in ctx.task.view.arrays}
 
 
 def _n_train(ctx: StageContext) -> int:
