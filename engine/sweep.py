@@ -159,11 +159,12 @@ def _prepare(cfg: StudyConfig, timings: dict[str, float]) -> tuple[Any, Any, Any
     t0 = time.perf_counter()
     res = cfg.resources
     precision = f"{res.precision}/{'gpu' if res.gpus > 0 else 'cpu'}"
+    outputs = get_task(cfg.task).head_outputs(data.num_labels)  # the head's width
     # float32 CPU runs (the default) keep their cache keys; anything else is keyed apart
     key = teacher_key(
         cfg.teacher,
         data.train,
-        data.num_labels,
+        outputs,
         precision=None if precision in ("auto/cpu", "fp32/cpu") else precision,
         task=cfg.task,
     )
@@ -178,7 +179,7 @@ def _prepare(cfg: StudyConfig, timings: dict[str, float]) -> tuple[Any, Any, Any
                 cfg.teacher,
                 data.train,
                 {"valid": data.valid, "test": data.test},
-                data.num_labels,
+                outputs,
                 key=key,
                 threads=None,  # nothing else runs while the study prepares: use the whole node
                 gpus=res.gpus,
@@ -204,9 +205,7 @@ def _prepare(cfg: StudyConfig, timings: dict[str, float]) -> tuple[Any, Any, Any
     for m, s in scores.items():
         print(f"[importance] {m}: ranks {list(s.ranks())}", flush=True)
 
-    shared = SharedInputs(
-        art.config, art.state_dict, art.train_logits, splits, data.num_labels, scores
-    )
+    shared = SharedInputs(art.config, art.state_dict, art.train_logits, splits, outputs, scores)
     return data, art, shared
 
 

@@ -79,6 +79,11 @@ class Task(ABC):
     default_quality_metric: str
 
     # ------------------------------------------------------------------ the model head
+    def head_outputs(self, num_labels: int) -> int:
+        """The head's width given the data's count of distinct targets (``num_labels``:
+        classes, or catalogue items); 1 for a task that predicts one value."""
+        return num_labels
+
     @abstractmethod
     def build_model(
         self, name: str, num_outputs: int, *, attn_implementation: str = "sdpa", seed: int = 0

@@ -42,6 +42,9 @@ class RatingRegression(Task):
     default_objectives = (("valid_rmse", "min"), ("gflops", "min"))
     default_quality_metric = "rmse"
 
+    def head_outputs(self, num_labels):
+        return 1
+
     def build_model(self, name, num_outputs, *, attn_implementation="sdpa", seed=0):
         return tiny_bert(num_layers=2, num_labels=num_outputs, seed=seed).train()
 
@@ -130,6 +133,7 @@ def test_teacher_finetunes_and_scores_with_the_task(teacher) -> None:
     assert set(art.metrics) >= {"valid_rmse", "test_rmse"}
     assert not any("accuracy" in k or "f1" in k for k in art.metrics)
     assert art.train_logits.shape == (32, 1)
+    assert TASK.head_outputs(5) == 1  # five rating values, one predicted number
     model = load_model(art.config, art.state_dict, NAME)
     assert art.metrics["test_rmse"] == pytest.approx(_rmse_by_hand(model, splits["test"]), rel=1e-5)
 

@@ -29,6 +29,7 @@ def test_declares_accuracy_and_macro_f1_as_max_and_the_default_objectives() -> N
     assert TASK.default_quality_metric == "accuracy"
     assert TASK.view.arrays == ("input_ids", "attention_mask", "labels")
     assert TASK.view.target == "labels"
+    assert TASK.head_outputs(5) == 5  # one logit per class
 
 
 def test_per_example_loss_is_cross_entropy_by_hand() -> None:
