@@ -3,6 +3,9 @@
 Files: ``results.parquet`` (one row per trial plus the ``teacher`` row), optional
 ``importance.parquet`` and ``manifest.json``. Config columns are the dotted-path columns
 (``pipeline.truncate.strategy``); metric columns have plain names (``accuracy``, ``gflops``).
+The manifest's ``task`` entry names the study's task and its quality metrics with their
+directions (``{"accuracy": "max", ...}``); runs written before it existed are classification
+runs (:data:`CLASSIFICATION_METRICS`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from typing import Any
 import pandas as pd
 
 __all__ = [
+    "CLASSIFICATION_METRICS",
+    "COST_DIRECTIONS",
     "METRIC_COLUMNS",
     "TEACHER_ID",
     "RunData",
@@ -35,6 +40,17 @@ METRIC_COLUMNS = (
     "latency_ms_p95",
     "student_layers",
 )
+
+# quality metrics of runs whose manifest predates manifest["task"] (all rating classification)
+CLASSIFICATION_METRICS = {"accuracy": "max", "macro_f1": "max"}
+# cost columns every run reports, whatever the task: lower is better
+COST_DIRECTIONS = {
+    "gflops": "min",
+    "params": "min",
+    "weights_bytes": "min",
+    "latency_ms_p50": "min",
+    "latency_ms_p95": "min",
+}
 
 
 def config_columns(df: pd.DataFrame) -> list[str]:
@@ -77,8 +93,29 @@ class RunData:
         return str(self.config.get("description") or "")
 
     @property
+    def task(self) -> dict[str, Any]:
+        """The manifest's ``task`` entry (name, metrics with directions, default objectives)."""
+        return self.manifest.get("task") or {}
+
+    @property
+    def quality_metrics(self) -> dict[str, str]:
+        """The task's quality metrics → ``"max"``/``"min"`` (classification for old runs)."""
+        return dict(self.task.get("metrics") or CLASSIFICATION_METRICS)
+
+    @property
+    def metric_directions(self) -> dict[str, str]:
+        """Every metric column's direction: the task's quality metrics and the cost columns."""
+        return {**self.quality_metrics, **COST_DIRECTIONS}
+
+    @property
     def quality_metric(self) -> str:
-        return str((self.config.get("report") or {}).get("quality_metric") or "accuracy")
+        default = self.task.get("quality_metric") or next(iter(self.quality_metrics))
+        return str((self.config.get("report") or {}).get("quality_metric") or default)
+
+    @property
+    def quality_direction(self) -> str:
+        """Whether more of :attr:`quality_metric` is better (``"max"``) or less (``"min"``)."""
+        return self.metric_directions.get(self.quality_metric, "max")
 
     @property
     def cost_metric(self) -> str:

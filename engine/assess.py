@@ -61,6 +61,7 @@ def assess(
         _, metrics = evaluate(
             model,
             data,
+            task=study.task,
             batch_size=study.measure.eval_batch_size,
             device=device,
             autocast_dtype=autocast_dtype,
@@ -77,7 +78,8 @@ def assess(
     row["weights_bytes"] = int(weights_bytes(model))
     row["student_layers"] = int(num_layers(getattr(model, "backbone", model)))
     if hasattr(model, "exit_curve"):  # early exit: quality and depth per threshold on test
-        curve = model.exit_curve(splits["test"], tuple(record["early_exit"]["thresholds"]))
+        thresholds = tuple(record["early_exit"]["thresholds"])
+        curve = model.exit_curve(splits["test"], thresholds, task=study.task)
         row["exit_curve"] = json.dumps(curve)
     test = splits["test"]
     bs = study.measure.batch_size

@@ -23,6 +23,7 @@ from engine.data.config import problems as data_problems
 from engine.importance.config import ImportanceConfig
 from engine.importance.config import problems as importance_problems
 from engine.models import EMBEDDED_TEACHER
+from engine.tasks import DEFAULT_TASK, TASKS, get_task
 
 __all__ = [
     "SWEEPS_DIR",
@@ -320,22 +321,18 @@ SpaceSpec = Annotated[
 ]
 
 
-# Metrics a trial reports at every intermediate report and at the end; objectives use these.
-OBJECTIVE_METRICS = (
-    "valid_accuracy",
-    "valid_macro_f1",
-    "gflops",
-    "params",
-    "weights_bytes",
-    "latency_ms_p50",
-)
+# Metrics a trial of the default task reports at every intermediate report and at the end;
+# a study's objectives may name its task's (Task.objective_metrics, checked in validation).
+OBJECTIVE_METRICS = tuple(get_task(DEFAULT_TASK).objective_metrics())
+_DEFAULT_OBJECTIVES = get_task(DEFAULT_TASK).default_objectives
 
 
 class Objective(Section):
-    """One search objective: a reported metric and its direction."""
+    """One search objective: a reported metric (``valid_<task metric>`` or a cost metric,
+    :meth:`engine.tasks.Task.objective_metrics`) and its direction."""
 
-    metric: Literal[OBJECTIVE_METRICS] = "valid_accuracy"  # type: ignore[valid-type]
-    mode: Literal["max", "min"] = "max"
+    metric: str = _DEFAULT_OBJECTIVES[0][0]
+    mode: Literal["max", "min"] = _DEFAULT_OBJECTIVES[0][1]
 
 
 class SchedulerConfig(Section):
@@ -373,9 +370,8 @@ class SearchConfig(Section):
     extra: tuple[dict[str, Any], ...] = ()
     num_samples: int = Field(8, ge=1)
     seed: int = Field(0, ge=0)
-    objectives: tuple[Objective, ...] = (
-        Objective(metric="valid_accuracy", mode="max"),
-        Objective(metric="gflops", mode="min"),
+    objectives: tuple[Objective, ...] = tuple(
+        Objective(metric=m, mode=d) for m, d in _DEFAULT_OBJECTIVES
     )
     scheduler: SchedulerConfig = SchedulerConfig()
     report_every_steps: int | None = Field(None, ge=1)
@@ -449,7 +445,9 @@ class MeasureConfig(Section):
 
 
 class ReportConfig(Section):
-    quality_metric: Literal["accuracy", "macro_f1"] = "accuracy"
+    """``quality_metric``: one of the task's metrics (checked in validation)."""
+
+    quality_metric: str = get_task(DEFAULT_TASK).default_quality_metric
     cost_metric: Literal["gflops", "params", "latency_ms_p50", "weights_bytes"] = "gflops"
 
 
@@ -458,7 +456,7 @@ class StudyConfig(Section):
 
     name: str
     description: str
-    task: Literal["rating_classification"] = "rating_classification"
+    task: str = DEFAULT_TASK  # a registered task (engine.tasks), checked in validation
     data: DataConfig = DataConfig()
     teacher: TeacherConfig = TeacherConfig()
     importance: ImportanceConfig = ImportanceConfig()
@@ -469,6 +467,29 @@ class StudyConfig(Section):
     measure: MeasureConfig = MeasureConfig()
     report: ReportConfig = ReportConfig()
     threads_per_trial: int | None = Field(None, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_defaults(cls, raw: Any) -> Any:
+        """A known task fills the defaults it owns (objectives, report quality metric) where
+        the file leaves them out, and tells the importance section which loss to use."""
+        if not isinstance(raw, dict) or raw.get("task", DEFAULT_TASK) not in TASKS:
+            return raw
+        task = get_task(raw.get("task", DEFAULT_TASK))
+        raw = dict(raw)
+        for section, key, default in (
+            (
+                "search",
+                "objectives",
+                [{"metric": m, "mode": d} for m, d in task.default_objectives],
+            ),
+            ("report", "quality_metric", task.default_quality_metric),
+            ("importance", "task", task.name),
+        ):
+            sub = raw.get(section, {})
+            if isinstance(sub, dict) and key not in sub:
+                raw[section] = {**sub, key: default}
+        return raw
 
 
 # ----------------------------------------------------------------------------- loading
@@ -593,6 +614,34 @@ def _format_errors(source: str, err: ValidationError) -> list[str]:
     return lines
 
 
+def _check_task(cfg: StudyConfig, source: str) -> list[str]:
+    """The task is registered; objectives and the report's quality metric are its metrics."""
+    if cfg.task not in TASKS:
+        return [f"{source}: task: {TASKS.unknown_message(cfg.task)}"]
+    task = get_task(cfg.task)
+    problems = []
+    allowed = task.objective_metrics()
+    for i, o in enumerate(cfg.search.objectives):
+        if o.metric not in allowed:
+            near = difflib.get_close_matches(o.metric, list(allowed), n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            problems.append(
+                f"{source}: search.objectives.{i}.metric: {o.metric!r} is not a metric of task "
+                f"{task.name!r}{hint} (allowed: {', '.join(allowed)})"
+            )
+    if cfg.report.quality_metric not in task.metrics:
+        problems.append(
+            f"{source}: report.quality_metric: {cfg.report.quality_metric!r} is not a metric of "
+            f"task {task.name!r} (allowed: {', '.join(task.metrics)})"
+        )
+    if cfg.importance.task != task.name:
+        problems.append(
+            f"{source}: importance.task: {cfg.importance.task!r} differs from the study's task "
+            f"{task.name!r} (leave it out: it follows task)"
+        )
+    return problems
+
+
 def _check_names(cfg: StudyConfig, source: str) -> list[str]:
     """Cross-field checks that need the registries (stage and method names), and whether
     ``teacher.model`` can be loaded here (a folder with config.json, or a hub id that the
@@ -601,7 +650,8 @@ def _check_names(cfg: StudyConfig, source: str) -> list[str]:
     from engine.importance import IMPORTANCE
     from engine.models import model_source_problem
 
-    problems = [*data_problems(cfg.data, source), *importance_problems(cfg.importance, source)]
+    problems = _check_task(cfg, source)
+    problems += [*data_problems(cfg.data, source), *importance_problems(cfg.importance, source)]
     if (teacher_problem := model_source_problem(cfg.teacher.model)) is not None:
         problems.append(f"{source}: teacher.model: {teacher_problem}")
     for i, stage in enumerate(cfg.pipeline.order):

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from engine.config import StudyConfig
+from engine.tasks import get_task
 
 __all__ = ["prepare", "teacher_row"]
 
@@ -40,12 +41,14 @@ def prepare(cfg: StudyConfig, timings: dict[str, float]) -> tuple[Any, Any, Any]
     t0 = time.perf_counter()
     res = cfg.resources
     precision = f"{res.precision}/{'gpu' if res.gpus > 0 else 'cpu'}"
+    outputs = get_task(cfg.task).head_outputs(data.num_labels)  # the head's width
     # float32 CPU runs (the default) keep their cache keys; anything else is keyed apart
     key = teacher_key(
         cfg.teacher,
         data.train,
-        data.num_labels,
+        outputs,
         precision=None if precision in ("auto/cpu", "fp32/cpu") else precision,
+        task=cfg.task,
     )
     art = load_cache(key)
     if art is None:
@@ -58,24 +61,25 @@ def prepare(cfg: StudyConfig, timings: dict[str, float]) -> tuple[Any, Any, Any]
                 cfg.teacher,
                 data.train,
                 {"valid": data.valid, "test": data.test},
-                data.num_labels,
+                outputs,
                 key=key,
                 threads=None,  # nothing else runs while the study prepares: use the whole node
                 gpus=res.gpus,
                 precision=res.precision,
+                task=cfg.task,
             )
         )
         save_cache(art)
     timings["teacher_s"] = time.perf_counter() - t0
+    quality = ", ".join(f"{m} {art.metrics[f'test_{m}']:.3f}" for m in get_task(cfg.task).metrics)
     print(
-        f"[teacher] {'cached' if art.cached else 'trained'}: test accuracy "
-        f"{art.metrics['test_accuracy']:.3f}, macro-F1 {art.metrics['test_macro_f1']:.3f} "
+        f"[teacher] {'cached' if art.cached else 'trained'}: test {quality} "
         f"({timings['teacher_s']:.1f} s)",
         flush=True,
     )
 
     t0 = time.perf_counter()
-    teacher = load_model(art.config, art.state_dict)
+    teacher = load_model(art.config, art.state_dict, cfg.task)
     scores = compute_importance(teacher, data.train, cfg.importance)
     del teacher
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -83,9 +87,7 @@ def prepare(cfg: StudyConfig, timings: dict[str, float]) -> tuple[Any, Any, Any]
     for m, s in scores.items():
         print(f"[importance] {m}: ranks {list(s.ranks())}", flush=True)
 
-    shared = SharedInputs(
-        art.config, art.state_dict, art.train_logits, splits, data.num_labels, scores
-    )
+    shared = SharedInputs(art.config, art.state_dict, art.train_logits, splits, outputs, scores)
     return data, art, shared
 
 
@@ -103,7 +105,7 @@ def teacher_row(cfg: StudyConfig, shared: Any) -> dict[str, Any]:
         torch.set_num_threads(study.threads_per_trial or max(1, int(study.resources.cpus)))
         device = worker_device(study.resources.gpus)
         t0 = time.perf_counter()
-        model = load_model(shared.teacher_config, shared.teacher_state)
+        model = load_model(shared.teacher_config, shared.teacher_state, study.task)
         evals = {k: v for k, v in shared.splits.items() if k in ("valid", "test")}
         row = assess(
             model, evals, study, device, None, autocast_dtype(study.resources.precision, device)

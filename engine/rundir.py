@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import StudyConfig, flatten
+from engine.tasks import get_task
 
 __all__ = ["TUNE_KEYS", "trial_columns", "trial_rows", "write_outputs"]
 
@@ -95,7 +96,6 @@ def write_outputs(
 
     from engine.importance.consensus import write_agreement
     from engine.importance.runner import importance_table
-    from engine.measure import majority_baseline
 
     df = pd.DataFrame(rows)
     front = ["trial_id", "seed", "status", "error", "wall_s", "device"]
@@ -108,9 +108,10 @@ def write_outputs(
     with (run_dir / "bad_rows.jsonl").open("w") as f:
         for bad in data.bad_rows:
             f.write(json.dumps(bad, default=str) + "\n")
-    manifest["baselines"] = {
-        "majority": majority_baseline(data.train["labels"], data.test["labels"], data.num_labels)
-    }
+    task = get_task(cfg.task)
+    target = task.view.target
+    manifest["task"] = task.describe()
+    manifest["baselines"] = task.baselines(data.train[target], data.test[target], data.num_labels)
     manifest["data"] = {
         "corpus": cfg.data.corpus,
         "files": [vars(f) if not hasattr(f, "_asdict") else f._asdict() for f in data.files],

@@ -19,12 +19,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
+from transformers import PreTrainedModel
 
 from engine.config import TeacherConfig
 from engine.device import autocast_dtype, precision_name, worker_device
-from engine.models import build_classifier
+from engine.tasks import DEFAULT_TASK, Task, get_task
 from engine.train import OomLog, train_classifier
 
 __all__ = ["TeacherArtifacts", "cache_dir", "finetune", "fingerprint", "load_model", "teacher_key"]
@@ -65,13 +64,15 @@ def teacher_key(
     train: dict[str, np.ndarray],
     num_labels: int,
     precision: str | None = None,
+    task: str | Task = DEFAULT_TASK,
 ) -> str:
     """Cache key of a fine-tuned teacher. ``precision`` (e.g. ``"auto/gpu"``) enters the key
-    only when given, so float32 CPU runs keep the keys they had before it existed."""
+    only when given, so float32 CPU runs keep the keys they had before it existed.
+    ``num_labels``: the head's outputs; the data hashed are ``task``'s arrays."""
     payload = {
         "code": CODE_VERSION,
         "teacher": cfg.model_dump(mode="json"),
-        "data": fingerprint({k: train[k] for k in ("input_ids", "attention_mask", "labels")}),
+        "data": fingerprint({k: train[k] for k in get_task(task).view.arrays}),
         "num_labels": num_labels,
         "torch": torch.__version__.split("+")[0],
     }
@@ -80,10 +81,13 @@ def teacher_key(
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def load_model(config: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> PreTrainedModel:
-    """Rebuild a classifier from its config dict and weights (no files needed)."""
-    hf_cfg = AutoConfig.for_model(**config)
-    model = AutoModelForSequenceClassification.from_config(hf_cfg)
+def load_model(
+    config: dict[str, Any],
+    state_dict: dict[str, torch.Tensor],
+    task: str | Task = DEFAULT_TASK,
+) -> PreTrainedModel:
+    """Rebuild ``task``'s model from its config dict and weights (no files needed)."""
+    model = get_task(task).model_from_config(config)
     model.load_state_dict(state_dict)
     return model.eval()
 
@@ -98,9 +102,12 @@ def finetune(
     threads: int | None = None,
     gpus: float = 0.0,
     precision: str = "auto",
+    task: str | Task = DEFAULT_TASK,
 ) -> TeacherArtifacts:
-    """Fine-tune the teacher on ``train`` (labels only); compute its train logits and the
-    quality on each split in ``evals``. Plain function: the caller runs it as a Ray task.
+    """Fine-tune the teacher on ``train`` with ``task``'s loss (targets only); compute its
+    train outputs and ``task``'s quality on each split in ``evals``. Plain function: the
+    caller runs it as a Ray task. ``num_labels``: the head's outputs (classes for
+    classification).
 
     ``threads`` None uses every core of the node. ``gpus``: what the task asked Ray for (the
     device is the GPU Ray assigned; CPU when 0). ``precision``: ``resources.precision``."""
@@ -110,13 +117,14 @@ def finetune(
     torch.set_num_threads(threads or os.cpu_count() or 1)
     device = worker_device(gpus)
     dtype = autocast_dtype(precision, device)  # type: ignore[arg-type]
-    model = build_classifier(cfg.model, num_labels, attn_implementation="sdpa", seed=cfg.seed)
-    tensors = {k: torch.as_tensor(train[k]) for k in ("input_ids", "attention_mask", "labels")}
+    task = get_task(task)
+    model = task.build_model(cfg.model, num_labels, attn_implementation="sdpa", seed=cfg.seed)
+    tensors = {k: torch.as_tensor(train[k]) for k in task.view.arrays}
     oom = OomLog()
     train_classifier(
         model,
         tensors,
-        loss_fn=lambda s, y, _t: F.cross_entropy(s, y),
+        loss_fn=lambda s, y, _t: task.loss(s, y),
         epochs=cfg.epochs,
         max_steps=cfg.max_steps,
         lr=cfg.lr,
@@ -132,10 +140,12 @@ def finetune(
     metrics: dict[str, Any] = {}
     for split, data in evals.items():
         _, split_metrics = evaluate(
-            model, data, batch_size=128, device=device, autocast_dtype=dtype
+            model, data, task=task, batch_size=128, device=device, autocast_dtype=dtype
         )
         metrics.update({f"{split}_{k}": float(v) for k, v in split_metrics.items()})
-    train_logits, _ = evaluate(model, train, batch_size=128, device=device, autocast_dtype=dtype)
+    train_logits, _ = evaluate(
+        model, train, task=task, batch_size=128, device=device, autocast_dtype=dtype
+    )
     metrics["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     metrics["precision"] = precision_name(dtype)
     metrics["oom_retries"] = oom.retries

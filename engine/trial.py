@@ -34,6 +34,7 @@ from engine.compress import STAGES, StageContext
 from engine.config import StudyConfig, with_values
 from engine.device import autocast, autocast_dtype, ray_gpu_ids, worker_device
 from engine.importance import LayerScores
+from engine.tasks import get_task
 from engine.train import TrainingState
 
 __all__ = [
@@ -102,6 +103,7 @@ class TrialReporter:
         _, metrics = evaluate(
             model,
             self.valid,
+            task=self.study.task,
             batch_size=self.study.measure.eval_batch_size,
             device=self.device,
             autocast_dtype=self.autocast_dtype,
@@ -171,10 +173,9 @@ def build_student(
     from engine.teacher import load_model
 
     torch.manual_seed(seed)
-    teacher = load_model(shared.teacher_config, shared.teacher_state).to(device)
+    teacher = load_model(shared.teacher_config, shared.teacher_state, study.task).to(device)
     train = {
-        k: torch.as_tensor(shared.splits["train"][k])
-        for k in ("input_ids", "attention_mask", "labels")
+        k: torch.as_tensor(shared.splits["train"][k]) for k in get_task(study.task).view.arrays
     }
     ctx = StageContext(
         teacher=teacher,
@@ -185,10 +186,11 @@ def build_student(
         device=device,
         autocast_dtype=dtype,
         report=report,
+        task=get_task(study.task),
     )
     first = 0
     if resume is None:
-        model = load_model(shared.teacher_config, shared.teacher_state).to(device)
+        model = load_model(shared.teacher_config, shared.teacher_state, study.task).to(device)
     else:
         model, first = resume.model.to(device), resume.stage_index
         ctx.record, ctx.extras = resume.record, resume.extras

@@ -178,7 +178,8 @@ def latency_phase(
         def phase_task(teacher_config: dict[str, Any], teacher_state: dict[str, Any]) -> Any:
             from engine.teacher import load_model
 
-            return time_models(items, setup, load_model(teacher_config, teacher_state))
+            teacher = load_model(teacher_config, teacher_state, cfg.task)
+            return time_models(items, setup, teacher)
 
         task = ray.remote(phase_task).options(
             num_cpus=cpus,

@@ -11,6 +11,7 @@ from transformers import PreTrainedModel
 
 from engine.checkpoint import StageResume
 from engine.importance.base import LayerScores
+from engine.tasks import DEFAULT_TASK, Task, get_task
 from engine.train import OomLog
 from sweepcore.registry import Registry
 
@@ -51,6 +52,7 @@ class StageContext:
     report: Callable[[dict[str, float]], None] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
     resume: StageResume | None = None
+    task: Task = field(default_factory=lambda: get_task(DEFAULT_TASK))  # the study's task
 
 
 StageFn = Callable[[PreTrainedModel, Any, StageContext], PreTrainedModel]

@@ -23,7 +23,6 @@ import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 from engine.compress.base import StageContext, register_stage
@@ -35,34 +34,10 @@ __all__ = [
     "attention_mse",
     "ensemble_logits",
     "hidden_mse",
-    "kd_loss",
     "layer_mapping",
     "saved_model_logits",
     "teacher_targets",
 ]
-
-
-def kd_loss(
-    student_logits: torch.Tensor,
-    labels: torch.Tensor,
-    teacher_logits: torch.Tensor | None,
-    *,
-    temperature: float,
-    alpha_distill: float,
-    alpha_task: float,
-) -> torch.Tensor:
-    """Knowledge-distillation loss; equals plain cross-entropy when ``alpha_distill == 0`` and
-    ``alpha_task == 1``."""
-    loss = alpha_task * F.cross_entropy(student_logits, labels)
-    if alpha_distill > 0:
-        if teacher_logits is None:
-            raise ValueError("alpha_distill > 0 needs teacher logits")
-        t = temperature
-        log_p_s = F.log_softmax(student_logits / t, dim=-1)
-        log_p_t = F.log_softmax(teacher_logits / t, dim=-1)
-        kl = F.kl_div(log_p_s, log_p_t, log_target=True, reduction="batchmean")
-        loss = loss + alpha_distill * t * t * kl
-    return loss
 
 
 def ensemble_logits(logits: list[torch.Tensor], weights: tuple[float, ...] | list[float]):
@@ -212,7 +187,7 @@ def apply(model: PreTrainedModel, cfg: DistillConfig, ctx: StageContext) -> PreT
     alpha_d, alpha_t = (cfg.alpha_distill, cfg.alpha_task) if cfg.kd else (0.0, 1.0)
 
     def loss_fn(s: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor:
-        return kd_loss(
+        return ctx.task.kd_loss(
             s, y, t, temperature=cfg.temperature, alpha_distill=alpha_d, alpha_task=alpha_t
         )
 

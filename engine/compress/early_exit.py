@@ -24,10 +24,9 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from engine.compress.base import StageContext, register_stage
-from engine.compress.distill import kd_loss
 from engine.config import EarlyExitConfig
-from engine.measure.quality import classification_metrics
 from engine.models import layer_list
+from engine.tasks import DEFAULT_TASK, Task, get_task
 from engine.train import BatchOrder, TrainingState, progress_hook
 
 __all__ = ["EarlyExitClassifier", "apply"]
@@ -115,14 +114,18 @@ class EarlyExitClassifier(nn.Module):
 
     @torch.no_grad()
     def exit_curve(
-        self, data: dict[str, np.ndarray], thresholds: tuple[float, ...], batch_size: int = 64
+        self,
+        data: dict[str, np.ndarray],
+        thresholds: tuple[float, ...],
+        batch_size: int = 64,
+        task: str | Task = DEFAULT_TASK,
     ) -> list[dict[str, float]]:
         """Quality and average layers executed at each threshold, from one full pass (the
         same decision rule as ``forward``)."""
         self.eval()
         device = next(self.parameters()).device
         per_exit: list[list[torch.Tensor]] = []
-        for s in range(0, len(data["labels"]), batch_size):
+        for s in range(0, len(data["input_ids"]), batch_size):
             ids = torch.as_tensor(data["input_ids"][s : s + batch_size], device=device)
             mask = torch.as_tensor(data["attention_mask"][s : s + batch_size], device=device)
             per_exit.append([z.float().cpu() for z in self.all_exits(ids, mask)[1]])
@@ -133,8 +136,8 @@ class EarlyExitClassifier(nn.Module):
         for t in thresholds:
             hit = torch.cat([conf >= t, torch.ones(1, conf.shape[1], dtype=torch.bool)])
             first = hit.int().argmax(0)  # index of the first exit taken
-            preds = torch.stack(logits).argmax(-1).gather(0, first[None])[0]
-            m = classification_metrics(preds.numpy(), data["labels"], logits[0].shape[1])
+            taken = torch.stack(logits)[first, torch.arange(first.shape[0])]  # [N, C]
+            m = get_task(task).score(taken.numpy(), data[get_task(task).view.target])
             layers = torch.as_tensor(depth, dtype=torch.float)[first]
             rows.append({"threshold": t, **m, "avg_layers": float(layers.mean())})
         return rows
@@ -174,7 +177,7 @@ def _train_heads(model: EarlyExitClassifier, cfg: EarlyExitConfig, ctx: StageCon
         y = train["labels"][idx].to(ctx.device)
         t = ctx.teacher_logits[idx].to(ctx.device) if use_teacher else None
         loss = sum(
-            kd_loss(h(c[idx.to(c.device)]), y, t, temperature=cfg.temperature,
+            ctx.task.kd_loss(h(c[idx.to(c.device)]), y, t, temperature=cfg.temperature,
                     alpha_distill=a_d, alpha_task=a_t)
             for h, c in zip(heads, cls, strict=True)
         )  # fmt: skip

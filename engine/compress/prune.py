@@ -37,7 +37,6 @@ from transformers import PreTrainedModel
 
 from engine.compress import masked
 from engine.compress.base import StageContext, register_stage
-from engine.compress.distill import kd_loss
 from engine.compress.schedule import pruning_events
 from engine.compress.scores import unit_scores
 from engine.compress.structure import (
@@ -50,6 +49,7 @@ from engine.compress.structure import (
 )
 from engine.config import PruneConfig
 from engine.models import layer_list
+from engine.tasks import DEFAULT_TASK, Task
 from engine.train import BatchOrder, train_classifier
 
 __all__ = ["FFN_WIDTHS", "apply", "prune_structured_to", "stage_steps"]
@@ -63,15 +63,15 @@ def stage_steps(cfg: PruneConfig) -> int:
     return cfg.steps + cfg.recovery_steps
 
 
-def _loss(cfg: PruneConfig) -> Callable[..., torch.Tensor]:
+def _loss(cfg: PruneConfig, ctx: StageContext) -> Callable[..., torch.Tensor]:
     a_d, a_t = (cfg.alpha_distill, cfg.alpha_task) if cfg.kd else (0.0, 1.0)
-    return lambda s, y, t: kd_loss(
+    return lambda s, y, t: ctx.task.kd_loss(
         s, y, t, temperature=cfg.temperature, alpha_distill=a_d, alpha_task=a_t
     )
 
 
 def _batch(ctx: StageContext, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-    return {k: ctx.train[k][idx] for k in ("input_ids", "attention_mask", "labels")}
+    return {k: ctx.train[k][idx] for k in ctx.task.view.arrays}
 
 
 def _n_train(ctx: StageContext) -> int:
@@ -105,7 +105,7 @@ def _train(
     train_classifier(
         model,
         ctx.train,
-        loss_fn=_loss(cfg),
+        loss_fn=_loss(cfg, ctx),
         epochs=float(end - start),
         max_steps=end - start,
         lr=cfg.lr,
@@ -175,6 +175,7 @@ def prune_structured_to(
     criterion: str,
     batches: list[dict] | None = None,
     device: torch.device | str = "cpu",
+    task: str | Task = DEFAULT_TASK,
 ) -> dict[str, int]:
     """Prune until ``heads_removed`` heads in total (global ranking, ≥ 1 kept per layer) and
     ``neurons_removed[l]`` neurons of layer l are gone, counting units removed before.
@@ -188,7 +189,7 @@ def prune_structured_to(
     if heads and block_parts(blocks[0]).attn is None:
         raise ValueError(f"head pruning is not supported for {type(model).__name__}")
     h_scores, n_scores = unit_scores(
-        model, criterion, heads=heads, batches=batches or [], device=device
+        model, criterion, heads=heads, batches=batches or [], device=device, task=task
     )
     removed_h = removed_n = 0
     if heads and h_scores is not None:
@@ -256,6 +257,7 @@ def _structured(
             criterion=cfg.criterion,
             batches=batches,
             device=ctx.device,
+            task=ctx.task,
         )
         return {"step": t, "head_sparsity": s_h, "neuron_sparsity": s_n, **done}
 
@@ -337,7 +339,7 @@ def _recover(
     stats = train_classifier(
         model,
         ctx.train,
-        loss_fn=_loss(cfg),
+        loss_fn=_loss(cfg, ctx),
         epochs=float(cfg.recovery_steps),
         max_steps=cfg.recovery_steps,
         lr=cfg.recovery_lr,

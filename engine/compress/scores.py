@@ -9,7 +9,8 @@
 * ``fisher`` — the empirical Fisher information of the same mask, batch mean of (∂L/∂m)²
   (Kwon et al. 2022, "A Fast Post-Training Pruning Framework for Transformers").
 
-Higher = more important to keep. L is the task cross-entropy on the given training batches.
+Higher = more important to keep. L is the study task's loss on the given training batches
+(cross-entropy for classification, :mod:`engine.tasks`).
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from engine.compress.structure import block_parts, ffn_width, head_ids
 from engine.models import layer_list
+from engine.tasks import DEFAULT_TASK, Task, get_task
 
 __all__ = ["CRITERIA", "unit_scores"]
 
@@ -73,6 +74,7 @@ def _mask_gradients(
     heads: bool,
     squared: bool,
     device: torch.device,
+    task: Task,
 ) -> UnitScores:
     blocks = list(layer_list(model))
     n_masks = [torch.ones(ffn_width(b), device=device, requires_grad=True) for b in blocks]
@@ -100,7 +102,7 @@ def _mask_gradients(
             logits = model(
                 input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)
             ).logits
-            loss = F.cross_entropy(logits, b["labels"].to(device))
+            loss = task.loss(logits, b[task.view.target].to(device))
             grads = torch.autograd.grad(loss, masks)
             for a, g in zip(acc, grads, strict=True):
                 a += g.pow(2) if squared else g.abs()
@@ -125,6 +127,7 @@ def unit_scores(
     heads: bool,
     batches: Iterable[dict[str, torch.Tensor]] = (),
     device: torch.device | str = "cpu",
+    task: str | Task = DEFAULT_TASK,
 ) -> UnitScores:
     """Per-layer scores of the heads (None when ``heads`` is false) and the FFN neurons, in
     the blocks' current order. ``batches`` (input_ids, attention_mask, labels) are needed by
@@ -133,6 +136,11 @@ def unit_scores(
         return _magnitude(model, heads)
     if criterion in ("taylor", "fisher"):
         return _mask_gradients(
-            model, batches, heads, squared=criterion == "fisher", device=torch.device(device)
+            model,
+            batches,
+            heads,
+            squared=criterion == "fisher",
+            device=torch.device(device),
+            task=get_task(task),
         )
     raise ValueError(f"unknown pruning criterion {criterion!r} (known: {', '.join(CRITERIA)})")

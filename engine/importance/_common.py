@@ -13,11 +13,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from engine.importance.base import Batch
 from engine.models import layer_list
+from engine.tasks import DEFAULT_TASK, Task, get_task
 
 __all__ = [
     "LayerHook",
@@ -78,9 +78,13 @@ def forward_logits(model: nn.Module, batch: Batch, **kwargs: Any) -> torch.Tenso
     return out.logits
 
 
-def loss_per_example(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy per example in float32 (safe under bf16 autocast)."""
-    return F.cross_entropy(logits.float(), labels, reduction="none")
+def loss_per_example(
+    logits: torch.Tensor, batch: Batch, task: str | Task = DEFAULT_TASK
+) -> torch.Tensor:
+    """``task``'s loss per example in float32 (safe under bf16 autocast), against the
+    targets in ``batch`` (cross-entropy for classification)."""
+    task = get_task(task)
+    return task.loss_per_example(logits.float(), batch[task.view.target])
 
 
 def token_mask(batch: Batch) -> torch.Tensor:
@@ -119,4 +123,4 @@ def pooled(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
 
 
 def num_examples(batches: Sequence[Batch]) -> list[int]:
-    return [int(b["labels"].shape[0]) for b in batches]
+    return [int(b["input_ids"].shape[0]) for b in batches]

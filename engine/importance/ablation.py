@@ -11,6 +11,10 @@ the rest of the network runs unchanged. With p_i the clean class probabilities o
 - ``ablation_accuracy``: ``s_il = 1[argmax p_i = y_i] − 1[argmax q_i^l = y_i] ∈ {−1, 0, 1}``,
   the task-metric drop;
 
+with CE, the label loss and the 0/1 correctness standing for the study task's per-example loss
+and quality (``Task.loss_per_example``, ``Task.example_quality``, :mod:`engine.tasks`); ``kl``
+compares the softmax of the outputs, whatever the task.
+
 and the layer score is the mean over examples, ``s_l = (1/N) Σ_i s_il``.
 
 Source: removing whole layers and measuring the damage, Gromov et al. 2024 ("The Unreasonable
@@ -50,6 +54,7 @@ from engine.importance.base import (
 )
 from engine.importance.config import ImportanceConfig
 from engine.models import num_layers
+from engine.tasks import DEFAULT_TASK, Task, get_task
 
 __all__ = ["ablation_batch", "run_ablation_pass", "score", "score_accuracy"]
 
@@ -65,25 +70,28 @@ def skipped_logits(model: nn.Module, batch: Batch, layer: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def ablation_batch(model: nn.Module, batch: Batch, metric: str) -> dict[str, np.ndarray]:
+def ablation_batch(
+    model: nn.Module, batch: Batch, metric: str, task: str | Task = DEFAULT_TASK
+) -> dict[str, np.ndarray]:
     """Per-example ``[B, L]`` ``ablation`` and ``ablation_accuracy`` contributions for one batch."""
-    labels = batch["labels"]
+    task = get_task(task)
+    targets = batch[task.view.target]
     # log-probabilities in float64: a near-identity layer's KL (or loss change) is far below
     # float32's resolution of a log-probability (~1e-7), where it would read as noise or < 0
     clean = forward_logits(model, batch).double()
     clean_logp = F.log_softmax(clean, dim=-1)
-    clean_loss = -clean_logp.gather(-1, labels[:, None]).squeeze(-1)
-    clean_acc = (clean.argmax(-1) == labels).double()
+    clean_loss = task.loss_per_example(clean, targets)
+    clean_acc = task.example_quality(clean, targets)
     out_metric, out_acc = [], []
     for layer in range(num_layers(model)):
         skipped = skipped_logits(model, batch, layer).double()
-        logq = F.log_softmax(skipped, dim=-1)
         if metric == "kl":
+            logq = F.log_softmax(skipped, dim=-1)
             delta = (clean_logp.exp() * (clean_logp - logq)).sum(-1)
         else:
-            delta = -logq.gather(-1, labels[:, None]).squeeze(-1) - clean_loss
+            delta = task.loss_per_example(skipped, targets) - clean_loss
         out_metric.append(delta)
-        out_acc.append(clean_acc - (skipped.argmax(-1) == labels).double())
+        out_acc.append(clean_acc - task.example_quality(skipped, targets))
     return {
         "ablation": torch.stack(out_metric, 1).cpu().numpy(),
         "ablation_accuracy": torch.stack(out_acc, 1).cpu().numpy(),
@@ -97,7 +105,7 @@ def run_ablation_pass(
     """One clean and L skipped forwards per batch, feeding both ablation methods."""
     rows: dict[str, list[np.ndarray]] = {m: [] for m in wanted}
     for batch in batches:
-        got = ablation_batch(model, batch, cfg.ablation_metric)
+        got = ablation_batch(model, batch, cfg.ablation_metric, cfg.task)
         for m in wanted:
             rows[m].append(got[m])
     sizes = num_examples(batches)

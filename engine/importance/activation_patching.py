@@ -47,12 +47,12 @@ __all__ = ["corrupt", "patching_batch", "score"]
 
 
 def corrupt(model: nn.Module, batch: Batch, cfg: ImportanceConfig) -> Batch:
-    """The corrupted copy of ``batch`` (labels unchanged)."""
+    """The corrupted copy of ``batch`` (targets unchanged)."""
     if cfg.patch_corruption == "other_example" and batch["input_ids"].shape[0] > 1:
         return {
+            **batch,
             "input_ids": batch["input_ids"].roll(1, 0),
             "attention_mask": batch["attention_mask"].roll(1, 0),
-            "labels": batch["labels"],
         }
     g = batch_generator(batch, cfg.seed, salt="activation_patching")
     ids = batch["input_ids"]

@@ -76,7 +76,7 @@ def split_batches(batches: Sequence[Batch]) -> list[Batch]:
     """Each batch cut in two halves (a batch of one stays whole)."""
     out: list[Batch] = []
     for b in batches:
-        n = int(b["labels"].shape[0])
+        n = int(b["input_ids"].shape[0])
         if n < 2:
             out.append(b)
             continue
@@ -102,11 +102,11 @@ def _run_group(
                 (name,) = names
                 return {name: IMPORTANCE.get(name)(model, batches, cfg=cfg)}, batches
         except RuntimeError as err:  # torch.OutOfMemoryError is a RuntimeError
-            if not is_out_of_memory(err) or all(int(b["labels"].shape[0]) < 2 for b in batches):
+            if not is_out_of_memory(err) or all(int(b["input_ids"].shape[0]) < 2 for b in batches):
                 raise
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            before = max(int(b["labels"].shape[0]) for b in batches)
+            before = max(int(b["input_ids"].shape[0]) for b in batches)
             batches = split_batches(batches)
             log.warning(
                 "out of memory in %s at batch size %d; retrying with batches halved "
@@ -114,7 +114,7 @@ def _run_group(
                 sorted(names),
                 before,
                 len(batches),
-                max(int(b["labels"].shape[0]) for b in batches),
+                max(int(b["input_ids"].shape[0]) for b in batches),
                 str(err).splitlines()[0] if str(err) else type(err).__name__,
             )
 

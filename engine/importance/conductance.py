@@ -42,6 +42,7 @@ from engine.importance._common import first_tensor
 from engine.importance.base import Batch, LayerScores, from_per_example, register_importance
 from engine.importance.config import ImportanceConfig
 from engine.models import layer_list
+from engine.tasks import get_task
 
 __all__ = ["conductance_batch", "score"]
 
@@ -63,6 +64,7 @@ def _forward(model: nn.Module) -> object:
 def conductance_batch(model: nn.Module, batch: Batch, cfg: ImportanceConfig) -> np.ndarray:
     """Per example (``[B, L]``): the total absolute conductance of each layer's output."""
     ids, mask = batch["input_ids"], batch["attention_mask"]
+    task = get_task(cfg.task)
     with torch.no_grad():
         embeds = model.get_input_embeddings()(ids).detach()
     fwd = _forward(model)
@@ -74,7 +76,7 @@ def conductance_batch(model: nn.Module, batch: Batch, cfg: ImportanceConfig) -> 
             cond = lc.attribute(
                 embeds,
                 baselines=torch.zeros_like(embeds),
-                target=batch["labels"],
+                target=task.attribution_target(batch[task.view.target]),
                 additional_forward_args=(ids, mask),
                 n_steps=cfg.conductance_steps,
                 internal_batch_size=cfg.conductance_internal_batch_size,

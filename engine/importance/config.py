@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from engine.configbase import Section
+from engine.tasks.base import DEFAULT_TASK
 
 __all__ = ["ImportanceConfig", "problems"]
 
@@ -28,6 +29,9 @@ class ImportanceConfig(Section):
     cpus_per_actor: float = Field(1.0, ge=0)
     gpus_per_actor: float = Field(0.0, ge=0)
     seed: int = Field(0, ge=0)
+    # the study's task (set from ``task`` by the study config; not written to the manifest):
+    # which loss and targets the loss-based methods use (engine.tasks)
+    task: str = Field(DEFAULT_TASK, exclude=True)
 
     # confidence intervals: BCa bootstrap over examples where a method yields per-example
     # contributions, over calibration batches where it does not (base.bootstrap_ci); below

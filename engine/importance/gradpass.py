@@ -48,6 +48,7 @@ from engine.importance.base import (
 from engine.importance.config import ImportanceConfig
 from engine.importance.ghostnorm import per_example_sq_norms
 from engine.models import layer_list
+from engine.tasks import DEFAULT_TASK, Task
 
 __all__ = [
     "NEEDS",
@@ -129,12 +130,15 @@ def _leaf_input(block: nn.Module):
     return pre
 
 
-def gradient_batch(model: nn.Module, batch: Batch, *, needs: frozenset[str]) -> GradBatch:
-    """Forward + one backward of the batch-mean loss, computing only what ``needs`` asks."""
+def gradient_batch(
+    model: nn.Module, batch: Batch, *, needs: frozenset[str], task: str | Task = DEFAULT_TASK
+) -> GradBatch:
+    """Forward + one backward of the batch-mean ``task`` loss, computing only what ``needs``
+    asks."""
     blocks = list(layer_list(model))
     params = layer_params(model)
     flat = [p for ps in params for p in ps]
-    bsz = int(batch["labels"].shape[0])
+    bsz = int(batch["input_ids"].shape[0])
     device = batch["input_ids"].device
     gate = (
         torch.ones(len(blocks), bsz, device=device, requires_grad=True)
@@ -175,7 +179,7 @@ def gradient_batch(model: nn.Module, batch: Batch, *, needs: frozenset[str]) -> 
             )
             for p in flat:
                 p.requires_grad_(want_params)
-            loss = loss_per_example(forward_logits(model, batch), batch["labels"]).mean()
+            loss = loss_per_example(forward_logits(model, batch), batch, task).mean()
             inputs = [*leaf, *([gate] if gate is not None else []), *(flat if want_params else [])]
             got = torch.autograd.grad(loss, inputs, allow_unused=True)
     finally:
@@ -217,7 +221,7 @@ def run_backward_pass(
     needs = frozenset().union(*(_REDUCERS[m][1] for m in wanted))
     rows: dict[str, list[np.ndarray]] = {m: [] for m in wanted}
     for batch in batches:
-        gb = gradient_batch(model, batch, needs=needs)
+        gb = gradient_batch(model, batch, needs=needs, task=cfg.task)
         for m in wanted:
             rows[m].append(np.asarray(_REDUCERS[m][0](gb), dtype=np.float64))
     sizes = num_examples(batches)

@@ -41,28 +41,37 @@ from engine.importance.base import (
 )
 from engine.importance.compute import expand_methods, score_methods
 from engine.importance.config import ImportanceConfig
+from engine.tasks import get_task
 
 __all__ = ["ImportanceWorker", "calibration_batches", "compute_importance", "importance_table"]
 
 log = logging.getLogger(__name__)
 
-DATA_KEYS = ("input_ids", "attention_mask", "labels")
 # actors together leave at least this share of the cluster's CPUs free (reads, driver)
 CPU_HEADROOM = 0.25
 
 
 def calibration_batches(data: Mapping[str, np.ndarray], cfg: ImportanceConfig) -> list[dict]:
-    """The first ``num_batches × batch_size`` rows of ``data`` cut into numpy batches."""
-    missing = [k for k in DATA_KEYS if k not in data]
+    """The first ``num_batches × batch_size`` rows of ``data`` cut into numpy batches of the
+    arrays ``cfg.task`` reads (token arrays as int64, targets in the task's dtype)."""
+    view = get_task(cfg.task).view
+    missing = [k for k in view.arrays if k not in data]
     if missing:
-        raise ValueError(f"calibration data lacks keys {missing} (needs {list(DATA_KEYS)})")
-    rows = min(len(data["labels"]), cfg.num_batches * cfg.batch_size)
+        raise ValueError(f"calibration data lacks keys {missing} (needs {list(view.arrays)})")
+    rows = min(len(data["input_ids"]), cfg.num_batches * cfg.batch_size)
     if rows == 0:
         raise ValueError("calibration data has no rows")
     out = []
     for start in range(0, rows, cfg.batch_size):
         stop = min(start + cfg.batch_size, rows)
-        out.append({k: np.asarray(data[k][start:stop], dtype=np.int64) for k in DATA_KEYS})
+        out.append(
+            {
+                k: np.asarray(
+                    data[k][start:stop], dtype=view.target_dtype if k == view.target else np.int64
+                )
+                for k in view.arrays
+            }
+        )
     return out
 
 

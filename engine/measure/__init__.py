@@ -7,13 +7,14 @@ Every trial and the teacher are measured by the same calls, so rows are comparab
   ``count_params``, ``count_params_nonzero``, ``weights_bytes``;
 * :mod:`~engine.measure.latency` — ``measure_latency(model, batch, repeats=, warmup=)``,
   ``interleaved_latency([(model, batch), ...], repeats=, warmup=)`` (several models in turns);
-* :mod:`~engine.measure.quality` — ``classification_metrics``, ``majority_baseline``,
-  ``evaluate``.
+* :mod:`~engine.measure.quality` — ``evaluate(model, split, task=...)`` (runs the model, the
+  study's task scores it: :mod:`engine.tasks`), and the classification task's helpers
+  ``classification_metrics``, ``majority_baseline``.
 
 Example::
 
     gflops = count_gflops(model, seq_len=64)
-    logits, metrics = evaluate(model, test, batch_size=64, device="cpu")
+    logits, metrics = evaluate(model, test, task="rating_classification", batch_size=64, device="cpu")
     metrics["macro_f1"]
 """
 

@@ -1,4 +1,8 @@
-"""Classification quality: accuracy and macro-F1, the majority-class baseline, and evaluation.
+"""Evaluation of a model on a split (task-generic), and the classification task's metrics.
+
+:func:`evaluate` runs the model and asks the study's task (:mod:`engine.tasks`) to score its
+outputs. The rest are the helpers of ``rating_classification``: accuracy and macro-F1, the
+majority-class baseline.
 
 Macro-F1 follows scikit-learn's default ``f1_score(average="macro")``: the unweighted mean of
 per-class F1 over the classes present in ``labels ∪ predictions``. A class that is neither a
@@ -14,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from engine.tasks.base import DEFAULT_TASK, Task
 
 __all__ = ["classification_metrics", "confusion_matrix", "evaluate", "majority_baseline"]
 
@@ -75,20 +81,25 @@ def evaluate(
     model: nn.Module,
     data: dict[str, np.ndarray],
     *,
+    task: str | Task = DEFAULT_TASK,
     batch_size: int,
     device: torch.device | str,
     autocast_dtype: torch.dtype | None = None,
 ) -> tuple[np.ndarray, dict[str, float]]:
-    """Run ``model`` over ``data`` (``input_ids``, ``attention_mask``, ``labels`` arrays),
-    under autocast to ``autocast_dtype`` when given (:mod:`engine.device`).
+    """Run ``model`` over ``data`` (the arrays of ``task``'s data view), under autocast to
+    ``autocast_dtype`` when given (:mod:`engine.device`).
 
-    Returns the float32 logits ``[n, C]`` and :func:`classification_metrics` on them.
+    Returns the float32 outputs ``[n, ...]`` and ``task.score`` on them (for classification:
+    logits ``[n, C]`` and :func:`classification_metrics`).
     """
     from engine.device import autocast
+    from engine.tasks import get_task
 
+    task = get_task(task)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if len(data["labels"]) == 0:
+    n = len(data["input_ids"])
+    if n == 0:
         raise ValueError("no examples to evaluate")
     device = torch.device(device)
     model.to(device)
@@ -97,11 +108,11 @@ def evaluate(
     out: list[torch.Tensor] = []
     try:
         with torch.inference_mode(), autocast(device, autocast_dtype):
-            for s in range(0, len(data["labels"]), batch_size):
+            for s in range(0, n, batch_size):
                 ids = torch.as_tensor(data["input_ids"][s : s + batch_size], device=device)
                 mask = torch.as_tensor(data["attention_mask"][s : s + batch_size], device=device)
                 out.append(model(input_ids=ids, attention_mask=mask).logits.float().cpu())
     finally:
         model.train(was_training)
-    logits = torch.cat(out).numpy()
-    return logits, classification_metrics(logits, data["labels"], logits.shape[1])
+    outputs = torch.cat(out).numpy()
+    return outputs, task.score(outputs, data[task.view.target])

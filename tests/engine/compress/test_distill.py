@@ -1,4 +1,4 @@
-"""Knowledge-distillation loss and the distill stage."""
+"""The distill stage (the KD loss itself is the task's: tests/engine/tasks/)."""
 
 from __future__ import annotations
 
@@ -13,61 +13,14 @@ from engine.compress.distill import (
     attention_mse,
     ensemble_logits,
     hidden_mse,
-    kd_loss,
     layer_mapping,
 )
 from engine.config import DistillConfig
+from engine.tasks import get_task
 from engine.train import train_classifier
 from tests.conftest import tiny_bert, toy_batches
 
-
-def test_kd_loss_equals_cross_entropy_without_distillation() -> None:
-    g = torch.Generator().manual_seed(0)
-    s, t = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g)
-    y = torch.tensor([0, 1, 2, 3, 4, 0])
-    got = kd_loss(s, y, t, temperature=3.0, alpha_distill=0.0, alpha_task=1.0)
-    torch.testing.assert_close(got, F.cross_entropy(s, y))
-
-
-def test_kd_loss_matches_hand_computation_at_t2() -> None:
-    s = [[1.0, 2.0, 0.5], [0.0, -1.0, 1.0]]
-    t = [[2.0, 1.0, 0.0], [1.0, 1.0, 3.0]]
-    y = [1, 2]
-    temp, a_d, a_t = 2.0, 0.7, 0.3
-
-    def softmax(z: list[float]) -> list[float]:
-        e = [math.exp(v) for v in z]
-        return [v / sum(e) for v in e]
-
-    kl = 0.0
-    ce = 0.0
-    for zs, zt, label in zip(s, t, y, strict=True):
-        ps = softmax([v / temp for v in zs])
-        pt = softmax([v / temp for v in zt])
-        kl += sum(p * (math.log(p) - math.log(q)) for p, q in zip(pt, ps, strict=True))
-        ce += -math.log(softmax(zs)[label])
-    expected = a_d * temp**2 * kl / 2 + a_t * ce / 2
-    got = kd_loss(
-        torch.tensor(s),
-        torch.tensor(y),
-        torch.tensor(t),
-        temperature=temp,
-        alpha_distill=a_d,
-        alpha_task=a_t,
-    )
-    assert float(got) == pytest.approx(expected, rel=1e-6)
-
-
-def test_kd_loss_needs_teacher_logits() -> None:
-    with pytest.raises(ValueError, match="teacher logits"):
-        kd_loss(
-            torch.zeros(2, 3),
-            torch.zeros(2, dtype=torch.long),
-            None,
-            temperature=2.0,
-            alpha_distill=0.5,
-            alpha_task=0.5,
-        )
+kd_loss = get_task("rating_classification").kd_loss  # the study task's combined KD loss
 
 
 def _train_data(n: int = 32) -> dict[str, torch.Tensor]:

@@ -1,0 +1,49 @@
+"""Tasks: what a student is trained and scored on. ``rating_classification`` is the first.
+
+Extension point — one class per task, registered under its name::
+
+    @register_task("rating_regression")
+    class RatingRegression(Task):
+        view = DataView(("input_ids", "attention_mask", "labels"), "labels", np.float32)
+        metrics = {"rmse": "min"}
+        default_objectives = (("valid_rmse", "min"), ("gflops", "min"))
+        default_quality_metric = "rmse"
+
+        def loss(self, outputs, targets):
+            return F.mse_loss(outputs.squeeze(-1), targets)
+        ...  # build_model, model_from_config, loss_per_example, distill_loss,
+             # example_quality, score, baselines (see engine.tasks.base.Task)
+
+A task declares the data view it reads (which arrays, which holds the targets), its model
+head, the task loss (batch mean and per example), the distillation loss (``kd_loss`` combines
+them: ``alpha_task`` · task + ``alpha_distill`` · distillation), its metrics with directions
+and how a split is scored, reference baseline rows, and default objectives. Everything else
+asks the study's task (``study.task`` → :func:`get_task`): the teacher's fine-tuning,
+evaluation (:func:`engine.measure.evaluate`), the stages' losses (``ctx.task``), the
+importance methods' losses (``ImportanceConfig.task``), the validation of objective and
+report metrics, the manifest's baselines and ``manifest["task"]``.
+"""
+
+from __future__ import annotations
+
+# importing the task modules registers them
+from engine.tasks import rating_classification  # noqa: F401
+from engine.tasks.base import (
+    COST_METRICS,
+    DEFAULT_TASK,
+    TASKS,
+    DataView,
+    Task,
+    get_task,
+    register_task,
+)
+
+__all__ = [
+    "COST_METRICS",
+    "DEFAULT_TASK",
+    "TASKS",
+    "DataView",
+    "Task",
+    "get_task",
+    "register_task",
+]

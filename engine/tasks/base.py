@@ -1,0 +1,195 @@
+"""The task contract, the :data:`TASKS` registry and :func:`get_task`.
+
+A task says what a student is trained and scored on. Stages, trials, the teacher, the
+importance methods and measurement ask the study's task — they never assume labels are classes.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel
+
+from sweepcore.registry import Registry
+
+__all__ = [
+    "COST_METRICS",
+    "DEFAULT_TASK",
+    "TASKS",
+    "DataView",
+    "Direction",
+    "Task",
+    "get_task",
+    "register_task",
+]
+
+Direction = Literal["max", "min"]
+
+# the study's task when the file names none (the first task; keeps old study files valid)
+DEFAULT_TASK = "rating_classification"
+
+# Metrics every trial reports whatever the task (cost of the built model), with directions.
+COST_METRICS: Mapping[str, Direction] = {
+    "gflops": "min",
+    "params": "min",
+    "weights_bytes": "min",
+    "latency_ms_p50": "min",
+}
+
+
+@dataclass(frozen=True)
+class DataView:
+    """What a split carries for this task.
+
+    Attributes:
+        arrays: the split's arrays the task reads (inputs first, the target last).
+        target: which array holds the targets (class ids, item ids, ratings, ...).
+        target_dtype: the dtype of a batch of targets (int64 for ids, float32 for values).
+    """
+
+    arrays: tuple[str, ...]
+    target: str
+    target_dtype: type
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return tuple(a for a in self.arrays if a != self.target)
+
+
+class Task(ABC):
+    """One task family. A subclass sets the class attributes and the abstract methods.
+
+    ``outputs`` below are the model's output tensor (``.logits`` of an HF model): ``[B, C]``
+    class logits, ``[B, items]`` catalogue scores, ``[B, 1]`` a predicted rating.
+    """
+
+    name: str = ""
+    view: DataView
+    #: metric name → direction; a split scores to exactly these keys
+    metrics: Mapping[str, Direction]
+    #: default ``search.objectives`` as ``(metric, mode)``; metrics are ``valid_<metric>``
+    #: or a :data:`COST_METRICS` name
+    default_objectives: tuple[tuple[str, Direction], ...]
+    #: default ``report.quality_metric``
+    default_quality_metric: str
+
+    # ------------------------------------------------------------------ the model head
+    def head_outputs(self, num_labels: int) -> int:
+        """The head's width given the data's count of distinct targets (``num_labels``:
+        classes, or catalogue items); 1 for a task that predicts one value."""
+        return num_labels
+
+    @abstractmethod
+    def build_model(
+        self, name: str, num_outputs: int, *, attn_implementation: str = "sdpa", seed: int = 0
+    ) -> PreTrainedModel:
+        """The pretrained backbone ``name`` with a fresh head of ``num_outputs`` outputs."""
+
+    @abstractmethod
+    def model_from_config(self, config: dict[str, Any]) -> PreTrainedModel:
+        """An untrained model of this task's head from an HF config dict (weights loaded after)."""
+
+    # ------------------------------------------------------------------ losses
+    @abstractmethod
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The task loss, mean over the batch (what the teacher is fine-tuned on)."""
+
+    @abstractmethod
+    def loss_per_example(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The task loss of each example ``[B]``, in the dtype of ``outputs``."""
+
+    @abstractmethod
+    def distill_loss(
+        self,
+        student: torch.Tensor,
+        teacher: torch.Tensor,
+        *,
+        temperature: float,
+        weight: float = 1.0,
+    ) -> torch.Tensor:
+        """``weight`` × the distance of the student's outputs from the teacher's (mean over
+        the batch); zero when they are equal."""
+
+    def kd_loss(
+        self,
+        student: torch.Tensor,
+        targets: torch.Tensor,
+        teacher: torch.Tensor | None,
+        *,
+        temperature: float,
+        alpha_distill: float,
+        alpha_task: float,
+    ) -> torch.Tensor:
+        """``alpha_task`` · task loss + ``alpha_distill`` · distillation loss; the task loss
+        alone when ``alpha_distill == 0``."""
+        loss = alpha_task * self.loss(student, targets)
+        if alpha_distill > 0:
+            if teacher is None:
+                raise ValueError("alpha_distill > 0 needs teacher logits")
+            loss = loss + self.distill_loss(
+                student, teacher, temperature=temperature, weight=alpha_distill
+            )
+        return loss
+
+    # ------------------------------------------------------------------ importance hooks
+    @abstractmethod
+    def example_quality(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-example quality ``[B]`` (float64, higher = better): what a layer's removal
+        costs in the task's own terms (correct = 1 for classification)."""
+
+    def attribution_target(self, targets: torch.Tensor) -> torch.Tensor | int:
+        """Which output an attribution method explains per example (default: the first)."""
+        return 0
+
+    # ------------------------------------------------------------------ scoring
+    @abstractmethod
+    def score(self, outputs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+        """Every metric in :attr:`metrics` on one split, from the model's outputs ``[N, ...]``."""
+
+    @abstractmethod
+    def baselines(
+        self, train_targets: np.ndarray, test_targets: np.ndarray, num_outputs: int
+    ) -> dict[str, dict[str, float]]:
+        """Reference rows: baseline name → its metrics on the test targets (no model)."""
+
+    # ------------------------------------------------------------------ derived
+    def objective_metrics(self) -> dict[str, Direction]:
+        """What ``search.objectives`` may name: ``valid_<metric>`` and the cost metrics."""
+        return {**{f"valid_{m}": d for m, d in self.metrics.items()}, **COST_METRICS}
+
+    def describe(self) -> dict[str, Any]:
+        """What the run directory's manifest says about the task (``manifest["task"]``)."""
+        return {
+            "name": self.name,
+            "target": self.view.target,
+            "metrics": dict(self.metrics),
+            "objectives": [list(o) for o in self.default_objectives],
+            "quality_metric": self.default_quality_metric,
+        }
+
+
+TASKS: Registry[Any] = Registry("task")
+
+
+def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
+    """Register a :class:`Task` subclass under ``name`` (one instance is kept)."""
+
+    def deco(cls: type[Task]) -> type[Task]:
+        cls.name = name
+        unknown = [m for m, d in cls.metrics.items() if d not in ("max", "min")]
+        if unknown:
+            raise ValueError(f"task {name!r}: metrics {unknown} need a direction 'max'/'min'")
+        TASKS.register(name)(cls())
+        return cls
+
+    return deco
+
+
+def get_task(task: str | Task) -> Task:
+    """The registered task ``task`` names (a :class:`Task` is returned as is)."""
+    return task if isinstance(task, Task) else TASKS.get(task)
