@@ -40,9 +40,8 @@ import torch
 from torch import nn
 
 from engine.compress.prune import prune_structured_to
-from engine.compress.quantize import choose_backend, quantize_model
+from engine.compress.quantize import QuantizeConfig, choose_backend, quantize_model
 from engine.compress.structure import ffn_width
-from engine.config import QuantizeConfig
 from engine.measure import count_params, measure_latency, weights_bytes
 from engine.models import layer_list
 

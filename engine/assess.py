@@ -5,13 +5,13 @@ Used for the teacher row and for every trial, so both are measured the same way.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
 import torch
 from transformers import PreTrainedModel
 
+from engine.compress.base import measure_placement, stage_columns
 from engine.config import StudyConfig
 from engine.device import autocast, precision_name
 from engine.measure import (
@@ -23,6 +23,7 @@ from engine.measure import (
     weights_bytes,
 )
 from engine.models import num_layers
+from engine.tasks import get_task
 
 __all__ = ["assess"]
 
@@ -37,23 +38,22 @@ def assess(
 ) -> dict[str, Any]:
     """Quality on each split (``test`` unprefixed, others prefixed ``<split>_``) and cost.
 
-    ``record`` (what the compression stages did) adds ``quant`` and ``gflops_theoretical``
-    = ``gflops`` × (1 − mask sparsity): the seeds' estimate for masked (unstructured / 2:4)
-    pruning, which a dense kernel does not realise; ``gflops`` stays the dense fvcore count.
-    A dynamic-int8 model runs on CPU whatever the trial's device. ``autocast_dtype``: the
+    ``record`` (what the compression stages did, as saved in ``compression.json``): each
+    registered stage adds its columns (its defaults when it did not run), e.g.
+    ``gflops_theoretical`` = ``gflops`` × (1 − mask sparsity), ``quant``, ``exit_curve``;
+    ``gflops`` stays the dense fvcore count. A stage may say where its output is measured
+    (a dynamic-int8 model runs on CPU whatever the trial's device). ``autocast_dtype``: the
     forwards of evaluation and latency run under that autocast (the ``precision`` column);
     GFLOPs are counted without it (the same multiply-adds either way). The latency it
     measures is the trial's own (beside whatever else runs then); the sweep moves it to
     ``latency_in_trial_*`` and fills the public columns in its latency phase
     (:mod:`engine.latency_phase`).
     """
-    record = record or {}
-    if record.get("quant") == "dynamic_int8":
-        device = torch.device("cpu")
-        autocast_dtype = None  # int8 kernels take float32 activations
-    if record.get("quant", "").startswith("bnb"):
-        device = next(model.parameters()).device  # bitsandbytes layers live where they were
-    else:
+    place = measure_placement(record, model, device)  # e.g. dynamic int8 runs on CPU
+    device = place.device
+    if not place.autocast:
+        autocast_dtype = None
+    if place.move:
         model.to(device)
     model.eval()
     row: dict[str, Any] = {}
@@ -70,17 +70,12 @@ def assess(
         row.update({f"{prefix}{k}": float(v) for k, v in metrics.items()})
     seq = study.data.max_length
     row["gflops"] = float(count_gflops(model, seq))
-    row["gflops_theoretical"] = row["gflops"] * (1.0 - float(record.get("sparsity", 0.0)))
-    row["quant"] = record.get("quant", "none")
-    row["quant_reason"] = record.get("quantize", {}).get("reason", "")
+    task = get_task(study.task)
+    row.update(stage_columns(record, model, splits, row, task))  # e.g. quant, exit_curve
     row["params"] = int(count_params(model))
     row["params_nonzero"] = int(count_params_nonzero(model))
     row["weights_bytes"] = int(weights_bytes(model))
     row["student_layers"] = int(num_layers(getattr(model, "backbone", model)))
-    if hasattr(model, "exit_curve"):  # early exit: quality and depth per threshold on test
-        thresholds = tuple(record["early_exit"]["thresholds"])
-        curve = model.exit_curve(splits["test"], thresholds, task=study.task)
-        row["exit_curve"] = json.dumps(curve)
     test = splits["test"]
     bs = study.measure.batch_size
     batch = {

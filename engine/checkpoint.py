@@ -27,14 +27,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-if TYPE_CHECKING:  # engine.compress imports this module (StageContext.resume)
-    from engine.compress import StageContext
+from engine.compress import StageContext
+from engine.compress.pipeline import resumable
+
+if TYPE_CHECKING:
     from engine.train import TrainingState
 
 __all__ = [
     "CHECKPOINT_FILE",
     "FAULT_KEY",
-    "RESUMABLE_STAGES",
     "StageResume",
     "TrialCheckpointer",
     "TrialResume",
@@ -43,12 +44,10 @@ __all__ = [
 ]
 
 
-# Stages whose training state is what a TrainingState snapshots (plus deterministic set-up),
-# so they can continue mid-training from a checkpoint: distill (one train_classifier call),
-# prune (one call per stretch between pruning events and one for recovery, its own progress
-# in the snapshot's "stage" entry; see StageResume) and early_exit (its head-training loop,
-# restored with StageResume.restore). Reports from other stages carry none.
-RESUMABLE_STAGES = frozenset({"distill", "prune", "early_exit"})
+# Stages whose training state is what a TrainingState snapshots (plus deterministic set-up)
+# can continue mid-training from a checkpoint: each declares ``resumable`` where it is
+# registered (engine.compress.pipeline.resumable). A resumed stage gets a StageResume (see
+# below). Reports from other stages carry none.
 CHECKPOINT_FILE = "trial_state.pt"
 # Test-only fault injection: a Tune config key {"step": k, "marker": path}. The first report at
 # a step >= k exits the worker process (before reporting), once: the marker file records it.
@@ -99,8 +98,7 @@ class TrialResume:
     stage_index: int
     stage_name: str
     training: dict[str, Any]
-    record: dict[str, Any]
-    extras: dict[str, Any]
+    record: dict[str, Any]  # stage name → typed record (engine.compress.base.StageRecord)
     attn_implementation: str | None = None
 
     @property
@@ -155,7 +153,7 @@ class TrialCheckpointer:
 
         active = training
         due = step is not None and step - self.last_step >= self.every and self.ctx is not None
-        if not due or active is None or self.stage_name not in RESUMABLE_STAGES:
+        if not due or active is None or not resumable(self.stage_name):
             yield None
             return
         self.last_step = int(step)  # type: ignore[arg-type]
@@ -190,8 +188,7 @@ class TrialCheckpointer:
                     "stage_index": self.stage_index,
                     "stage_name": self.stage_name,
                     "training": training,
-                    "record": self.ctx.record,
-                    "extras": self.ctx.extras,
+                    "record": self.ctx.records,
                     "attn_implementation": self.attn_implementation,
                 },
                 path,
@@ -221,7 +218,6 @@ def load_trial_state(path: str | Path, reference: dict[str, torch.Tensor]) -> Tr
         stage_name=state["stage_name"],
         training=state["training"],
         record=state["record"],
-        extras=state["extras"],
         attn_implementation=state.get("attn_implementation"),
     )
 

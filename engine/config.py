@@ -12,12 +12,22 @@ import copy
 import difflib
 import typing
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    create_model,
+    model_validator,
+)
 
-from engine.configbase import Section
+from engine.compress import pipeline_config
+from engine.compress.pipeline import order_problems, stage_problems
+from engine.configbase import OptimConfig, Section
 from engine.data.config import DataConfig
 from engine.data.config import problems as data_problems
 from engine.importance.config import ImportanceConfig
@@ -28,16 +38,11 @@ from engine.tasks import DEFAULT_TASK, TASKS, get_task
 __all__ = [
     "SWEEPS_DIR",
     "ConfigError",
-    "DistillConfig",
-    "EarlyExitConfig",
-    "EnsembleTeacher",
     "FloatRange",
     "IntRange",
     "MeasureConfig",
     "Objective",
     "PipelineConfig",
-    "PruneConfig",
-    "QuantizeConfig",
     "SchedulerConfig",
     "SearchConfig",
     "StudyConfig",
@@ -47,11 +52,11 @@ __all__ = [
     "list_studies",
     "load_study",
     "parse_override",
+    "study_config",
     "study_path",
 ]
 
 SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
-BASELINE_STRATEGIES = ("uniform", "first_last", "random")
 
 
 class ConfigError(ValueError):
@@ -62,205 +67,20 @@ class ConfigError(ValueError):
         super().__init__("\n".join(problems))
 
 
-class TeacherConfig(Section):
+class TeacherConfig(OptimConfig):
     """The model that is compressed, and its task fine-tuning (cached by content hash)."""
 
     model: str = EMBEDDED_TEACHER
     epochs: float = Field(2.0, gt=0)
     max_steps: int | None = Field(None, ge=1)
-    lr: float = Field(1e-4, gt=0, lt=1)
-    batch_size: int = Field(32, ge=1)
-    weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    freeze_embeddings: bool = True
     seed: int = Field(0, ge=0)
 
 
-class TruncateConfig(Section):
-    """Keep k of L layers, chosen by an importance method or a baseline strategy.
-
-    Exactly one of ``keep_layers`` (k) and ``keep_ratio`` (k = round(ratio × L), at least 1)
-    is set. ``strategy`` is an importance method computed by the study (top-k by score) or
-    one of ``uniform`` (evenly spaced, last layer kept), ``first_last`` (first k−1 and the
-    last), ``random`` (k layers drawn under the trial seed).
-    """
-
-    # an override of one member (CLI, search.space, search.extra, a trial's values) replaces
-    # the other: engine.config.apply_overrides clears it
-    either_or: ClassVar[tuple[tuple[str, ...], ...]] = (("keep_layers", "keep_ratio"),)
-
-    keep_layers: int | None = Field(None, ge=1)
-    keep_ratio: float | None = Field(None, gt=0, le=1)
-    strategy: str = "fisher"
-
-    @model_validator(mode="after")
-    def _one_size(self) -> TruncateConfig:
-        if (self.keep_layers is None) == (self.keep_ratio is None):
-            raise ValueError(
-                "set exactly one of keep_layers and keep_ratio "
-                f"(got keep_layers={self.keep_layers}, keep_ratio={self.keep_ratio})"
-            )
-        return self
-
-
-class EnsembleTeacher(Section):
-    """One member of an ensemble teacher: ``path`` is ``teacher`` (the study's fine-tuned
-    teacher) or a local directory holding a saved sequence classifier with the study's labels
-    and tokenizer (e.g. a run's ``models/<trial_id>/``); ``weight`` > 0."""
-
-    path: str = Field(min_length=1)
-    weight: float = Field(gt=0)
-
-    @model_validator(mode="after")
-    def _exists(self) -> EnsembleTeacher:
-        if self.path != "teacher" and not (Path(self.path) / "config.json").is_file():
-            raise ValueError(
-                f"teacher path {self.path!r} is neither 'teacher' nor a directory with a "
-                "saved model (config.json); nothing is downloaded"
-            )
-        return self
-
-
-class DistillConfig(Section):
-    """Train the student: ``alpha_distill`` · T² · KL(teacher_T ‖ student_T) + ``alpha_task`` · CE.
-
-    ``kd: false`` is the no-distillation control: same steps and learning rate, labels only
-    (α_distill = 0, α_task = 1).
-    """
-
-    kd: bool = True
-    temperature: float = Field(2.0, gt=0)
-    alpha_distill: float = Field(0.5, ge=0)
-    alpha_task: float = Field(0.5, ge=0)
-    epochs: float = Field(1.0, gt=0)
-    max_steps: int | None = Field(None, ge=1)
-    lr: float = Field(1e-4, gt=0, lt=1)
-    batch_size: int = Field(32, ge=1)
-    weight_decay: float = Field(0.01, ge=0)
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    freeze_embeddings: bool = True
-    # Feature distillation (TinyBERT-style), each with its own weight; 0 = off. Student layer i
-    # is matched to teacher layer ``layer_map[i]`` (0-based); default: the layers truncate kept,
-    # else evenly spaced. Attention terms compare head-averaged attention maps (any head count).
-    alpha_hidden: float = Field(0.0, ge=0)
-    alpha_attention: float = Field(0.0, ge=0)
-    layer_map: tuple[int, ...] | None = None
-    # Ensemble teacher: weights of the study's teacher followed by the extra teachers whose
-    # train logits a caller puts in ctx.extras["extra_teacher_logits"]; None = single teacher.
-    teacher_weights: tuple[float, ...] | None = None
-    # Ensemble teacher from the study file: the target is Σ w_k z_k / Σ w_k over these
-    # teachers' logits (weights are normalised, so any positive weights will do).
-    teachers: tuple[EnsembleTeacher, ...] | None = Field(None, min_length=1)
-
-    @model_validator(mode="after")
-    def _weights(self) -> DistillConfig:
-        if self.teachers is not None:
-            if self.teacher_weights is not None:
-                raise ValueError("set teachers or teacher_weights, not both")
-            paths = [t.path for t in self.teachers]
-            if len(set(paths)) != len(paths):
-                raise ValueError(f"teachers lists a path twice: {paths}")
-        if self.teacher_weights is not None and (
-            not self.teacher_weights
-            or min(self.teacher_weights) < 0
-            or sum(self.teacher_weights) <= 0
-        ):
-            raise ValueError("teacher_weights must be non-negative with a positive sum")
-        if self.kd and self.alpha_distill + self.alpha_task <= 0:
-            raise ValueError("alpha_distill + alpha_task must be > 0")
-        return self
-
-
-class PruneConfig(Section):
-    """Prune the student: structured (attention heads + FFN neurons, physically removed) or
-    masked (``unstructured`` magnitude, ``semi_structured_2_4``: 2 of every 4 weights).
-
-    Gradual schedule (Zhu & Gupta 2017): over ``steps`` training steps the sparsity follows
-    s_t = s_f + (s_i − s_f)(1 − t/n)^``exponent``, pruned every ``prune_every`` steps, with
-    s_f = ``head_sparsity`` / ``neuron_sparsity`` (structured) or ``weight_sparsity``
-    (unstructured) and s_i = min(``initial_sparsity``, s_f). ``steps: 0`` prunes once.
-    While pruning, training uses the KD loss when ``kd`` is true (pruning-aware
-    distillation). Then ``recovery_steps`` of fine-tuning at ``recovery_lr``.
-    """
-
-    method: Literal["structured", "unstructured", "semi_structured_2_4"] = "structured"
-    criterion: Literal["magnitude", "taylor", "fisher"] = "magnitude"
-    head_sparsity: float = Field(0.25, ge=0, lt=1)
-    neuron_sparsity: float = Field(0.25, ge=0, lt=1)
-    weight_sparsity: float = Field(0.5, ge=0, lt=1)
-    initial_sparsity: float = Field(0.0, ge=0, lt=1)
-    exponent: float = Field(3.0, gt=0)
-    steps: int = Field(0, ge=0)
-    prune_every: int = Field(1, ge=1)
-    score_batches: int = Field(4, ge=1)
-    lr: float = Field(1e-4, gt=0, lt=1)
-    batch_size: int = Field(32, ge=1)
-    weight_decay: float = Field(0.01, ge=0)
-    kd: bool = True
-    temperature: float = Field(2.0, gt=0)
-    alpha_distill: float = Field(0.5, ge=0)
-    alpha_task: float = Field(0.5, ge=0)
-    recovery_steps: int = Field(0, ge=0)
-    recovery_lr: float = Field(3e-5, gt=0, lt=1)
-    recovery_warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    freeze_embeddings: bool = True
-
-    @model_validator(mode="after")
-    def _check(self) -> PruneConfig:
-        if self.method != "structured" and self.criterion != "magnitude":
-            raise ValueError(f"method {self.method!r} supports criterion 'magnitude' only")
-        if self.kd and self.alpha_distill + self.alpha_task <= 0:
-            raise ValueError("alpha_distill + alpha_task must be > 0")
-        return self
-
-
-class QuantizeConfig(Section):
-    """Quantize the student's Linear layers (the last stage of a pipeline).
-
-    ``backend: auto`` aims at ``bits``: 8 → bitsandbytes ``bnb_int8`` (LLM.int8) on CUDA and
-    PyTorch ``dynamic_int8`` on CPU; 4 → ``bnb_4bit`` on CUDA, and on CPU ``bnb_4bit`` where
-    bitsandbytes' CPU backend passes a probe, else ``dynamic_int8`` with the reason recorded.
-    ``bnb_4bit`` uses ``quant_type`` (nf4/fp4) with ``compute_dtype``. The choice is recorded
-    in the ``quant`` column, the reason in ``quant_reason``.
-    """
-
-    backend: Literal["auto", "dynamic_int8", "bnb_int8", "bnb_4bit"] = "auto"
-    bits: Literal[4, 8] = 8
-    quant_type: Literal["nf4", "fp4"] = "nf4"
-    compute_dtype: Literal["float32", "float16", "bfloat16"] = "bfloat16"
-    int8_threshold: float = Field(6.0, ge=0)
-    skip_classifier: bool = True
-
-
-class EarlyExitConfig(Section):
-    """Confidence-threshold exits after intermediate layers (BERT family; the last stage).
-
-    ``exit_layers`` (0-based, default every layer but the last) get a linear head on the [CLS]
-    state, trained for ``steps`` on the frozen backbone with the KD loss; inference exits at
-    the first head whose max softmax ≥ ``threshold``. ``thresholds`` are reported as a curve.
-    """
-
-    exit_layers: tuple[int, ...] | None = None
-    threshold: float = Field(0.9, gt=0, le=1)
-    thresholds: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
-    steps: int = Field(200, ge=1)
-    lr: float = Field(1e-3, gt=0, lt=1)
-    batch_size: int = Field(32, ge=1)
-    kd: bool = True
-    temperature: float = Field(2.0, gt=0)
-    alpha_distill: float = Field(0.5, ge=0)
-    alpha_task: float = Field(0.5, ge=0)
-
-
-class PipelineConfig(Section):
-    """Ordered compression stages; each stage's parameters live under its own name."""
-
-    order: tuple[str, ...] = ("truncate", "distill")
-    truncate: TruncateConfig = TruncateConfig(keep_ratio=0.5)
-    distill: DistillConfig = DistillConfig()
-    prune: PruneConfig = PruneConfig()
-    quantize: QuantizeConfig = QuantizeConfig()
-    early_exit: EarlyExitConfig = EarlyExitConfig()
+# The pipeline section is derived from the stage registry (engine.compress.pipeline); this is
+# its class for the stages registered at import time. A stage registered later is picked up
+# by :func:`study_config` at the next validation.
+PipelineConfig = pipeline_config()
 
 
 class FloatRange(Section):
@@ -492,6 +312,21 @@ class StudyConfig(Section):
         return raw
 
 
+_STUDY_MODELS: dict[type, type[StudyConfig]] = {PipelineConfig: StudyConfig}
+
+
+def study_config() -> type[StudyConfig]:
+    """:class:`StudyConfig`, or its subclass whose ``pipeline`` also holds the stages
+    registered since this module was imported (e.g. a study's own stage module)."""
+    pipeline = pipeline_config()
+    if pipeline not in _STUDY_MODELS:
+        _STUDY_MODELS[pipeline] = create_model(  # type: ignore[call-overload]
+            "StudyConfig", __base__=StudyConfig, __module__=__name__,
+            pipeline=(pipeline, pipeline()),
+        )  # fmt: skip
+    return _STUDY_MODELS[pipeline]
+
+
 # ----------------------------------------------------------------------------- loading
 
 
@@ -563,7 +398,7 @@ def either_or_partners(key: str, schema: type[BaseModel] | None = None) -> list[
     """The dotted paths an override of ``key`` replaces: the other members of its either/or
     pair, as the config class at that path declares them (``either_or``)."""
     parent, _, leaf = key.rpartition(".")
-    cls = _section_at(parent.split(".") if parent else [], schema or StudyConfig)
+    cls = _section_at(parent.split(".") if parent else [], schema or study_config())
     groups = getattr(cls, "either_or", ()) if cls is not None else ()
     prefix = f"{parent}." if parent else ""
     return [f"{prefix}{o}" for g in groups if leaf in g for o in g if o != leaf]
@@ -646,7 +481,6 @@ def _check_names(cfg: StudyConfig, source: str) -> list[str]:
     """Cross-field checks that need the registries (stage and method names), and whether
     ``teacher.model`` can be loaded here (a folder with config.json, or a hub id that the
     cache has or that downloads may fetch)."""
-    from engine.compress import STAGES
     from engine.importance import IMPORTANCE
     from engine.models import model_source_problem
 
@@ -654,25 +488,12 @@ def _check_names(cfg: StudyConfig, source: str) -> list[str]:
     problems += [*data_problems(cfg.data, source), *importance_problems(cfg.importance, source)]
     if (teacher_problem := model_source_problem(cfg.teacher.model)) is not None:
         problems.append(f"{source}: teacher.model: {teacher_problem}")
-    for i, stage in enumerate(cfg.pipeline.order):
-        if stage not in STAGES:
-            problems.append(f"{source}: pipeline.order.{i}: {STAGES.unknown_message(stage)}")
+    for i, problem in order_problems(cfg.pipeline.order):
+        where = "pipeline.order" if i is None else f"pipeline.order.{i}"
+        problems.append(f"{source}: {where}: {problem}")
     for i, m in enumerate(cfg.importance.methods):
         if m not in IMPORTANCE:
             problems.append(f"{source}: importance.methods.{i}: {IMPORTANCE.unknown_message(m)}")
-    order = cfg.pipeline.order
-    if "quantize" in order and order.index("quantize") != len(order) - 1:
-        problems.append(
-            f"{source}: pipeline.order: 'quantize' must be the last stage "
-            f"(a quantized model is not trained further), got {list(order)}"
-        )
-    if "early_exit" in order and (
-        order.index("early_exit") != len(order) - 1 or "quantize" in order
-    ):
-        problems.append(
-            f"{source}: pipeline.order: 'early_exit' must be the last stage and cannot be "
-            f"combined with 'quantize', got {list(order)}"
-        )
     wants_latency = [
         f"search.objectives.{i}"
         for i, o in enumerate(cfg.search.objectives)
@@ -686,21 +507,14 @@ def _check_names(cfg: StudyConfig, source: str) -> list[str]:
             f"after the sweep, but {', '.join(wants_latency)} asks for latency_ms_p50 "
             "(set measure.save_models=true)"
         )
-    if "truncate" in cfg.pipeline.order:
-        s = cfg.pipeline.truncate.strategy
-        allowed = (*cfg.importance.methods, *BASELINE_STRATEGIES)
-        if s not in allowed:
-            problems.append(
-                f"{source}: pipeline.truncate.strategy: {s!r} is neither a baseline nor a "
-                f"method in importance.methods (allowed: {', '.join(allowed)})"
-            )
+    problems += [f"{source}: {p}" for p in stage_problems(cfg)]
     return problems
 
 
 def validate(raw: dict[str, Any], source: str) -> StudyConfig:
     """Validate a raw dict into a :class:`StudyConfig`, or raise :class:`ConfigError`."""
     try:
-        cfg = StudyConfig.model_validate(raw)
+        cfg = study_config().model_validate(raw)
     except ValidationError as e:
         raise ConfigError(_format_errors(source, e)) from None
     problems = _check_names(cfg, source)

@@ -141,13 +141,11 @@ def _why_not(item: ToTime) -> str | None:
 
 def _place(model: nn.Module, record: dict[str, Any], cuda: bool) -> tuple[nn.Module, torch.device]:
     """The device a model is timed on, as in :func:`engine.assess.assess`."""
-    quant = str(record.get("quant") or "")
-    if quant.startswith("bnb"):  # bitsandbytes layers stay where requantize put them
-        return model, next(model.parameters()).device
+    from engine.compress.base import measure_placement
+
     device = torch.device("cuda" if cuda and torch.cuda.is_available() else "cpu")
-    if quant == "dynamic_int8":
-        device = torch.device("cpu")
-    return model.to(device), device
+    place = measure_placement(record, model, device)  # e.g. bitsandbytes layers stay put
+    return (model.to(place.device) if place.move else model), place.device
 
 
 @dataclass

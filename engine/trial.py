@@ -31,6 +31,7 @@ import torch
 
 from engine.checkpoint import FAULT_KEY, TrialCheckpointer, TrialResume, resume_from
 from engine.compress import STAGES, StageContext
+from engine.compress.base import trial_columns
 from engine.config import StudyConfig, with_values
 from engine.device import autocast, autocast_dtype, ray_gpu_ids, worker_device
 from engine.importance import LayerScores
@@ -162,7 +163,9 @@ def build_student(
     resume: TrialResume | None = None,
     dtype: torch.dtype | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Run the pipeline on a fresh copy of the teacher; returns the model and the record.
+    """Run the pipeline on a fresh copy of the teacher; returns the model and the record
+    (the stages' typed records as ``compression.json`` holds them, plus the trial's ``oom``
+    and ``saved_to``).
 
     With ``save_dir`` the result is saved there in HF format (:mod:`engine.compress.save`).
     With ``resume`` the pipeline continues from a checkpoint: stages before its stage are
@@ -193,7 +196,7 @@ def build_student(
         model = load_model(shared.teacher_config, shared.teacher_state, study.task).to(device)
     else:
         model, first = resume.model.to(device), resume.stage_index
-        ctx.record, ctx.extras = resume.record, resume.extras
+        ctx.records = dict(resume.record)
         if resume.attn_implementation and hasattr(model, "set_attn_implementation"):
             model.set_attn_implementation(resume.attn_implementation)
     for i, name in enumerate(study.pipeline.order):
@@ -207,14 +210,16 @@ def build_student(
         if ctx.resume is not None:
             ctx.resume.check_taken()  # a resumed stage must continue its training
     ctx.resume = None
-    ctx.record["oom"] = {"retries": ctx.oom.retries, "micro_batch_size": ctx.oom.micro_batch_size}
+    oom = {"retries": ctx.oom.retries, "micro_batch_size": ctx.oom.micro_batch_size}
     if save_dir is not None:
         from engine.compress.save import save_compressed
 
         pipeline = study.pipeline.model_dump(mode="json")
-        save_compressed(model, save_dir, record=ctx.record, extras=ctx.extras, pipeline=pipeline)
-        ctx.record["saved_to"] = str(save_dir)
-    return model, ctx.record
+        save_compressed(model, save_dir, records=ctx.records, trial={"oom": oom}, pipeline=pipeline)
+    record = {**ctx.record, "oom": oom}
+    if save_dir is not None:
+        record["saved_to"] = str(save_dir)
+    return model, record
 
 
 def run_trial(
@@ -286,8 +291,7 @@ def run_trial(
         if checkpointer is not None and checkpointer.error:
             row["checkpoint_error"] = checkpointer.error
         row["model_dir"] = record.get("saved_to")
-        row["kept_layers"] = ",".join(map(str, record.get("truncate", {}).get("kept_layers", [])))
-        row["step"] = record.get("distill", {}).get("steps")
+        row.update(trial_columns(record))  # e.g. kept_layers, step
         row["status"], row["error"] = "ok", None
     except Exception as e:  # a failing trial is data, not a crash of the study
         row["status"] = "failed"

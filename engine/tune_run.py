@@ -8,7 +8,6 @@ serially on one node held whole; :func:`pareto_summary` marks and prints the Par
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -26,28 +25,10 @@ __all__ = [
 
 
 def full_budget(cfg: StudyConfig, n_train: int) -> int:
-    """Results a full-length trial reports: the final one, plus one per ``report_every_steps``
-    steps of each training stage in the pipeline (distill; prune's schedule + recovery;
-    early_exit's head training), each stage counting its own steps from 0."""
-    from engine.compress.prune import stage_steps
+    """Results a full-length trial reports (:func:`engine.compress.pipeline.full_budget`)."""
+    from engine.compress.pipeline import full_budget as budget
 
-    every = cfg.search.report_every_steps
-    if every is None:
-        return 1
-    p, reports = cfg.pipeline, 0
-    for name in p.order:
-        if name == "distill":
-            steps = max(1, math.ceil(p.distill.epochs * math.ceil(n_train / p.distill.batch_size)))
-            if p.distill.max_steps is not None:
-                steps = min(steps, p.distill.max_steps)
-        elif name == "prune":
-            steps = stage_steps(p.prune)
-        elif name == "early_exit":
-            steps = p.early_exit.steps
-        else:
-            continue
-        reports += steps // every
-    return reports + 1
+    return budget(cfg.pipeline, cfg.search.report_every_steps, n_train)
 
 
 def trainable_for(cfg: StudyConfig, fn: Any, **params: Any) -> Any:

@@ -19,17 +19,25 @@ teach too); their train logits are computed once per trial (:func:`teacher_targe
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from pydantic import Field, model_validator
 from transformers import PreTrainedModel
 
-from engine.compress.base import StageContext, register_stage
-from engine.config import DistillConfig
+from engine.compress.base import JSON_OFF, OMIT_NONE, StageContext, StageRecord, register_stage
+from engine.configbase import KDConfig, OptimConfig, Section
 from engine.train import train_classifier
 
 __all__ = [
+    "DistillConfig",
+    "DistillRecord",
+    "EnsembleTeacher",
     "apply",
     "attention_mse",
     "ensemble_logits",
@@ -37,7 +45,109 @@ __all__ = [
     "layer_mapping",
     "saved_model_logits",
     "teacher_targets",
+    "train_steps",
 ]
+
+
+class EnsembleTeacher(Section):
+    """One member of an ensemble teacher: ``path`` is ``teacher`` (the study's fine-tuned
+    teacher) or a local directory holding a saved sequence classifier with the study's labels
+    and tokenizer (e.g. a run's ``models/<trial_id>/``); ``weight`` > 0."""
+
+    path: str = Field(min_length=1)
+    weight: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _exists(self) -> EnsembleTeacher:
+        if self.path != "teacher" and not (Path(self.path) / "config.json").is_file():
+            raise ValueError(
+                f"teacher path {self.path!r} is neither 'teacher' nor a directory with a "
+                "saved model (config.json); nothing is downloaded"
+            )
+        return self
+
+
+class DistillConfig(OptimConfig, KDConfig):
+    """Train the student: ``alpha_distill`` · T² · KL(teacher_T ‖ student_T) + ``alpha_task`` · CE.
+
+    ``kd: false`` is the no-distillation control: same steps and learning rate, labels only
+    (α_distill = 0, α_task = 1).
+    """
+
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    # Feature distillation (TinyBERT-style), each with its own weight; 0 = off. Student layer i
+    # is matched to teacher layer ``layer_map[i]`` (0-based); default: the layers truncate kept,
+    # else evenly spaced. Attention terms compare head-averaged attention maps (any head count).
+    alpha_hidden: float = Field(0.0, ge=0)
+    alpha_attention: float = Field(0.0, ge=0)
+    layer_map: tuple[int, ...] | None = None
+    # Ensemble teacher: weights of the study's teacher followed by the extra teachers whose
+    # train logits a caller puts in ctx.extra_teacher_logits; None = single teacher.
+    teacher_weights: tuple[float, ...] | None = None
+    # Ensemble teacher from the study file: the target is Σ w_k z_k / Σ w_k over these
+    # teachers' logits (weights are normalised, so any positive weights will do).
+    teachers: tuple[EnsembleTeacher, ...] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _weights(self) -> DistillConfig:
+        if self.teachers is not None:
+            if self.teacher_weights is not None:
+                raise ValueError("set teachers or teacher_weights, not both")
+            paths = [t.path for t in self.teachers]
+            if len(set(paths)) != len(paths):
+                raise ValueError(f"teachers lists a path twice: {paths}")
+        if self.teacher_weights is not None and (
+            not self.teacher_weights
+            or min(self.teacher_weights) < 0
+            or sum(self.teacher_weights) <= 0
+        ):
+            raise ValueError("teacher_weights must be non-negative with a positive sum")
+        return self
+
+
+@dataclass(frozen=True)
+class DistillRecord(StageRecord):
+    """The loss weights used, the steps trained and the last 10 steps' mean loss; with
+    feature terms the layer map (saved as ``distill_features``), with a study-file ensemble
+    its normalised members."""
+
+    kd: bool
+    alpha_distill: float
+    alpha_task: float
+    alpha_hidden: float
+    alpha_attention: float
+    teachers: int
+    temperature: float
+    steps: int
+    final_loss: float
+    ensemble: list[dict[str, Any]] | None = field(default=None, metadata=OMIT_NONE)
+    layer_map: list[int] | None = field(default=None, metadata=JSON_OFF)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {self.key: self.payload()}
+        if self.layer_map is not None:
+            out["distill_features"] = {"layer_map": self.layer_map}
+        return out
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> DistillRecord | None:
+        base = super().from_json(record)
+        if base is None or "distill_features" not in record:
+            return base  # type: ignore[return-value]
+        return dataclasses.replace(base, layer_map=record["distill_features"]["layer_map"])
+
+
+def train_steps(cfg: DistillConfig, n_train: int) -> int:
+    """Optimizer steps of a full run: ``epochs`` passes of ⌈n / batch_size⌉ batches (at least
+    one), capped at ``max_steps``."""
+    steps = max(1, math.ceil(cfg.epochs * math.ceil(n_train / cfg.batch_size)))
+    return steps if cfg.max_steps is None else min(steps, cfg.max_steps)
+
+
+def _row_columns(record: DistillRecord | None) -> dict[str, Any]:
+    return {"step": record.steps if record else None}
 
 
 def ensemble_logits(logits: list[torch.Tensor], weights: tuple[float, ...] | list[float]):
@@ -80,17 +190,16 @@ def saved_model_logits(
 def teacher_targets(cfg: DistillConfig, ctx: StageContext) -> torch.Tensor:
     """The logits the student is distilled towards: the study teacher's, or the weighted
     ensemble of ``cfg.teachers`` / (legacy) ``cfg.teacher_weights`` with the teachers in
-    ``ctx.extras["extra_teacher_logits"]``."""
+    ``ctx.extra_teacher_logits``."""
     if cfg.teachers is not None:
         logits = []
         for t in cfg.teachers:
             if t.path == "teacher":
                 logits.append(ctx.teacher_logits)
                 continue
-            key = f"teacher_logits:{t.path}"
-            if key not in ctx.extras:  # a later distill stage reuses them
-                ctx.extras[key] = saved_model_logits(t.path, ctx.train, ctx.device)
-            z = ctx.extras[key]
+            if t.path not in ctx.teacher_cache:  # a later distill stage reuses them
+                ctx.teacher_cache[t.path] = saved_model_logits(t.path, ctx.train, ctx.device)
+            z = ctx.teacher_cache[t.path]
             if z.shape != ctx.teacher_logits.shape:
                 raise ValueError(
                     f"teacher {t.path} gives logits {tuple(z.shape)}, the study's teacher "
@@ -99,7 +208,7 @@ def teacher_targets(cfg: DistillConfig, ctx: StageContext) -> torch.Tensor:
             logits.append(z)
         return ensemble_logits(logits, [t.weight for t in cfg.teachers])
     if cfg.teacher_weights is not None:
-        extra = list(ctx.extras.get("extra_teacher_logits", []))
+        extra = list(ctx.extra_teacher_logits)
         return ensemble_logits([ctx.teacher_logits, *extra], cfg.teacher_weights)
     return ctx.teacher_logits
 
@@ -149,13 +258,13 @@ def attention_mse(
 
 
 def _features_aux(model: PreTrainedModel, cfg: DistillConfig, ctx: StageContext):
-    """(aux_loss, forward_kwargs) for the hidden/attention terms, or (None, None)."""
+    """(aux_loss, forward_kwargs, layer_map) for the hidden/attention terms, or Nones."""
     if cfg.alpha_hidden == 0 and cfg.alpha_attention == 0:
-        return None, None
+        return None, None, None
     from engine.models import num_layers
 
     k, big_l = num_layers(model), num_layers(ctx.teacher)
-    kept = ctx.record.get("truncate", {}).get("kept_layers")
+    kept = ctx.kept_teacher_layers()
     mapping = list(cfg.layer_map) if cfg.layer_map else layer_mapping(k, big_l, kept)
     if len(mapping) != k or min(mapping) < 0 or max(mapping) >= big_l:
         raise ValueError(
@@ -178,11 +287,18 @@ def _features_aux(model: PreTrainedModel, cfg: DistillConfig, ctx: StageContext)
             )
         return loss
 
-    ctx.record.setdefault("distill_features", {})["layer_map"] = mapping
-    return aux, kwargs
+    return aux, kwargs, mapping
 
 
-@register_stage("distill")
+@register_stage(
+    "distill",
+    config=DistillConfig,
+    record=DistillRecord,
+    default_on=True,
+    train_steps=train_steps,
+    resumable=True,
+    row_columns=_row_columns,
+)
 def apply(model: PreTrainedModel, cfg: DistillConfig, ctx: StageContext) -> PreTrainedModel:
     alpha_d, alpha_t = (cfg.alpha_distill, cfg.alpha_task) if cfg.kd else (0.0, 1.0)
 
@@ -192,7 +308,7 @@ def apply(model: PreTrainedModel, cfg: DistillConfig, ctx: StageContext) -> PreT
         )
 
     teacher_logits = teacher_targets(cfg, ctx) if alpha_d > 0 else None
-    aux, fwd = _features_aux(model, cfg, ctx)
+    aux, fwd, mapping = _features_aux(model, cfg, ctx)
     attn_impls = []
     if cfg.alpha_attention > 0:  # SDPA cannot return attention maps: eager while training
         for m in (model, ctx.teacher):
@@ -223,20 +339,21 @@ def apply(model: PreTrainedModel, cfg: DistillConfig, ctx: StageContext) -> PreT
     finally:
         for m, impl in zip((model, ctx.teacher), attn_impls, strict=False):
             m.set_attn_implementation(impl)
-    ctx.record["distill"] = {
-        "kd": cfg.kd,
-        "alpha_distill": alpha_d,
-        "alpha_task": alpha_t,
-        "alpha_hidden": cfg.alpha_hidden,
-        "alpha_attention": cfg.alpha_attention,
-        "teachers": len(cfg.teachers or cfg.teacher_weights or (1,)),
-        "temperature": cfg.temperature,
-        "steps": stats.steps,
-        "final_loss": stats.mean_loss_last_10,
-    }
+    ensemble = None
     if cfg.teachers is not None:
         total = sum(t.weight for t in cfg.teachers)
-        ctx.record["distill"]["ensemble"] = [
-            {"path": t.path, "weight": t.weight / total} for t in cfg.teachers
-        ]
+        ensemble = [{"path": t.path, "weight": t.weight / total} for t in cfg.teachers]
+    ctx.records["distill"] = DistillRecord(
+        kd=cfg.kd,
+        alpha_distill=alpha_d,
+        alpha_task=alpha_t,
+        alpha_hidden=cfg.alpha_hidden,
+        alpha_attention=cfg.alpha_attention,
+        teachers=len(cfg.teachers or cfg.teacher_weights or (1,)),
+        temperature=cfg.temperature,
+        steps=stats.steps,
+        final_loss=stats.mean_loss_last_10,
+        ensemble=ensemble,
+        layer_map=mapping,
+    )
     return model

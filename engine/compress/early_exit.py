@@ -14,22 +14,77 @@ per threshold, the test quality and the average number of layers executed.
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 from transformers import PreTrainedModel
 
-from engine.compress.base import StageContext, register_stage
-from engine.config import EarlyExitConfig
+from engine.compress.base import StageContext, StageRecord, register_stage
+from engine.configbase import KDConfig
 from engine.models import layer_list
 from engine.tasks import DEFAULT_TASK, Task, get_task
 from engine.train import BatchOrder, TrainingState, progress_hook
 
-__all__ = ["EarlyExitClassifier", "apply"]
+__all__ = ["EarlyExitClassifier", "EarlyExitConfig", "EarlyExitRecord", "apply"]
+
+EXITS = "exit_heads.pt"  # the exit heads' weights beside the saved backbone
+
+
+class EarlyExitConfig(KDConfig):
+    """Confidence-threshold exits after intermediate layers (BERT family; the last stage).
+
+    ``exit_layers`` (0-based, default every layer but the last) get a linear head on the [CLS]
+    state, trained for ``steps`` on the frozen backbone with the KD loss; inference exits at
+    the first head whose max softmax ≥ ``threshold``. ``thresholds`` are reported as a curve.
+    """
+
+    exit_layers: tuple[int, ...] | None = None
+    threshold: float = Field(0.9, gt=0, le=1)
+    thresholds: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
+    steps: int = Field(200, ge=1)
+    lr: float = Field(1e-3, gt=0, lt=1)
+    batch_size: int = Field(32, ge=1)
+
+
+@dataclass(frozen=True)
+class EarlyExitRecord(StageRecord):
+    """The exits built, the serving threshold, the curve's thresholds, the heads' training."""
+
+    exit_layers: list[int]
+    threshold: float
+    thresholds: list[float]
+    steps: int
+    final_loss: float
+
+
+def _columns(
+    record: EarlyExitRecord | None, model: Any, splits: dict[str, Any], row: dict, task: Task
+) -> dict[str, Any]:
+    """``exit_curve``: quality (the task's metrics) and depth per threshold on test."""
+    if record is None or not hasattr(model, "exit_curve"):
+        return {}
+    curve = model.exit_curve(splits["test"], tuple(record.thresholds), task=task)
+    return {"exit_curve": json.dumps(curve)}
+
+
+def _save(model: nn.Module, record: EarlyExitRecord, out_dir: Path) -> nn.Module:
+    """The backbone is saved as a plain model, the exit heads apart."""
+    torch.save(model.exits.state_dict(), Path(out_dir) / EXITS)
+    return model.backbone
+
+
+def _load(model: nn.Module, record: EarlyExitRecord, out_dir: Path) -> nn.Module:
+    wrapped = EarlyExitClassifier(model, record.exit_layers, record.threshold)
+    wrapped.exits.load_state_dict(torch.load(Path(out_dir) / EXITS, weights_only=True))
+    return wrapped.eval()
 
 
 def _block_out(out: Any) -> torch.Tensor:
@@ -188,7 +243,19 @@ def _train_heads(model: EarlyExitClassifier, cfg: EarlyExitConfig, ctx: StageCon
     return st.losses[-1] if st.losses else 0.0
 
 
-@register_stage("early_exit")
+@register_stage(
+    "early_exit",
+    config=EarlyExitConfig,
+    record=EarlyExitRecord,
+    train_steps=lambda cfg, n_train: cfg.steps,
+    resumable=True,
+    last=True,
+    last_reason="its exits decide how deep the finished model runs",
+    columns=_columns,
+    save=_save,
+    load=_load,
+    plain_reload=False,
+)
 def apply(model: PreTrainedModel, cfg: EarlyExitConfig, ctx: StageContext) -> nn.Module:
     backbone = model.backbone if isinstance(model, EarlyExitClassifier) else model
     total = len(layer_list(backbone))
@@ -204,11 +271,11 @@ def apply(model: PreTrainedModel, cfg: EarlyExitConfig, ctx: StageContext) -> nn
     for p in model.parameters():
         p.requires_grad_(False)
     final_loss = _train_heads(wrapped, cfg, ctx)
-    ctx.record["early_exit"] = {
-        "exit_layers": exits,
-        "threshold": cfg.threshold,
-        "thresholds": list(cfg.thresholds),
-        "steps": cfg.steps,
-        "final_loss": final_loss,
-    }
+    ctx.records["early_exit"] = EarlyExitRecord(
+        exit_layers=exits,
+        threshold=cfg.threshold,
+        thresholds=list(cfg.thresholds),
+        steps=cfg.steps,
+        final_loss=final_loss,
+    )
     return wrapped

@@ -29,14 +29,24 @@ what was done and continues the stretch in progress bit for bit.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
+from pydantic import Field, model_validator
 from transformers import PreTrainedModel
 
 from engine.compress import masked
-from engine.compress.base import StageContext, register_stage
+from engine.compress.base import (
+    JSON_OFF,
+    OMIT_NONE,
+    StageContext,
+    StageRecord,
+    register_stage,
+)
 from engine.compress.schedule import pruning_events
 from engine.compress.scores import unit_scores
 from engine.compress.structure import (
@@ -47,14 +57,107 @@ from engine.compress.structure import (
     remove_neurons,
     sync_config,
 )
-from engine.config import PruneConfig
+from engine.configbase import KDConfig, OptimConfig
 from engine.models import layer_list
 from engine.tasks import DEFAULT_TASK, Task
 from engine.train import BatchOrder, train_classifier
 
-__all__ = ["FFN_WIDTHS", "apply", "prune_structured_to", "stage_steps"]
+__all__ = [
+    "FFN_WIDTHS",
+    "PruneConfig",
+    "PruneRecord",
+    "apply",
+    "prune_structured_to",
+    "stage_steps",
+]
 
 FFN_WIDTHS = "ffn_widths_before_pruning"  # model config key: FFN width per layer before pruning
+
+
+class PruneConfig(OptimConfig, KDConfig):
+    """Prune the student: structured (attention heads + FFN neurons, physically removed) or
+    masked (``unstructured`` magnitude, ``semi_structured_2_4``: 2 of every 4 weights).
+
+    Gradual schedule (Zhu & Gupta 2017): over ``steps`` training steps the sparsity follows
+    s_t = s_f + (s_i − s_f)(1 − t/n)^``exponent``, pruned every ``prune_every`` steps, with
+    s_f = ``head_sparsity`` / ``neuron_sparsity`` (structured) or ``weight_sparsity``
+    (unstructured) and s_i = min(``initial_sparsity``, s_f). ``steps: 0`` prunes once.
+    While pruning, training uses the KD loss when ``kd`` is true (pruning-aware
+    distillation). Then ``recovery_steps`` of fine-tuning at ``recovery_lr``.
+    """
+
+    method: Literal["structured", "unstructured", "semi_structured_2_4"] = "structured"
+    criterion: Literal["magnitude", "taylor", "fisher"] = "magnitude"
+    head_sparsity: float = Field(0.25, ge=0, lt=1)
+    neuron_sparsity: float = Field(0.25, ge=0, lt=1)
+    weight_sparsity: float = Field(0.5, ge=0, lt=1)
+    initial_sparsity: float = Field(0.0, ge=0, lt=1)
+    exponent: float = Field(3.0, gt=0)
+    steps: int = Field(0, ge=0)
+    prune_every: int = Field(1, ge=1)
+    score_batches: int = Field(4, ge=1)
+    recovery_steps: int = Field(0, ge=0)
+    recovery_lr: float = Field(3e-5, gt=0, lt=1)
+    recovery_warmup_ratio: float = Field(0.1, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> PruneConfig:
+        if self.method != "structured" and self.criterion != "magnitude":
+            raise ValueError(f"method {self.method!r} supports criterion 'magnitude' only")
+        return self
+
+
+@dataclass(frozen=True)
+class PruneRecord(StageRecord):
+    """How the student was pruned. Structured: heads kept per layer and FFN widths; masked:
+    the final weight ``sparsity`` (saved beside ``prune``; the ``gflops_theoretical`` column)
+    and the ``masks`` later steps re-apply (not saved)."""
+
+    method: str
+    criterion: str
+    schedule: list[dict[str, Any]]
+    prune_train_steps: int
+    dense_flops_reduced: bool
+    heads_total: int | None = field(default=None, metadata=OMIT_NONE)
+    heads_kept_per_layer: list[int] | None = None
+    ffn_width: int | None = field(default=None, metadata=OMIT_NONE)
+    ffn_width_before: int | None = field(default=None, metadata=OMIT_NONE)
+    recovery: dict[str, Any] | None = field(default=None, metadata=OMIT_NONE)
+    sparsity: float | None = field(default=None, metadata=JSON_OFF)
+    masks: Any = field(default=None, metadata=JSON_OFF, compare=False, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        payload = self.payload()
+        if self.method != "structured":
+            payload.pop("heads_kept_per_layer")
+        order = ["method", "criterion", "heads_total", "heads_kept_per_layer", "ffn_width",
+                 "ffn_width_before", "schedule", "prune_train_steps", "dense_flops_reduced",
+                 "recovery"]  # fmt: skip
+        out: dict[str, Any] = {self.key: {k: payload[k] for k in order if k in payload}}
+        if self.sparsity is not None:
+            out["sparsity"] = self.sparsity
+        return out
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> PruneRecord | None:
+        base = super().from_json(record)
+        if base is None or "sparsity" not in record:
+            return base  # type: ignore[return-value]
+        return dataclasses.replace(base, sparsity=record["sparsity"])
+
+
+def _columns(
+    record: PruneRecord | None, model: Any, splits: Any, row: dict, task: Any
+) -> dict[str, Any]:
+    """``gflops_theoretical`` = ``gflops`` × (1 − mask sparsity): the estimate for masked
+    pruning, which a dense kernel does not realise."""
+    sparsity = record.sparsity if record is not None and record.sparsity is not None else 0.0
+    return {"gflops_theoretical": row["gflops"] * (1.0 - float(sparsity))}
+
+
+def _save(model: Any, record: PruneRecord, out_dir: Path) -> Any:
+    sync_config(model)  # a later truncate may have renumbered the layers
+    return model
 
 
 def stage_steps(cfg: PruneConfig) -> int:
@@ -263,17 +366,17 @@ def _structured(
 
     _gradual(model, cfg, ctx, [t for t, _ in ev_h], prune_at, st)
     kept_heads = [len(head_ids(b)) for b in blocks] if total_heads else None
-    ctx.record["prune"] = {
-        "method": "structured",
-        "criterion": cfg.criterion,
-        "heads_total": total_heads,
-        "heads_kept_per_layer": kept_heads,
-        "ffn_width": ffn_width(blocks[0]),
-        "ffn_width_before": widths[0],
-        "schedule": st["schedule"],
-        "prune_train_steps": cfg.steps,
-        "dense_flops_reduced": True,
-    }
+    ctx.records["prune"] = PruneRecord(
+        method="structured",
+        criterion=cfg.criterion,
+        heads_total=total_heads,
+        heads_kept_per_layer=kept_heads,
+        ffn_width=ffn_width(blocks[0]),
+        ffn_width_before=widths[0],
+        schedule=st["schedule"],
+        prune_train_steps=cfg.steps,
+        dense_flops_reduced=True,
+    )
     return model
 
 
@@ -302,15 +405,15 @@ def _masked(
         return {"step": t, "sparsity": s}
 
     _gradual(model, cfg, ctx, [t for t, _ in events], prune_at, st)
-    ctx.record["prune"] = {
-        "method": cfg.method,
-        "criterion": "magnitude",
-        "schedule": st["schedule"],
-        "prune_train_steps": cfg.steps,
-        "dense_flops_reduced": False,
-    }
-    ctx.record["sparsity"] = masked.mask_sparsity(model)
-    ctx.extras["masks"] = st["masks"]
+    ctx.records["prune"] = PruneRecord(
+        method=cfg.method,
+        criterion="magnitude",
+        schedule=st["schedule"],
+        prune_train_steps=cfg.steps,
+        dense_flops_reduced=False,
+        sparsity=masked.mask_sparsity(model),
+        masks=st["masks"],
+    )
     return model
 
 
@@ -322,7 +425,7 @@ def _recover(
     opt_box: list[torch.optim.Optimizer] = []
     # the learning rate of each step, read from the optimizer (kept in checkpoints)
     used_lrs: list[float] = list(saved["used_lrs"]) if saved else []
-    masks = ctx.extras.get("masks") if cfg.method != "structured" else None
+    masks = ctx.records["prune"].masks if cfg.method != "structured" else None
 
     def on_opt(opt: torch.optim.Optimizer) -> None:
         opt_box.append(opt)
@@ -359,18 +462,28 @@ def _recover(
         step_offset=cfg.steps,
         stage_state=lambda: {"phase": "recovery", "used_lrs": list(used_lrs)},
     )
-    ctx.record["prune"]["recovery"] = {
+    recovery = {
         "steps": stats.steps,
         "lr": cfg.recovery_lr,
         **seen,
         "peak_lr": max(used_lrs[: stats.steps]),
         "final_loss": stats.mean_loss_last_10,
     }
-    if masks is not None:
-        ctx.record["sparsity"] = masked.mask_sparsity(model)
+    sparsity = masked.mask_sparsity(model) if masks is not None else ctx.records["prune"].sparsity
+    ctx.records["prune"] = dataclasses.replace(
+        ctx.records["prune"], recovery=recovery, sparsity=sparsity
+    )
 
 
-@register_stage("prune")
+@register_stage(
+    "prune",
+    config=PruneConfig,
+    record=PruneRecord,
+    train_steps=lambda cfg, n_train: stage_steps(cfg),
+    resumable=True,
+    columns=_columns,
+    save=_save,
+)
 def apply(model: PreTrainedModel, cfg: PruneConfig, ctx: StageContext) -> PreTrainedModel:
     model.to(ctx.device).eval()
     resume = ctx.resume  # a trial checkpoint taken inside this stage, if any

@@ -1,8 +1,8 @@
 """``quantize`` stage: int8/4-bit weights for the student's Linear layers.
 
 Backends (``pipeline.quantize.backend``; ``auto`` picks by device and ``bits`` and records
-the choice in ``ctx.record["quant"]`` — the results' ``quant`` column — and why in
-``ctx.record["quantize"]["reason"]``, the ``quant_reason`` column):
+the choice in its record's ``backend`` — the results' ``quant`` column — and why in its
+``reason``, the ``quant_reason`` column):
 
 * ``dynamic_int8`` (CPU) — PyTorch dynamic quantization
   (``torch.ao.quantization.quantize_dynamic``): int8 weights (per-tensor affine), activations
@@ -23,9 +23,9 @@ Hub through the optional ``kernels`` package; that package is not installed, so 
 downloaded and the stock path runs.)
 
 The classification head stays in float when ``skip_classifier`` (default), as bitsandbytes'
-HF integration does for output layers. The float model is kept in ``ctx.extras`` so the trial
-can save it: quantized weights are reproduced exactly by re-running the same quantization on
-it (see :func:`requantize`).
+HF integration does for output layers. The float model is kept in the stage's record so the
+trial can save it: quantized weights are reproduced exactly by re-running the same
+quantization on it (see :func:`requantize`). Quantize is the last stage of a pipeline.
 """
 
 from __future__ import annotations
@@ -34,18 +34,29 @@ import functools
 import logging
 import math
 import warnings
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 from transformers import PreTrainedModel
 
-from engine.compress.base import StageContext, register_stage
-from engine.config import QuantizeConfig
+from engine.compress.base import (
+    JSON_OFF,
+    OMIT_NONE,
+    Placement,
+    StageContext,
+    StageRecord,
+    register_stage,
+)
+from engine.configbase import Section
 
 __all__ = [
     "BackendChoice",
+    "QuantizeConfig",
+    "QuantizeRecord",
     "apply",
     "bnb_cpu_probe",
     "choose_backend",
@@ -56,6 +67,77 @@ __all__ = [
 
 _HEADS = ("classifier", "score")
 _FUSED_CPU = "support_avx512bf16_for_cpu"  # Linear4bit's switch for its fused CPU kernel  # sequence-classification heads of BERT / decoder models
+
+
+class QuantizeConfig(Section):
+    """Quantize the student's Linear layers (the last stage of a pipeline).
+
+    ``backend: auto`` aims at ``bits``: 8 → bitsandbytes ``bnb_int8`` (LLM.int8) on CUDA and
+    PyTorch ``dynamic_int8`` on CPU; 4 → ``bnb_4bit`` on CUDA, and on CPU ``bnb_4bit`` where
+    bitsandbytes' CPU backend passes a probe, else ``dynamic_int8`` with the reason recorded.
+    ``bnb_4bit`` uses ``quant_type`` (nf4/fp4) with ``compute_dtype``. The choice is recorded
+    in the ``quant`` column, the reason in ``quant_reason``.
+    """
+
+    backend: Literal["auto", "dynamic_int8", "bnb_int8", "bnb_4bit"] = "auto"
+    bits: Literal[4, 8] = 8
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    compute_dtype: Literal["float32", "float16", "bfloat16"] = "bfloat16"
+    int8_threshold: float = Field(6.0, ge=0)
+    skip_classifier: bool = True
+
+
+@dataclass(frozen=True)
+class QuantizeRecord(StageRecord):
+    """The backend run (saved also as the top-level ``quant``), why, its config and device;
+    ``float_model``: the model before quantization, what is saved (not written to JSON)."""
+
+    backend: str
+    reason: str
+    config: dict[str, Any]
+    device: str
+    quantized_linears: int
+    float_linears: list[str] | None = field(default=None, metadata=OMIT_NONE)
+    bitsandbytes: str | None = field(default=None, metadata=OMIT_NONE)
+    cpu_4bit_paths: dict[str, int] | None = field(default=None, metadata=OMIT_NONE)
+    float_model: Any = field(default=None, metadata=JSON_OFF, compare=False, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"quant": self.backend, self.key: self.payload()}
+
+
+def _columns(
+    record: QuantizeRecord | None, model: Any, splits: Any, row: dict, task: Any
+) -> dict[str, Any]:
+    return {
+        "quant": record.backend if record else "none",
+        "quant_reason": record.reason if record else "",
+    }
+
+
+def _placement(record: QuantizeRecord, model: nn.Module, device: torch.device) -> Placement:
+    """Dynamic int8 runs on CPU whatever the trial's device, in float32 activations;
+    bitsandbytes layers stay where they were quantized."""
+    if record.backend == "dynamic_int8":
+        return Placement(torch.device("cpu"), autocast=False)
+    if record.backend.startswith("bnb"):
+        return Placement(next(model.parameters()).device, move=False)
+    return Placement(device)
+
+
+def _save(model: nn.Module, record: QuantizeRecord, out_dir: Path) -> nn.Module:
+    """Quantized modules cannot ``save_pretrained``: the float source is saved instead."""
+    if record.float_model is None:
+        raise ValueError("a quantized model needs its float model to be saved")
+    return record.float_model
+
+
+def _load(model: nn.Module, record: QuantizeRecord, out_dir: Path) -> nn.Module:
+    return requantize(model, {"quantize": record.payload()})
+
+
+def _manifest(record: QuantizeRecord) -> dict[str, Any]:
+    return {"saved": "float weights; re-quantize on load", "requantize": record.backend}
 
 
 @dataclass(frozen=True)
@@ -256,25 +338,35 @@ def requantize(float_model: PreTrainedModel, record: dict[str, Any]) -> nn.Modul
     return quantize_model(float_model, cfg, q["backend"], torch.device(q["device"]))
 
 
-@register_stage("quantize")
+@register_stage(
+    "quantize",
+    config=QuantizeConfig,
+    record=QuantizeRecord,
+    last=True,
+    last_reason="a quantized model is not trained further",
+    columns=_columns,
+    placement=_placement,
+    save=_save,
+    load=_load,
+    manifest=_manifest,
+    plain_reload=False,
+)
 def apply(model: PreTrainedModel, cfg: QuantizeConfig, ctx: StageContext) -> nn.Module:
     choice = choose_backend(cfg, ctx.device)
-    ctx.extras["float_model"] = model
     q = quantize_model(model, cfg, choice.backend, choice.device)
-    ctx.record["quant"] = choice.backend
-    ctx.record["quantize"] = {
-        "backend": choice.backend,
-        "reason": choice.reason,
-        "config": cfg.model_dump(mode="json"),
-        "device": str(choice.device),
-    }
     bits = 4 if choice.backend == "bnb_4bit" else 8
     targets, kept_float = _bnb_targets(model, cfg, bits, choice.device)
-    ctx.record["quantize"]["quantized_linears"] = len(targets)
-    if kept_float:  # CPU 4-bit: in_features % 64 != 0 (see _bnb_targets)
-        ctx.record["quantize"]["float_linears"] = kept_float
-    if choice.backend.startswith("bnb"):
-        ctx.record["quantize"]["bitsandbytes"] = _quiet_bitsandbytes_import().__version__
-    if choice.backend == "bnb_4bit" and choice.device.type == "cpu":
-        ctx.record["quantize"]["cpu_4bit_paths"] = cpu_4bit_paths(q)
+    bnb = choice.backend.startswith("bnb")
+    cpu_4bit = choice.backend == "bnb_4bit" and choice.device.type == "cpu"
+    ctx.records["quantize"] = QuantizeRecord(
+        backend=choice.backend,
+        reason=choice.reason,
+        config=cfg.model_dump(mode="json"),
+        device=str(choice.device),
+        quantized_linears=len(targets),
+        float_linears=kept_float or None,  # CPU 4-bit: in_features % 64 != 0 (_bnb_targets)
+        bitsandbytes=_quiet_bitsandbytes_import().__version__ if bnb else None,
+        cpu_4bit_paths=cpu_4bit_paths(q) if cpu_4bit else None,
+        float_model=model,
+    )
     return q

@@ -11,7 +11,8 @@ import torch
 
 from engine.assess import assess
 from engine.compress import STAGES, StageContext
-from engine.config import QuantizeConfig, load_study
+from engine.compress.quantize import QuantizeConfig
+from engine.config import load_study
 from tests.conftest import tiny_bert, toy_batches
 
 

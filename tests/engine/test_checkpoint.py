@@ -158,7 +158,7 @@ def test_checkpoints_ride_on_the_first_report_due() -> None:
     with ck.checkpoint(99, None) as c:
         assert c is None
     # a checkpoint that cannot be written leaves the report without one, and says why
-    ctx.extras["hook"] = lambda: None
+    ctx.records["hook"] = lambda: None  # type: ignore[assignment]
     ck.enter(1, "distill", model, ctx)
     due.clear()
     train_classifier(model, train, loss_fn=_ce, epochs=2, lr=1e-3, batch_size=8, seed=0,
@@ -272,7 +272,7 @@ def test_worker_death_retries_from_the_last_checkpoint(ray_local, tmp_path: Path
     assert resume.step == 12 and resume.stage_index == 1
     emb = resume.model.get_parameter("bert.embeddings.word_embeddings.weight")
     assert torch.equal(emb, shared.teacher_state["bert.embeddings.word_embeddings.weight"])
-    assert resume.record["truncate"]["kept_layers"] == [1, 3]  # uniform 2 of 4, from stage 0
+    assert resume.record["truncate"].kept_layers == [1, 3]  # uniform 2 of 4, from stage 0
 
 
 def test_a_resumed_stage_that_does_not_train_from_its_checkpoint_fails() -> None:
@@ -285,6 +285,6 @@ def test_a_resumed_stage_that_does_not_train_from_its_checkpoint_fails() -> None
     study = load_study("smoke", ["data.max_length=12", "pipeline.truncate.strategy=uniform"])
     shared = _shared()
     model = tiny_bert(num_layers=4)
-    resume = TrialResume(model, 0, "truncate", {"step": 3}, record={}, extras={})
+    resume = TrialResume(model, 0, "truncate", {"step": 3}, record={})
     with pytest.raises(RuntimeError, match="did not resume its training"):
         build_student(study, shared, 0, torch.device("cpu"), resume=resume)

@@ -12,8 +12,10 @@ import torch
 from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
 from engine.compress import STAGES, StageContext
+from engine.compress.prune import PruneConfig
+from engine.compress.quantize import QuantizeConfig
 from engine.compress.save import save_compressed
-from engine.config import PruneConfig, QuantizeConfig, TruncateConfig
+from engine.compress.truncate import TruncateConfig
 from engine.latency_phase import (
     TimingSetup,
     ToTime,
@@ -49,7 +51,7 @@ def _student(out: Path, stages: list[tuple[str, object]]) -> tuple[torch.nn.Modu
     model, ctx = tiny_bert(num_layers=4), _ctx()
     for name, cfg in stages:
         model = STAGES.get(name)(model, cfg, ctx)
-    save_compressed(model, out, record=ctx.record, extras=ctx.extras)
+    save_compressed(model, out, records=ctx.records)
     return model, out
 
 

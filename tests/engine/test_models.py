@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from engine.compress import STAGES, StageContext
-from engine.config import ConfigError, DistillConfig, load_study
+from engine.compress.distill import DistillConfig
+from engine.config import ConfigError, load_study
 from engine.importance.compute import score_methods
 from engine.importance.config import ImportanceConfig
 from engine.models import (

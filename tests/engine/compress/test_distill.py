@@ -10,12 +10,13 @@ import torch.nn.functional as F
 
 from engine.compress import STAGES, StageContext
 from engine.compress.distill import (
+    DistillConfig,
     attention_mse,
     ensemble_logits,
     hidden_mse,
     layer_mapping,
 )
-from engine.config import DistillConfig
+from engine.compress.truncate import TruncateRecord
 from engine.tasks import get_task
 from engine.train import train_classifier
 from tests.conftest import tiny_bert, toy_batches
@@ -157,7 +158,7 @@ def test_feature_distillation_pulls_hidden_states_to_the_teacher() -> None:
                         freeze_embeddings=False)  # fmt: skip
     ctx = StageContext(teacher=teacher, train=data, teacher_logits=torch.zeros(32, 5),
                        importance={}, seed=0)  # fmt: skip
-    ctx.record["truncate"] = {"kept_layers": [1, 3]}
+    ctx.records["truncate"] = TruncateRecord(strategy="uniform", kept_layers=[1, 3], of=4)
 
     def mse() -> float:
         kw = {"input_ids": data["input_ids"], "attention_mask": data["attention_mask"],
@@ -183,7 +184,7 @@ def test_ensemble_with_zero_weight_on_the_first_teacher_is_the_second_teacher() 
     ):
         m = tiny_bert(num_layers=1, seed=2)
         ctx = StageContext(teacher=m, train=data, teacher_logits=t_logits, importance={}, seed=0)
-        ctx.extras["extra_teacher_logits"] = extra
+        ctx.extra_teacher_logits = extra
         STAGES.get("distill")(
             m, DistillConfig(epochs=1, batch_size=8, teacher_weights=weights), ctx
         )
@@ -211,7 +212,7 @@ def test_study_file_ensemble_targets_the_hand_weighted_mean_of_the_teachers(tmp_
     data = _train_data()
     a, b = tiny_bert(num_layers=2, seed=11), tiny_bert(num_layers=3, seed=12)
     a.save_pretrained(tmp_path / "a")
-    save_compressed(b, tmp_path / "b", record={})
+    save_compressed(b, tmp_path / "b", records={})
     z0 = 4 * torch.randn(32, 5, generator=torch.Generator().manual_seed(7))
     za, zb = _direct_logits(a, data), _direct_logits(b, data)
     assert not torch.allclose(za, zb)
@@ -228,10 +229,10 @@ def test_study_file_ensemble_targets_the_hand_weighted_mean_of_the_teachers(tmp_
     assert ctx.record["distill"]["teachers"] == 3
     weights = [t["weight"] for t in ctx.record["distill"]["ensemble"]]
     assert weights == pytest.approx([0.5, 1 / 6, 1 / 3])
-    # the same training as the ctx.extras route given the same logits and weights
+    # the same training as the ctx.extra_teacher_logits route given the same logits and weights
     twin = tiny_bert(num_layers=1, seed=2)
     ctx2 = StageContext(teacher=twin, train=data, teacher_logits=z0, importance={}, seed=0)
-    ctx2.extras["extra_teacher_logits"] = [za, zb]
+    ctx2.extra_teacher_logits = [za, zb]
     STAGES.get("distill")(twin, DistillConfig(epochs=1, batch_size=8, teacher_weights=(3, 1, 2)),
                           ctx2)  # fmt: skip
     for p, q in zip(student.parameters(), twin.parameters(), strict=True):

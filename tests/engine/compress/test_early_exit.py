@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from engine.compress import STAGES, StageContext
+from engine.compress.early_exit import EarlyExitConfig
 from engine.compress.save import load_compressed, save_compressed
-from engine.config import EarlyExitConfig
 from engine.measure import count_multiply_adds, evaluate
 from tests.conftest import tiny_bert, toy_batches
 
@@ -62,7 +62,7 @@ def test_cost_counts_every_exit_head(built) -> None:
 def test_save_and_reload_exact(built, tmp_path: Path) -> None:
     model, _, data, ctx = built
     model.threshold = 0.3
-    save_compressed(model, tmp_path, record=ctx.record, extras=ctx.extras)
+    save_compressed(model, tmp_path, records=ctx.records)
     again = load_compressed(tmp_path)
     again.threshold = 0.3
     a, _ = evaluate(model, data, batch_size=64, device="cpu")

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from engine.compress import STAGES, StageContext, masked
+from engine.compress.prune import PruneConfig
 from engine.compress.schedule import pruning_events, sparsity_at
 from engine.compress.scores import unit_scores
 from engine.compress.structure import (
@@ -18,7 +19,6 @@ from engine.compress.structure import (
     remove_neurons,
     sync_config,
 )
-from engine.config import PruneConfig
 from engine.measure import count_gflops, count_multiply_adds, count_params
 from tests.conftest import tiny_bert, tiny_gpt2, tiny_llama, toy_batches
 

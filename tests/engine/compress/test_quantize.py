@@ -8,8 +8,7 @@ import torch
 from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
 from engine.compress import STAGES, StageContext
-from engine.compress.quantize import choose_backend, requantize
-from engine.config import QuantizeConfig
+from engine.compress.quantize import QuantizeConfig, choose_backend, requantize
 from engine.measure import (
     count_gflops,
     count_multiply_adds,
@@ -51,7 +50,7 @@ def test_dynamic_int8_outputs_stay_close_to_float() -> None:
     ctx = _ctx()
     q = STAGES.get("quantize")(model, QuantizeConfig(), ctx)
     assert ctx.record["quant"] == "dynamic_int8"  # auto on CPU
-    assert ctx.extras["float_model"] is model
+    assert ctx.records["quantize"].float_model is model
     assert isinstance(q.bert.encoder.layer[0].intermediate.dense, DynamicLinear)
     assert isinstance(q.classifier, torch.nn.Linear)  # the head stays float
     assert not isinstance(model.bert.encoder.layer[0].intermediate.dense, DynamicLinear)
@@ -85,7 +84,7 @@ def test_requantize_from_the_float_model_is_exact() -> None:
     model = tiny_bert()
     ctx = _ctx()
     q = STAGES.get("quantize")(model, QuantizeConfig(), ctx)
-    again = requantize(ctx.extras["float_model"], ctx.record)
+    again = requantize(ctx.records["quantize"].float_model, ctx.record)
     batch = toy_batches(1)[0]
     assert torch.equal(_forward(q, batch)[1], _forward(again, batch)[1])
 
@@ -188,7 +187,7 @@ def test_auto_4bit_on_cpu_runs_bitsandbytes_and_stays_close_to_float() -> None:
             if isinstance(m, torch.nn.Linear) and not n.startswith("classifier"))  # fmt: skip
     saved = weights_bytes(model) - weights_bytes(q)
     assert 3.5 * w - w / 64 - 13 * 2048 <= saved < 3.5 * w
-    again = requantize(ctx.extras["float_model"], ctx.record)  # what save → load does
+    again = requantize(ctx.records["quantize"].float_model, ctx.record)  # what save → load does
     assert torch.equal(_forward(q, batch)[1], _forward(again, batch)[1])
 
 
@@ -202,7 +201,7 @@ def test_cpu_4bit_with_bf16_compute_runs_the_fused_kernel_close_to_float() -> No
     (h_f, z_f), (h_q, z_q) = _forward(model, batch), _forward(q, batch)
     assert (h_f - h_q).abs().max() <= HIDDEN_ATOL_4BIT
     assert (z_f - z_q).abs().max() <= LOGIT_REL_4BIT * (z_f.max() - z_f.min())
-    again = requantize(ctx.extras["float_model"], ctx.record)
+    again = requantize(ctx.records["quantize"].float_model, ctx.record)
     assert torch.equal(z_q, _forward(again, batch)[1])
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,8 +11,10 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from engine.compress import STAGES, StageContext
+from engine.compress.prune import PruneConfig
+from engine.compress.quantize import QuantizeConfig
 from engine.compress.save import MANIFEST, load_compressed, save_compressed
-from engine.config import PruneConfig, QuantizeConfig, TruncateConfig
+from engine.compress.truncate import TruncateConfig
 from tests.conftest import tiny_bert, toy_batches
 
 
@@ -45,7 +48,7 @@ HEADS = ("prune", PruneConfig(head_sparsity=0.4, neuron_sparsity=0.25, steps=2, 
 )
 def test_plain_from_pretrained_reloads_exactly(tmp_path: Path, order) -> None:
     model, ctx = _run(order)
-    save_compressed(model, tmp_path, record=ctx.record, extras=ctx.extras)
+    save_compressed(model, tmp_path, records=ctx.records)
     again = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
     assert torch.equal(_logits(model), _logits(again))
     manifest = json.loads((tmp_path / MANIFEST).read_text())
@@ -56,7 +59,7 @@ def test_plain_from_pretrained_reloads_exactly(tmp_path: Path, order) -> None:
 @pytest.mark.parametrize("order", [[HEADS], [HEADS, TRUNC]], ids=["heads", "heads+truncate"])
 def test_head_pruned_models_reload_exactly(tmp_path: Path, order) -> None:
     model, ctx = _run(order)
-    save_compressed(model, tmp_path, record=ctx.record, extras=ctx.extras)
+    save_compressed(model, tmp_path, records=ctx.records)
     cfg = json.loads((tmp_path / "config.json").read_text())
     assert cfg["pruned_heads"]  # the removed heads, by (renumbered) layer
     again = load_compressed(tmp_path)
@@ -66,20 +69,21 @@ def test_head_pruned_models_reload_exactly(tmp_path: Path, order) -> None:
 
 def test_masked_model_reloads_with_its_zeros(tmp_path: Path) -> None:
     model, ctx = _run([("prune", PruneConfig(method="semi_structured_2_4"))])
-    save_compressed(model, tmp_path, record=ctx.record, extras=ctx.extras)
+    save_compressed(model, tmp_path, records=ctx.records)
     again = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
     assert torch.equal(_logits(model), _logits(again))
 
 
 def test_quantized_model_is_saved_as_float_and_requantized_exactly(tmp_path: Path) -> None:
     model, ctx = _run([FFN_ONLY, ("quantize", QuantizeConfig())])
-    save_compressed(model, tmp_path, record=ctx.record, extras=ctx.extras)
+    save_compressed(model, tmp_path, records=ctx.records)
     manifest = json.loads((tmp_path / MANIFEST).read_text())
     assert manifest["requantize"] == "dynamic_int8"
     again = load_compressed(tmp_path)
     assert torch.equal(_logits(model), _logits(again))
-    with pytest.raises(ValueError, match="float_model"):
-        save_compressed(model, tmp_path / "x", record=ctx.record, extras={})
+    without = dataclasses.replace(ctx.records["quantize"], float_model=None)
+    with pytest.raises(ValueError, match="float model"):
+        save_compressed(model, tmp_path / "x", records={**ctx.records, "quantize": without})
 
 
 def test_trials_save_their_model_unless_measure_save_models_is_false(
@@ -151,7 +155,7 @@ def test_a_head_pruned_model_saved_before_the_config_kept_its_widths_reloads(
     from engine.models import layer_list
 
     model, ctx = _run([HEADS])
-    save_compressed(model, tmp_path, record=ctx.record, extras=ctx.extras)
+    save_compressed(model, tmp_path, records=ctx.records)
     cfg = json.loads((tmp_path / "config.json").read_text())
     assert cfg["ffn_widths_before_pruning"] == [64] * 4  # tiny_bert's FFN, before pruning
     del cfg["ffn_widths_before_pruning"]

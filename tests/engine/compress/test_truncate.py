@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from engine.compress import STAGES, StageContext
-from engine.compress.truncate import num_kept, select_layers
-from engine.config import TruncateConfig
+from engine.compress.truncate import TruncateConfig, num_kept, select_layers
 from engine.importance import LayerScores
 from engine.models import keep_layers, layer_list, num_layers
 from tests.conftest import tiny_bert, tiny_gpt2, tiny_llama, toy_batches

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 import engine.importance  # noqa: F401  (registers every method)
-from engine.config import BASELINE_STRATEGIES, load_study
+from engine.compress.truncate import BASELINE_STRATEGIES
+from engine.config import load_study
 from engine.importance import IMPORTANCE
 from engine.search import trial_configs
 from tests.conftest import kendall_tau_b_by_definition, kendall_w_by_definition, run_sweep

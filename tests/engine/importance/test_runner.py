@@ -12,8 +12,8 @@ import torch
 
 import engine.importance  # noqa: F401  (registers every method)
 from engine.compress import STAGES, StageContext
-from engine.compress.truncate import select_layers
-from engine.config import ConfigError, TruncateConfig, load_study
+from engine.compress.truncate import TruncateConfig, select_layers
+from engine.config import ConfigError, load_study
 from engine.importance import IMPORTANCE
 from engine.importance.base import DERIVED
 from engine.importance.compute import (

@@ -1,0 +1,64 @@
+"""The pipeline section derived from the stage registry keeps the keys, defaults and
+section order the hand-written ``PipelineConfig`` had before stages declared their own."""
+
+from __future__ import annotations
+
+from engine.compress.pipeline import order_problems, pipeline_config, resumable
+from engine.config import PipelineConfig, StudyConfig
+
+# the defaults as engine/config.py spelled them out before the renovation
+BEFORE = {
+    "order": ("truncate", "distill"),
+    "truncate": {"keep_layers": None, "keep_ratio": 0.5, "strategy": "fisher"},
+    "distill": {
+        "kd": True, "temperature": 2.0, "alpha_distill": 0.5, "alpha_task": 0.5,
+        "epochs": 1.0, "max_steps": None, "lr": 1e-4, "batch_size": 32, "weight_decay": 0.01,
+        "warmup_ratio": 0.1, "freeze_embeddings": True, "alpha_hidden": 0.0,
+        "alpha_attention": 0.0, "layer_map": None, "teacher_weights": None, "teachers": None,
+    },
+    "prune": {
+        "method": "structured", "criterion": "magnitude", "head_sparsity": 0.25,
+        "neuron_sparsity": 0.25, "weight_sparsity": 0.5, "initial_sparsity": 0.0,
+        "exponent": 3.0, "steps": 0, "prune_every": 1, "score_batches": 4, "lr": 1e-4,
+        "batch_size": 32, "weight_decay": 0.01, "kd": True, "temperature": 2.0,
+        "alpha_distill": 0.5, "alpha_task": 0.5, "recovery_steps": 0, "recovery_lr": 3e-5,
+        "recovery_warmup_ratio": 0.1, "freeze_embeddings": True,
+    },
+    "quantize": {
+        "backend": "auto", "bits": 8, "quant_type": "nf4", "compute_dtype": "bfloat16",
+        "int8_threshold": 6.0, "skip_classifier": True,
+    },
+    "early_exit": {
+        "exit_layers": None, "threshold": 0.9, "thresholds": (0.5, 0.7, 0.8, 0.9, 0.95, 0.99),
+        "steps": 200, "lr": 1e-3, "batch_size": 32, "kd": True, "temperature": 2.0,
+        "alpha_distill": 0.5, "alpha_task": 0.5,
+    },
+}  # fmt: skip
+TEACHER_BEFORE = {
+    "epochs": 2.0, "max_steps": None, "lr": 1e-4, "batch_size": 32, "weight_decay": 0.01,
+    "warmup_ratio": 0.1, "freeze_embeddings": True, "seed": 0,
+}  # fmt: skip
+
+
+def test_derived_pipeline_keeps_every_key_and_default() -> None:
+    dumped = PipelineConfig().model_dump()
+    assert list(dumped) == list(BEFORE)  # section order: order, then the stages as before
+    for section, values in BEFORE.items():
+        assert dumped[section] == values, section
+    assert pipeline_config() is PipelineConfig  # no stage registered since import
+
+
+def test_teacher_keeps_its_fine_tuning_defaults() -> None:
+    teacher = StudyConfig(name="x", description="y").teacher.model_dump()
+    assert {k: teacher[k] for k in TEACHER_BEFORE} == TEACHER_BEFORE
+    assert set(teacher) == {*TEACHER_BEFORE, "model"}
+
+
+def test_placement_rules_and_resumable_stages_as_before() -> None:
+    assert [resumable(n) for n in BEFORE if n != "order"] == [False, True, True, False, True]
+    assert not resumable("no_such_stage")
+    assert order_problems(["truncate", "distill", "prune", "quantize"]) == []
+    assert order_problems(["truncate", "prune", "early_exit"]) == []
+    for bad in (["quantize", "distill"], ["early_exit", "prune"], ["early_exit", "quantize"],
+                ["quantize", "early_exit"]):  # fmt: skip
+        assert order_problems(bad), bad
