@@ -53,7 +53,7 @@ class ToyRecord(StageRecord):
     last=True,
     last_reason="toys go last",
     row_columns=lambda rec: {"toy_factor": rec.factor if rec else None},
-    columns=lambda rec, model, splits, row: {"toy_gflops_x2": 2 * row["gflops"]},
+    columns=lambda rec, model, splits, row, task: {"toy_gflops_x2": 2 * row["gflops"]},
 )
 def apply(model, cfg: ToyConfig, ctx: StageContext):
     total = num_layers(model)
@@ -98,7 +98,7 @@ def _arrays(seed: int, n: int = 2) -> dict[str, np.ndarray]:
 def test_a_stage_in_one_file_runs_through_a_trial(toy_stage, tmp_path: Path) -> None:
     from engine.assess import assess
     from engine.compress.save import load_compressed
-    from engine.sweep import full_budget
+    from engine.tune_run import full_budget
     from engine.trial import SharedInputs, build_student
 
     path = _study_file(tmp_path)
