@@ -98,8 +98,8 @@ def _arrays(seed: int, n: int = 2) -> dict[str, np.ndarray]:
 def test_a_stage_in_one_file_runs_through_a_trial(toy_stage, tmp_path: Path) -> None:
     from engine.assess import assess
     from engine.compress.save import load_compressed
-    from engine.tune_run import full_budget
     from engine.trial import SharedInputs, build_student
+    from engine.tune_run import full_budget
 
     path = _study_file(tmp_path)
     study = load_study(str(path), ["pipeline.toy.factor=0.5", "search.report_every_steps=2"])
