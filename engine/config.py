@@ -28,8 +28,8 @@ from pydantic import (
 from engine.compress import pipeline_config
 from engine.compress.pipeline import order_problems, stage_problems
 from engine.configbase import OptimConfig, Section
+from engine.data.check import problems as data_problems
 from engine.data.config import DataConfig
-from engine.data.config import problems as data_problems
 from engine.importance.config import ImportanceConfig
 from engine.importance.config import problems as importance_problems
 from engine.models import EMBEDDED_TEACHER

@@ -39,7 +39,6 @@ import torch
 from pydantic import Field, model_validator
 from transformers import PreTrainedModel
 
-from engine.compress import masked
 from engine.compress.base import (
     JSON_OFF,
     OMIT_NONE,
@@ -47,6 +46,7 @@ from engine.compress.base import (
     StageRecord,
     register_stage,
 )
+from engine.compress.masked import apply_masks, magnitude_masks, mask_sparsity, two_four_masks
 from engine.compress.schedule import pruning_events
 from engine.compress.scores import unit_scores
 from engine.compress.structure import (
@@ -250,7 +250,7 @@ def _gradual(
     order = BatchOrder.seeded(_n_train(ctx), cfg.batch_size, ctx.seed)
 
     def reapply() -> None:
-        masked.apply_masks(model, st["masks"])
+        apply_masks(model, st["masks"])
 
     def state() -> dict[str, Any]:
         return {**st, "schedule": [dict(e) for e in st["schedule"]]}
@@ -398,10 +398,10 @@ def _masked(
     def prune_at(i: int) -> dict[str, Any]:
         t, s = events[i]
         if cfg.method == "semi_structured_2_4":
-            st["masks"] = masked.two_four_masks(model)
+            st["masks"] = two_four_masks(model)
         else:
-            st["masks"] = masked.magnitude_masks(model, s)
-        masked.apply_masks(model, st["masks"])
+            st["masks"] = magnitude_masks(model, s)
+        apply_masks(model, st["masks"])
         return {"step": t, "sparsity": s}
 
     _gradual(model, cfg, ctx, [t for t, _ in events], prune_at, st)
@@ -411,7 +411,7 @@ def _masked(
         schedule=st["schedule"],
         prune_train_steps=cfg.steps,
         dense_flops_reduced=False,
-        sparsity=masked.mask_sparsity(model),
+        sparsity=mask_sparsity(model),
         masks=st["masks"],
     )
     return model
@@ -435,7 +435,7 @@ def _recover(
 
     def on_step(step: int, loss: float) -> None:
         if masks is not None:
-            masked.apply_masks(model, masks)
+            apply_masks(model, masks)
         used_lrs.append(float(opt_box[0].param_groups[0]["lr"]))  # for the next step
 
     use_teacher = cfg.kd and cfg.alpha_distill > 0
@@ -469,7 +469,7 @@ def _recover(
         "peak_lr": max(used_lrs[: stats.steps]),
         "final_loss": stats.mean_loss_last_10,
     }
-    sparsity = masked.mask_sparsity(model) if masks is not None else ctx.records["prune"].sparsity
+    sparsity = mask_sparsity(model) if masks is not None else ctx.records["prune"].sparsity
     ctx.records["prune"] = dataclasses.replace(
         ctx.records["prune"], recovery=recovery, sparsity=sparsity
     )

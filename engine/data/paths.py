@@ -4,7 +4,7 @@ A ``data.path`` (or a corpus's ``default_path``, relative to the repository root
 for under the current directory first (``~`` expanded), then under the repository root; a
 glob pattern is matched the same way. Every reader (the file corpora through
 :func:`engine.data.read.resolve_files`, ``hf`` for a local dataset folder) and the study
-validation (:func:`engine.data.config.problems`) go through these functions, so a path
+validation (:func:`engine.data.check.problems`) go through these functions, so a path
 means the same thing everywhere and a missing one gets the same message.
 """
 

@@ -24,6 +24,7 @@ import pyarrow.fs as pafs
 import ray
 from ray.data.expressions import col
 
+from engine.data.config import EvalDataConfig
 from engine.data.decide import listed_bad_rows
 from engine.data.paths import glob_files, is_pattern, locate, not_found
 from engine.data.registry import (
@@ -421,8 +422,6 @@ def read_corpus(
     Raises :class:`DataError` like :func:`engine.data.prepare_data` does. Only per-block
     counts and at most :data:`MAX_BAD_ROWS_LISTED` quarantined rows reach the driver.
     """
-    from engine.data.config import EvalDataConfig
-
     if not ray.is_initialized():
         raise RuntimeError("read_corpus needs Ray: call ray.init() first")
     spec = EvalDataConfig(

@@ -8,6 +8,9 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from engine.configbase import Section
+
+# the registry; the package import (which runs first) registers every method, derived ones too
+from engine.importance.base import DERIVED, IMPORTANCE
 from engine.tasks.base import DEFAULT_TASK
 
 __all__ = ["ImportanceConfig", "problems"]
@@ -108,9 +111,6 @@ def problems(cfg: ImportanceConfig, source: str) -> list[str]:
     that are not registered importance methods: found here, before Ray starts, instead of
     as a traceback in the importance actors. One line each, naming the key, the bad name,
     the nearest match and the allowed names."""
-    # the package import (run first) registers every method, derived ones included
-    from engine.importance.base import DERIVED, IMPORTANCE
-
     allowed = [n for n in IMPORTANCE.names() if n not in DERIVED]
     out = []
     for key, names in (

@@ -8,8 +8,7 @@ Every trial and the teacher are measured by the same calls, so rows are comparab
 * :mod:`~engine.measure.latency` — ``measure_latency(model, batch, repeats=, warmup=)``,
   ``interleaved_latency([(model, batch), ...], repeats=, warmup=)`` (several models in turns);
 * :mod:`~engine.measure.quality` — ``evaluate(model, split, task=...)`` (runs the model, the
-  study's task scores it: :mod:`engine.tasks`), and the classification task's helpers
-  ``classification_metrics``, ``majority_baseline``.
+  study's task scores it: :mod:`engine.tasks`; a task's own metrics live in its module).
 
 Example::
 
@@ -28,23 +27,15 @@ from engine.measure.cost import (
     weights_bytes,
 )
 from engine.measure.latency import interleaved_latency, measure_latency
-from engine.measure.quality import (
-    classification_metrics,
-    confusion_matrix,
-    evaluate,
-    majority_baseline,
-)
+from engine.measure.quality import evaluate
 
 __all__ = [
-    "classification_metrics",
-    "confusion_matrix",
     "count_gflops",
     "count_multiply_adds",
     "count_params",
     "count_params_nonzero",
     "evaluate",
     "interleaved_latency",
-    "majority_baseline",
     "measure_latency",
     "weights_bytes",
 ]

@@ -1,5 +1,6 @@
-"""The first task, ``rating_classification``: losses from their definitions, the majority
-baseline by brute force, and what it declares."""
+"""The first task, ``rating_classification``: losses from their definitions, the metrics
+against a hand-computed confusion, the majority baseline by hand and by brute force, and what
+it declares."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.tasks import get_task
+from engine.tasks.rating_classification import classification_metrics, majority_baseline
 
 TASK = get_task("rating_classification")
 kd_loss = TASK.kd_loss
@@ -125,3 +127,30 @@ def test_kd_loss_needs_teacher_logits() -> None:
             alpha_distill=0.5,
             alpha_task=0.5,
         )
+
+
+def test_metrics_match_a_hand_computed_confusion() -> None:
+    labels = [0, 0, 1, 1, 2, 2]
+    preds = [0, 1, 1, 1, 2, 0]
+    # class 0: TP 1, FP 1, FN 1 → F1 2/4; class 1: TP 2, FP 1 → 4/5; class 2: TP 1, FN 1 → 2/3;
+    # class 3 (num_labels = 4) is in neither → left out of the mean (sklearn's default)
+    m = classification_metrics(preds, labels, 4)
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["macro_f1"] == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
+    logits = np.eye(4)[preds] * 3.0 - 1.0
+    assert classification_metrics(torch.as_tensor(logits), labels, 4) == m
+    # a class only predicted, never true, counts with F1 = 0
+    m2 = classification_metrics([0, 1], [0, 0], 3)
+    assert m2 == {"accuracy": 0.5, "macro_f1": pytest.approx((2 / 3 + 0) / 2)}
+    with pytest.raises(ValueError, match="labels"):
+        classification_metrics([0, 1], [0, 5], 3)
+    with pytest.raises(ValueError, match="predictions"):
+        classification_metrics([0], [0, 1], 3)
+
+
+def test_majority_baseline() -> None:
+    # train majority is 2; on test [2, 0, 1, 2]: class 2 TP 2, FP 2 → 2/3; classes 0, 1 → 0
+    m = majority_baseline([2, 2, 1, 0, 2], [2, 0, 1, 2], 5)
+    assert m == {"accuracy": 0.5, "macro_f1": pytest.approx((2 / 3) / 3)}
+    # a tie goes to the smaller label
+    assert majority_baseline([1, 0], [0, 1, 1], 2)["accuracy"] == pytest.approx(1 / 3)

@@ -1,4 +1,4 @@
-"""``data:`` checks before Ray (:func:`engine.data.config.problems`): unknown corpus names,
+"""``data:`` checks before Ray (:func:`engine.data.check.problems`): unknown corpus names,
 reader options for a corpus that takes none, and column mappings against planted file
 headers (CSV, TSV, Parquet)."""
 
@@ -10,7 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from engine.data.config import DataConfig, EvalDataConfig, problems
+from engine.data.check import problems
+from engine.data.config import DataConfig, EvalDataConfig
 
 SRC = "study.yaml"
 
