@@ -4,6 +4,13 @@ Precedence is resolved in one place (:func:`load_study`): defaults < study YAML 
 ``key.path=value`` overrides. Every problem is collected and reported together in a
 :class:`ConfigError`, each line naming the file, the dotted key, the bad value and what is
 allowed.
+
+This module holds :class:`StudyConfig` (the file's top level), loading, overrides and the one
+validation pass; each section's schema lives with its owner: ``data`` (:mod:`engine.data.config`),
+``teacher`` (:mod:`engine.teacher`), ``importance`` (:mod:`engine.importance.config`),
+``pipeline`` (derived from the stage registry, :mod:`engine.compress.pipeline`), ``search``
+(:mod:`engine.search_config`), ``resources`` (:mod:`engine.device`), ``measure``
+(:mod:`engine.measure.config`).
 """
 
 from __future__ import annotations
@@ -19,34 +26,26 @@ from pydantic import BaseModel, Field, ValidationError, create_model, model_vali
 
 from engine.compress import pipeline_config
 from engine.compress.pipeline import order_problems, stage_problems
-from engine.configbase import OptimConfig, Section
+from engine.configbase import Section
 from engine.data.config import DataConfig
 from engine.data.config import problems as data_problems
+from engine.device import ResourcesConfig
 from engine.importance.config import ImportanceConfig
 from engine.importance.config import problems as importance_problems
-from engine.models import EMBEDDED_TEACHER
+from engine.measure.config import MeasureConfig
 from engine.search_config import (
     SCHEDULER_KINDS,
     SEARCH_ALGORITHMS,
-    FloatRange,
-    IntRange,
-    Objective,
-    SchedulerConfig,
     SearchConfig,
     range_points,
 )
 from engine.tasks import DEFAULT_TASK, TASKS, get_task
+from engine.teacher import TeacherConfig
 
 __all__ = [
     "SWEEPS_DIR",
     "ConfigError",
-    "FloatRange",
-    "IntRange",
-    "MeasureConfig",
-    "Objective",
     "PipelineConfig",
-    "SchedulerConfig",
-    "SearchConfig",
     "StudyConfig",
     "apply_overrides",
     "either_or_partners",
@@ -69,45 +68,10 @@ class ConfigError(ValueError):
         super().__init__("\n".join(problems))
 
 
-class TeacherConfig(OptimConfig):
-    """The model that is compressed, and its task fine-tuning (cached by content hash)."""
-
-    model: str = EMBEDDED_TEACHER
-    epochs: float = Field(2.0, gt=0)
-    max_steps: int | None = Field(None, ge=1)
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    seed: int = Field(0, ge=0)
-
-
 # The pipeline section is derived from the stage registry (engine.compress.pipeline); this is
 # its class for the stages registered at import time. A stage registered later is picked up
 # by :func:`study_config` at the next validation.
 PipelineConfig = pipeline_config()
-
-
-class ResourcesConfig(Section):
-    """Per-trial resources (fractions allowed: ``gpus: 0.25`` packs four trials on a GPU).
-
-    ``precision``: ``auto`` = bf16 autocast where the trial's device supports it (a CUDA GPU
-    with bf16), float32 elsewhere; ``bf16`` = bf16 autocast on any device; ``fp32`` = never
-    (see :mod:`engine.device`). Applies to the teacher's fine-tuning and every trial.
-    """
-
-    cpus: float = Field(1.0, gt=0)
-    gpus: float = Field(0.0, ge=0)
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-
-
-class MeasureConfig(Section):
-    """How cost is measured on each built model."""
-
-    batch_size: int = Field(32, ge=1)
-    latency_repeats: int = Field(10, ge=1)
-    warmup: int = Field(2, ge=0)
-    eval_batch_size: int = Field(64, ge=1)
-    # Save each student under models/<trial_id>/ (~70 MB for a 4-of-6-layer MiniLM); false
-    # for quick laptop runs: the results are the same, only the model files are not written.
-    save_models: bool = True
 
 
 class ReportConfig(Section):
