@@ -47,6 +47,8 @@ from analysis.stats import summarize
 __all__ = ["build_blocks", "main", "write_report"]
 
 SECTION_PLOTS = ("pareto", "importance", "agreement", "sensitivity")  # placed in their own sections
+# How the report names a task's reference rows (manifest["baselines"]); others: "<name> baseline"
+BASELINE_LABELS = {"majority": "majority class (of train)"}
 PARETO_COSTS = ("gflops", "params", "latency_ms_p50")  # shown beside the task's quality metrics
 
 
@@ -89,14 +91,10 @@ def _teacher(run: RunData) -> list[Block]:
     metric_cols = [*quality_cols, "gflops", "params", "weights_bytes", "latency_ms_p50"]
     for _, t in teacher.iterrows():
         rows.append({"model": "teacher", **{c: t.get(c) for c in metric_cols}})
-    majority = (run.manifest.get("baselines") or {}).get("majority")
-    if majority:
-        rows.append(
-            {
-                "model": "majority class (of train)",
-                **{m: majority.get(m) for m in quality_cols},
-            }
-        )
+    for name, metrics in (run.manifest.get("baselines") or {}).items():
+        if metrics:
+            label = BASELINE_LABELS.get(name, f"{name} baseline")
+            rows.append({"model": label, **{m: metrics.get(m) for m in quality_cols}})
     blocks: list[Block] = [Heading("Teacher and baseline")]
     if not rows:
         return [*blocks, Para("No teacher row and no baseline in this run.")]
@@ -203,11 +201,19 @@ def _pareto(
             )
             columns.append(f"{cost} seed min–max")
         blocks.append(column_table(table, [*columns, *shown]))
-        majority = ((run.manifest.get("baselines") or {}).get("majority") or {}).get(quality)
+        # the reference corner: the task's first baseline that reports the quality metric
+        baseline, base_value = next(
+            (
+                (name, metrics[quality])
+                for name, metrics in (run.manifest.get("baselines") or {}).items()
+                if (metrics or {}).get(quality) is not None
+            ),
+            (None, None),
+        )
         ok = df[df["status"] == "ok"] if "status" in df else df
         teacher = ok[ok["trial_id"] == TEACHER_ID][cost] if "trial_id" in ok else pd.Series()
-        if majority is not None and len(teacher):
-            ref = (float(majority), float(teacher.iloc[0]))
+        if base_value is not None and len(teacher):
+            ref = (float(base_value), float(teacher.iloc[0]))
             points = configs[[quality, cost]].to_numpy(float)
             if direction == "min":  # hypervolume_2d counts quality upwards: flip a "min" one
                 points[:, 0], ref = -points[:, 0], (-ref[0], ref[1])
@@ -216,7 +222,7 @@ def _pareto(
             blocks.append(
                 Para(
                     f"Student hypervolume: {hv:.4g} ({quality} × {cost} area dominated by the "
-                    f"configurations' means, {side} the majority baseline {float(majority):.4f} "
+                    f"configurations' means, {side} the {baseline} baseline {float(base_value):.4f} "
                     "and below "
                     f"the teacher's {cost} {ref[1]:.4g})."
                 )
