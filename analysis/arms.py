@@ -21,9 +21,14 @@ from analysis.paired import base_per_seed, column_form, config_value, matches, p
 from analysis.render import Block, Heading, Para, Table, format_table, interval_cells
 from analysis.rundir import RunData, students
 
-__all__ = ["ARM_METRICS", "arm_blocks", "arm_effects", "beyond_noise"]
+__all__ = ["ARM_COSTS", "arm_blocks", "arm_effects", "arm_metrics", "beyond_noise"]
 
-ARM_METRICS = ("accuracy", "macro_f1", "gflops", "latency_ms_p50", "weights_bytes")
+ARM_COSTS = ("gflops", "latency_ms_p50", "weights_bytes")  # shown after the task's quality metrics
+
+
+def arm_metrics(run: RunData) -> tuple[str, ...]:
+    """The metrics an arm is compared on: the task's quality metrics, then :data:`ARM_COSTS`."""
+    return (*run.quality_metrics, *ARM_COSTS)
 
 
 def _short(key: str) -> str:
@@ -35,10 +40,12 @@ def _settings(run: RunData) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return search.get("space") or {}, list(search.get("extra") or [])
 
 
-def arm_effects(run: RunData, metrics: tuple[str, ...] = ARM_METRICS) -> pd.DataFrame:
+def arm_effects(run: RunData, metrics: tuple[str, ...] | None = None) -> pd.DataFrame:
     """One row per extra configuration: ``arm`` (what it changes from its base), ``base``
     (the base's searched values), then :func:`~analysis.paired.paired_effect`'s columns
-    (``n_base`` = seeds the base ran ok). Empty without ``search.extra``."""
+    (``n_base`` = seeds the base ran ok), for ``metrics`` (default :func:`arm_metrics`).
+    Empty without ``search.extra``."""
+    metrics = arm_metrics(run) if metrics is None else metrics
     space, extra = _settings(run)
     df = students(run.results)
     if not extra or df.empty:
@@ -93,7 +100,7 @@ def arm_blocks(run: RunData) -> list[Block]:
         return []
     quality = run.quality_metric
     show = effects[[c for c in ("arm", "base", "n", "n_base") if c in effects]].copy()
-    for m in ARM_METRICS:
+    for m in arm_metrics(run):
         if f"{m}_mean" not in effects:
             continue
         show[m] = effects[f"{m}_mean"]

@@ -15,7 +15,14 @@ import pandas as pd
 from scipy.stats import kendalltau
 
 from analysis.render import Block, Heading, Image, Para, Table, column_table, format_table
-from analysis.rundir import TEACHER_ID, RunData, students
+from analysis.rundir import (
+    KEPT_LAYERS_COL,
+    STRATEGY_COL,
+    TEACHER_ID,
+    RunData,
+    better_first,
+    students,
+)
 
 __all__ = [
     "agreement_blocks",
@@ -25,7 +32,6 @@ __all__ = [
     "importance_blocks",
 ]
 
-STRATEGY_COL = "pipeline.truncate.strategy"
 BASELINE_STRATEGIES = ("uniform", "first_last", "random")
 
 
@@ -205,11 +211,11 @@ def downstream_blocks(run: RunData, varying: list[str], quality: str) -> list[Bl
     if ok.empty:
         return []
     group = [c for c in varying if c in ok]
-    metrics = [c for c in dict.fromkeys([quality, "accuracy", "macro_f1"]) if c in ok]
+    metrics = [c for c in dict.fromkeys([quality, *run.quality_metrics]) if c in ok]
     agg = ok.groupby(group, dropna=False)[metrics].mean()
     agg["seeds"] = ok.groupby(group, dropna=False).size()
-    if "kept_layers" in ok:
-        agg["kept layers"] = ok.groupby(group, dropna=False)["kept_layers"].agg(
+    if KEPT_LAYERS_COL in ok:
+        agg["kept layers"] = ok.groupby(group, dropna=False)[KEPT_LAYERS_COL].agg(
             lambda v: " / ".join(sorted(set(map(str, v))))
         )
     agg = agg.reset_index()
@@ -219,7 +225,9 @@ def downstream_blocks(run: RunData, varying: list[str], quality: str) -> list[Bl
     teacher = res[res["trial_id"] == TEACHER_ID] if "trial_id" in res else res.iloc[:0]
     if len(teacher) and quality in teacher:
         agg[f"Δ {quality} vs teacher"] = agg[quality] - float(teacher[quality].iloc[0])
-    agg = agg.sort_values(quality, ascending=False)
+    agg = agg.sort_values(
+        quality, ascending=better_first(run.metric_directions.get(quality, "max"))
+    )
     blocks: list[Block] = [
         Heading("Which ranking makes the best student"),
         Para(

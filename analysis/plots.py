@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.frontier import config_front
-from analysis.rundir import TEACHER_ID, RunData
+from analysis.rundir import KD_COL, STRATEGY_COL, TEACHER_ID, RunData, better_first
 from sweepcore.registry import Registry
 
 __all__ = [
@@ -46,8 +46,6 @@ AXIS_LABELS = {
     "weights_bytes": "weights (bytes)",
     "latency_ms_p50": "p50 batch latency (ms)",
 }
-STRATEGY_COL = "pipeline.truncate.strategy"
-KD_COL = "pipeline.distill.kd"
 
 
 def _truthy(col: pd.Series) -> pd.Series:
@@ -99,11 +97,13 @@ def pareto_plot(
     *,
     seq_len: int | None = None,
     title: str | None = None,
+    quality_direction: str = "max",
 ) -> Path:
     """Scatter of ``quality`` vs ``cost``, one point per configuration (seed-averaged by
     :func:`analysis.frontier.config_front`, the definition of the run's ``on_front``), with
     min–max bars over its seeds and each seed as a faint dot; the teacher as a star; the
-    non-dominated configurations joined by a step line. Colours by layer-selection strategy
+    non-dominated configurations joined by a step line (``quality_direction``: whether more
+    ``quality`` is better, ``"max"``, or less, ``"min"``). Colours by layer-selection strategy
     and marker by distillation on/off when those columns exist. Always writes ``path``.
 
     Artists carry gids (``seeds``, ``config_means``, ``seed_spread``, ``pareto_front``) so a
@@ -116,7 +116,9 @@ def pareto_plot(
     df = df[np.isfinite(df[quality].astype(float)) & np.isfinite(df[cost].astype(float))]
     is_teacher = df["trial_id"].astype(str).eq(TEACHER_ID) if "trial_id" in df else False
     teacher, trials = df[is_teacher], df[~is_teacher]  # trials: the seeds drawn as dots
-    configs = config_front(results, [(quality, "max"), (cost, "min")])  # as the report's table
+    configs = config_front(
+        results, [(quality, quality_direction), (cost, "min")]
+    )  # as the report's table
 
     by_strategy = STRATEGY_COL in configs and configs[STRATEGY_COL].notna().any()
     has_kd = KD_COL in configs and configs[KD_COL].nunique() > 1
@@ -167,7 +169,9 @@ def pareto_plot(
             zorder=4,
             label="teacher",
         )
-    front = configs[configs["on_front"]].sort_values([cost, quality], ascending=[True, False])
+    front = configs[configs["on_front"]].sort_values(
+        [cost, quality], ascending=[True, better_first(quality_direction)]
+    )
     if len(front):
         ax.step(
             front[cost],
@@ -314,6 +318,7 @@ def _pareto(run: RunData, out_dir: Path) -> Path | None:
         run.cost_metric,
         seq_len=run.seq_len,
         title=f"{run.name}: quality vs cost",
+        quality_direction=run.quality_direction,
     )
 
 

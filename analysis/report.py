@@ -33,14 +33,23 @@ from analysis.render import (
     to_html,
     to_markdown,
 )
-from analysis.rundir import TEACHER_ID, RunData, load_run, students, varying_config_columns
+from analysis.rundir import (
+    TEACHER_ID,
+    RunData,
+    better_first,
+    load_run,
+    students,
+    varying_config_columns,
+)
 from analysis.sensitivity import sensitivity_blocks
 from analysis.stats import summarize
 
 __all__ = ["build_blocks", "main", "write_report"]
 
 SECTION_PLOTS = ("pareto", "importance", "agreement", "sensitivity")  # placed in their own sections
-PARETO_METRICS = ("accuracy", "macro_f1", "gflops", "params", "latency_ms_p50")
+# How the report names a task's reference rows (manifest["baselines"]); others: "<name> baseline"
+BASELINE_LABELS = {"majority": "majority class (of train)"}
+PARETO_COSTS = ("gflops", "params", "latency_ms_p50")  # shown beside the task's quality metrics
 
 
 def _blank_teacher(df: pd.DataFrame, varying: list[str]) -> pd.DataFrame:
@@ -78,18 +87,14 @@ def _teacher(run: RunData) -> list[Block]:
     df = run.results
     rows: list[dict[str, object]] = []
     teacher = df[df["trial_id"] == TEACHER_ID] if "trial_id" in df else df.iloc[:0]
-    metric_cols = ["accuracy", "macro_f1", "gflops", "params", "weights_bytes", "latency_ms_p50"]
+    quality_cols = list(run.quality_metrics)
+    metric_cols = [*quality_cols, "gflops", "params", "weights_bytes", "latency_ms_p50"]
     for _, t in teacher.iterrows():
         rows.append({"model": "teacher", **{c: t.get(c) for c in metric_cols}})
-    majority = (run.manifest.get("baselines") or {}).get("majority")
-    if majority:
-        rows.append(
-            {
-                "model": "majority class (of train)",
-                "accuracy": majority.get("accuracy"),
-                "macro_f1": majority.get("macro_f1"),
-            }
-        )
+    for name, metrics in (run.manifest.get("baselines") or {}).items():
+        if metrics:
+            label = BASELINE_LABELS.get(name, f"{name} baseline")
+            rows.append({"model": label, **{m: metrics.get(m) for m in quality_cols}})
     blocks: list[Block] = [Heading("Teacher and baseline")]
     if not rows:
         return [*blocks, Para("No teacher row and no baseline in this run.")]
@@ -102,8 +107,7 @@ def _results(run: RunData, varying: list[str], quality: str, cost: str) -> list[
         "trial_id",
         "seed",
         *varying,
-        "accuracy",
-        "macro_f1",
+        *run.quality_metrics,
         quality,
         "gflops",
         cost,
@@ -118,9 +122,7 @@ def _results(run: RunData, varying: list[str], quality: str, cost: str) -> list[
 
 
 def _summary(run: RunData, varying: list[str], quality: str, cost: str) -> list[Block]:
-    metrics = [
-        m for m in dict.fromkeys(["accuracy", "macro_f1", quality, cost]) if m in run.results
-    ]
+    metrics = [m for m in dict.fromkeys([*run.quality_metrics, quality, cost]) if m in run.results]
     summ = summarize(run.results, by=varying, metrics=metrics)
     blocks: list[Block] = [
         Heading("Across seeds"),
@@ -135,7 +137,7 @@ def _summary(run: RunData, varying: list[str], quality: str, cost: str) -> list[
     for m in metrics:
         show[f"{m}_mean"] = summ[f"{m}_mean"]
         show[f"{m}_std"] = summ[f"{m}_std"]
-        if m in ("accuracy", "macro_f1", quality):
+        if m in (*run.quality_metrics, quality):
             show[f"{m}_ci95"] = interval_cells(summ[f"{m}_ci_low"], summ[f"{m}_ci_high"])
     return [*blocks, Table(format_table(show, {c: short_name(c) for c in varying}))]
 
@@ -150,14 +152,20 @@ def _pareto(
     """The Pareto set of seed-averaged configurations (:func:`config_front`, the definition of
     ``on_front``): table, hypervolume and figure all from the same means."""
     df = run.results
-    blocks: list[Block] = [Heading(f"Pareto set ({quality} up, {cost} down)")]
+    direction = run.quality_direction
+    up = "up" if direction == "max" else "down"
+    blocks: list[Block] = [Heading(f"Pareto set ({quality} {up}, {cost} down)")]
     if quality not in df or cost not in df:
         return [*blocks, Para(f"Columns {quality!r} / {cost!r} are missing from the results.")]
-    objectives = [(quality, "max"), (cost, "min")]
-    shown = [m for m in PARETO_METRICS if m in df and m not in (quality, cost)]
+    objectives = [(quality, direction), (cost, "min")]
+    shown = [
+        m for m in (*run.quality_metrics, *PARETO_COSTS) if m in df and m not in (quality, cost)
+    ]
     configs = config_front(df, objectives, shown)
     front = configs[configs["on_front"]]
-    front = front.sort_values([cost, quality], ascending=[True, False], kind="stable")
+    front = front.sort_values(
+        [cost, quality], ascending=[True, better_first(direction)], kind="stable"
+    )
     if front.empty:
         blocks.append(Para("No successful configurations with finite metrics: no Pareto set."))
     else:
@@ -193,16 +201,29 @@ def _pareto(
             )
             columns.append(f"{cost} seed min–max")
         blocks.append(column_table(table, [*columns, *shown]))
-        majority = ((run.manifest.get("baselines") or {}).get("majority") or {}).get(quality)
+        # the reference corner: the task's first baseline that reports the quality metric
+        baseline, base_value = next(
+            (
+                (name, metrics[quality])
+                for name, metrics in (run.manifest.get("baselines") or {}).items()
+                if (metrics or {}).get(quality) is not None
+            ),
+            (None, None),
+        )
         ok = df[df["status"] == "ok"] if "status" in df else df
         teacher = ok[ok["trial_id"] == TEACHER_ID][cost] if "trial_id" in ok else pd.Series()
-        if majority is not None and len(teacher):
-            ref = (float(majority), float(teacher.iloc[0]))
-            hv = hypervolume_2d(configs[[quality, cost]].to_numpy(float), ref)
+        if base_value is not None and len(teacher):
+            ref = (float(base_value), float(teacher.iloc[0]))
+            points = configs[[quality, cost]].to_numpy(float)
+            if direction == "min":  # hypervolume_2d counts quality upwards: flip a "min" one
+                points[:, 0], ref = -points[:, 0], (-ref[0], ref[1])
+            hv = hypervolume_2d(points, ref)
+            side = "above" if direction == "max" else "below"
             blocks.append(
                 Para(
                     f"Student hypervolume: {hv:.4g} ({quality} × {cost} area dominated by the "
-                    f"configurations' means, above the majority baseline {ref[0]:.4f} and below "
+                    f"configurations' means, {side} the {baseline} baseline {float(base_value):.4f} "
+                    "and below "
                     f"the teacher's {cost} {ref[1]:.4g})."
                 )
             )

@@ -20,9 +20,13 @@ import pandas as pd
 __all__ = [
     "CLASSIFICATION_METRICS",
     "COST_DIRECTIONS",
+    "KD_COL",
+    "KEPT_LAYERS_COL",
     "METRIC_COLUMNS",
+    "STRATEGY_COL",
     "TEACHER_ID",
     "RunData",
+    "better_first",
     "config_columns",
     "load_run",
     "students",
@@ -51,6 +55,19 @@ COST_DIRECTIONS = {
     "latency_ms_p50": "min",
     "latency_ms_p95": "min",
 }
+
+
+# Results-contract columns the analysis groups and labels by, named here once: the layer-
+# selection strategy and distillation on/off of a student (config columns the truncate and
+# distill stages write), and the layers a student kept.
+STRATEGY_COL = "pipeline.truncate.strategy"
+KD_COL = "pipeline.distill.kd"
+KEPT_LAYERS_COL = "kept_layers"
+
+
+def better_first(direction: str) -> bool:
+    """``ascending`` for a sort that puts the best value of a ``"max"``/``"min"`` metric first."""
+    return direction == "min"
 
 
 def config_columns(df: pd.DataFrame) -> list[str]:

@@ -4,6 +4,13 @@ Precedence is resolved in one place (:func:`load_study`): defaults < study YAML 
 ``key.path=value`` overrides. Every problem is collected and reported together in a
 :class:`ConfigError`, each line naming the file, the dotted key, the bad value and what is
 allowed.
+
+This module holds :class:`StudyConfig` (the file's top level), loading, overrides and the one
+validation pass; each section's schema lives with its owner: ``data`` (:mod:`engine.data.config`),
+``teacher`` (:mod:`engine.teacher`), ``importance`` (:mod:`engine.importance.config`),
+``pipeline`` (derived from the stage registry, :mod:`engine.compress.pipeline`), ``search``
+(:mod:`engine.search_config`), ``resources`` (:mod:`engine.device`), ``measure``
+(:mod:`engine.measure.config`).
 """
 
 from __future__ import annotations
@@ -12,39 +19,33 @@ import copy
 import difflib
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    Discriminator,
-    Field,
-    Tag,
-    ValidationError,
-    create_model,
-    model_validator,
-)
+from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
 
 from engine.compress import pipeline_config
 from engine.compress.pipeline import order_problems, stage_problems
-from engine.configbase import OptimConfig, Section
+from engine.configbase import Section
 from engine.data.check import problems as data_problems
 from engine.data.config import DataConfig
+from engine.device import ResourcesConfig
 from engine.importance.config import ImportanceConfig
 from engine.importance.config import problems as importance_problems
-from engine.models import EMBEDDED_TEACHER
+from engine.measure.config import MeasureConfig
+from engine.search_config import (
+    SCHEDULER_KINDS,
+    SEARCH_ALGORITHMS,
+    SearchConfig,
+    range_points,
+)
 from engine.tasks import DEFAULT_TASK, TASKS, get_task
+from engine.teacher import TeacherConfig
 
 __all__ = [
     "SWEEPS_DIR",
     "ConfigError",
-    "FloatRange",
-    "IntRange",
-    "MeasureConfig",
-    "Objective",
     "PipelineConfig",
-    "SchedulerConfig",
-    "SearchConfig",
     "StudyConfig",
     "apply_overrides",
     "either_or_partners",
@@ -67,201 +68,10 @@ class ConfigError(ValueError):
         super().__init__("\n".join(problems))
 
 
-class TeacherConfig(OptimConfig):
-    """The model that is compressed, and its task fine-tuning (cached by content hash)."""
-
-    model: str = EMBEDDED_TEACHER
-    epochs: float = Field(2.0, gt=0)
-    max_steps: int | None = Field(None, ge=1)
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    seed: int = Field(0, ge=0)
-
-
 # The pipeline section is derived from the stage registry (engine.compress.pipeline); this is
 # its class for the stages registered at import time. A stage registered later is picked up
 # by :func:`study_config` at the next validation.
 PipelineConfig = pipeline_config()
-
-
-class FloatRange(Section):
-    """A continuous search range ``{low: 1.0, high: 8.0, log: true}`` (random / optuna only)."""
-
-    low: float
-    high: float
-    log: bool = False
-
-    @model_validator(mode="after")
-    def _order(self) -> FloatRange:
-        if not self.low < self.high:
-            raise ValueError(f"low must be < high (got low={self.low}, high={self.high})")
-        if self.log and self.low <= 0:
-            raise ValueError(f"log: true needs low > 0 (got low={self.low})")
-        return self
-
-
-class IntRange(Section):
-    """An integer search range ``{int_low: 1, int_high: 6}``, both ends included."""
-
-    int_low: int
-    int_high: int
-    log: bool = False
-
-    @model_validator(mode="after")
-    def _order(self) -> IntRange:
-        if not self.int_low < self.int_high:
-            raise ValueError(
-                f"int_low must be < int_high (got int_low={self.int_low}, int_high={self.int_high})"
-            )
-        if self.log and self.int_low <= 0:
-            raise ValueError(f"log: true needs int_low > 0 (got int_low={self.int_low})")
-        return self
-
-
-def _spec_kind(v: Any) -> str | None:
-    if isinstance(v, list | tuple):
-        return "list"
-    if isinstance(v, FloatRange | IntRange):
-        return "int" if isinstance(v, IntRange) else "range"
-    if isinstance(v, dict):
-        return "int" if "int_low" in v or "int_high" in v else "range"
-    return None
-
-
-# A search-space entry: categorical values, or a float / integer range.
-SpaceSpec = Annotated[
-    Annotated[list[Any], Tag("list")]
-    | Annotated[FloatRange, Tag("range")]
-    | Annotated[IntRange, Tag("int")],
-    Discriminator(
-        _spec_kind,
-        custom_error_type="search_spec",
-        custom_error_message="expected a list of values, {low, high, log} or "
-        "{int_low, int_high, log}",
-    ),
-]
-
-
-# Metrics a trial of the default task reports at every intermediate report and at the end;
-# a study's objectives may name its task's (Task.objective_metrics, checked in validation).
-OBJECTIVE_METRICS = tuple(get_task(DEFAULT_TASK).objective_metrics())
-_DEFAULT_OBJECTIVES = get_task(DEFAULT_TASK).default_objectives
-
-
-class Objective(Section):
-    """One search objective: a reported metric (``valid_<task metric>`` or a cost metric,
-    :meth:`engine.tasks.Task.objective_metrics`) and its direction."""
-
-    metric: str = _DEFAULT_OBJECTIVES[0][0]
-    mode: Literal["max", "min"] = _DEFAULT_OBJECTIVES[0][1]
-
-
-class SchedulerConfig(Section):
-    """Early stopping. ``asha``: single objective (the first of ``search.objectives``);
-    ``mo_asha``: Pareto-aware successive halving over all objectives. Rungs sit at
-    ``grace_period · reduction_factor^k`` reports; ``max_t`` (reports of a full trial) is
-    derived from the study when unset."""
-
-    name: Literal["none", "asha", "mo_asha"] = "none"
-    grace_period: int = Field(1, ge=1)
-    reduction_factor: float = Field(3.0, gt=1)
-    max_t: int | None = Field(None, ge=1)
-
-
-class SearchConfig(Section):
-    """How trial configurations are chosen; every configuration runs once per seed in ``repeats``.
-
-    ``space`` maps a dotted config path to a list of settings (categorical; the only form
-    ``grid`` accepts) or a range (:class:`FloatRange`, :class:`IntRange`). ``grid`` runs the
-    Cartesian product; ``one_at_a_time`` varies each key alone, the others at the study's
-    settings (a sensitivity analysis); ``random`` draws ``num_samples`` points under
-    ``seed``; ``optuna`` (TPE) maximises/minimises the first objective; ``optuna_mo``
-    searches all objectives and the run keeps the Pareto set. ``report_every_steps`` makes training report validation
-    metrics every N steps (needed by a scheduler). ``checkpoint_every`` attaches a trial
-    checkpoint to the first of those reports at least N steps after the previous checkpoint,
-    so a trial retried after its worker died (``max_failures``) continues from it.
-    ``extra``: further configurations, each ``{dotted path: value}`` with the rest at the
-    study's settings, run (× seeds) after the search's own points by ``grid``,
-    ``one_at_a_time`` and ``random`` — e.g. an ablation's component arms (pruning on/off,
-    quantization on/off) beside its grid, without multiplying the grid by them.
-    """
-
-    algorithm: Literal["grid", "one_at_a_time", "random", "optuna", "optuna_mo"] = "grid"
-    space: dict[str, SpaceSpec] = Field(default_factory=dict)
-    extra: tuple[dict[str, Any], ...] = ()
-    num_samples: int = Field(8, ge=1)
-    seed: int = Field(0, ge=0)
-    objectives: tuple[Objective, ...] = tuple(
-        Objective(metric=m, mode=d) for m, d in _DEFAULT_OBJECTIVES
-    )
-    scheduler: SchedulerConfig = SchedulerConfig()
-    report_every_steps: int | None = Field(None, ge=1)
-    max_concurrent_trials: int | None = Field(None, ge=1)
-    max_failures: int = Field(1, ge=0)
-    checkpoint_every: int | None = Field(None, ge=1)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> SearchConfig:
-        ranges = [k for k, v in self.space.items() if not isinstance(v, list)]
-        if self.algorithm in ("grid", "one_at_a_time") and ranges:
-            raise ValueError(
-                f"{self.algorithm} needs a list of values for every key; ranges at {', '.join(ranges)} "
-                "need algorithm random, optuna or optuna_mo"
-            )
-        if self.algorithm.startswith("optuna"):
-            scalar = (bool, int, float, str, type(None))
-            for k, v in self.space.items():
-                if isinstance(v, list) and not all(isinstance(x, scalar) for x in v):
-                    raise ValueError(
-                        f"space.{k}: optuna categorical values must be scalars "
-                        "(bool, int, float, str, null)"
-                    )
-        if self.extra and self.algorithm.startswith("optuna"):
-            raise ValueError(
-                "extra configurations run beside a fixed set of points: use algorithm grid, "
-                "one_at_a_time or random (optuna chooses its own)"
-            )
-        if any(not point for point in self.extra):
-            raise ValueError("extra: each configuration needs at least one {path: value}")
-        if not self.objectives:
-            raise ValueError("objectives: name at least one metric")
-        multi = self.algorithm == "optuna_mo" or self.scheduler.name == "mo_asha"
-        if multi and len(self.objectives) < 2:
-            raise ValueError("optuna_mo and mo_asha need at least two objectives")
-        if self.scheduler.name != "none" and self.report_every_steps is None:
-            raise ValueError(
-                f"scheduler {self.scheduler.name} needs intermediate results: "
-                "set report_every_steps"
-            )
-        if self.checkpoint_every is not None and self.report_every_steps is None:
-            raise ValueError(
-                "checkpoint_every needs report_every_steps (checkpoints ride on the reports)"
-            )
-        return self
-
-
-class ResourcesConfig(Section):
-    """Per-trial resources (fractions allowed: ``gpus: 0.25`` packs four trials on a GPU).
-
-    ``precision``: ``auto`` = bf16 autocast where the trial's device supports it (a CUDA GPU
-    with bf16), float32 elsewhere; ``bf16`` = bf16 autocast on any device; ``fp32`` = never
-    (see :mod:`engine.device`). Applies to the teacher's fine-tuning and every trial.
-    """
-
-    cpus: float = Field(1.0, gt=0)
-    gpus: float = Field(0.0, ge=0)
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-
-
-class MeasureConfig(Section):
-    """How cost is measured on each built model."""
-
-    batch_size: int = Field(32, ge=1)
-    latency_repeats: int = Field(10, ge=1)
-    warmup: int = Field(2, ge=0)
-    eval_batch_size: int = Field(64, ge=1)
-    # Save each student under models/<trial_id>/ (~70 MB for a 4-of-6-layer MiniLM); false
-    # for quick laptop runs: the results are the same, only the model files are not written.
-    save_models: bool = True
 
 
 class ReportConfig(Section):
@@ -485,6 +295,15 @@ def _check_names(cfg: StudyConfig, source: str) -> list[str]:
     from engine.models import model_source_problem
 
     problems = _check_task(cfg, source)
+    if cfg.search.algorithm not in SEARCH_ALGORITHMS:
+        problems.append(
+            f"{source}: search.algorithm: {SEARCH_ALGORITHMS.unknown_message(cfg.search.algorithm)}"
+        )
+    if cfg.search.scheduler.name not in SCHEDULER_KINDS:
+        problems.append(
+            f"{source}: search.scheduler.name: "
+            f"{SCHEDULER_KINDS.unknown_message(cfg.search.scheduler.name)}"
+        )
     problems += [*data_problems(cfg.data, source), *importance_problems(cfg.importance, source)]
     if (teacher_problem := model_source_problem(cfg.teacher.model)) is not None:
         problems.append(f"{source}: teacher.model: {teacher_problem}")
@@ -580,15 +399,6 @@ def load_study(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -
     if problems:
         raise ConfigError(problems)
     return cfg
-
-
-def range_points(spec: list[Any] | FloatRange | IntRange) -> list[Any]:
-    """The values that stand for a search entry when validating: a list's items, a range's ends."""
-    if isinstance(spec, FloatRange):
-        return [spec.low, spec.high]
-    if isinstance(spec, IntRange):
-        return [spec.int_low, spec.int_high]
-    return list(spec)
 
 
 def _has_path(d: dict[str, Any], dotted: str) -> bool:

@@ -32,9 +32,13 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Literal
 
 import torch
+from pydantic import Field
+
+from engine.configbase import Section
 
 __all__ = [
     "Precision",
+    "ResourcesConfig",
     "autocast",
     "autocast_dtype",
     "choose_device",
@@ -45,6 +49,19 @@ __all__ = [
 ]
 
 Precision = Literal["auto", "fp32", "bf16"]
+
+
+class ResourcesConfig(Section):
+    """Per-trial resources (fractions allowed: ``gpus: 0.25`` packs four trials on a GPU).
+
+    ``precision``: ``auto`` = bf16 autocast where the trial's device supports it (a CUDA GPU
+    with bf16), float32 elsewhere; ``bf16`` = bf16 autocast on any device; ``fp32`` = never
+    (see :mod:`engine.device`). Applies to the teacher's fine-tuning and every trial.
+    """
+
+    cpus: float = Field(1.0, gt=0)
+    gpus: float = Field(0.0, ge=0)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
 
 def ray_gpu_ids() -> list[str] | None:

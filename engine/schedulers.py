@@ -39,6 +39,7 @@ from ray.tune import Callback
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
 from engine.config import StudyConfig
+from engine.search_config import SCHEDULER_KINDS
 from sweepcore.pareto import crowding_distance, nondominated_sort
 from sweepcore.registry import Registry
 
@@ -254,6 +255,14 @@ def _mo_asha(cfg: StudyConfig, max_t: int) -> TrialScheduler:
         max_t=max_t,
         grace_period=s.grace_period,
         reduction_factor=s.reduction_factor,
+    )
+
+
+# Every scheduler declared for validation (engine.search_config) is built here, and no other.
+if set(SCHEDULERS) != set(SCHEDULER_KINDS):
+    raise ImportError(
+        f"schedulers declared ({', '.join(SCHEDULER_KINDS)}) and implemented "
+        f"({', '.join(SCHEDULERS)}) differ"
     )
 
 

@@ -37,7 +37,8 @@ import numpy as np
 from ray import tune
 from ray.tune.search import Searcher
 
-from engine.config import ConfigError, FloatRange, IntRange, StudyConfig
+from engine.config import ConfigError, StudyConfig
+from engine.search_config import SEARCH_ALGORITHMS, FloatRange, IntRange
 from sweepcore.registry import Registry
 
 __all__ = [
@@ -165,6 +166,14 @@ def optuna_tpe(cfg: StudyConfig) -> SearchPlan:
 @ALGORITHMS.register("optuna_mo")
 def optuna_mo(cfg: StudyConfig) -> SearchPlan:
     return _optuna(cfg, multi=True)
+
+
+# Every algorithm declared for validation (engine.search_config) has a plan here, and no other.
+if set(ALGORITHMS) != set(SEARCH_ALGORITHMS):
+    raise ImportError(
+        f"search algorithms declared ({', '.join(SEARCH_ALGORITHMS)}) and implemented "
+        f"({', '.join(ALGORITHMS)}) differ"
+    )
 
 
 def plan_search(cfg: StudyConfig) -> SearchPlan:

@@ -19,16 +19,36 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import Field
 from transformers import PreTrainedModel
 
-from engine.config import TeacherConfig
+from engine.configbase import OptimConfig
 from engine.device import autocast_dtype, precision_name, worker_device
+from engine.models import EMBEDDED_TEACHER
 from engine.tasks import DEFAULT_TASK, Task, get_task
 from engine.train import OomLog, train_classifier
 
-__all__ = ["TeacherArtifacts", "cache_dir", "finetune", "fingerprint", "load_model", "teacher_key"]
+__all__ = [
+    "TeacherArtifacts",
+    "TeacherConfig",
+    "cache_dir",
+    "finetune",
+    "fingerprint",
+    "load_model",
+    "teacher_key",
+]
 
 CODE_VERSION = "teacher-v1"  # bump when the fine-tuning recipe changes
+
+
+class TeacherConfig(OptimConfig):
+    """The model that is compressed, and its task fine-tuning (cached by content hash)."""
+
+    model: str = EMBEDDED_TEACHER
+    epochs: float = Field(2.0, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    seed: int = Field(0, ge=0)
 
 
 @dataclass

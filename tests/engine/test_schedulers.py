@@ -202,3 +202,15 @@ def test_an_unregistered_scheduler_is_a_config_error() -> None:
         load_study("pareto", ["search.scheduler.name=no_such_scheduler"])
     with pytest.raises(KeyError, match="known"):
         SCHEDULERS.get("no_such_scheduler")
+
+
+def test_an_unknown_scheduler_names_its_dotted_key_and_nearest_match() -> None:
+    from engine.config import ConfigError
+    from engine.search_config import SCHEDULER_KINDS
+
+    assert set(SCHEDULER_KINDS.names()) == set(SCHEDULERS.names())
+    with pytest.raises(ConfigError) as e:
+        load_study("pareto", ["search.scheduler.name=mo_ahsa"])
+    (p,) = e.value.problems
+    assert p.startswith("sweeps/pareto.yaml: search.scheduler.name: unknown scheduler 'mo_ahsa'")
+    assert "did you mean 'mo_asha'?" in p

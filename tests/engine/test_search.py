@@ -6,8 +6,9 @@ import math
 
 import pytest
 
-from engine.config import ConfigError, FloatRange, IntRange, load_study
+from engine.config import ConfigError, load_study
 from engine.search import ALGORITHMS, SeedRepeater, plan_search, sample_points, trial_configs
+from engine.search_config import FloatRange, IntRange
 from engine.trial import trial_seed
 
 RANGES = (
@@ -275,3 +276,19 @@ def test_every_algorithm_plans_one_trial_per_configuration_and_seed(name: str) -
 def test_an_unregistered_algorithm_is_a_config_error() -> None:
     with pytest.raises(ConfigError):
         load_study("pareto", ["search.algorithm=no_such_search"])
+
+
+def test_an_unknown_algorithm_is_named_with_its_dotted_key_and_nearest_match() -> None:
+    with pytest.raises(ConfigError) as e:
+        load_study("smoke", ["search.algorithm=optuan"])
+    (p,) = e.value.problems
+    assert p.startswith("sweeps/smoke.yaml: search.algorithm: unknown search algorithm 'optuan'")
+    assert "did you mean 'optuna'?" in p
+    for name in ("grid", "one_at_a_time", "random", "optuna", "optuna_mo"):
+        assert name in p
+
+
+def test_every_declared_algorithm_has_a_plan_and_the_other_way_round() -> None:
+    from engine.search_config import SEARCH_ALGORITHMS
+
+    assert set(SEARCH_ALGORITHMS.names()) == set(ALGORITHMS.names())

@@ -20,13 +20,13 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from engine.assess import assess
-from engine.config import ConfigError, StudyConfig, TeacherConfig, validate
+from engine.config import ConfigError, StudyConfig, validate
 from engine.importance.compute import score_methods
 from engine.importance.config import ImportanceConfig
 from engine.importance.runner import calibration_batches
 from engine.measure import evaluate
 from engine.tasks import TASKS, DataView, Task, get_task, register_task
-from engine.teacher import finetune, load_model
+from engine.teacher import TeacherConfig, finetune, load_model
 from engine.trial import SharedInputs, build_student
 from tests.conftest import tiny_bert
 
