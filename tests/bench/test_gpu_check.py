@@ -50,7 +50,7 @@ def test_dry_run_runs_every_step_and_writes_real_figures(tmp_path: Path) -> None
 
     pt = steps["pytest_gpu"]["result"]  # the GPU tests exist and are skipped on this CPU
     assert pt["tests"] >= 5 and pt["skipped"] + pt["passed"] == pt["tests"]
-    assert {c["test"].split("::")[0] for c in pt["cases"]} >= {"test_quantize", "test_measure"}
+    assert {c["test"].split("::")[0] for c in pt["cases"]} >= {"test_quantize", "test_latency"}
 
     trials = steps["smoke"]["result"]["trials"]
     assert [t["trial_id"] == "teacher" for t in trials].count(True) == 1 and len(trials) == 3
