@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -167,6 +168,32 @@ def toy_batches(
         labels = torch.randint(0, num_labels, (batch_size,), generator=g)
         out.append({"input_ids": ids, "attention_mask": mask, "labels": labels})
     return out
+
+
+def toy_arrays(seed: int, n_batches: int = 2) -> dict[str, np.ndarray]:
+    """:func:`toy_batches` joined into one split of numpy arrays (what a study's splits hold)."""
+    bs = toy_batches(n_batches, batch_size=8, seed=seed)
+    return {k: torch.cat([b[k] for b in bs]).numpy() for k in bs[0]}
+
+
+def tiny_shared_inputs(train_batches: int = 3, eval_batches: int = 2):
+    """A trial's :class:`engine.trial.SharedInputs` around a 4-layer ``tiny_bert`` teacher:
+    toy train/valid/test splits (seeds 0/1/2) and the teacher's train logits; no importance."""
+    from engine.trial import SharedInputs
+
+    teacher = tiny_bert(num_layers=4)
+    splits = {
+        "train": toy_arrays(0, train_batches),
+        "valid": toy_arrays(1, eval_batches),
+        "test": toy_arrays(2, eval_batches),
+    }
+    with torch.no_grad():
+        logits = teacher(
+            input_ids=torch.as_tensor(splits["train"]["input_ids"]),
+            attention_mask=torch.as_tensor(splits["train"]["attention_mask"]),
+        ).logits.numpy()
+    state = {k: v.clone() for k, v in teacher.state_dict().items()}
+    return SharedInputs(teacher.config.to_dict(), state, logits, splits, 5, {})
 
 
 @pytest.fixture

@@ -10,14 +10,13 @@ import json
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
 
 from engine.compress.base import unregister_stage
 from engine.config import ConfigError, load_study
-from tests.conftest import tiny_bert, toy_batches
+from tests.conftest import tiny_shared_inputs, toy_batches
 
 STAGE_FILE = '''
 """``toy`` stage: drop the last layer and scale the classifier's weights by ``factor``."""
@@ -90,15 +89,10 @@ def _study_file(tmp_path: Path) -> Path:
     return path
 
 
-def _arrays(seed: int, n: int = 2) -> dict[str, np.ndarray]:
-    bs = toy_batches(n, batch_size=8, seed=seed)
-    return {k: torch.cat([b[k] for b in bs]).numpy() for k in bs[0]}
-
-
 def test_a_stage_in_one_file_runs_through_a_trial(toy_stage, tmp_path: Path) -> None:
     from engine.assess import assess
     from engine.compress.save import load_compressed
-    from engine.trial import SharedInputs, build_student
+    from engine.trial import build_student
     from engine.tune_run import full_budget
 
     path = _study_file(tmp_path)
@@ -116,15 +110,8 @@ def test_a_stage_in_one_file_runs_through_a_trial(toy_stage, tmp_path: Path) -> 
     with pytest.raises(ConfigError, match="'toy' must be the last stage"):
         load_study(str(path), ["pipeline.order=[toy, truncate]"])
 
-    teacher = tiny_bert(num_layers=4)
-    splits = {"train": _arrays(0, 3), "valid": _arrays(1), "test": _arrays(2)}
-    with torch.no_grad():
-        logits = teacher(
-            input_ids=torch.as_tensor(splits["train"]["input_ids"]),
-            attention_mask=torch.as_tensor(splits["train"]["attention_mask"]),
-        ).logits.numpy()
-    state = {k: v.clone() for k, v in teacher.state_dict().items()}
-    shared = SharedInputs(teacher.config.to_dict(), state, logits, splits, 5, {})
+    shared = tiny_shared_inputs()
+    splits, state = shared.splits, shared.teacher_state
     cpu = torch.device("cpu")
     model, record = build_student(study, shared, 0, cpu, tmp_path / "m")
 

@@ -15,7 +15,7 @@ from engine.compress.prune import PruneConfig
 from engine.compress.quantize import QuantizeConfig
 from engine.compress.save import MANIFEST, load_compressed, save_compressed
 from engine.compress.truncate import TruncateConfig
-from tests.conftest import tiny_bert, toy_batches
+from tests.conftest import tiny_bert, tiny_shared_inputs, toy_batches
 
 
 def _ctx() -> StageContext:
@@ -92,25 +92,13 @@ def test_trials_save_their_model_unless_measure_save_models_is_false(
     """Two real Tune trials of the trial function on a tiny teacher, one per setting: the
     default writes models/<trial_id>/ (reloadable, same test predictions); false writes
     nothing under models/ and leaves model_dir empty, with the same results otherwise."""
-    import numpy as np
     from ray import tune
 
     from engine.config import validate
-    from engine.trial import SharedInputs, run_trial
+    from engine.trial import run_trial
 
-    def arrays(seed: int, n: int) -> dict[str, np.ndarray]:
-        bs = toy_batches(n, batch_size=8, seed=seed)
-        return {k: torch.cat([b[k] for b in bs]).numpy() for k in bs[0]}
-
-    teacher = tiny_bert(num_layers=4)
-    splits = {"train": arrays(0, 2), "valid": arrays(1, 1), "test": arrays(2, 1)}
-    with torch.no_grad():
-        logits = teacher(
-            input_ids=torch.as_tensor(splits["train"]["input_ids"]),
-            attention_mask=torch.as_tensor(splits["train"]["attention_mask"]),
-        ).logits.numpy()
-    state = {k: v.clone() for k, v in teacher.state_dict().items()}
-    shared = SharedInputs(teacher.config.to_dict(), state, logits, splits, 5, {})
+    shared = tiny_shared_inputs(train_batches=2, eval_batches=1)
+    splits = shared.splits
     study = validate(
         {
             "name": "save-models", "description": "save on/off", "data": {"max_length": 12},

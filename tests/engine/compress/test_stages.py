@@ -7,7 +7,6 @@ import itertools
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -16,7 +15,7 @@ from engine.compress import STAGES
 from engine.compress.save import load_compressed
 from engine.config import ConfigError, StudyConfig, validate
 from engine.trial import SharedInputs, build_student
-from tests.conftest import tiny_bert, toy_batches
+from tests.conftest import tiny_shared_inputs
 
 TRAINING = ["truncate", "distill", "prune"]
 ALL_ORDERS = [
@@ -33,22 +32,9 @@ ORDERS = [
 ]
 
 
-def _arrays(seed: int, n: int = 2) -> dict[str, np.ndarray]:
-    bs = toy_batches(n, batch_size=8, seed=seed)
-    return {k: torch.cat([b[k] for b in bs]).numpy() for k in bs[0]}
-
-
 @pytest.fixture(scope="module")
 def shared() -> SharedInputs:
-    teacher = tiny_bert(num_layers=4)
-    splits = {"train": _arrays(0, 3), "valid": _arrays(1), "test": _arrays(2)}
-    with torch.no_grad():
-        logits = teacher(
-            input_ids=torch.as_tensor(splits["train"]["input_ids"]),
-            attention_mask=torch.as_tensor(splits["train"]["attention_mask"]),
-        ).logits.numpy()
-    state = {k: v.clone() for k, v in teacher.state_dict().items()}
-    return SharedInputs(teacher.config.to_dict(), state, logits, splits, 5, {})
+    return tiny_shared_inputs()
 
 
 def _study(order: list[str]) -> StudyConfig:
