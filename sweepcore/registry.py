@@ -48,6 +48,13 @@ class Registry(Generic[T]):
 
         return deco
 
+    def unregister(self, name: str) -> T:
+        """Remove and return ``name`` (for tests and notebooks that register a throwaway
+        entry); an unknown name raises :class:`UnknownNameError`."""
+        entry = self.get(name)
+        del self._items[name]
+        return entry
+
     def get(self, name: str) -> T:
         try:
             return self._items[name]

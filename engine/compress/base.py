@@ -204,8 +204,7 @@ def register_stage(
 
 def unregister_stage(name: str) -> None:
     """Remove stage ``name`` (for tests and notebooks that register a throwaway stage)."""
-    STAGES.get(name)  # unknown name: the registry's error
-    del STAGES._items[name]
+    STAGES.unregister(name)  # unknown name: the registry's error
     _ORDER.remove(name)
 
 
