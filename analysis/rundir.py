@@ -23,6 +23,7 @@ __all__ = [
     "KD_COL",
     "KEPT_LAYERS_COL",
     "METRIC_COLUMNS",
+    "REFERENCE_STATUS",
     "STRATEGY_COL",
     "TEACHER_ID",
     "RunData",
@@ -34,6 +35,9 @@ __all__ = [
 ]
 
 TEACHER_ID = "teacher"
+# the status of the task's reference rows in results.parquet (popularity, majority, ...):
+# :func:`load_run` moves them to :attr:`RunData.references`, out of the trials
+REFERENCE_STATUS = "reference"
 METRIC_COLUMNS = (
     "accuracy",
     "macro_f1",
@@ -76,7 +80,9 @@ def config_columns(df: pd.DataFrame) -> list[str]:
 
 
 def students(df: pd.DataFrame) -> pd.DataFrame:
-    """All rows except the teacher's."""
+    """All rows except the teacher's (and any reference row left in ``df``)."""
+    if "status" in df:
+        df = df[df["status"].astype(str) != REFERENCE_STATUS]
     if "trial_id" not in df:
         return df
     return df[df["trial_id"].astype(str) != TEACHER_ID]
@@ -96,6 +102,8 @@ class RunData:
     results: pd.DataFrame
     importance: pd.DataFrame | None = None
     manifest: dict[str, Any] = field(default_factory=dict)
+    #: the task's reference rows (``status = "reference"``: popularity, majority, ...)
+    references: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -153,8 +161,19 @@ def load_run(run_dir: Path | str) -> RunData:
     results = pd.read_parquet(results_path)
     if "trial_id" in results:
         results["trial_id"] = results["trial_id"].astype(str)
+    references = results.iloc[:0]
+    if "status" in results:
+        is_ref = results["status"].astype(str) == REFERENCE_STATUS
+        references, results = results[is_ref].reset_index(drop=True), results[~is_ref]
+        results = results.reset_index(drop=True)
     imp_path = run_dir / "importance.parquet"
     importance = pd.read_parquet(imp_path) if imp_path.is_file() else None
     man_path = run_dir / "manifest.json"
     manifest = json.loads(man_path.read_text()) if man_path.is_file() else {}
-    return RunData(run_dir=run_dir, results=results, importance=importance, manifest=manifest)
+    return RunData(
+        run_dir=run_dir,
+        results=results,
+        importance=importance,
+        manifest=manifest,
+        references=references,
+    )

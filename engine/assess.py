@@ -5,6 +5,7 @@ Used for the teacher row and for every trial, so both are measured the same way.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ from engine.measure import (
     weights_bytes,
 )
 from engine.models import num_layers
-from engine.tasks import get_task
+from engine.tasks import get_task, metric_columns
 
 __all__ = ["assess"]
 
@@ -35,6 +36,7 @@ def assess(
     device: torch.device,
     record: dict[str, Any] | None = None,
     autocast_dtype: torch.dtype | None = None,
+    on_examples: Callable[[Any], None] | None = None,
 ) -> dict[str, Any]:
     """Quality on each split (``test`` unprefixed, others prefixed ``<split>_``) and cost.
 
@@ -47,7 +49,8 @@ def assess(
     GFLOPs are counted without it (the same multiply-adds either way). The latency it
     measures is the trial's own (beside whatever else runs then); the sweep moves it to
     ``latency_in_trial_*`` and fills the public columns in its latency phase
-    (:mod:`engine.latency_phase`).
+    (:mod:`engine.latency_phase`). ``on_examples`` receives the task's per-example table of
+    the test split (:meth:`engine.tasks.Task.example_table`; None for tasks without one).
     """
     place = measure_placement(record, model, device)  # e.g. dynamic int8 runs on CPU
     device = place.device
@@ -58,7 +61,7 @@ def assess(
     model.eval()
     row: dict[str, Any] = {}
     for split, data in splits.items():
-        _, metrics = evaluate(
+        outputs, metrics = evaluate(
             model,
             data,
             task=study.task,
@@ -67,7 +70,10 @@ def assess(
             autocast_dtype=autocast_dtype,
         )
         prefix = "" if split == "test" else f"{split}_"
-        row.update({f"{prefix}{k}": float(v) for k, v in metrics.items()})
+        row.update(metric_columns(metrics, prefix))
+        if split == "test" and on_examples is not None:
+            on_examples(get_task(study.task).example_table(outputs, data))
+        del outputs
     seq = study.data.max_length
     row["gflops"] = float(count_gflops(model, seq))
     task = get_task(study.task)

@@ -115,6 +115,7 @@ class StudyConfig(Section):
             ),
             ("report", "quality_metric", task.default_quality_metric),
             ("importance", "task", task.name),
+            *(("teacher", k, v) for k, v in task.teacher_defaults.items()),
         ):
             sub = raw.get(section, {})
             if isinstance(sub, dict) and key not in sub:
@@ -292,7 +293,6 @@ def _check_names(cfg: StudyConfig, source: str) -> list[str]:
     ``teacher.model`` can be loaded here (a folder with config.json, or a hub id that the
     cache has or that downloads may fetch)."""
     from engine.importance import IMPORTANCE
-    from engine.models import model_source_problem
 
     problems = _check_task(cfg, source)
     if cfg.search.algorithm not in SEARCH_ALGORITHMS:
@@ -305,8 +305,8 @@ def _check_names(cfg: StudyConfig, source: str) -> list[str]:
             f"{SCHEDULER_KINDS.unknown_message(cfg.search.scheduler.name)}"
         )
     problems += [*data_problems(cfg.data, source), *importance_problems(cfg.importance, source)]
-    if (teacher_problem := model_source_problem(cfg.teacher.model)) is not None:
-        problems.append(f"{source}: teacher.model: {teacher_problem}")
+    if cfg.task in TASKS:
+        problems += [f"{source}: {p}" for p in get_task(cfg.task).study_problems(cfg)]
     for i, problem in order_problems(cfg.pipeline.order):
         where = "pipeline.order" if i is None else f"pipeline.order.{i}"
         problems.append(f"{source}: {where}: {problem}")

@@ -21,14 +21,12 @@ def prepare(cfg: StudyConfig, timings: dict[str, float]) -> tuple[Any, Any, Any]
     import ray
     import torch
 
-    from engine.data import prepare_data
     from engine.importance.runner import compute_importance
-    from engine.models import resolve_model_path
     from engine.teacher import finetune, load_cache, load_model, save_cache, teacher_key
     from engine.trial import SharedInputs
 
     t0 = time.perf_counter()
-    data = prepare_data(cfg.data, resolve_model_path(cfg.teacher.model))
+    data = get_task(cfg.task).prepare(cfg.data, cfg.teacher.model)
     splits = {"train": data.train, "valid": data.valid, "test": data.test}
     timings["data_s"] = time.perf_counter() - t0
     print(
@@ -91,11 +89,12 @@ def prepare(cfg: StudyConfig, timings: dict[str, float]) -> tuple[Any, Any, Any]
     return data, art, shared
 
 
-def teacher_row(cfg: StudyConfig, shared: Any) -> dict[str, Any]:
-    """Measure the teacher exactly as trials are measured, with the trial resources."""
+def teacher_row(cfg: StudyConfig, shared: Any, run_dir: Any = None) -> dict[str, Any]:
+    """Measure the teacher exactly as trials are measured, with the trial resources; with
+    ``run_dir`` its per-example table (the task's, if any) is written as ``teacher``."""
     import ray
 
-    def measure(study: StudyConfig, shared: Any) -> dict[str, Any]:
+    def measure(study: StudyConfig, shared: Any) -> tuple[dict[str, Any], Any]:
         import torch
 
         from engine.assess import assess
@@ -107,14 +106,25 @@ def teacher_row(cfg: StudyConfig, shared: Any) -> dict[str, Any]:
         t0 = time.perf_counter()
         model = load_model(shared.teacher_config, shared.teacher_state, study.task)
         evals = {k: v for k, v in shared.splits.items() if k in ("valid", "test")}
+        tables: list[Any] = []
         row = assess(
-            model, evals, study, device, None, autocast_dtype(study.resources.precision, device)
+            model,
+            evals,
+            study,
+            device,
+            None,
+            autocast_dtype(study.resources.precision, device),
+            on_examples=tables.append,
         )
         row["wall_s"] = time.perf_counter() - t0
-        return row
+        return row, (tables[0] if tables else None)
 
     task = ray.remote(measure).options(num_cpus=cfg.resources.cpus, num_gpus=cfg.resources.gpus)
-    row = ray.get(task.remote(cfg, shared))
+    row, table = ray.get(task.remote(cfg, shared))
+    if run_dir is not None:
+        from engine.rundir import write_examples
+
+        write_examples(run_dir, "teacher", table, get_task(cfg.task))
     row.update(
         trial_id="teacher",
         seed=cfg.teacher.seed,

@@ -15,9 +15,20 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import StudyConfig, flatten
-from engine.tasks import get_task
+from engine.tasks import get_task, metric_columns
 
-__all__ = ["TUNE_KEYS", "trial_columns", "trial_rows", "write_outputs"]
+__all__ = [
+    "REFERENCE_STATUS",
+    "TUNE_KEYS",
+    "reference_rows",
+    "trial_columns",
+    "trial_rows",
+    "write_examples",
+    "write_outputs",
+]
+
+# the status of a task's reference rows (no model: popularity, majority, global mean, ...)
+REFERENCE_STATUS = "reference"
 
 TUNE_KEYS = (
     "trial_id",
@@ -83,6 +94,31 @@ def trial_rows(cfg: StudyConfig, grid: Any) -> list[dict[str, Any]]:
     return rows
 
 
+def reference_rows(cfg: StudyConfig, data: Any) -> list[dict[str, Any]]:
+    """One row per reference baseline of the task (``status = "reference"``, ``trial_id`` =
+    the baseline's name: ``majority``, ``popularity``, ``global_mean``, ...)."""
+    task = get_task(cfg.task)
+    splits = {"train": data.train, "valid": data.valid, "test": data.test}
+    return [
+        {"trial_id": name, "status": REFERENCE_STATUS, "error": None, **metric_columns(metrics)}
+        for name, metrics in task.baselines(splits, data.num_labels).items()
+    ]
+
+
+def write_examples(run_dir: str | Path, name: str, table: Any, task: Any) -> Path | None:
+    """Write one model's per-example table as ``<task.examples_dir>/<name>.parquet``."""
+    import pyarrow.parquet as pq
+
+    if table is None or task.examples_dir is None:
+        return None
+    path = Path(run_dir, task.examples_dir, f"{name}.parquet")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)  # never a half-written table under the final name
+    return path
+
+
 def write_outputs(
     cfg: StudyConfig,
     run_dir: Path,
@@ -97,7 +133,7 @@ def write_outputs(
     from engine.importance.consensus import write_agreement
     from engine.importance.runner import importance_table
 
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame([*rows, *reference_rows(cfg, data)])
     front = ["trial_id", "seed", "status", "error", "wall_s", "device"]
     df = df[[c for c in front if c in df] + [c for c in df.columns if c not in front]]
     df.to_parquet(run_dir / "results.parquet", index=False)
@@ -109,9 +145,9 @@ def write_outputs(
         for bad in data.bad_rows:
             f.write(json.dumps(bad, default=str) + "\n")
     task = get_task(cfg.task)
-    target = task.view.target
     manifest["task"] = task.describe()
-    manifest["baselines"] = task.baselines(data.train[target], data.test[target], data.num_labels)
+    splits = {"train": data.train, "valid": data.valid, "test": data.test}
+    manifest["baselines"] = task.baselines(splits, data.num_labels)
     manifest["data"] = {
         "corpus": cfg.data.corpus,
         "files": [vars(f) if not hasattr(f, "_asdict") else f._asdict() for f in data.files],
@@ -119,9 +155,10 @@ def write_outputs(
         "label_names": data.label_names,
     }
     manifest["teacher"] = {"cache_key": art.key, "cached": art.cached, "metrics": art.metrics}
+    trials = (df["trial_id"] != "teacher") & (df["status"] != REFERENCE_STATUS)
     manifest["trials"] = {
-        "total": int((df["trial_id"] != "teacher").sum()),
-        "ok": int(((df["status"] == "ok") & (df["trial_id"] != "teacher")).sum()),
+        "total": int(trials.sum()),
+        "ok": int(((df["status"] == "ok") & trials).sum()),
         "failed": int((df["status"] == "failed").sum()),
         "stopped": int((df["status"] == "stopped").sum()),
     }

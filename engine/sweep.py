@@ -103,7 +103,7 @@ def run(
     try:
         data, art, shared = prepare(cfg, timings)
         t0 = time.perf_counter()
-        teacher = teacher_row(cfg, shared)
+        teacher = teacher_row(cfg, shared, run_dir)
         grid = run_tune(cfg, shared, run_dir, resume)
         timings["sweep_s"] = time.perf_counter() - t0
         trials = trial_rows(cfg, grid)

@@ -25,7 +25,7 @@ from transformers import PreTrainedModel
 from engine.configbase import OptimConfig
 from engine.device import autocast_dtype, precision_name, worker_device
 from engine.models import EMBEDDED_TEACHER
-from engine.tasks import DEFAULT_TASK, Task, get_task
+from engine.tasks import DEFAULT_TASK, Task, get_task, metric_columns
 from engine.train import OomLog, train_classifier
 
 __all__ = [
@@ -162,7 +162,7 @@ def finetune(
         _, split_metrics = evaluate(
             model, data, task=task, batch_size=128, device=device, autocast_dtype=dtype
         )
-        metrics.update({f"{split}_{k}": float(v) for k, v in split_metrics.items()})
+        metrics.update(metric_columns(split_metrics, f"{split}_"))
     train_logits, _ = evaluate(
         model, train, task=task, batch_size=128, device=device, autocast_dtype=dtype
     )

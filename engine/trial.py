@@ -35,7 +35,7 @@ from engine.compress.base import trial_columns
 from engine.config import StudyConfig, with_values
 from engine.device import autocast, autocast_dtype, ray_gpu_ids, worker_device
 from engine.importance import LayerScores
-from engine.tasks import get_task
+from engine.tasks import get_task, metric_columns
 from engine.train import TrainingState
 
 __all__ = [
@@ -109,7 +109,7 @@ class TrialReporter:
             device=self.device,
             autocast_dtype=self.autocast_dtype,
         )
-        out = {f"valid_{k}": float(v) for k, v in metrics.items()}
+        out = metric_columns(metrics, "valid_")
         key = _structure_key(model)  # count again only when the architecture changed
         if key not in self._cost:
             self._cost = {
@@ -285,7 +285,15 @@ def run_trial(
             trial_study, shared, seed, device, save_dir, reporter, checkpointer, resume, dtype
         )
         evals = {k: v for k, v in shared.splits.items() if k in ("valid", "test")}
-        row.update(assess(model, evals, trial_study, device, record, dtype))
+        task = get_task(trial_study.task)
+        write = None
+        if run_dir and task.examples_dir is not None:
+            from engine.rundir import write_examples
+
+            def write(table: Any) -> None:
+                write_examples(run_dir, trial_id, table, task)
+
+        row.update(assess(model, evals, trial_study, device, record, dtype, on_examples=write))
         row["oom_retries"] = record["oom"]["retries"]
         row["train_micro_batch_size"] = record["oom"]["micro_batch_size"]
         if checkpointer is not None and checkpointer.error:

@@ -192,7 +192,7 @@ class EarlyExitClassifier(nn.Module):
             hit = torch.cat([conf >= t, torch.ones(1, conf.shape[1], dtype=torch.bool)])
             first = hit.int().argmax(0)  # index of the first exit taken
             taken = torch.stack(logits)[first, torch.arange(first.shape[0])]  # [N, C]
-            m = get_task(task).score(taken.numpy(), data[get_task(task).view.target])
+            m = get_task(task).score(taken.numpy(), data)
             layers = torch.as_tensor(depth, dtype=torch.float)[first]
             rows.append({"threshold": t, **m, "avg_layers": float(layers.mean())})
         return rows

@@ -59,6 +59,26 @@ class EvalDataConfig(_Source):
     corpus: str
 
 
+class RecsysConfig(Section):
+    """Recommendation views of a corpus (:func:`engine.data.recsys.build_recsys`).
+
+    ``k_core`` 0 or 1 means no filtering; k ≥ 2 repeats dropping users and items with fewer
+    than k interactions until none remain. ``max_sequence_length`` keeps each user's most
+    recent items (the next-item task sets it to ``data.max_length``).
+    """
+
+    k_core: int = Field(0, ge=0)
+    max_sequence_length: int = Field(50, ge=1)
+    min_interactions: int = Field(3, ge=1)
+    # ranking protocol of the next-item task: 0 = every catalogue item is a candidate (the
+    # default; the user's earlier items excluded); N > 0 = the labelled ``sampled-N`` variant
+    # (the target among N items drawn uniformly from those the user has not interacted with)
+    negatives: int = Field(0, ge=0)
+    # hash partitions of the per-user shuffle (None: 2 per cluster CPU); each partition's
+    # users must fit in one worker's memory, so raise it for corpora of many GB
+    num_partitions: int | None = Field(None, ge=1)
+
+
 class DataConfig(_Source):
     """Which corpus, how much of it, and how it is split and tokenised.
 
@@ -79,6 +99,8 @@ class DataConfig(_Source):
     seed: int = Field(0, ge=0)
     max_bad_fraction: float = Field(0.01, ge=0, le=1)
     eval: EvalDataConfig | None = None
+    # recommendation views (the next_item task): k-core, evaluation protocol
+    recsys: RecsysConfig = RecsysConfig()
 
     @model_validator(mode="after")
     def _fractions(self) -> DataConfig:
@@ -88,22 +110,6 @@ class DataConfig(_Source):
                 f"(got {self.train_fraction} + {self.valid_fraction})"
             )
         return self
-
-
-class RecsysConfig(Section):
-    """Recommendation views of a corpus (:func:`engine.data.recsys.build_recsys`).
-
-    ``k_core`` 0 or 1 means no filtering; k ≥ 2 repeats dropping users and items with fewer
-    than k interactions until none remain. ``max_sequence_length`` keeps each user's most
-    recent items.
-    """
-
-    k_core: int = Field(0, ge=0)
-    max_sequence_length: int = Field(50, ge=1)
-    min_interactions: int = Field(3, ge=1)
-    # hash partitions of the per-user shuffle (None: 2 per cluster CPU); each partition's
-    # users must fit in one worker's memory, so raise it for corpora of many GB
-    num_partitions: int | None = Field(None, ge=1)
 
 
 # ----------------------------------------------------------------------------- checks

@@ -13,7 +13,8 @@ and returns :class:`RecsysViews`:
 3. **vocabulary** — item → id 1…V by descending count, then item id (0 is padding).
 4. **leave-one-out** — per user with ≥ ``min_interactions`` items: the latest item is the
    test target, the second latest the valid target; the train sequence is the rest. Each
-   input sequence keeps its ``max_sequence_length`` most recent items.
+   input sequence keeps its ``max_sequence_length`` most recent items; ``history`` keeps
+   every item (the items a ranking excludes as already seen).
 
 The driver holds only per-item tables (vocabulary, counts), never per-interaction rows.
 """
@@ -51,6 +52,7 @@ VIEW_SCHEMA = pa.schema(
         ("test_input", pa.list_(pa.int64())),
         ("test_target", pa.int64()),
         ("n_interactions", pa.int64()),
+        ("history", pa.list_(pa.int64())),  # every item id in order, never truncated
     ]
 )
 
@@ -194,6 +196,7 @@ def _views(t: pa.Table, vocab: dict[str, int], max_len: int, min_interactions: i
                 "test_input": test_input,
                 "test_target": test_target,
                 "n_interactions": n,
+                "history": ids,
             }
         )
     return pa.Table.from_pylist(rows, schema=VIEW_SCHEMA)

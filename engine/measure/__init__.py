@@ -8,10 +8,8 @@ Every trial and the teacher are measured by the same calls, so rows are comparab
 * :mod:`~engine.measure.latency` — ``measure_latency(model, batch, repeats=, warmup=)``,
   ``interleaved_latency([(model, batch), ...], repeats=, warmup=)`` (several models in turns);
 * :mod:`~engine.measure.quality` — ``evaluate(model, split, task=...)`` (runs the model, the
-  study's task scores it: :mod:`engine.tasks`; a task's own metrics live in its module);
-* :mod:`~engine.measure.ranking` — ``target_ranks(scores, targets, seen)`` (full-catalogue rank
-  of each user's held-out item, seen items excluded, ties ahead of the target) and
-  ``ranking_metrics(ranks)`` (``hr_at_k``, ``ndcg_at_k``, ``mrr``), for next-item tasks.
+  study's task scores it: :mod:`engine.tasks`; a task's own metrics live in its module —
+  ranking metrics in :mod:`engine.tasks.ranking`).
 
 Example::
 

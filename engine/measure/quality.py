@@ -53,4 +53,4 @@ def evaluate(
     finally:
         model.train(was_training)
     outputs = torch.cat(out).numpy()
-    return outputs, task.score(outputs, data[task.view.target])
+    return outputs, task.score(outputs, data)

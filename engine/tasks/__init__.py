@@ -27,7 +27,7 @@ report metrics, the manifest's baselines and ``manifest["task"]``.
 from __future__ import annotations
 
 # importing the task modules registers them
-from engine.tasks import rating_classification  # noqa: F401
+from engine.tasks import next_item, rating_classification  # noqa: F401
 from engine.tasks.base import (
     COST_METRICS,
     DEFAULT_TASK,
@@ -35,6 +35,7 @@ from engine.tasks.base import (
     DataView,
     Task,
     get_task,
+    metric_columns,
     register_task,
 )
 
@@ -45,5 +46,6 @@ __all__ = [
     "DataView",
     "Task",
     "get_task",
+    "metric_columns",
     "register_task",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Literal
 
 import numpy as np
@@ -25,6 +26,7 @@ __all__ = [
     "Direction",
     "Task",
     "get_task",
+    "metric_columns",
     "register_task",
 ]
 
@@ -77,6 +79,34 @@ class Task(ABC):
     default_objectives: tuple[tuple[str, Direction], ...]
     #: default ``report.quality_metric``
     default_quality_metric: str
+
+    #: ``teacher:`` settings the task fills where the study file leaves them out (its
+    #: default model; a model trained from scratch must train its embeddings)
+    teacher_defaults: Mapping[str, Any] = MappingProxyType({"model": "embedded:all-MiniLM-L6-v2"})
+    #: where a run directory keeps each model's per-example table (:meth:`example_table`),
+    #: e.g. ``"rankings"`` → ``rankings/<trial_id>.parquet``; None: the task writes none
+    examples_dir: str | None = None
+
+    # ------------------------------------------------------------------ the data
+    def prepare(self, data: Any, model: str) -> Any:
+        """The study's splits for this task (:class:`engine.data.PreparedData`) from its
+        ``data:`` section (:class:`engine.data.DataConfig`); ``model`` is ``teacher.model``.
+
+        Default: the review-text pipeline (:func:`engine.data.prepare_data`), tokenised with
+        ``model``'s tokenizer."""
+        from engine.data import prepare_data
+        from engine.models import resolve_model_path
+
+        return prepare_data(data, resolve_model_path(model))
+
+    def study_problems(self, study: Any) -> list[str]:
+        """Why this task cannot run ``study`` (:class:`engine.config.StudyConfig`), as
+        ``"<field>: <problem>"`` lines checked before any Ray work; default: whether
+        ``teacher.model`` can be loaded here (:func:`engine.models.model_source_problem`)."""
+        from engine.models import model_source_problem
+
+        problem = model_source_problem(study.teacher.model)
+        return [] if problem is None else [f"teacher.model: {problem}"]
 
     # ------------------------------------------------------------------ the model head
     def head_outputs(self, num_labels: int) -> int:
@@ -148,14 +178,25 @@ class Task(ABC):
 
     # ------------------------------------------------------------------ scoring
     @abstractmethod
-    def score(self, outputs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
-        """Every metric in :attr:`metrics` on one split, from the model's outputs ``[N, ...]``."""
+    def score(self, outputs: np.ndarray, split: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        """Every metric in :attr:`metrics` on one split, from the model's outputs ``[N, ...]``
+        and the split's arrays (the targets are ``split[self.view.target]``; a task may read
+        more, e.g. the items a user has already seen). Extra non-metric keys (e.g. the
+        ranking protocol) become columns too."""
 
     @abstractmethod
     def baselines(
-        self, train_targets: np.ndarray, test_targets: np.ndarray, num_outputs: int
-    ) -> dict[str, dict[str, float]]:
-        """Reference rows: baseline name → its metrics on the test targets (no model)."""
+        self, splits: Mapping[str, Mapping[str, np.ndarray]], num_outputs: int
+    ) -> dict[str, dict[str, Any]]:
+        """Reference rows (no model): baseline name → its metrics on ``splits["test"]``
+        (plain names) and on ``splits["valid"]`` when the baseline scores it (``valid_``
+        names). ``splits`` holds ``train``, ``valid`` and ``test``."""
+
+    def example_table(self, outputs: np.ndarray, split: Mapping[str, np.ndarray]) -> Any:
+        """One row per example of a scored split (a :class:`pyarrow.Table`) from which every
+        metric can be recomputed without the model, written under :attr:`examples_dir`;
+        None (the default): nothing is written."""
+        return None
 
     # ------------------------------------------------------------------ derived
     def objective_metrics(self) -> dict[str, Direction]:
@@ -171,6 +212,12 @@ class Task(ABC):
             "objectives": [list(o) for o in self.default_objectives],
             "quality_metric": self.default_quality_metric,
         }
+
+
+def metric_columns(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A split's scores as result columns named ``<prefix><metric>``: numbers as floats,
+    labels (e.g. ``ranking = "full"``) as they are."""
+    return {f"{prefix}{k}": v if isinstance(v, str) else float(v) for k, v in metrics.items()}
 
 
 TASKS: Registry[Any] = Registry("task")

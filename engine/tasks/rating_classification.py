@@ -19,6 +19,7 @@ not depend on scikit-learn.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -134,10 +135,13 @@ class RatingClassification(Task):
     def attribution_target(self, targets: torch.Tensor) -> torch.Tensor | int:
         return targets  # the true class's logit
 
-    def score(self, outputs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
-        return classification_metrics(outputs, targets, np.asarray(outputs).shape[1])
+    def score(self, outputs: np.ndarray, split: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        return classification_metrics(
+            outputs, split[self.view.target], np.asarray(outputs).shape[1]
+        )
 
     def baselines(
-        self, train_targets: np.ndarray, test_targets: np.ndarray, num_outputs: int
-    ) -> dict[str, dict[str, float]]:
-        return {"majority": majority_baseline(train_targets, test_targets, num_outputs)}
+        self, splits: Mapping[str, Mapping[str, np.ndarray]], num_outputs: int
+    ) -> dict[str, dict[str, Any]]:
+        train = splits["train"][self.view.target]
+        return {"majority": majority_baseline(train, splits["test"][self.view.target], num_outputs)}

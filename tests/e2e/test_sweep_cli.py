@@ -62,8 +62,15 @@ def test_smoke_results_contract(smoke_run) -> None:
     ):
         assert col in df.columns, col
     teacher = df[df.trial_id == "teacher"]
-    students = df[df.trial_id != "teacher"]
+    reference = df[df.status == "reference"]
+    students = df[(df.trial_id != "teacher") & (df.status != "reference")]
     assert len(teacher) == 1
+    # the task's baseline is a row too, with the figures the manifest reports for it
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert reference.trial_id.tolist() == ["majority"]
+    for metric, value in manifest["baselines"]["majority"].items():
+        assert reference[metric].iloc[0] == pytest.approx(value)
+    df = df[df.status != "reference"]
     assert len(students) == 2  # grid of 2 strategies x 1 seed
     assert set(students["pipeline.truncate.strategy"]) == {"fisher", "uniform"}
     assert (students.status == "ok").all(), students.error.tolist()

@@ -63,13 +63,15 @@ class RatingRegression(Task):
     def example_quality(self, outputs, targets):
         return -(outputs.squeeze(-1).double() - targets.double()).pow(2)
 
-    def score(self, outputs, targets):
+    def score(self, outputs, split):
+        targets = split["labels"]
         err = np.asarray(outputs, np.float64).reshape(-1) - np.asarray(targets, np.float64)
         return {"rmse": float(np.sqrt(np.mean(err**2)))}
 
-    def baselines(self, train_targets, test_targets, num_outputs):
-        mean = float(np.mean(np.asarray(train_targets, np.float64)))
-        return {"mean": self.score(np.full(len(test_targets), mean), test_targets)}
+    def baselines(self, splits, num_outputs):
+        mean = float(np.mean(np.asarray(splits["train"]["labels"], np.float64)))
+        test = splits["test"]
+        return {"mean": self.score(np.full(len(test["labels"]), mean), test)}
 
 
 if NAME not in TASKS:

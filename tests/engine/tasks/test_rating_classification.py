@@ -64,7 +64,7 @@ def test_majority_baseline_by_brute_force() -> None:
     tp = sum(int(t == majority) for t in test)
     f1_major = 2 * tp / (sum(int(t == majority) for t in test) + len(test))
     expected_f1 = f1_major / len(present)
-    rows = TASK.baselines(train, test, 4)
+    rows = TASK.baselines({"train": {"labels": train}, "test": {"labels": test}}, 4)
     assert set(rows) == {"majority"}
     assert rows["majority"]["accuracy"] == pytest.approx(acc)
     assert rows["majority"]["macro_f1"] == pytest.approx(expected_f1)
@@ -73,7 +73,7 @@ def test_majority_baseline_by_brute_force() -> None:
 def test_score_is_accuracy_and_macro_f1_of_the_argmax() -> None:
     logits = np.array([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 2.0], [2.0, 0.0, 0.0]])
     y = np.array([0, 1, 1, 2])
-    got = TASK.score(logits, y)
+    got = TASK.score(logits, {"labels": y})
     # per class: 0: tp1 fp1 fn0 → 2/3; 1: tp1 fn1 → 2/3; 2: fp1 fn1 → 0
     assert got["accuracy"] == pytest.approx(0.5)
     assert got["macro_f1"] == pytest.approx((2 / 3 + 2 / 3 + 0) / 3)

@@ -3,9 +3,10 @@
 Leave-one-out evaluation scores every catalogue item for a user and ranks the held-out target
 among the *candidates*: every item except padding and the items already in the user's input
 sequence (a recommender is not credited for re-recommending what the user has seen; the target
-itself stays a candidate even if it occurred earlier). A ``sampled-N`` protocol would rank the
-target among N sampled negatives instead; it overstates quality severalfold (Krichene & Rendle,
-"On Sampled Metrics for Item Recommendation", KDD 2020) and is not implemented here.
+itself stays a candidate even if it occurred earlier). The ``sampled-N`` protocol
+(:func:`sampled_ranks`) ranks the target among N sampled negatives instead; it overstates
+quality severalfold (Krichene & Rendle, "On Sampled Metrics for Item Recommendation", KDD
+2020), so it is only ever an explicitly labelled variant.
 
 **Tie rule (pessimistic):** a candidate whose score equals the target's is ranked ahead of
 it. So a model that scores every item the same ranks the target last, not first — a
@@ -28,7 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-__all__ = ["RANKING_KS", "ranking_metrics", "target_ranks"]
+__all__ = ["RANKING_KS", "ranking_metrics", "sampled_ranks", "target_ranks"]
 
 RANKING_KS = (5, 10, 20)
 
@@ -92,6 +93,40 @@ def target_ranks(
     ranks = ahead.sum(dim=1).cpu().numpy().astype(np.int64)
     counts = candidate.sum(dim=1).cpu().numpy().astype(np.int64)
     return ranks, counts
+
+
+def sampled_ranks(
+    scores: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``sampled-N`` protocol: each target's 0-based rank among itself and its user's
+    ``N`` negatives (``negatives [U, N]``, distinct item ids that are not the target), with
+    the same pessimistic tie rule; the candidate count is ``N + 1``.
+
+    Raises:
+        ValueError: shapes disagree, an id is outside the catalogue, a negative is the
+            user's target, or a score is NaN.
+    """
+    if scores.dim() != 2 or targets.shape != (scores.shape[0],):
+        raise ValueError(
+            f"scores must be [users, items] and targets [users], got {tuple(scores.shape)} "
+            f"and {tuple(targets.shape)}"
+        )
+    if negatives.dim() != 2 or negatives.shape[0] != scores.shape[0]:
+        raise ValueError(f"negatives must be [users, N], got {tuple(negatives.shape)}")
+    n_items = scores.shape[1]
+    targets, negatives = targets.long(), negatives.long()
+    for name, ids in (("target", targets), ("negative", negatives)):
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= n_items):
+            raise ValueError(f"{name} ids must lie in [0, {n_items})")
+    if bool((negatives == targets.unsqueeze(1)).any()):
+        raise ValueError("a negative is its user's target")
+    scores = scores.float()
+    if bool(torch.isnan(scores).any()):
+        raise ValueError("scores contain NaN: a rank is undefined")
+    target_score = scores.gather(1, targets.unsqueeze(1))
+    ranks = (scores.gather(1, negatives) >= target_score).sum(dim=1)
+    counts = np.full(len(targets), negatives.shape[1] + 1, np.int64)
+    return ranks.cpu().numpy().astype(np.int64), counts
 
 
 def ranking_metrics(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.measure.ranking import ranking_metrics, target_ranks
+from engine.tasks.ranking import ranking_metrics, target_ranks
 
 
 def _brute_ranks(scores: np.ndarray, targets: np.ndarray, seen: np.ndarray, pad: int):

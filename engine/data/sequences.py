@@ -1,0 +1,187 @@
+"""Next-item splits: leave-one-out recommendation views as arrays a sequence model reads.
+
+:func:`prepare_sequences` reads a corpus with user ids and timestamps (``read_corpus``),
+builds the per-user views on Ray Data (:func:`engine.data.recsys.build_recsys`: chronological
+histories, k-core, item ids 1…V by popularity, 0 = padding) and returns
+:class:`engine.data.PreparedData` whose arrays are item ids instead of tokens:
+
+* ``train`` — every prefix of each user's history *without its last two items* predicts
+  the next item: ``input_ids`` = the ``max_length`` most recent items before position t
+  (left-padded with 0), ``labels`` = the item at t (t ≥ 1). ``data.train_size`` keeps a
+  seeded random subset of these prefixes. No training example ever has a user's valid or
+  test item as input or target.
+* ``valid`` — per user with ≥ 3 items: the history without its last two items → the
+  second-latest item.
+* ``test`` — the history without its last item → the latest item.
+
+``attention_mask`` is 1 on items. Valid and test rows also carry ``seen`` (every item the
+user interacted with before the target, 0-padded, never truncated: the items a full ranking
+excludes) and, for the ``sampled-N`` protocol (``data.recsys.negatives = N``), ``negatives``:
+N distinct items drawn per user (seeded) from the items the user never interacted with.
+``row_key`` is the user id (``user:t`` for a training prefix). ``num_labels`` is V + 1 (the
+catalogue plus the padding id 0, which is never a candidate).
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+
+from engine.data.config import DataConfig
+from engine.data.pipeline import PreparedData
+from engine.data.read import collect, read_corpus
+from engine.data.recsys import RecsysViews, build_recsys
+from engine.data.registry import DataError
+
+__all__ = ["left_pad", "negatives_for", "prepare_sequences", "sequence_splits"]
+
+
+def left_pad(seqs: list[list[int]], width: int) -> np.ndarray:
+    """``[len(seqs), width]`` int64, each sequence's last ``width`` items right-aligned."""
+    out = np.zeros((len(seqs), max(width, 1)), np.int64)
+    for i, s in enumerate(seqs):
+        s = s[-width:] if width else []
+        if s:
+            out[i, -len(s) :] = s
+    return out
+
+
+def negatives_for(user: str, history: list[int], n_items: int, n: int, seed: int) -> list[int]:
+    """``n`` distinct item ids in 1..n_items that are not in ``history``, drawn uniformly by
+    a generator seeded from (seed, user): the same user gets the same negatives in every run."""
+    seen = set(history)
+    pool = n_items - len(seen)
+    if n > pool:
+        raise DataError(
+            f"sampled-{n} needs {n} unseen items per user; user {user!r} has only {pool}"
+        )
+    rng = np.random.default_rng([seed, zlib.crc32(user.encode())])
+    out: list[int] = []
+    taken: set[int] = set()
+    while len(out) < n:
+        for item in rng.integers(1, n_items + 1, size=2 * (n - len(out)) + 8).tolist():
+            if item not in seen and item not in taken:
+                taken.add(item)
+                out.append(item)
+                if len(out) == n:
+                    break
+    return out
+
+
+def sequence_splits(
+    users: list[dict], n_items: int, cfg: DataConfig
+) -> dict[str, dict[str, np.ndarray]]:
+    """The three splits from per-user rows (``user_id``, ``history``: item ids in order)."""
+    width = cfg.max_length
+    users = sorted(users, key=lambda u: u["user_id"])
+    train_in: list[list[int]] = []
+    train_y: list[int] = []
+    train_key: list[str] = []
+    ev: dict[str, dict[str, list]] = {
+        s: {"in": [], "y": [], "seen": [], "key": [], "neg": []} for s in ("valid", "test")
+    }
+    for u in users:
+        h, user = list(u["history"]), u["user_id"]
+        held = len(h) >= 3
+        fit = h[:-2] if held else h
+        for t in range(1, len(fit)):
+            train_in.append(fit[max(0, t - width) : t])
+            train_y.append(fit[t])
+            train_key.append(f"{user}:{t}")
+        if not held:
+            continue
+        for split, cut in (("valid", len(h) - 2), ("test", len(h) - 1)):
+            e = ev[split]
+            e["in"].append(h[:cut])
+            e["y"].append(h[cut])
+            e["seen"].append(h[:cut])
+            e["key"].append(user)
+            if cfg.recsys.negatives:
+                e["neg"].append(negatives_for(user, h, n_items, cfg.recsys.negatives, cfg.seed))
+    out: dict[str, dict[str, np.ndarray]] = {}
+    order = np.arange(len(train_y))
+    if cfg.train_size is not None and cfg.train_size < len(order):
+        rng = np.random.default_rng(cfg.seed)
+        order = np.sort(rng.choice(len(order), cfg.train_size, replace=False))
+    ids = left_pad([train_in[i] for i in order], width)
+    out["train"] = {
+        "input_ids": ids,
+        "attention_mask": (ids != 0).astype(np.int64),
+        "labels": np.asarray([train_y[i] for i in order], np.int64),
+        "row_key": np.asarray([train_key[i] for i in order], dtype=str),
+    }
+    for split, cap in (("valid", cfg.valid_size), ("test", cfg.test_size)):
+        e = ev[split]
+        keep = np.arange(len(e["y"]))
+        if cap is not None and cap < len(keep):  # the same users in valid and test
+            rng = np.random.default_rng([cfg.seed, 1])
+            keep = np.sort(rng.choice(len(keep), cap, replace=False))
+        ids = left_pad([e["in"][i] for i in keep], width)
+        width_seen = max([len(e["seen"][i]) for i in keep] or [1])
+        out[split] = {
+            "input_ids": ids,
+            "attention_mask": (ids != 0).astype(np.int64),
+            "labels": np.asarray([e["y"][i] for i in keep], np.int64),
+            "seen": left_pad([e["seen"][i] for i in keep], width_seen),
+            "row_key": np.asarray([e["key"][i] for i in keep], dtype=str),
+        }
+        if cfg.recsys.negatives:
+            out[split]["negatives"] = np.asarray([e["neg"][i] for i in keep], np.int64)
+    return out
+
+
+def prepare_sequences(cfg: DataConfig) -> PreparedData:
+    """Read ``cfg.corpus`` and build the next-item splits (see the module docstring).
+
+    Raises:
+        DataError: the corpus cannot be read, has no user ids or timestamps to order by,
+            or leaves no user with a held-out item.
+    """
+    if cfg.eval is not None:
+        raise DataError(
+            "data.eval (a second corpus as the test split) is not supported by the next_item "
+            "task: item ids are not shared between catalogues"
+        )
+    corpus = read_corpus(
+        cfg.corpus,
+        cfg.path,
+        max_bad_fraction=cfg.max_bad_fraction,
+        columns=cfg.columns,
+        timestamp_unit=cfg.timestamp_unit,
+        limit=cfg.limit,
+        hf_name=cfg.hf_name,
+        hf_split=cfg.hf_split,
+    )
+    rec = cfg.recsys.model_copy(update={"max_sequence_length": cfg.max_length})
+    views: RecsysViews = build_recsys(
+        corpus.rows, rec, seed=cfg.seed, sample_fraction=cfg.sample_fraction
+    )
+
+    table = collect(views.users.select_columns(["user_id", "history"]))
+    users = table.to_pylist()
+    n_items = len(views.item_ids)
+    splits = sequence_splits(users, n_items, cfg)
+    if len(splits["test"]["labels"]) == 0:
+        raise DataError(
+            f"{cfg.path or cfg.corpus}: no user has the 3 interactions a leave-one-out "
+            f"split needs ({views.stats['users']} users)"
+        )
+    if len(splits["train"]["labels"]) == 0:
+        raise DataError(f"{cfg.path or cfg.corpus}: no training prefixes remain")
+    stats = {
+        **views.stats,
+        "split_sizes": {s: len(splits[s]["labels"]) for s in splits},
+        "ranking": f"sampled-{rec.negatives}" if rec.negatives else "full",
+        "item_titles": len(corpus.item_titles),
+    }
+    return PreparedData(
+        train=splits["train"],
+        valid=splits["valid"],
+        test=splits["test"],
+        num_labels=n_items + 1,
+        label_names=["<pad>", *views.item_ids],
+        files=corpus.files,
+        bad_rows=corpus.bad_rows,
+        stats=stats,
+    )
