@@ -19,6 +19,7 @@ from analysis.frontier import config_front, hypervolume_2d
 from analysis.importance import agreement_blocks, downstream_blocks, importance_blocks
 from analysis.latency import latency_blocks, latency_note
 from analysis.plots import PLOTS, aggregation_caption
+from analysis.ranking import ranking_blocks
 from analysis.render import (
     Block,
     Code,
@@ -48,7 +49,12 @@ __all__ = ["build_blocks", "main", "write_report"]
 
 SECTION_PLOTS = ("pareto", "importance", "agreement", "sensitivity")  # placed in their own sections
 # How the report names a task's reference rows (manifest["baselines"]); others: "<name> baseline"
-BASELINE_LABELS = {"majority": "majority class (of train)"}
+BASELINE_LABELS = {
+    "majority": "majority class (of train)",
+    "popularity": "popularity (most frequent training targets)",
+    "global_mean": "global mean rating (of train)",
+    "bias_mf": "user + item bias model (of train)",
+}
 PARETO_COSTS = ("gflops", "params", "latency_ms_p50")  # shown beside the task's quality metrics
 
 
@@ -261,6 +267,7 @@ def build_blocks(run: RunData, images: dict[str, Path]) -> list[Block]:
     blocks = [
         *_header(run),
         *_teacher(run),
+        *ranking_blocks(run),
         *_results(run, varying, quality, cost),
         *_summary(run, varying, quality, cost),
         *latency_blocks(run),

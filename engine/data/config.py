@@ -70,10 +70,20 @@ class RecsysConfig(Section):
     k_core: int = Field(0, ge=0)
     max_sequence_length: int = Field(50, ge=1)
     min_interactions: int = Field(3, ge=1)
-    # ranking protocol of the next-item task: 0 = every catalogue item is a candidate (the
-    # default; the user's earlier items excluded); N > 0 = the labelled ``sampled-N`` variant
-    # (the target among N items drawn uniformly from those the user has not interacted with)
-    negatives: int = Field(0, ge=0)
+    # ranking protocol of the next-item task's metric columns: ``full`` = every catalogue
+    # item is a candidate, the user's earlier items excluded (the default); ``sampled`` = the
+    # labelled ``sampled-N`` variant: the target among ``negatives`` items drawn (seeded) from
+    # those the user never interacted with. With ``full`` and negatives > 0 the sampled
+    # figures are reported beside the full ones (``sampled_*`` columns), for comparison.
+    ranking: Literal["full", "sampled"] = "full"
+    negatives: int = Field(100, ge=0)
+
+    @model_validator(mode="after")
+    def _protocol(self) -> RecsysConfig:
+        if self.ranking == "sampled" and self.negatives < 1:
+            raise ValueError("ranking: sampled needs negatives >= 1")
+        return self
+
     # hash partitions of the per-user shuffle (None: 2 per cluster CPU); each partition's
     # users must fit in one worker's memory, so raise it for corpora of many GB
     num_partitions: int | None = Field(None, ge=1)

@@ -16,9 +16,12 @@ histories, k-core, item ids 1…V by popularity, 0 = padding) and returns
 
 ``attention_mask`` is 1 on items. Valid and test rows also carry ``seen`` (every item the
 user interacted with before the target, 0-padded, never truncated: the items a full ranking
-excludes) and, for the ``sampled-N`` protocol (``data.recsys.negatives = N``), ``negatives``:
-N distinct items drawn per user (seeded) from the items the user never interacted with.
-``row_key`` is the user id (``user:t`` for a training prefix). ``num_labels`` is V + 1 (the
+excludes) and ``negatives`` (``data.recsys.negatives = N``): N distinct items drawn per user
+(seeded) from the items the user never interacted with, for the ``sampled-N`` protocol, and
+``protocol`` (``data.recsys.ranking``: which protocol the metric columns use).
+With ``ranking: full`` the negatives are drawn too (for the ``sampled_*`` side columns) unless
+some user has fewer unseen items than N (then none are, and ``stats["sampled_negatives"]``
+is 0). ``row_key`` is the user id (``user:t`` for a training prefix). ``num_labels`` is V + 1 (the
 catalogue plus the padding id 0, which is never a candidate).
 """
 
@@ -78,6 +81,12 @@ def sequence_splits(
     train_in: list[list[int]] = []
     train_y: list[int] = []
     train_key: list[str] = []
+    n_neg = cfg.recsys.negatives
+    if cfg.recsys.ranking == "full" and n_neg:
+        # side figures only: skipped (and said so) when a user has too few unseen items
+        longest = max((len(u["history"]) for u in users), default=0)
+        if n_items - longest < n_neg:
+            n_neg = 0
     ev: dict[str, dict[str, list]] = {
         s: {"in": [], "y": [], "seen": [], "key": [], "neg": []} for s in ("valid", "test")
     }
@@ -97,8 +106,8 @@ def sequence_splits(
             e["y"].append(h[cut])
             e["seen"].append(h[:cut])
             e["key"].append(user)
-            if cfg.recsys.negatives:
-                e["neg"].append(negatives_for(user, h, n_items, cfg.recsys.negatives, cfg.seed))
+            if n_neg:
+                e["neg"].append(negatives_for(user, h, n_items, n_neg, cfg.seed))
     out: dict[str, dict[str, np.ndarray]] = {}
     order = np.arange(len(train_y))
     if cfg.train_size is not None and cfg.train_size < len(order):
@@ -126,8 +135,10 @@ def sequence_splits(
             "seen": left_pad([e["seen"][i] for i in keep], width_seen),
             "row_key": np.asarray([e["key"][i] for i in keep], dtype=str),
         }
-        if cfg.recsys.negatives:
+        if n_neg:
             out[split]["negatives"] = np.asarray([e["neg"][i] for i in keep], np.int64)
+        # the protocol of the metric columns, per row (row-aligned like every array)
+        out[split]["protocol"] = np.full(len(keep), cfg.recsys.ranking)
     return out
 
 
@@ -172,7 +183,8 @@ def prepare_sequences(cfg: DataConfig) -> PreparedData:
     stats = {
         **views.stats,
         "split_sizes": {s: len(splits[s]["labels"]) for s in splits},
-        "ranking": f"sampled-{rec.negatives}" if rec.negatives else "full",
+        "ranking": f"sampled-{rec.negatives}" if rec.ranking == "sampled" else "full",
+        "sampled_negatives": int(splits["test"].get("negatives", np.zeros((0, 0))).shape[1]),
         "item_titles": len(corpus.item_titles),
     }
     return PreparedData(

@@ -41,13 +41,16 @@ __all__ = ["NextItem", "popularity_scores", "ranks_of"]
 
 
 def ranks_of(
-    outputs: np.ndarray, split: Mapping[str, np.ndarray]
+    outputs: np.ndarray, split: Mapping[str, np.ndarray], protocol: str = "full"
 ) -> tuple[np.ndarray, np.ndarray, str]:
-    """``(ranks, candidate counts, protocol)`` of each row's target under the split's protocol:
-    ``sampled-N`` when the split carries ``negatives``, else ``full`` (``seen`` excluded)."""
+    """``(ranks, candidate counts, label)`` of each row's target: ``protocol="sampled"``
+    ranks among the split's ``negatives`` (label ``sampled-N``), ``"full"`` among every item
+    but padding and the split's ``seen`` items (label ``full``)."""
     scores = torch.as_tensor(np.require(outputs, np.float32, ["W"]))
     targets = torch.as_tensor(np.asarray(split["labels"], np.int64))
-    if "negatives" in split:
+    if protocol == "sampled":
+        if "negatives" not in split:
+            raise ValueError("the sampled protocol needs the split's negatives")
         neg = torch.as_tensor(np.asarray(split["negatives"], np.int64))
         ranks, counts = sampled_ranks(scores, targets, neg)
         return ranks, counts, f"sampled-{neg.shape[1]}"
@@ -66,6 +69,12 @@ def popularity_scores(train_targets: np.ndarray, num_outputs: int) -> np.ndarray
     scores = np.empty(num_outputs, np.float32)
     scores[order] = np.arange(num_outputs, 0, -1, dtype=np.float32)
     return scores
+
+
+def _protocol(split: Mapping[str, np.ndarray]) -> str:
+    """The split's ranking protocol: its ``protocol`` entry (``sampled``/``full``) if any."""
+    p = split.get("protocol")
+    return "full" if p is None else str(np.asarray(p).reshape(-1)[0])
 
 
 @register_task("next_item")
@@ -146,11 +155,20 @@ class NextItem(Task):
 
     # ------------------------------------------------------------------ scoring
     def score(self, outputs: np.ndarray, split: Mapping[str, np.ndarray]) -> dict[str, Any]:
-        ranks, _, protocol = ranks_of(outputs, split)
-        return {**ranking_metrics(ranks, RANKING_KS), "ranking": protocol}
+        """The metrics under the split's protocol (``protocol`` array: ``sampled`` or, by
+        default, ``full``); with a full ranking and ``negatives`` in the split, the sampled
+        figures too, as ``sampled_*`` (labelled by ``sampled_ranking``)."""
+        protocol = _protocol(split)
+        ranks, _, label = ranks_of(outputs, split, protocol)
+        out: dict[str, Any] = {**ranking_metrics(ranks, RANKING_KS), "ranking": label}
+        if protocol == "full" and "negatives" in split:
+            side, _, side_label = ranks_of(outputs, split, "sampled")
+            out.update({f"sampled_{k}": v for k, v in ranking_metrics(side, RANKING_KS).items()})
+            out["sampled_ranking"] = side_label
+        return out
 
     def example_table(self, outputs: np.ndarray, split: Mapping[str, np.ndarray]) -> pa.Table:
-        ranks, counts, protocol = ranks_of(outputs, split)
+        ranks, counts, protocol = ranks_of(outputs, split, _protocol(split))
         n = len(ranks)
         users = split.get("row_key", np.arange(n).astype(str))
         return pa.table(

@@ -1,0 +1,146 @@
+"""Catalogue scoring speed of the next-item sequence models: users per second.
+
+For each preset (``scratch:gpt2``, ``scratch:llama``) on the MovieLens-100K catalogue
+(1,682 items + padding) and a batch of left-padded histories, times in turns:
+
+* ``plain forward`` — the transformer body alone (``model.transformer`` / ``model.model``),
+  the hidden states of every position, no item scoring;
+* ``item model`` — the engine's :class:`engine.tasks.item_models.GPT2ItemRanker` /
+  ``LlamaItemRanker`` forward: body + the catalogue head on the pooled position (what every
+  evaluation and every trial's latency runs);
+* ``stock HF head`` — the stock ``*ForSequenceClassification`` with the same weights, which
+  applies the catalogue head at every position and then pools;
+* ``+ ranking`` — the item model's forward followed by the full-catalogue rank of each
+  target with the user's earlier items excluded (:func:`engine.tasks.ranking.target_ranks`).
+
+Median of ``--repeats`` timed rounds after ``--warmup``, each round one forward of the whole
+batch, rounds of the variants interleaved; one process, ``--threads`` torch threads. GFLOPs per
+user are fvcore's count on each model (:func:`engine.measure.count_gflops`). Writes a markdown
+table to stdout (and ``--out``).
+
+Usage::
+
+    python bench/rec_scoring.py --out reports/benchmarks/rec_scoring.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from transformers import GPT2ForSequenceClassification, LlamaForSequenceClassification
+
+from engine.measure import count_gflops
+from engine.tasks.item_models import build_item_model
+from engine.tasks.ranking import target_ranks
+
+__all__ = ["main"]
+
+STOCK = {
+    "scratch:gpt2": GPT2ForSequenceClassification,
+    "scratch:llama": LlamaForSequenceClassification,
+}
+
+
+def _timed(fns: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, float]:
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():  # interleaved: drift hits every variant alike
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def run(preset: str, items: int, users: int, length: int, repeats: int, warmup: int) -> list[dict]:
+    g = torch.Generator().manual_seed(0)
+    model = build_item_model(preset, items + 1, seed=0).eval()
+    stock = STOCK[preset](model.config).eval()
+    stock.load_state_dict(model.state_dict())
+    body = model.transformer if hasattr(model, "transformer") else model.model
+    ids = torch.randint(1, items + 1, (users, length), generator=g)
+    lengths = torch.randint(3, length + 1, (users,), generator=g)
+    ids[torch.arange(length).unsqueeze(0) < (length - lengths).unsqueeze(1)] = 0  # left padding
+    mask = (ids != 0).long()
+    seen = torch.randint(1, items + 1, (users, 60), generator=g)
+    targets = torch.randint(1, items + 1, (users,), generator=g)
+
+    def ranked() -> object:
+        scores = model(input_ids=ids, attention_mask=mask).logits
+        return target_ranks(scores, targets, seen, padding_id=0)
+
+    with torch.inference_mode():
+        fns = {
+            "plain forward (body only)": lambda: body(input_ids=ids, attention_mask=mask),
+            "item model (body + catalogue head at the pooled position)": lambda: model(
+                input_ids=ids, attention_mask=mask
+            ),
+            "stock HF head (catalogue head at every position)": lambda: stock(
+                input_ids=ids, attention_mask=mask
+            ),
+            "item model + full-catalogue ranking (seen excluded)": ranked,
+        }
+        med = _timed(fns, repeats, warmup)
+    gflops = {
+        "item model (body + catalogue head at the pooled position)": count_gflops(model, length),
+        "stock HF head (catalogue head at every position)": count_gflops(stock, length),
+    }
+    return [
+        {
+            "preset": preset,
+            "variant": name,
+            "median_ms": 1000 * t,
+            "users_per_s": users / t,
+            "gflops_per_user": gflops.get(name),
+        }
+        for name, t in med.items()
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--items", type=int, default=1682)
+    ap.add_argument("--users", type=int, default=256)
+    ap.add_argument("--length", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rows = []
+    for preset in STOCK:
+        rows += run(preset, args.items, args.users, args.length, args.repeats, args.warmup)
+    lines = [
+        f"Device: CPU ({platform.processor() or platform.machine()}), {args.threads} torch "
+        f"thread(s), torch {torch.__version__}; catalogue {args.items} items, batch "
+        f"{args.users} users × {args.length} items; median of {args.repeats} interleaved "
+        f"rounds after {args.warmup} warm-up.",
+        "",
+        "| preset | variant | median ms / batch | users / s | fvcore GFLOPs / user |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        gf = "—" if r["gflops_per_user"] is None else f"{r['gflops_per_user']:.4f}"
+        lines.append(
+            f"| {r['preset']} | {r['variant']} | {r['median_ms']:.2f} | "
+            f"{r['users_per_s']:,.0f} | {gf} |"
+        )
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,153 @@
+"""The ``next_item`` task and its sequence models.
+
+Oracles: a per-user Python loop over candidate lists (ranks, sampled protocol, popularity),
+the stock Hugging Face ``*ForSequenceClassification`` classes (the item models must give
+their logits), and a save → Auto-class reload round trip.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from transformers import (
+    AutoModelForSequenceClassification,
+    GPT2ForSequenceClassification,
+    LlamaForSequenceClassification,
+)
+
+from engine.tasks import get_task
+from engine.tasks.item_models import build_item_model, item_model_problem
+
+TASK = get_task("next_item")
+
+
+def _loop_rank(scores: np.ndarray, target: int, candidates: set[int]) -> int:
+    """Candidates scored at least as high as the target (pessimistic ties), by hand."""
+    return sum(1 for c in candidates if c != target and scores[c] >= scores[target])
+
+
+def _split(n: int, items: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    seen = np.zeros((n, 6), np.int64)
+    for u in range(n):
+        k = rng.integers(0, 6)
+        seen[u, 6 - k :] = rng.choice(np.arange(1, items), k, replace=False)
+    return {
+        "labels": rng.integers(1, items, n).astype(np.int64),
+        "seen": seen,
+        "row_key": np.asarray([f"u{u}" for u in range(n)]),
+    }
+
+
+def test_full_ranking_excludes_padding_and_seen_items_by_a_per_user_loop() -> None:
+    items = 15
+    split = _split(40, items, 0)
+    # integer scores in a small range: many ties, which the rule counts ahead of the target
+    scores = np.random.default_rng(1).integers(0, 4, (40, items)).astype(np.float32)
+    got = TASK.score(scores, split)
+    ranks = []
+    for u in range(40):
+        seen = {int(s) for s in split["seen"][u] if s}
+        target = int(split["labels"][u])
+        candidates = (set(range(1, items)) - seen) | {target}
+        ranks.append(_loop_rank(scores[u], target, candidates))
+    r = np.asarray(ranks)
+    assert got["ranking"] == "full"
+    assert got["hr_at_10"] == pytest.approx(np.mean(r < 10))
+    assert got["ndcg_at_5"] == pytest.approx(
+        np.mean([1 / math.log2(x + 2) if x < 5 else 0 for x in r])
+    )
+    assert got["mrr"] == pytest.approx(np.mean(1 / (r + 1)))
+    table = TASK.example_table(scores, split)
+    assert table.column("rank").to_pylist() == ranks
+    assert table.column("user_id").to_pylist() == list(split["row_key"])
+    counts = [len((set(range(1, items)) - {int(s) for s in split["seen"][u] if s}) | {int(split["labels"][u])}) for u in range(40)]  # fmt: skip
+    assert table.column("candidates").to_pylist() == counts
+
+
+def test_sampled_protocol_ranks_the_target_among_its_negatives_only() -> None:
+    scores = np.array([[0.0, 5.0, 1.0, 9.0, 2.0, 5.0], [0.0, 1.0, 1.0, 1.0, 0.5, 3.0]], np.float32)
+    split = {"labels": np.array([1, 2]), "negatives": np.array([[2, 4, 5], [1, 4, 3]])}
+    side = TASK.score(scores, split)  # full ranking, the sampled figures beside it
+    got = TASK.score(scores, {**split, "protocol": np.array(["sampled", "sampled"])})
+    assert side["ranking"] == "full" and side["sampled_ranking"] == "sampled-3"
+    # full: user 0 has 9.0 and a tied 5.0 ahead (rank 2), user 1 has 3.0 and two tied 1.0s (3)
+    assert side["mrr"] == pytest.approx((1 / 3 + 1 / 4) / 2)
+    for k in ("mrr", "hr_at_5", "ndcg_at_10"):
+        assert side[f"sampled_{k}"] == got[k]
+    # user 0: target 5.0; negatives 1.0, 2.0, 5.0 (tie ahead) → rank 1; item 3 (9.0) not drawn
+    # user 1: target 1.0; negatives 1.0 (tie), 0.5, 1.0 (tie) → rank 2
+    assert got["ranking"] == "sampled-3"
+    assert got["mrr"] == pytest.approx((1 / 2 + 1 / 3) / 2)
+    assert got["hr_at_5"] == 1.0
+
+
+def test_popularity_baseline_recommends_the_most_frequent_training_targets() -> None:
+    train = {"labels": np.array([3, 3, 3, 1, 1, 4, 2, 2, 2, 2])}  # 2 > 3 > 1 > 4; 5, 6 unseen
+    test = {"labels": np.array([2, 4, 6, 3]), "seen": np.array([[0, 0], [2, 3], [0, 0], [2, 0]])}
+    rows = TASK.baselines({"train": train, "valid": test, "test": test}, 7)
+    pop = rows["popularity"]
+    # by hand: user 0 → 2 first (rank 0); user 1 (2, 3 seen) → 1, 4: rank 1;
+    # user 2 → 2, 3, 1, 4, then 5 before 6 (equal counts: smaller id first): rank 5;
+    # user 3 (2 seen) → 3 first: rank 0
+    ranks = np.array([0, 1, 5, 0])
+    assert pop["mrr"] == pytest.approx(np.mean(1 / (ranks + 1)))
+    assert pop["valid_mrr"] == pop["mrr"] and pop["ranking"] == "full"
+    assert pop["hr_at_5"] == pytest.approx(0.75)
+
+
+def test_example_quality_is_the_reciprocal_rank_over_all_items_but_padding() -> None:
+    g = torch.Generator().manual_seed(0)
+    outputs = torch.randint(0, 3, (20, 9), generator=g).double()
+    targets = torch.randint(1, 9, (20,), generator=g)
+    q = TASK.example_quality(outputs, targets)
+    for u in range(20):
+        r = _loop_rank(outputs[u].numpy(), int(targets[u]), set(range(1, 9)))
+        assert float(q[u]) == pytest.approx(1 / (r + 1))
+
+
+@pytest.mark.parametrize(
+    ("preset", "stock"),
+    [
+        ("scratch:gpt2", GPT2ForSequenceClassification),
+        ("scratch:llama", LlamaForSequenceClassification),
+    ],
+)
+def test_item_models_give_the_stock_classifiers_logits_and_reload(preset, stock, tmp_path) -> None:
+    model = build_item_model(preset, 41, seed=3).eval()
+    ref = stock(model.config).eval()  # the stock class, scoring every position then pooling
+    ref.load_state_dict(model.state_dict())
+    ids = torch.randint(1, 41, (5, 9), generator=torch.Generator().manual_seed(0))
+    ids[:3, :4] = 0  # left padding
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        got = model(input_ids=ids, attention_mask=mask).logits
+        want = ref(input_ids=ids, attention_mask=mask).logits
+    assert got.shape == (5, 41)
+    torch.testing.assert_close(got, want)  # float32 rounding: one row vs all positions
+    emb = model.get_input_embeddings().weight
+    assert model.score.weight.data_ptr() == emb.data_ptr()  # tied item embeddings
+    model.save_pretrained(tmp_path)
+    again = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert type(again) is type(model)
+    with torch.no_grad():
+        torch.testing.assert_close(again(input_ids=ids, attention_mask=mask).logits, got)
+
+
+def test_a_local_config_folder_is_trained_from_scratch_with_the_catalogue_width(tmp_path) -> None:
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {"model_type": "gpt2", "n_layer": 3, "n_embd": 32, "n_head": 4, "n_positions": 64}
+        )
+    )
+    assert item_model_problem(str(tmp_path)) is None
+    model = build_item_model(str(tmp_path), 77)
+    assert model.config.n_layer == 3 and model.config.num_labels == 77
+    assert model.get_input_embeddings().weight.shape == (77, 32)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    assert "bert" in item_model_problem(str(tmp_path))
+    assert "unknown preset" in item_model_problem("scratch:gpt9")
