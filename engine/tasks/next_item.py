@@ -102,6 +102,14 @@ class NextItem(Task):
         problems = []
         if (problem := item_model_problem(study.teacher.model)) is not None:
             problems.append(f"teacher.model: {problem}")
+        orders = [study.pipeline.order]
+        orders += [p["pipeline.order"] for p in study.search.extra if "pipeline.order" in p]
+        orders += list(study.search.space.get("pipeline.order", []) or [])
+        if any("early_exit" in (o or ()) for o in orders if isinstance(o, list | tuple)):
+            problems.append(
+                "pipeline.order: early_exit supports BERT-family encoders (confidence exits at "
+                "[CLS]); the next-item models are decoders over item ids"
+            )
         if study.data.eval is not None:
             problems.append(
                 "data.eval: a second corpus as the test split is not supported by next_item "

@@ -151,3 +151,25 @@ def test_a_local_config_folder_is_trained_from_scratch_with_the_catalogue_width(
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
     assert "bert" in item_model_problem(str(tmp_path))
     assert "unknown preset" in item_model_problem("scratch:gpt9")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("teacher.model=scratch:gpt5", "unknown preset 'gpt5'"),
+        ("teacher.model=embedded:all-MiniLM-L6-v2", "scratch:gpt2"),
+        ("pipeline.order=[truncate,distill,early_exit]", "early_exit supports BERT-family"),
+        ("data.recsys.ranking=sampled", None),  # valid: 100 negatives by default
+        ("data.recsys.negatives=0", None),  # valid: no side figures
+    ],
+)
+def test_study_mistakes_are_one_line_errors_before_any_work(override, message) -> None:
+    from engine.config import ConfigError, load_study
+
+    if message is None:
+        load_study("smoke-rec", [override])
+        return
+    with pytest.raises(ConfigError, match=message):
+        load_study("smoke-rec", [override])
+    with pytest.raises(ConfigError, match="negatives >= 1"):
+        load_study("smoke-rec", ["data.recsys.ranking=sampled", "data.recsys.negatives=0"])
