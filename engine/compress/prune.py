@@ -2,7 +2,8 @@
 
 ``method: structured`` removes attention heads (ranked globally, at least one kept per layer)
 and FFN neurons (the same number from every layer, so widths stay uniform) *physically* —
-see :mod:`engine.compress.structure`. Units are scored by ``criterion``
+see :mod:`engine.compress.structure` (BERT-family encoders, GPT-2 and Llama-layout decoders;
+under grouped-query attention heads go a whole key/value group at a time). Units are scored by ``criterion``
 (:mod:`engine.compress.scores`) on the current model at every pruning step.
 
 Schedule (:mod:`engine.compress.schedule`, Zhu & Gupta 2017): at t = 0, every, 2·every, …, n
@@ -52,6 +53,7 @@ from engine.compress.scores import unit_scores
 from engine.compress.structure import (
     block_parts,
     ffn_width,
+    head_group,
     head_ids,
     remove_heads,
     remove_neurons,
@@ -283,6 +285,10 @@ def prune_structured_to(
     """Prune until ``heads_removed`` heads in total (global ranking, ≥ 1 kept per layer) and
     ``neurons_removed[l]`` neurons of layer l are gone, counting units removed before.
 
+    Heads go by head unit (:func:`engine.compress.structure.head_group`): under grouped-query
+    attention a whole key/value group at a time, so the count is rounded down to a multiple
+    of the group size (and at least one group is kept per layer).
+
     Neuron counts are measured against the FFN widths before the first call (kept in
     ``model.config.ffn_widths_before_pruning``, so they travel with copies and saves).
     Returns how many heads and neurons this call removed.
@@ -297,8 +303,9 @@ def prune_structured_to(
     removed_h = removed_n = 0
     if heads and h_scores is not None:
         orig = model.config.num_attention_heads
-        present = [len(head_ids(b)) for b in blocks]
-        need = heads_removed - (orig * len(blocks) - sum(present))
+        g = head_group(blocks[0])  # heads per unit: 1, or a key/value group's size
+        present = [len(head_ids(b)) // g for b in blocks]  # units per layer
+        need = heads_removed - (orig * len(blocks) - g * sum(present))
         cands = sorted(
             (float(s), layer, pos)
             for layer, sc in enumerate(h_scores)
@@ -306,15 +313,15 @@ def prune_structured_to(
         )
         drop: dict[int, list[int]] = {}
         for _, layer, pos in cands:
-            if need <= 0:
-                break
+            if need < g:
+                break  # whole units only: at most heads_removed heads
             if present[layer] - len(drop.get(layer, [])) <= 1:
-                continue  # keep at least one head per layer
+                continue  # keep at least one unit per layer
             drop.setdefault(layer, []).append(pos)
-            need -= 1
-        for layer, pos in drop.items():
-            remove_heads(blocks[layer], pos)
-            removed_h += len(pos)
+            need -= g
+        for layer, units in drop.items():
+            remove_heads(blocks[layer], [u * g + i for u in units for i in range(g)])
+            removed_h += g * len(units)
     widths = getattr(model.config, FFN_WIDTHS, None) or [ffn_width(b) for b in blocks]
     setattr(model.config, FFN_WIDTHS, list(widths))
     for layer, (b, sc) in enumerate(zip(blocks, n_scores, strict=True)):
@@ -337,8 +344,9 @@ def _structured(
     blocks = list(layer_list(model))
     if cfg.head_sparsity > 0 and block_parts(blocks[0]).attn is None:
         raise ValueError(
-            f"head pruning supports BERT-family encoders, not {type(model).__name__}; "
-            "set pipeline.prune.head_sparsity: 0 to prune FFN neurons only"
+            "head pruning supports BERT-family encoders and GPT-2 / Llama-layout decoders, "
+            f"not {type(model).__name__}; set pipeline.prune.head_sparsity: 0 to prune FFN "
+            "neurons only"
         )
     total_heads = model.config.num_attention_heads * len(blocks) if cfg.head_sparsity else 0
     st = saved or _fresh(widths=[ffn_width(b) for b in blocks])

@@ -9,6 +9,12 @@
 * ``fisher`` — the empirical Fisher information of the same mask, batch mean of (∂L/∂m)²
   (Kwon et al. 2022, "A Fast Post-Training Pruning Framework for Transformers").
 
+Head scores are per *head unit*, the heads :func:`engine.compress.structure.remove_heads`
+removes together: one head, or under grouped-query attention (Llama with fewer key/value
+heads than query heads) one key/value group — its KV head and the query heads sharing it.
+Magnitude takes the norm of all of the unit's weights, the gradient criteria one mask on the
+unit's slice of the output projection's input (the heads of a group are adjacent there).
+
 Higher = more important to keep. L is the study task's loss on the given training batches
 (cross-entropy for classification, :mod:`engine.tasks`).
 """
@@ -20,7 +26,13 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from engine.compress.structure import block_parts, ffn_width, head_ids
+from engine.compress.structure import (
+    block_parts,
+    ffn_width,
+    head_group,
+    head_ids,
+    head_unit_weights,
+)
 from engine.models import layer_list
 from engine.tasks import DEFAULT_TASK, Task, get_task
 
@@ -49,11 +61,14 @@ def _magnitude(model: nn.Module, heads: bool) -> UnitScores:
         s += _sq(p.ffn_out.weight, 0 if p.conv1d else 1, width).cpu()
         n_scores.append(s.sqrt())
         if heads:
-            n_heads = len(head_ids(block))
-            hs = sum(_sq(lin.weight, 0, n_heads) for lin in p.qkv)
-            hs = hs + _sq(p.attn_out.weight, 1, n_heads)
+            hs = sum(w.pow(2).sum(1) for w in head_unit_weights(block))
             h_scores.append(hs.cpu().sqrt())
     return (h_scores if heads else None), n_scores
+
+
+def _units(block: nn.Module) -> int:
+    """Head units in ``block`` now (heads, or key/value groups under grouped-query attention)."""
+    return len(head_ids(block)) // head_group(block)
 
 
 def _mask_hook(mask: torch.Tensor, grouped: bool):
@@ -79,9 +94,7 @@ def _mask_gradients(
     blocks = list(layer_list(model))
     n_masks = [torch.ones(ffn_width(b), device=device, requires_grad=True) for b in blocks]
     h_masks = (
-        [torch.ones(len(head_ids(b)), device=device, requires_grad=True) for b in blocks]
-        if heads
-        else []
+        [torch.ones(_units(b), device=device, requires_grad=True) for b in blocks] if heads else []
     )
     handles = []
     for i, b in enumerate(blocks):
@@ -129,8 +142,8 @@ def unit_scores(
     device: torch.device | str = "cpu",
     task: str | Task = DEFAULT_TASK,
 ) -> UnitScores:
-    """Per-layer scores of the heads (None when ``heads`` is false) and the FFN neurons, in
-    the blocks' current order. ``batches`` (input_ids, attention_mask, labels) are needed by
+    """Per-layer scores of the head units (None when ``heads`` is false) and the FFN neurons,
+    in the blocks' current order. ``batches`` (input_ids, attention_mask, labels) are needed by
     the gradient criteria."""
     if criterion == "magnitude":
         return _magnitude(model, heads)

@@ -2,12 +2,29 @@
 
 transformers 5 dropped ``prune_heads``/``head_mask``, so the surgery is done here: a removed
 head's rows of Q, K, V and its columns of the output projection are sliced away (head size
-unchanged, ``num_attention_heads``/``all_head_size`` of the attention module updated); a
-removed FFN neuron's row of the up-projection(s) and column of the down-projection go too.
+unchanged, the attention module's head count updated); a removed FFN neuron's row of the
+up-projection(s) and column of the down-projection go too.
 
-Supported blocks: BERT family (``attention.self.{query,key,value}``, ``attention.output.dense``,
-``intermediate.dense``, ``output.dense``) for heads and neurons; Llama (``mlp.{gate,up,down}_proj``)
-and GPT-2 (``mlp.c_fc``/``mlp.c_proj``, Conv1D) for neurons.
+Supported blocks, heads and neurons alike:
+
+* BERT family — ``attention.self.{query,key,value}``, ``attention.output.dense``,
+  ``intermediate.dense``, ``output.dense``;
+* GPT-2 — ``attn.c_attn`` (one Conv1D, weight [in, 3·E]: the Q, K, V thirds side by side,
+  head h at columns h·d … (h+1)·d − 1 of each third), ``attn.c_proj``, ``mlp.c_fc`` /
+  ``mlp.c_proj``; the attention's ``num_heads`` and ``split_size`` (where its forward
+  splits the fused projection) are updated;
+* Llama layout (Llama, Qwen2, Mistral) — ``self_attn.{q,k,v,o}_proj``,
+  ``mlp.{gate,up,down}_proj``. Its forward reads only ``head_dim`` and
+  ``num_key_value_groups`` from the module (the head count comes from the projections'
+  shapes), so only weights change.
+
+**The unit under grouped-query attention.** With fewer ``num_key_value_heads`` than
+``num_attention_heads`` each key/value head serves a group of ``num_key_value_groups``
+consecutive query heads. A head is removed with its whole group: the KV head and every query head sharing it
+(:func:`head_group`). Group sizes stay uniform, so ``num_key_value_groups`` and the attention
+kernels are untouched; removing only some query heads of a group is refused. With ordinary
+multi-head attention (every ``scratch:`` preset) the group is one head. Head ids are always
+*query*-head ids, so ``config.pruned_heads`` means the same thing in every family.
 
 Reloading (see :func:`load_pruned`): FFN neurons are removed in equal numbers from every
 layer, so the width stays uniform and ``config.intermediate_size`` (``n_inner`` for GPT-2) is
@@ -40,7 +57,10 @@ __all__ = [
     "PRUNED_HEADS",
     "BlockParts",
     "block_parts",
+    "head_group",
     "head_ids",
+    "head_size",
+    "head_unit_weights",
     "load_pruned",
     "remove_heads",
     "remove_neurons",
@@ -53,14 +73,23 @@ PRUNED_HEADS = "pruned_heads"  # config key: {"<layer>": [original head ids remo
 
 @dataclass
 class BlockParts:
-    """The prunable pieces of one transformer block (None where unsupported)."""
+    """The prunable pieces of one transformer block (None where unsupported).
 
-    attn: nn.Module | None  # holds num_attention_heads / attention_head_size
-    qkv: tuple[nn.Linear, ...]
-    attn_out: nn.Linear | None
+    ``q`` holds the query rows (GPT-2: the fused ``c_attn``, Q, K and V side by side),
+    ``kv`` the key and value projections (empty for GPT-2), ``attn_out`` the output
+    projection, whose input is the heads' outputs concatenated in head order."""
+
+    attn: nn.Module | None  # the attention module: config, layer_idx, head size
+    q: nn.Module | None
+    kv: tuple[nn.Module, ...]
+    attn_out: nn.Module | None
     ffn_in: tuple[nn.Module, ...]  # up (and gate) projections: one row/column per neuron
     ffn_out: nn.Module
     conv1d: bool = False  # GPT-2 Conv1D: weight is [in, out]
+
+    @property
+    def qkv(self) -> tuple[nn.Module, ...]:
+        return () if self.q is None else (self.q, *self.kv)
 
 
 def block_parts(block: nn.Module) -> BlockParts:
@@ -68,14 +97,24 @@ def block_parts(block: nn.Module) -> BlockParts:
         att = block.attention
         s = att.self
         return BlockParts(
-            s, (s.query, s.key, s.value), att.output.dense, (block.intermediate.dense,),
+            s, s.query, (s.key, s.value), att.output.dense, (block.intermediate.dense,),
             block.output.dense,
         )  # fmt: skip
     mlp = getattr(block, "mlp", None)
     if mlp is not None and hasattr(mlp, "gate_proj"):  # Llama family
-        return BlockParts(None, (), None, (mlp.gate_proj, mlp.up_proj), mlp.down_proj)
+        a = getattr(block, "self_attn", None)
+        if a is None or not all(hasattr(a, f"{x}_proj") for x in "qkvo"):
+            return BlockParts(None, None, (), None, (mlp.gate_proj, mlp.up_proj), mlp.down_proj)
+        return BlockParts(
+            a, a.q_proj, (a.k_proj, a.v_proj), a.o_proj, (mlp.gate_proj, mlp.up_proj),
+            mlp.down_proj,
+        )  # fmt: skip
     if mlp is not None and hasattr(mlp, "c_fc"):  # GPT-2
-        return BlockParts(None, (), None, (mlp.c_fc,), mlp.c_proj, conv1d=True)
+        a = getattr(block, "attn", None)
+        fused = a is not None and type(getattr(a, "c_attn", None)).__name__ == "Conv1D"
+        if not fused or getattr(a, "is_cross_attention", False) or getattr(a, "multi_query", 0):
+            return BlockParts(None, None, (), None, (mlp.c_fc,), mlp.c_proj, conv1d=True)
+        return BlockParts(a, a.c_attn, (), a.c_proj, (mlp.c_fc,), mlp.c_proj, conv1d=True)
     raise ValueError(f"cannot prune blocks of type {type(block).__name__}")
 
 
@@ -90,6 +129,24 @@ def _head_place(block: nn.Module) -> tuple[nn.Module, Any, str]:
     return attn, cfg, str(layer)
 
 
+def head_size(block: nn.Module) -> int:
+    """Width of one attention head (``attention_head_size`` / ``head_dim``)."""
+    attn = _head_place(block)[0]
+    return int(getattr(attn, "attention_head_size", None) or attn.head_dim)
+
+
+def _heads_present(parts: BlockParts, d: int) -> int:
+    """Query heads in the block now, read from the output projection's input width."""
+    w = parts.attn_out.weight  # Linear [out, in]; GPT-2 Conv1D [in, out]
+    return int(w.shape[0] if parts.conv1d else w.shape[1]) // d
+
+
+def head_group(block: nn.Module) -> int:
+    """Query heads removed together: the size of a key/value group under grouped-query
+    attention (a KV head and the query heads sharing it), 1 otherwise."""
+    return int(getattr(_head_place(block)[0], "num_key_value_groups", 1))
+
+
 def removed_heads(config: Any) -> dict[str, list[int]]:
     """``config.pruned_heads`` with string layer keys ({} when nothing was removed)."""
     return {str(k): list(v) for k, v in (getattr(config, PRUNED_HEADS, None) or {}).items()}
@@ -97,15 +154,35 @@ def removed_heads(config: Any) -> dict[str, list[int]]:
 
 def head_ids(block: nn.Module) -> list[int]:
     """Original ids of the heads still present in ``block`` (from ``config.pruned_heads``)."""
-    attn, cfg, layer = _head_place(block)
+    _, cfg, layer = _head_place(block)
     gone = set(removed_heads(cfg).get(layer, ()))
     ids = [h for h in range(cfg.num_attention_heads) if h not in gone]
-    if len(ids) != attn.num_attention_heads:
+    present = _heads_present(block_parts(block), head_size(block))
+    if len(ids) != present:
         raise ValueError(
             f"config.pruned_heads says layer {layer} keeps {len(ids)} heads, "
-            f"its attention has {attn.num_attention_heads}"
+            f"its attention has {present}"
         )
     return ids
+
+
+def head_unit_weights(block: nn.Module) -> list[torch.Tensor]:
+    """The weights of each head unit (:func:`head_group` query heads), as float matrices of
+    [units, ·] in the order Q, K, V, output projection: row u holds every entry that unit u
+    owns (its query rows, its key/value rows, its output-projection columns). Biases are
+    left out. For magnitude scores; detached copies, the model is not touched."""
+    parts = block_parts(block)
+    d, g = head_size(block), head_group(block)
+    units = _heads_present(parts, d) // g
+
+    def rows(w: torch.Tensor, dim: int) -> torch.Tensor:
+        w = w.detach().float().transpose(0, dim) if dim else w.detach().float()
+        return w.reshape(units, -1)
+
+    if parts.conv1d:  # GPT-2: c_attn [in, 3·E] → Q, K, V thirds; c_proj [E, out]
+        q, k, v = parts.q.weight.detach().float().chunk(3, dim=1)
+        return [rows(q, 1), rows(k, 1), rows(v, 1), rows(parts.attn_out.weight, 0)]
+    return [*(rows(lin.weight, 0) for lin in parts.qkv), rows(parts.attn_out.weight, 1)]
 
 
 def _slice(layer: nn.Module, keep: torch.Tensor, dim: int) -> None:
@@ -123,10 +200,20 @@ def _slice(layer: nn.Module, keep: torch.Tensor, dim: int) -> None:
         layer.nf = layer.weight.shape[1]
 
 
+def _span(positions: list[int], d: int, offset: int = 0) -> torch.Tensor:
+    """Indices of the ``d``-wide slices at ``positions`` (shifted by ``offset``)."""
+    return torch.cat([torch.arange(offset + h * d, offset + (h + 1) * d) for h in positions])
+
+
 def remove_heads(block: nn.Module, heads: list[int]) -> None:
-    """Remove the heads at *current* positions ``heads`` from ``block`` (BERT family)."""
+    """Remove the heads at *current* positions ``heads`` from ``block``.
+
+    Raises:
+        ValueError: a position out of range, every head of the layer, or (grouped-query
+            attention) part of a key/value group only.
+    """
     parts = block_parts(block)
-    attn = parts.attn
+    attn, cfg, layer = _head_place(block)
     ids = head_ids(block)
     drop = sorted(set(int(h) for h in heads))
     if not drop:
@@ -135,15 +222,30 @@ def remove_heads(block: nn.Module, heads: list[int]) -> None:
         raise ValueError(f"head positions {drop} out of range for {len(ids)} heads")
     if len(drop) == len(ids):
         raise ValueError("cannot remove every head of a layer")
-    d = attn.attention_head_size
+    d, g = head_size(block), head_group(block)
     kept_pos = [h for h in range(len(ids)) if h not in drop]
-    index = torch.cat([torch.arange(h * d, (h + 1) * d) for h in kept_pos])
-    for lin in parts.qkv:
-        _slice(lin, index, 0)
-    _slice(parts.attn_out, index, 1)
-    attn.num_attention_heads = len(kept_pos)
-    attn.all_head_size = len(kept_pos) * d
-    _, cfg, layer = _head_place(block)
+    groups_gone = sorted({h // g for h in drop})
+    if g > 1 and len(drop) != g * len(groups_gone):
+        raise ValueError(
+            f"grouped-query attention removes whole key/value groups of {g} query heads; "
+            f"positions {drop} split a group"
+        )
+    q_index = _span(kept_pos, d)
+    if parts.conv1d:  # GPT-2: the fused c_attn keeps the same heads in each of its thirds
+        width = len(ids) * d
+        _slice(parts.q, torch.cat([_span(kept_pos, d, t * width) for t in range(3)]), 1)
+        _slice(parts.attn_out, q_index, 0)
+        attn.num_heads = len(kept_pos)
+        attn.split_size = len(kept_pos) * d
+    else:
+        _slice(parts.q, q_index, 0)
+        kv_kept = [k for k in range(len(ids) // g) if k not in groups_gone]
+        for lin in parts.kv:
+            _slice(lin, _span(kv_kept, d), 0)
+        _slice(parts.attn_out, q_index, 1)
+        if hasattr(attn, "all_head_size"):  # BERT family
+            attn.num_attention_heads = len(kept_pos)
+            attn.all_head_size = len(kept_pos) * d
     pruned = removed_heads(cfg)
     pruned[layer] = sorted({*pruned.get(layer, ()), *(ids[h] for h in drop)})
     setattr(cfg, PRUNED_HEADS, pruned)
@@ -202,7 +304,8 @@ def load_pruned(path: str | Path) -> PreTrainedModel:
 
     Without pruned heads this is plain ``AutoModelForSequenceClassification.from_pretrained``.
     With them, the full model is built from the config, the recorded heads are removed and
-    the saved weights loaded strictly (a missing or misshapen tensor is an error).
+    the saved weights loaded strictly (a missing or misshapen tensor is an error; a tied
+    parameter, saved once under its other name, is not missing).
     """
     from safetensors.torch import load_file
 
@@ -217,5 +320,14 @@ def load_pruned(path: str | Path) -> PreTrainedModel:
     for i, gone in pruned.items():
         remove_heads(blocks[i], gone)  # full model: current positions = original ids
     state = load_file(str(path / "model.safetensors"))
-    model.load_state_dict(state, strict=True)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # a tied parameter (an item model's catalogue head is its item embedding) is saved once
+    params = model.state_dict(keep_vars=True)
+    loaded = {id(params[k]) for k in state if k in params}
+    untied = [k for k in missing if id(params[k]) not in loaded]
+    if untied or unexpected:
+        raise ValueError(
+            f"{path}: weights do not fit the pruned model (missing {untied}, "
+            f"unexpected {list(unexpected)})"
+        )
     return model.eval()

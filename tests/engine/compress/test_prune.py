@@ -186,14 +186,160 @@ def test_scores_find_planted_dead_units() -> None:
 
 
 @pytest.mark.parametrize("factory", [tiny_gpt2, tiny_llama])
-def test_decoders_prune_ffn_neurons_and_refuse_heads(factory) -> None:
+def test_decoders_prune_ffn_neurons_and_heads(factory) -> None:
     model = factory()
     ctx = _ctx()
     out = STAGES.get("prune")(model, PruneConfig(head_sparsity=0, neuron_sparsity=0.5), ctx)
     assert ctx.record["prune"]["ffn_width"] == ctx.record["prune"]["ffn_width_before"] // 2
     assert torch.isfinite(_logits(out, _train(1))).all()
-    with pytest.raises(ValueError, match="head pruning supports BERT"):
-        STAGES.get("prune")(factory(), PruneConfig(head_sparsity=0.25), _ctx())
+    ctx = _ctx()  # heads too: 4 of 16 (tiny_llama: 2 key/value groups of 2 query heads)
+    out = STAGES.get("prune")(factory(), PruneConfig(head_sparsity=0.25), ctx)
+    rec = ctx.record["prune"]
+    assert rec["heads_total"] == 16 and sum(rec["heads_kept_per_layer"]) == 12
+    assert sum(len(v) for v in out.config.pruned_heads.values()) == 4
+    assert torch.isfinite(_logits(out, _train(1))).all()
+
+
+def _unit_slices(model: torch.nn.Module) -> tuple[int, int, int]:
+    """(head size d, query heads per unit g, units per layer) from the config."""
+    cfg = model.config
+    n = cfg.num_attention_heads
+    g = n // getattr(cfg, "num_key_value_heads", n)
+    return cfg.hidden_size // n, g, n // g
+
+
+def _magnitude_by_hand(model: torch.nn.Module) -> list[list[float]]:
+    """√(Σ w²) over every weight entry a head unit owns, picked out by index: GPT-2's fused
+    c_attn holds Q, K, V as thirds of its columns, c_proj's rows are the heads' outputs;
+    Llama's unit u is query heads u·g … (u+1)·g − 1 and key/value head u."""
+    d, g, units = _unit_slices(model)
+    e = model.config.hidden_size
+    out = []
+    for i in range(model.config.num_hidden_layers):
+        row = []
+        for u in range(units):
+            if hasattr(model, "transformer"):
+                a = model.transformer.h[i].attn
+                parts = [a.c_attn.weight[:, t * e + u * d : t * e + (u + 1) * d] for t in range(3)]
+                parts.append(a.c_proj.weight[u * d : (u + 1) * d, :])
+            else:
+                a = model.model.layers[i].self_attn
+                q = slice(u * g * d, (u + 1) * g * d)
+                kv = slice(u * d, (u + 1) * d)
+                parts = [a.q_proj.weight[q], a.k_proj.weight[kv], a.v_proj.weight[kv],
+                         a.o_proj.weight[:, q]]  # fmt: skip
+            row.append(float(sum(float(p.detach().double().pow(2).sum()) for p in parts)) ** 0.5)
+        out.append(row)
+    return out
+
+
+def _mask_grads_by_hand(model: torch.nn.Module, data: dict[str, torch.Tensor]) -> torch.Tensor:
+    """∂L/∂m for a mask m on each head unit, put on the *weights*: the output projection's
+    input rows/columns of unit u are multiplied by m_u (L = mean cross-entropy on ``data``)."""
+    d, g, units = _unit_slices(model)
+    layers = model.config.num_hidden_layers
+    m = torch.ones(layers, units, requires_grad=True)
+    gpt2 = hasattr(model, "transformer")
+    weights = {}
+    for i in range(layers):
+        scale = m[i].repeat_interleave(g * d)
+        if gpt2:
+            w = model.transformer.h[i].attn.c_proj.weight
+            weights[f"transformer.h.{i}.attn.c_proj.weight"] = w.detach() * scale[:, None]
+        else:
+            w = model.model.layers[i].self_attn.o_proj.weight
+            weights[f"model.layers.{i}.self_attn.o_proj.weight"] = w.detach() * scale[None, :]
+    model.eval()
+    logits = torch.func.functional_call(
+        model, weights, kwargs={"input_ids": data["input_ids"],
+                                "attention_mask": data["attention_mask"]},
+    ).logits  # fmt: skip
+    loss = torch.nn.functional.cross_entropy(logits, data["labels"])
+    (grad,) = torch.autograd.grad(loss, m)
+    return grad
+
+
+@pytest.mark.parametrize("factory", [tiny_gpt2, tiny_llama])
+def test_decoder_head_scores_match_their_definition(factory) -> None:
+    """Per head unit (a GPT-2 head; a Llama key/value group of 2 query heads): magnitude is the
+    norm of the unit's weights, taylor |∂L/∂m| and fisher (∂L/∂m)², one batch."""
+    model = factory()
+    data = _train(1)
+    units = _unit_slices(model)[2]
+    grad = _mask_grads_by_hand(model, data)
+    want = {
+        "magnitude": torch.tensor(_magnitude_by_hand(model)),
+        "taylor": grad.abs(),
+        "fisher": grad.pow(2),
+    }
+    for crit, ref in want.items():
+        h, _ = unit_scores(model, crit, heads=True, batches=[data])
+        assert h is not None and [s.shape for s in h] == [(units,)] * 4
+        torch.testing.assert_close(torch.stack(h).double(), ref.double(), rtol=1e-4, atol=1e-7)
+    assert float(grad.abs().min()) > 0  # every unit matters, so the ranking is informative
+
+
+@pytest.mark.parametrize("criterion", ["magnitude", "taylor"])
+@pytest.mark.parametrize("factory", [tiny_gpt2, tiny_llama])
+def test_the_stage_removes_the_lowest_scored_decoder_heads(factory, criterion) -> None:
+    """One-shot (no training): 8 of GPT-2's 16 heads go (Llama: 4 query heads = 2 of its 8
+    key/value groups), ranked globally by the criterion with at least one unit kept per
+    layer — every kept unit that was not its layer's last scores at least as high as every
+    removed one. Scores from the definitions above, on the one training batch the stage
+    scores on."""
+    model = factory()
+    data = _train(1)
+    _, g, units = _unit_slices(model)
+    if criterion == "magnitude":
+        scores = torch.tensor(_magnitude_by_hand(model))
+    else:
+        scores = _mask_grads_by_hand(model, data).abs()
+    ctx = _ctx(data)
+    cfg = PruneConfig(head_sparsity=0.5 / g, neuron_sparsity=0.0, criterion=criterion,
+                      batch_size=8, score_batches=1)  # fmt: skip
+    out = STAGES.get("prune")(model, cfg, ctx)
+    gone = {int(k): v for k, v in out.config.pruned_heads.items()}
+    removed = {(i, h // g) for i, hs in gone.items() for h in hs}
+    assert sum(len(hs) for hs in gone.values()) == 8 // g
+    assert all(len(hs) == g * len({h // g for h in hs}) for hs in gone.values())  # whole units
+    kept = {(i, u) for i in range(4) for u in range(units)} - removed
+    sole = {(i, u) for i, u in kept if sum(k[0] == i for k in kept) == 1}
+    assert len(kept) == 4 * units - 8 // g // g and {i for i, _ in kept} == set(range(4))
+    assert len(kept - sole) >= 4  # the ranking, not the keep-one rule, decides most
+    worst_removed = max(float(scores[k]) for k in removed)
+    for k in kept - sole:
+        assert float(scores[k]) >= worst_removed - 1e-6, (k, criterion)
+
+
+def test_item_model_prunes_heads_gradually_then_recovers_and_reloads(tmp_path) -> None:
+    """End to end on a next-item recommender: taylor scores on the catalogue loss, gradual
+    pruning of heads and FFN neurons with KD in between, recovery, then save → reload."""
+    from engine.compress.save import load_compressed, save_compressed
+    from engine.tasks import get_task
+    from engine.tasks.item_models import build_item_model
+
+    model = build_item_model("scratch:gpt2", 50, seed=1)  # 6 layers × 2 heads, FFN 256
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(1, 50, (16, 10), generator=g)
+    mask = torch.ones_like(ids)
+    mask[:6, :4] = 0
+    ids[mask == 0] = 0
+    train = {"input_ids": ids, "attention_mask": mask, "labels": torch.randint(1, 50, (16,))}
+    ctx = StageContext(teacher=None, train=train, teacher_logits=torch.randn(16, 50),
+                       importance={}, seed=0, task=get_task("next_item"))  # fmt: skip
+    g0 = count_gflops(model, 10)
+    cfg = PruneConfig(head_sparsity=0.5, neuron_sparsity=0.5, criterion="taylor", steps=4,
+                      prune_every=2, recovery_steps=2, batch_size=8, kd=True)  # fmt: skip
+    out = STAGES.get("prune")(model, cfg, ctx)
+    rec = ctx.record["prune"]
+    assert rec["heads_total"] == 12 and rec["heads_kept_per_layer"] == [1] * 6
+    assert rec["ffn_width"] == 128 and rec["recovery"]["steps"] == 2
+    assert [e["step"] for e in rec["schedule"]] == [0, 2, 4]
+    assert count_gflops(out, 10) < g0
+    save_compressed(out, tmp_path, records=ctx.records)
+    again = load_compressed(tmp_path)
+    batch = {"input_ids": ids, "attention_mask": mask}
+    torch.testing.assert_close(_logits(again, batch), _logits(out, batch), rtol=0, atol=0)
 
 
 def test_two_four_masks_keep_two_of_every_four_and_survive_recovery() -> None:
