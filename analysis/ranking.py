@@ -8,16 +8,26 @@ columns, protocol in ``sampled_ranking``); this section puts them beside the ful
 the teacher, the reference rows and the best student (by the report's quality metric, one
 seed's row), because sampled metrics overstate quality severalfold (Krichene & Rendle, KDD
 2020).
+
+:func:`retention_blocks` answers "how much of the teacher does each depth keep": for the best
+configuration at each depth (by mean validation NDCG@10 over its seeds), its test NDCG@10 and
+its ratio to the teacher's, with paired BCa bootstrap intervals that resample the **test
+users** (each user's NDCG@10 averaged over the configuration's seeds first), read from
+``rankings/<trial_id>.parquet``. Coverage (tests/analysis/test_ranking.py, 200 simulated
+studies of 300 users, nominal 95 %): 93.5 %.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pandas as pd
 
 from analysis.render import Block, Heading, Para, column_table
 from analysis.rundir import TEACHER_ID, RunData, better_first, students
 
-__all__ = ["SHOWN", "ranking_blocks"]
+__all__ = ["SHOWN", "per_user_ndcg", "ranking_blocks", "retention_blocks", "retention_interval"]
 
 SHOWN = ("hr_at_10", "ndcg_at_10", "mrr")  # the figures compared across protocols
 
@@ -87,3 +97,119 @@ def ranking_blocks(run: RunData) -> list[Block]:
         column_table(table, cols),
     ]
     return blocks
+
+
+def per_user_ndcg(ranks: np.ndarray, k: int = 10) -> np.ndarray:
+    """Each user's NDCG@k from the target's 0-based rank (one relevant item)."""
+    r = np.asarray(ranks, dtype=np.float64)
+    return np.where(r < k, 1.0 / np.log2(r + 2.0), 0.0)
+
+
+def retention_interval(
+    student: np.ndarray,
+    teacher: np.ndarray,
+    *,
+    level: float = 0.95,
+    samples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """``mean(student) / mean(teacher)`` over the same users, and its paired BCa bootstrap
+    interval (users resampled with their pair of values kept together)."""
+    from scipy.stats import bootstrap
+
+    s, t = np.asarray(student, np.float64), np.asarray(teacher, np.float64)
+    if s.shape != t.shape or s.size < 2 or t.mean() == 0:
+        return (float("nan"),) * 3
+    ratio = float(s.mean() / t.mean())
+
+    def stat(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+        return a.mean(axis=axis) / b.mean(axis=axis)
+
+    res = bootstrap(
+        (s, t), stat, paired=True, vectorized=True, n_resamples=samples,
+        confidence_level=level, method="BCa", rng=np.random.default_rng(seed),
+    )  # fmt: skip
+    return ratio, float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def _mean_interval(x: np.ndarray, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    from scipy.stats import bootstrap
+
+    res = bootstrap(
+        (np.asarray(x, np.float64),), np.mean, vectorized=True, n_resamples=2000,
+        confidence_level=level, method="BCa", rng=np.random.default_rng(seed),
+    )  # fmt: skip
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def _user_ndcg(run_dir: Path, trial_ids: list[str]) -> pd.Series | None:
+    """Per-user NDCG@10 averaged over these trials' rankings (None if any file is missing)."""
+    parts = []
+    for tid in trial_ids:
+        path = run_dir / "rankings" / f"{tid}.parquet"
+        if not path.is_file():
+            return None
+        r = pd.read_parquet(path)
+        parts.append(pd.Series(per_user_ndcg(r["rank"].to_numpy()), index=r["user_id"].astype(str)))
+    return pd.concat(parts, axis=1).mean(axis=1)
+
+
+def retention_blocks(run: RunData) -> list[Block]:
+    """Best configuration per depth: NDCG@10 and retention of the teacher, users resampled."""
+    df = run.results
+    if "ranking" not in df or "ndcg_at_10" not in df or "student_layers" not in df:
+        return []
+    teacher_ids = df.loc[df["trial_id"] == TEACHER_ID, "trial_id"].tolist()
+    teacher = _user_ndcg(run.run_dir, teacher_ids) if teacher_ids else None
+    ok = students(df)
+    ok = ok[ok["status"] == "ok"] if "status" in ok else ok
+    if teacher is None or ok.empty or "config_id" not in ok:
+        return []
+    if "valid_ndcg_at_10" not in ok:
+        return []
+    means = ok.groupby("config_id").agg(
+        ndcg=("ndcg_at_10", "mean"), valid=("valid_ndcg_at_10", "mean"),
+        layers=("student_layers", "first"),
+        gflops=("gflops", "mean"), seeds=("seed", "nunique"),
+    )  # fmt: skip
+    rows = []
+    t_lo, t_hi = _mean_interval(teacher.to_numpy())
+    t_row = df[df["trial_id"] == TEACHER_ID].iloc[0]
+    rows.append({
+        "model": "teacher", "layers": int(t_row["student_layers"]), "gflops": t_row["gflops"],
+        "ndcg_at_10": teacher.mean(), "ndcg 95% CI": f"[{t_lo:.4f}, {t_hi:.4f}]",
+        "retention": 1.0, "retention 95% CI": "—", "beyond noise": "—",
+    })  # fmt: skip
+    for layers, group in means.groupby("layers"):
+        best = group["valid"].idxmax()  # chosen on validation, reported on test
+        ids = ok.loc[ok["config_id"] == best, "trial_id"].tolist()
+        user = _user_ndcg(run.run_dir, ids)
+        if user is None:
+            continue
+        user = user.reindex(teacher.index)
+        if user.isna().any():
+            continue
+        lo, hi = _mean_interval(user.to_numpy())
+        ratio, r_lo, r_hi = retention_interval(user.to_numpy(), teacher.to_numpy())
+        rows.append({
+            "model": f"best {int(layers)}-block config {best} ({group.loc[best, 'seeds']} seed(s))",
+            "layers": int(layers), "gflops": group.loc[best, "gflops"],
+            "ndcg_at_10": user.mean(), "ndcg 95% CI": f"[{lo:.4f}, {hi:.4f}]",
+            "retention": ratio, "retention 95% CI": f"[{r_lo:.3f}, {r_hi:.3f}]",
+            "beyond noise": "yes" if not (r_lo <= 1.0 <= r_hi) else "no (CI holds 1)",
+        })  # fmt: skip
+    if len(rows) < 2:
+        return []
+    table = pd.DataFrame(rows)
+    return [
+        Heading("Retention of the teacher (test users resampled)"),
+        Para(
+            "For each depth, the configuration with the best mean validation NDCG@10 over its "
+            "seeds, scored on test; each user's NDCG@10 "
+            "is averaged over the configuration's seeds, then users are resampled (paired BCa "
+            f"bootstrap, 2000 resamples, {len(teacher)} users). Retention = the student's mean "
+            "NDCG@10 ÷ the teacher's on the same users; 'beyond noise' = its interval excludes "
+            "1. Intervals reflect which users were tested, not training seeds."
+        ),
+        column_table(table, list(table.columns)),
+    ]

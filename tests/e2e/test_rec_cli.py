@@ -69,3 +69,4 @@ def test_smoke_rec_report_states_the_protocol_and_both_figures(rec_run) -> None:
     report = (out / "report.md").read_text()
     assert "Ranking protocol: **full**" in report
     assert "hr_at_10 (sampled-100)" in report and "popularity (reference)" in report
+    assert "## Retention of the teacher (test users resampled)" in report
