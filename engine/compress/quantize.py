@@ -60,6 +60,7 @@ __all__ = [
     "apply",
     "bnb_cpu_probe",
     "choose_backend",
+    "conv1d_as_linear",
     "cpu_4bit_paths",
     "quantize_model",
     "requantize",
@@ -318,10 +319,37 @@ def _bnb(model: nn.Module, cfg: QuantizeConfig, bits: int, device: torch.device)
     return q.eval()  # the new layers too (bitsandbytes' CPU 4-bit path depends on it)
 
 
+def conv1d_as_linear(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose GPT-2 ``Conv1D`` layers (``y = x W + b`` with ``W`` stored
+    ``[in, out]``) are ``nn.Linear`` layers holding ``Wᵀ``: the same function, in the layer
+    type the quantization backends replace (without this a GPT-2's blocks stay float)."""
+    import copy
+
+    from transformers.pytorch_utils import Conv1D
+
+    names = [n for n, m in model.named_modules() if isinstance(m, Conv1D)]
+    if not names:
+        return model
+    out = copy.deepcopy(model)
+    for name in names:
+        conv = out.get_submodule(name)
+        lin = nn.Linear(conv.weight.shape[0], conv.weight.shape[1], bias=conv.bias is not None)
+        lin = lin.to(device=conv.weight.device, dtype=conv.weight.dtype)
+        with torch.no_grad():
+            lin.weight.copy_(conv.weight.t())
+            if conv.bias is not None:
+                lin.bias.copy_(conv.bias)
+        parent_name, _, attr = name.rpartition(".")
+        setattr(out.get_submodule(parent_name) if parent_name else out, attr, lin)
+    return out
+
+
 def quantize_model(
     model: PreTrainedModel, cfg: QuantizeConfig, backend: str, device: torch.device
 ) -> nn.Module:
-    """A quantized copy of ``model`` (the float model is left as it was)."""
+    """A quantized copy of ``model`` (the float model is left as it was). GPT-2's ``Conv1D``
+    layers are quantized as the Linear layers they are (:func:`conv1d_as_linear`)."""
+    model = conv1d_as_linear(model)
     if backend == "dynamic_int8":
         return _dynamic_int8(model, cfg)
     if backend == "bnb_int8":

@@ -293,3 +293,30 @@ def test_bitsandbytes_outputs_stay_close_to_float(backend: str, quant_type: str)
     assert (h_f - h_q).abs().max() <= tol
     assert count_multiply_adds(q, 16) == count_multiply_adds(model, 16)
     assert weights_bytes(q) < weights_bytes(model)
+
+
+def test_gpt2_conv1d_blocks_are_quantized_as_linear_layers() -> None:
+    """GPT-2 keeps its block weights in ``Conv1D`` (``x W + b``, W stored [in, out]), a type
+    dynamic quantization does not know: without conversion nothing in the blocks would be
+    quantized. The conversion alone is the same function (checked against the original), and
+    after quantization every block projection is an int8 DynamicLinear."""
+    from transformers.pytorch_utils import Conv1D
+
+    from engine.compress.quantize import conv1d_as_linear
+    from tests.conftest import tiny_gpt2
+
+    model = tiny_gpt2(num_layers=2)
+    n_conv = sum(isinstance(m, Conv1D) for m in model.modules())
+    assert n_conv == 8  # c_attn, c_proj, mlp.c_fc, mlp.c_proj per block
+    batch = toy_batches(1, batch_size=6)[0]
+    as_linear = conv1d_as_linear(model)
+    assert not any(isinstance(m, Conv1D) for m in as_linear.modules())
+    assert sum(isinstance(m, Conv1D) for m in model.modules()) == n_conv  # original untouched
+    torch.testing.assert_close(_forward(as_linear, batch)[1], _forward(model, batch)[1])
+    q = STAGES.get("quantize")(model, QuantizeConfig(), _ctx())
+    assert sum(isinstance(m, DynamicLinear) for m in q.modules()) == n_conv
+    assert isinstance(q.score, torch.nn.Linear)  # the head stays float
+    z_f, z_q = _forward(model, batch)[1], _forward(q, batch)[1]
+    assert not torch.equal(z_f, z_q)
+    assert (z_f - z_q).abs().max() <= LOGIT_REL * (z_f.max() - z_f.min())
+    assert weights_bytes(q) < weights_bytes(model)
