@@ -96,6 +96,8 @@ def teacher_key(
         "num_labels": num_labels,
         "torch": torch.__version__.split("+")[0],
     }
+    if get_task(task).teacher_recipe:  # a task's own teacher objective (absent: unchanged keys)
+        payload["recipe"] = get_task(task).teacher_recipe
     if precision is not None:
         payload["precision"] = precision
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
@@ -139,12 +141,14 @@ def finetune(
     dtype = autocast_dtype(precision, device)  # type: ignore[arg-type]
     task = get_task(task)
     model = task.build_model(cfg.model, num_labels, attn_implementation="sdpa", seed=cfg.seed)
-    tensors = {k: torch.as_tensor(train[k]) for k in task.view.arrays}
+    objective = task.teacher_training(train)
+    tensors = {k: torch.as_tensor(v) for k, v in objective.arrays.items()}
     oom = OomLog()
     train_classifier(
         model,
         tensors,
-        loss_fn=lambda s, y, _t: task.loss(s, y),
+        loss_fn=lambda s, y, _t: objective.loss(s, y),
+        forward_kwargs=dict(objective.forward_kwargs),
         epochs=cfg.epochs,
         max_steps=cfg.max_steps,
         lr=cfg.lr,

@@ -25,6 +25,7 @@ __all__ = [
     "DataView",
     "Direction",
     "Task",
+    "TeacherTraining",
     "get_task",
     "metric_columns",
     "register_task",
@@ -42,6 +43,17 @@ COST_METRICS: Mapping[str, Direction] = {
     "weights_bytes": "min",
     "latency_ms_p50": "min",
 }
+
+
+@dataclass(frozen=True)
+class TeacherTraining:
+    """How the teacher is trained (:meth:`Task.teacher_training`): the arrays
+    :func:`engine.train.train_classifier` reads (``input_ids``, ``attention_mask`` and the
+    targets under ``labels``), the loss of ``(outputs, targets)`` and extra forward keywords."""
+
+    arrays: Mapping[str, np.ndarray]
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    forward_kwargs: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -83,6 +95,9 @@ class Task(ABC):
     #: ``teacher:`` settings the task fills where the study file leaves them out (its
     #: default model; a model trained from scratch must train its embeddings)
     teacher_defaults: Mapping[str, Any] = MappingProxyType({"model": "embedded:all-MiniLM-L6-v2"})
+    #: a tag of the task's own teacher objective (:meth:`teacher_training`), part of the
+    #: teacher's cache key when set: change it when that objective changes
+    teacher_recipe: str = ""
     #: where a run directory keeps each model's per-example table (:meth:`example_table`),
     #: e.g. ``"rankings"`` → ``rankings/<trial_id>.parquet``; None: the task writes none
     examples_dir: str | None = None
@@ -123,6 +138,15 @@ class Task(ABC):
     @abstractmethod
     def model_from_config(self, config: dict[str, Any]) -> PreTrainedModel:
         """An untrained model of this task's head from an HF config dict (weights loaded after)."""
+
+    def teacher_training(self, train: Mapping[str, np.ndarray]) -> TeacherTraining:
+        """The teacher's training objective on the train split: by default the task loss
+        on the data view's arrays (a task may train its teacher on more targets per example,
+        e.g. every position of a sequence)."""
+        arrays = {k: train[k] for k in self.view.arrays}
+        if self.view.target != "labels":
+            arrays["labels"] = arrays.pop(self.view.target)
+        return TeacherTraining(arrays, self.loss, {})
 
     # ------------------------------------------------------------------ losses
     @abstractmethod

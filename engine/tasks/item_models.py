@@ -12,7 +12,8 @@ blocks, importance, truncation, pruning, quantization and saving work unchanged.
 pooled position only (the rightmost non-padding item, as the stock classes pool), not to
 every position, so a forward — and its fvcore GFLOPs — costs one catalogue scoring per user.
 Their logits and parameter names equal the stock classes', so a saved model reloads into
-either.
+either. ``forward(..., all_positions=True)`` scores the catalogue after every position
+(``[B, L, items]``), which trains a teacher on every prefix of a sequence at once (SASRec).
 
 ``teacher.model`` names the architecture: ``scratch:gpt2`` or ``scratch:llama`` (the presets
 in :data:`PRESETS`), or a local folder whose ``config.json`` is a GPT-2 or Llama config
@@ -113,12 +114,16 @@ class GPT2ItemRanker(GPT2ForSequenceClassification):
         self,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        all_positions: bool = False,
         **kwargs: Any,
     ) -> SequenceClassifierOutputWithPast:
         kwargs.pop("labels", None)
         kwargs.setdefault("use_cache", False)
         out = self.transformer(input_ids, attention_mask=attention_mask, **kwargs)
-        h = _pooled(input_ids, out.last_hidden_state, self.config.pad_token_id)
+        if all_positions:  # [B, L, items]: the scores after every prefix (teacher training)
+            h = out.last_hidden_state
+        else:
+            h = _pooled(input_ids, out.last_hidden_state, self.config.pad_token_id)
         return SequenceClassifierOutputWithPast(
             logits=self.score(h), hidden_states=out.hidden_states, attentions=out.attentions
         )
@@ -134,12 +139,16 @@ class LlamaItemRanker(LlamaForSequenceClassification):
         self,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        all_positions: bool = False,
         **kwargs: Any,
     ) -> SequenceClassifierOutputWithPast:
         kwargs.pop("labels", None)
         kwargs.setdefault("use_cache", False)
         out = self.model(input_ids, attention_mask=attention_mask, **kwargs)
-        h = _pooled(input_ids, out.last_hidden_state, self.config.pad_token_id)
+        if all_positions:  # [B, L, items]: the scores after every prefix (teacher training)
+            h = out.last_hidden_state
+        else:
+            h = _pooled(input_ids, out.last_hidden_state, self.config.pad_token_id)
         return SequenceClassifierOutputWithPast(
             logits=self.score(h), hidden_states=out.hidden_states, attentions=out.attentions
         )

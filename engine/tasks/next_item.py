@@ -6,7 +6,9 @@
   (:func:`engine.data.sequences.prepare_sequences`, leave-one-out);
 * model (``sequence`` family): GPT-2 or Llama over item ids trained from scratch, a head of
   V + 1 catalogue scores (:mod:`engine.tasks.item_models`);
-* task loss: full softmax cross-entropy over the catalogue;
+* task loss: full softmax cross-entropy over the catalogue; the teacher (trained from
+  scratch) learns from every position of each training sequence at once (position t predicts
+  the item at t + 1, the SASRec objective), the students from the pooled last position;
 * distillation (listwise): ``T² · KL(softmax(s_t / T) ‖ softmax(s_s / T))`` over the
   teacher's scores of every catalogue item, the same ``temperature`` / ``alpha_*`` knobs as
   classification;
@@ -33,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from engine.tasks.base import DataView, Task, register_task
+from engine.tasks.base import DataView, Task, TeacherTraining, register_task
 from engine.tasks.item_models import build_item_model, item_model_from_config, item_model_problem
 from engine.tasks.ranking import RANKING_KS, ranking_metrics, sampled_ranks, target_ranks
 
@@ -75,6 +77,13 @@ def _protocol(split: Mapping[str, np.ndarray]) -> str:
     """The split's ranking protocol: its ``protocol`` entry (``sampled``/``full``) if any."""
     p = split.get("protocol")
     return "full" if p is None else str(np.asarray(p).reshape(-1)[0])
+
+
+def _every_position_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the catalogue, mean over the positions with a target."""
+    return F.cross_entropy(
+        outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1), ignore_index=-100
+    )
 
 
 @register_task("next_item")
@@ -126,6 +135,19 @@ class NextItem(Task):
 
     def model_from_config(self, config: dict[str, Any]) -> PreTrainedModel:
         return item_model_from_config(config)
+
+    teacher_recipe = "all-positions-v1"
+
+    def teacher_training(self, train: Mapping[str, np.ndarray]) -> TeacherTraining:
+        """The teacher learns the next item after *every* prefix of each training sequence
+        at once (the causal SASRec objective): position t of the input predicts the item at
+        t + 1, the last position the example's label; padding positions are ignored."""
+        ids = np.asarray(train["input_ids"], np.int64)
+        targets = np.full(ids.shape, -100, np.int64)
+        targets[:, :-1] = np.where((ids[:, :-1] != 0) & (ids[:, 1:] != 0), ids[:, 1:], -100)
+        targets[:, -1] = np.asarray(train["labels"], np.int64)
+        arrays = {"input_ids": ids, "attention_mask": train["attention_mask"], "labels": targets}
+        return TeacherTraining(arrays, _every_position_loss, {"all_positions": True})
 
     # ------------------------------------------------------------------ losses
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -173,3 +173,44 @@ def test_study_mistakes_are_one_line_errors_before_any_work(override, message) -
         load_study("smoke-rec", [override])
     with pytest.raises(ConfigError, match="negatives >= 1"):
         load_study("smoke-rec", ["data.recsys.ranking=sampled", "data.recsys.negatives=0"])
+
+
+def test_teacher_training_targets_are_each_positions_next_item() -> None:
+    ids = np.array([[0, 0, 4, 7, 2], [3, 1, 8, 5, 6]])
+    train = {
+        "input_ids": ids,
+        "attention_mask": (ids != 0).astype(np.int64),
+        "labels": np.array([9, 2]),
+    }
+    got = TASK.teacher_training(train)
+    want = []
+    for row, label in zip(ids.tolist(), [9, 2], strict=True):  # by hand, position by position
+        want.append([row[t + 1] if row[t] and row[t + 1] else -100 for t in range(4)] + [label])
+    assert got.arrays["labels"].tolist() == want == [[-100, -100, 7, 2, 9], [1, 8, 5, 6, 2]]
+    assert got.forward_kwargs == {"all_positions": True}
+    # the loss is the mean cross-entropy over the 8 positions with a target (3 + 5)
+    logits = torch.randn(2, 5, 11, generator=torch.Generator().manual_seed(0))
+    targets = torch.as_tensor(got.arrays["labels"])
+    terms = [
+        float(torch.nn.functional.cross_entropy(logits[b, t : t + 1], targets[b, t : t + 1]))
+        for b in range(2)
+        for t in range(5)
+        if targets[b, t] >= 0
+    ]
+    assert len(terms) == 8
+    assert float(got.loss(logits, targets)) == pytest.approx(sum(terms) / 8, rel=1e-6)
+
+
+@pytest.mark.parametrize("preset", ["scratch:gpt2", "scratch:llama"])
+def test_every_position_scores_equal_the_pooled_scores_of_the_prefix(preset) -> None:
+    """Causal blocks: the scores at position t are the model's scores for the input cut
+    after t (same positions, same left padding)."""
+    model = build_item_model(preset, 30, seed=1).eval()
+    ids = torch.tensor([[0, 0, 5, 9, 3, 12], [7, 1, 2, 8, 4, 6]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        every = model(input_ids=ids, attention_mask=mask, all_positions=True).logits
+        assert every.shape == (2, 6, 30)
+        for t in range(2, 6):
+            cut = model(input_ids=ids[:, : t + 1], attention_mask=mask[:, : t + 1]).logits
+            torch.testing.assert_close(every[:, t], cut)
