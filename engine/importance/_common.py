@@ -24,7 +24,10 @@ __all__ = [
     "batch_generator",
     "first_tensor",
     "forward_logits",
+    "is_causal",
     "layer_hooks",
+    "pooled",
+    "real_position",
     "replace_first",
     "token_mask",
 ]
@@ -110,14 +113,33 @@ def layer_params(model: nn.Module) -> list[list[nn.Parameter]]:
     return [list(block.parameters()) for block in layer_list(model)]
 
 
+def is_causal(model: nn.Module) -> bool:
+    """Whether ``model`` is a causal decoder (GPT-2, Llama, the item rankers): its attention
+    modules declare ``is_causal``. Its head reads the last real position, found from the
+    padding id, where an encoder's reads position 0 ([CLS])."""
+    return any(getattr(m, "is_causal", False) is True for m in layer_list(model)[0].modules())
+
+
+def real_position(mask: torch.Tensor, which: str) -> torch.Tensor:
+    """Per row of ``mask [B, S]``, the index of the first (``"first"``) or last (``"last"``)
+    real token, from the mask, so left- and right-padded rows both work (0 for a row with
+    no real token)."""
+    idx = torch.arange(mask.shape[1], device=mask.device)
+    real = mask.bool()
+    if which == "last":
+        return torch.where(real, idx, -1).amax(1).clamp(min=0)
+    return torch.where(real, idx, mask.shape[1]).amin(1) % mask.shape[1]
+
+
 def pooled(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
-    """Pool ``[B, S, H]`` to ``[B, H]``: masked mean, first token (``cls``) or last real token."""
+    """Pool ``[B, S, H]`` to ``[B, H]``: masked mean (``mean``), the first real token
+    (``cls``: an encoder's [CLS], position 0 when padding is on the right) or the last real
+    token (``last``: where a decoder's head reads). Positions come from ``mask``, never
+    assumed: a left-padded row's position 0 is padding."""
     hidden = hidden.float()
-    if how == "cls":
-        return hidden[:, 0]
-    if how == "last":
-        last = mask.long().sum(1).clamp(min=1) - 1
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    if how in ("cls", "last"):
+        pos = real_position(mask, "first" if how == "cls" else "last")
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), pos]
     m = mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
 

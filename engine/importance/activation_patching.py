@@ -12,7 +12,8 @@ class probabilities of example i and ``D_b(a) = Σ_{i∈b} KL(p_i ‖ p_i^a)`` s
 nothing scores 0); the layer score is the example-weighted mean of r_bl over batches.
 Corruption, by ``cfg.patch_corruption``: ``token_noise`` replaces each real token with a
 random id with probability ``cfg.patch_noise_frac`` (seeded by ``cfg.seed`` and the batch
-contents); ``other_example`` feeds each example the next example's tokens (the batch rolled
+contents; on a causal decoder never the padding id, which its head uses to find the position
+it scores — on an item model the noise is a random item); ``other_example`` feeds each example the next example's tokens (the batch rolled
 by one; token noise for a batch of one). Patching is position-aligned, so ``other_example``
 is meaningful for examples of equal length: an example rolled in with another length is
 pooled at another position, and even patching its only non-zero update recovers < 1.
@@ -38,7 +39,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.importance._common import batch_generator, forward_logits, layer_hooks, num_examples
+from engine.importance._common import (
+    batch_generator,
+    forward_logits,
+    is_causal,
+    layer_hooks,
+    num_examples,
+)
 from engine.importance.base import Batch, LayerScores, from_per_batch, register_importance
 from engine.importance.config import ImportanceConfig
 from engine.models import num_layers
@@ -60,6 +67,13 @@ def corrupt(model: nn.Module, batch: Batch, cfg: ImportanceConfig) -> Batch:
     flip &= batch["attention_mask"].bool()
     vocab = int(model.get_input_embeddings().num_embeddings)
     noise = torch.randint(0, vocab, ids.shape, generator=g, device=ids.device)
+    pad = getattr(getattr(model, "config", None), "pad_token_id", None)
+    if pad is not None and 0 <= pad < vocab and is_causal(model):
+        # a decoder's head pools the last non-padding id: a real token turned into padding
+        # would move the scored position. Redraw those from the vocabulary without ``pad``
+        # (drawn after the first noise, so where no padding was drawn nothing changes).
+        other = torch.randint(0, vocab - 1, ids.shape, generator=g, device=ids.device)
+        noise = torch.where(noise == pad, other + (other >= pad).long(), noise)
     return {**batch, "input_ids": torch.where(flip, noise, ids)}
 
 

@@ -52,12 +52,15 @@ class ImportanceConfig(Section):
     # attention: "concentration" = 1 − normalised entropy (higher = sharper); "entropy"
     attention_score: Literal["concentration", "entropy"] = "concentration"
     # mutual_info: estimator of I(pooled layer output; label), computed per batch on a fixed
-    # seeded random projection to mi_projection_dims dimensions
+    # seeded random projection to mi_projection_dims dimensions; for a task whose targets are
+    # input ids (next_item) the label is the target item's embedding (Kraskov k-NN). Pooling:
+    # masked mean, first or last real token, or "head": where the model's head reads (the last
+    # real token of a causal decoder, the first of an encoder)
     mi_estimator: Literal["knn", "binned"] = "knn"
     mi_neighbors: int = Field(3, ge=1)
     mi_bins: int = Field(4, ge=2)
     mi_projection_dims: int = Field(8, ge=1)
-    mi_pooling: Literal["mean", "cls", "last"] = "mean"
+    mi_pooling: Literal["mean", "cls", "last", "head"] = "mean"
     # conductance: captum LayerConductance
     conductance_steps: int = Field(16, ge=2)
     conductance_internal_batch_size: int | None = Field(None, ge=1)

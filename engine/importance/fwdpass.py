@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.importance._common import forward_logits, layer_hooks, num_examples
+from engine.importance._common import forward_logits, is_causal, layer_hooks, num_examples
 from engine.importance.base import (
     SHARED_PASSES,
     Batch,
@@ -26,6 +26,7 @@ from engine.importance.base import (
     register_shared_pass,
 )
 from engine.importance.config import ImportanceConfig
+from engine.tasks import DEFAULT_TASK, Task, get_task
 
 __all__ = [
     "FwdBatch",
@@ -39,13 +40,18 @@ __all__ = [
 @dataclass
 class FwdBatch:
     """What one clean forward exposes: per-block hidden states in/out, attention
-    probabilities ``[B, heads, S, S]`` per block (or None), the token mask and labels."""
+    probabilities ``[B, heads, S, S]`` per block (or None), the token mask and labels;
+    whether the model is a causal decoder (its head reads the last real position, not
+    position 0) and, when the task's targets are input ids (``Task.targets_in_vocabulary``),
+    their input embeddings ``[B, E]`` (else None)."""
 
     hidden_in: list[torch.Tensor]
     hidden_out: list[torch.Tensor]
     attentions: list[torch.Tensor] | None
     mask: torch.Tensor
     labels: torch.Tensor
+    causal: bool = False
+    target_embeddings: torch.Tensor | None = None
 
 
 Reducer = Callable[[FwdBatch, ImportanceConfig], np.ndarray]
@@ -99,8 +105,13 @@ def restore_output_capture(model: nn.Module) -> None:
 
 
 @torch.no_grad()
-def forward_batch(model: nn.Module, batch: Batch, *, attentions: bool) -> FwdBatch:
-    """One clean forward recording every block's hidden input and output."""
+def forward_batch(
+    model: nn.Module, batch: Batch, *, attentions: bool, task: str | Task = DEFAULT_TASK
+) -> FwdBatch:
+    """One clean forward recording every block's hidden input and output (and the targets'
+    input embeddings when ``task``'s targets are input ids)."""
+    task = get_task(task)
+    target = batch[task.view.target]
     h_in: list[torch.Tensor] = []
     h_out: list[torch.Tensor] = []
 
@@ -127,7 +138,18 @@ def forward_batch(model: nn.Module, batch: Batch, *, attentions: bool) -> FwdBat
         else:
             forward_logits(model, batch)
             attn = None
-    return FwdBatch(h_in, h_out, attn, batch["attention_mask"].bool(), batch["labels"])
+    target_emb = None
+    if task.targets_in_vocabulary:
+        target_emb = model.get_input_embeddings()(target.long()).detach()
+    return FwdBatch(
+        h_in,
+        h_out,
+        attn,
+        batch["attention_mask"].bool(),
+        target,
+        causal=is_causal(model),
+        target_embeddings=target_emb,
+    )
 
 
 @register_shared_pass("forward")
@@ -143,7 +165,7 @@ def run_forward_pass(
     attentions = any(_REDUCERS[m][1] for m in wanted)
     rows: dict[str, list[np.ndarray]] = {m: [] for m in wanted}
     for batch in batches:
-        fb = forward_batch(model, batch, attentions=attentions)
+        fb = forward_batch(model, batch, attentions=attentions, task=cfg.task)
         for m in wanted:
             rows[m].append(np.asarray(_REDUCERS[m][0](fb, cfg), dtype=np.float64))
     sizes = num_examples(batches)

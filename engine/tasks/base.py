@@ -101,6 +101,11 @@ class Task(ABC):
     #: where a run directory keeps each model's per-example table (:meth:`example_table`),
     #: e.g. ``"rankings"`` → ``rankings/<trial_id>.parquet``; None: the task writes none
     examples_dir: str | None = None
+    #: whether a target is an id in the model's input vocabulary (a next item is an item, as
+    #: the inputs are), so an importance method may read the target's input embedding
+    #: (mutual_info then estimates I(layer state; target embedding)); False for class ids
+    #: and values
+    targets_in_vocabulary: bool = False
 
     # ------------------------------------------------------------------ the data
     def prepare(self, data: Any, model: str) -> Any:

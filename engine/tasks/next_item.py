@@ -100,6 +100,7 @@ class NextItem(Task):
     default_quality_metric = "ndcg_at_10"
     teacher_defaults = MappingProxyType({"model": "scratch:gpt2", "freeze_embeddings": False})
     examples_dir = "rankings"
+    targets_in_vocabulary = True  # targets and inputs are item ids
 
     # ------------------------------------------------------------------ data and model
     def prepare(self, data: Any, model: str) -> Any:
