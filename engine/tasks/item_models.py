@@ -11,8 +11,10 @@ blocks, importance, truncation, pruning, quantization and saving work unchanged.
 ``*ForSequenceClassification`` classes in one thing: they apply the catalogue head to the
 pooled position only (the rightmost non-padding item, as the stock classes pool), not to
 every position, so a forward — and its fvcore GFLOPs — costs one catalogue scoring per user.
-Their logits and parameter names equal the stock classes', so a saved model reloads into
-either. ``forward(..., all_positions=True)`` scores the catalogue after every position
+Positions are counted from each row's first item (``position_ids = cumsum(mask) − 1``), so
+a history scores the same whatever its batch's padding width, and a prefix seen at training
+has the positions it has at evaluation. Given those position ids, their logits and parameter
+names equal the stock classes', so a saved model reloads into either. ``forward(..., all_positions=True)`` scores the catalogue after every position
 (``[B, L, items]``), which trains a teacher on every prefix of a sequence at once (SASRec).
 
 ``teacher.model`` names the architecture: ``scratch:gpt2`` or ``scratch:llama`` (the presets
@@ -91,6 +93,12 @@ def _pooled(input_ids: torch.Tensor | None, hidden: torch.Tensor, pad: int | Non
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
+def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids counted from each row's first item (0, 1, …; padding gets 0): a history
+    has the same positions however much left padding its batch adds."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 class ItemGPT2Config(GPT2Config):
     """GPT-2 over item ids (its own ``model_type`` so that the Auto classes build
     :class:`GPT2ItemRanker` from a saved config)."""
@@ -119,6 +127,8 @@ class GPT2ItemRanker(GPT2ForSequenceClassification):
     ) -> SequenceClassifierOutputWithPast:
         kwargs.pop("labels", None)
         kwargs.setdefault("use_cache", False)
+        if attention_mask is not None and "position_ids" not in kwargs:
+            kwargs["position_ids"] = _positions(attention_mask)
         out = self.transformer(input_ids, attention_mask=attention_mask, **kwargs)
         if all_positions:  # [B, L, items]: the scores after every prefix (teacher training)
             h = out.last_hidden_state
@@ -144,6 +154,8 @@ class LlamaItemRanker(LlamaForSequenceClassification):
     ) -> SequenceClassifierOutputWithPast:
         kwargs.pop("labels", None)
         kwargs.setdefault("use_cache", False)
+        if attention_mask is not None and "position_ids" not in kwargs:
+            kwargs["position_ids"] = _positions(attention_mask)
         out = self.model(input_ids, attention_mask=attention_mask, **kwargs)
         if all_positions:  # [B, L, items]: the scores after every prefix (teacher training)
             h = out.last_hidden_state

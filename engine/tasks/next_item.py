@@ -137,7 +137,7 @@ class NextItem(Task):
     def model_from_config(self, config: dict[str, Any]) -> PreTrainedModel:
         return item_model_from_config(config)
 
-    teacher_recipe = "all-positions-v1"
+    teacher_recipe = "all-positions-v2"  # v2: positions counted from the first item
 
     def teacher_training(self, train: Mapping[str, np.ndarray]) -> TeacherTraining:
         """The teacher learns the next item after *every* prefix of each training sequence

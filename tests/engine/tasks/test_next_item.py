@@ -126,7 +126,8 @@ def test_item_models_give_the_stock_classifiers_logits_and_reload(preset, stock,
     mask = (ids != 0).long()
     with torch.no_grad():
         got = model(input_ids=ids, attention_mask=mask).logits
-        want = ref(input_ids=ids, attention_mask=mask).logits
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # counted from each row's first item
+        want = ref(input_ids=ids, attention_mask=mask, position_ids=positions).logits
     assert got.shape == (5, 41)
     torch.testing.assert_close(got, want)  # float32 rounding: one row vs all positions
     emb = model.get_input_embeddings().weight
@@ -199,6 +200,17 @@ def test_teacher_training_targets_are_each_positions_next_item() -> None:
     ]
     assert len(terms) == 8
     assert float(got.loss(logits, targets)) == pytest.approx(sum(terms) / 8, rel=1e-6)
+
+
+@pytest.mark.parametrize("preset", ["scratch:gpt2", "scratch:llama"])
+def test_a_history_scores_the_same_whatever_the_padding_width(preset) -> None:
+    model = build_item_model(preset, 30, seed=2).eval()
+    short = torch.tensor([[3, 4, 5]])
+    wide = torch.tensor([[0, 0, 0, 3, 4, 5]])
+    with torch.no_grad():
+        a = model(input_ids=short, attention_mask=torch.ones_like(short)).logits
+        b = model(input_ids=wide, attention_mask=(wide != 0).long()).logits
+    torch.testing.assert_close(a, b)
 
 
 @pytest.mark.parametrize("preset", ["scratch:gpt2", "scratch:llama"])
