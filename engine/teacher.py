@@ -139,6 +139,7 @@ def finetune(
     dtype = autocast_dtype(precision, device)  # type: ignore[arg-type]
     task = get_task(task)
     model = task.build_model(cfg.model, num_labels, attn_implementation="sdpa", seed=cfg.seed)
+    task.init_head(model, train[task.view.target])
     tensors = {k: torch.as_tensor(train[k]) for k in task.view.arrays}
     oom = OomLog()
     train_classifier(

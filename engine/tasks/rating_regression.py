@@ -4,7 +4,8 @@
   each split also carries ``user_idx``/``item_idx`` (train-split ids numbered from 1; 0 = a
   user or item unseen in training, or a corpus without users) for the bias baseline
   (:func:`regression_view` on the review-text pipeline's splits);
-* head: a sequence-classification head with one output, ``problem_type = "regression"``;
+* head: a sequence-classification head with one output, ``problem_type = "regression"``,
+  its bias set to the training mean rating before the teacher is fine-tuned (:meth:`init_head`);
 * task loss: mean squared error; per example the squared error;
 * distillation: ``weight`` × MSE between the student's and the teacher's predicted ratings
   (an ensemble teacher's averaged prediction, :mod:`engine.compress.distill`). A temperature
@@ -29,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 import torch.nn.functional as F
+from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
 
 from engine.models import build_classifier
@@ -112,6 +114,16 @@ class RatingRegression(Task):
 
     def model_from_config(self, config: dict[str, Any]) -> PreTrainedModel:
         return AutoModelForSequenceClassification.from_config(AutoConfig.for_model(**config))
+
+    def init_head(self, model: PreTrainedModel, targets: np.ndarray) -> None:
+        """The output's bias starts at the training mean rating, so fine-tuning learns how a
+        review departs from it instead of spending its steps moving a ~0 output up to ~4.8
+        (without it a 150-step MiniLM teacher predicted 4.93 ± 0.02 for every review). A head
+        without a bias (GPT-2's and Llama's ``score``) is left as built."""
+        head = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == 1]
+        if head and head[-1].bias is not None:
+            with torch.no_grad():
+                head[-1].bias.fill_(float(np.mean(np.asarray(targets, np.float64))))
 
     # ------------------------------------------------------------------ losses
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

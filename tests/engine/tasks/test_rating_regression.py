@@ -22,7 +22,7 @@ from engine.tasks import get_task
 from engine.tasks.bias_mf import BIAS_REG
 from engine.tasks.rating_regression import index_ids, regression_metrics, regression_view
 from engine.trial import SharedInputs, build_student
-from tests.conftest import tiny_bert, toy_arrays
+from tests.conftest import tiny_bert, tiny_gpt2, toy_arrays
 from tests.engine.tasks.test_bias_mf import ridge_biases
 
 TASK = get_task("rating_regression")
@@ -176,6 +176,21 @@ def test_embedded_model_has_one_regression_output_and_reloads_from_its_config() 
     again.load_state_dict(model.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(again.eval()(input_ids=ids, attention_mask=mask).logits, out)
+
+
+def test_init_head_starts_the_output_at_the_training_mean() -> None:
+    """With the head's weights zeroed the model's output is its bias alone: after init_head
+    every review is predicted at the mean of the training ratings (by hand: 13 / 4)."""
+    model = tiny_bert(num_layers=1, num_labels=1, seed=0)
+    TASK.init_head(model, np.array([5.0, 4.0, 1.0, 3.0], np.float32))
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+    out = _predict(model, _float_split(0))
+    torch.testing.assert_close(out, torch.full_like(out, 13 / 4))
+    gpt2 = tiny_gpt2(num_layers=1, num_labels=1)  # no bias in GPT-2's score head: unchanged
+    before = {k: v.clone() for k, v in gpt2.state_dict().items()}
+    TASK.init_head(gpt2, np.array([5.0]))
+    assert all(torch.equal(before[k], v) for k, v in gpt2.state_dict().items())
 
 
 # ----------------------------------------------------------------------------- ensemble and stages
