@@ -54,7 +54,9 @@ SPLITS = ("train", "valid", "test")
 LABEL_NAMES = ["1 star", "2 stars", "3 stars", "4 stars", "5 stars"]
 BUCKETS = 10_000
 TOKENIZER_CPUS = 0.5  # per tokenizer actor; with TASK_CPUS this leaves room for reads
-TOKENISE_COLUMNS = ["title", "text", "label", "row_key", "hash", "split"]
+# user/item ids ride along as split arrays (``user_id``/``item_id``; "" where the corpus has
+# none) for tasks that read them, e.g. rating regression's user + item bias baseline
+TOKENISE_COLUMNS = ["title", "text", "label", "row_key", "hash", "split", "user_id", "item_id"]
 
 
 @dataclass
@@ -190,6 +192,8 @@ class Tokenise:
             "row_key": batch["row_key"],
             "hash": batch["hash"],
             "split": batch["split"],
+            "user_id": batch["user_id"],
+            "item_id": batch["item_id"],
         }
 
 
@@ -256,6 +260,8 @@ def _splits(arrays: dict[str, np.ndarray], max_length: int) -> dict[str, dict[st
             else np.zeros((0, max_length), np.int64),
             "labels": arrays["labels"][idx] if arrays else np.zeros(0, np.int64),
             "row_key": arrays["row_key"][idx].astype(str) if arrays else np.zeros(0, str),
+            "user_id": arrays["user_id"][idx].astype(str) if arrays else np.zeros(0, str),
+            "item_id": arrays["item_id"][idx].astype(str) if arrays else np.zeros(0, str),
         }
     return out
 

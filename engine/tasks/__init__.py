@@ -1,4 +1,5 @@
-"""Tasks: what a student is trained and scored on. ``rating_classification`` is the first.
+"""Tasks: what a student is trained and scored on: ``rating_classification``,
+``rating_regression`` (:mod:`engine.tasks.rating_regression`) and ``next_item``.
 
 Extension point — one class per task, registered under its name::
 
@@ -27,7 +28,7 @@ report metrics, the manifest's baselines and ``manifest["task"]``.
 from __future__ import annotations
 
 # importing the task modules registers them
-from engine.tasks import next_item, rating_classification  # noqa: F401
+from engine.tasks import next_item, rating_classification, rating_regression  # noqa: F401
 from engine.tasks.base import (
     COST_METRICS,
     DEFAULT_TASK,

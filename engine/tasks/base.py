@@ -153,6 +153,12 @@ class Task(ABC):
             arrays["labels"] = arrays.pop(self.view.target)
         return TeacherTraining(arrays, self.loss, {})
 
+    def init_head(self, model: PreTrainedModel, targets: np.ndarray) -> None:
+        """Set the fresh head of :meth:`build_model` from the training targets before the
+        teacher is fine-tuned (e.g. a regression output's bias to the target mean); the
+        default leaves the head as built."""
+        return None
+
     # ------------------------------------------------------------------ losses
     @abstractmethod
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

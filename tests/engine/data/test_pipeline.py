@@ -79,6 +79,20 @@ def test_amazon_2023_pipeline_counts_quarantine_and_disjoint_pairs(beauty: Prepa
     assert beauty.stats["item_titles"] == 5
 
 
+def test_each_split_carries_the_user_and_item_its_row_key_hashes(beauty: PreparedData) -> None:
+    """``user_id``/``item_id`` ride through tokenisation beside the other arrays, row for row:
+    the row key is the hash of exactly that (user, item) pair."""
+    for split in SPLITS:
+        arrays = getattr(beauty, split)
+        n = len(arrays["labels"])
+        assert len(arrays["user_id"]) == len(arrays["item_id"]) == n
+        pairs = zip(arrays["user_id"].tolist(), arrays["item_id"].tolist(), strict=True)
+        assert [pair_key(u, i) for u, i in pairs] == keys_of(beauty, split)
+    carried = {(u, i) for s in SPLITS for u, i in zip(getattr(beauty, s)["user_id"].tolist(),
+               getattr(beauty, s)["item_id"].tolist(), strict=True)}  # fmt: skip
+    assert carried == set(BEAUTY_PAIRS)
+
+
 def test_amazon_2023_split_does_not_depend_on_block_count(beauty: PreparedData, ray_local) -> None:
     one = prep(1, corpus="amazon-2023", path=str(ASSETS / "amazon2023"), max_bad_fraction=0.5)
     for split in SPLITS:
