@@ -3,8 +3,8 @@
 For each preset (``scratch:gpt2``, ``scratch:llama``) on the MovieLens-100K catalogue
 (1,682 items + padding) and a batch of left-padded histories, times in turns:
 
-* ``plain forward`` — the transformer body alone (``model.transformer`` / ``model.model``),
-  the hidden states of every position, no item scoring;
+* ``plain forward`` — the transformer body alone (``model.transformer`` / ``model.model``,
+  same position ids, no KV cache), the hidden states of every position, no item scoring;
 * ``item model`` — the engine's :class:`engine.tasks.item_models.GPT2ItemRanker` /
   ``LlamaItemRanker`` forward: body + the catalogue head on the pooled position (what every
   evaluation and every trial's latency runs);
@@ -20,7 +20,7 @@ table to stdout (and ``--out``).
 
 Usage::
 
-    python bench/rec_scoring.py --out reports/benchmarks/rec_scoring.md
+    python -m bench.rec_scoring --out reports/benchmarks/rec_scoring.md
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ def run(preset: str, items: int, users: int, length: int, repeats: int, warmup: 
     lengths = torch.randint(3, length + 1, (users,), generator=g)
     ids[torch.arange(length).unsqueeze(0) < (length - lengths).unsqueeze(1)] = 0  # left padding
     mask = (ids != 0).long()
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as the item models count them
     seen = torch.randint(1, items + 1, (users, 60), generator=g)
     targets = torch.randint(1, items + 1, (users,), generator=g)
 
@@ -79,12 +80,14 @@ def run(preset: str, items: int, users: int, length: int, repeats: int, warmup: 
 
     with torch.inference_mode():
         fns = {
-            "plain forward (body only)": lambda: body(input_ids=ids, attention_mask=mask),
+            "plain forward (body only)": lambda: body(
+                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False
+            ),
             "item model (body + catalogue head at the pooled position)": lambda: model(
                 input_ids=ids, attention_mask=mask
             ),
             "stock HF head (catalogue head at every position)": lambda: stock(
-                input_ids=ids, attention_mask=mask
+                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False
             ),
             "item model + full-catalogue ranking (seen excluded)": ranked,
         }
