@@ -188,6 +188,8 @@ def test_a_decoder_tokenizer_without_pad_token_pads_with_end_of_text(tmp_path: P
         "row_key": np.array(["a", "b"], dtype=object),
         "hash": np.array([1, 2]),
         "split": np.array(["train", "train"], dtype=object),
+        "user_id": np.array(["u1", "u2"], dtype=object),  # carried through as split arrays
+        "item_id": np.array(["i1", "i2"], dtype=object),
     }
     out = Tokenise(str(tmp_path / "tok"), 6)(batch)
     assert out["input_ids"].tolist() == [[2, 1, 1, 1, 1, 1], [4, 0, 3, 1, 1, 1]]  # "very. bad"
