@@ -18,7 +18,13 @@ Extension point — one class per task, registered under its name::
 A task declares the data view it reads (which arrays, which holds the targets), its model
 head, the task loss (batch mean and per example), the distillation loss (``kd_loss`` combines
 them: ``alpha_task`` · task + ``alpha_distill`` · distillation), its metrics with directions
-and how a split is scored, reference baseline rows, and default objectives. Everything else
+and how a split is scored (``score(outputs, split)``: the whole split, e.g. a ranking's seen
+items), reference baseline rows (rows of ``results.parquet`` with ``status = "reference"``),
+and default objectives. Optional hooks: ``prepare`` (the task's own splits: next_item reads
+interaction sequences), ``study_problems`` (one-line checks before any Ray work),
+``teacher_defaults``, ``teacher_training`` (the teacher's own objective, keyed by
+``teacher_recipe``), ``init_head``, ``example_table`` + ``examples_dir`` (per-example rows
+written for every model: ``rankings/``, ``predictions/``). Everything else
 asks the study's task (``study.task`` → :func:`get_task`): the teacher's fine-tuning,
 evaluation (:func:`engine.measure.evaluate`), the stages' losses (``ctx.task``), the
 importance methods' losses (``ImportanceConfig.task``), the validation of objective and
