@@ -112,58 +112,43 @@ class ItemLlamaConfig(LlamaConfig):
     model_type = "item-llama"
 
 
-class GPT2ItemRanker(GPT2ForSequenceClassification):
+class _ItemRanker:
+    """The forward both item models share: the HF body (``base_model``: GPT-2's
+    ``transformer``, Llama's ``model``), then the catalogue head at the pooled position."""
+
+    def forward(  # type: ignore[override]
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        all_positions: bool = False,
+        **kwargs: Any,
+    ) -> SequenceClassifierOutputWithPast:
+        kwargs.pop("labels", None)
+        kwargs.setdefault("use_cache", False)
+        if attention_mask is not None and "position_ids" not in kwargs:
+            kwargs["position_ids"] = _positions(attention_mask)
+        out = self.base_model(input_ids, attention_mask=attention_mask, **kwargs)
+        if all_positions:  # [B, L, items]: the scores after every prefix (teacher training)
+            h = out.last_hidden_state
+        else:
+            h = _pooled(input_ids, out.last_hidden_state, self.config.pad_token_id)
+        return SequenceClassifierOutputWithPast(
+            logits=self.score(h), hidden_states=out.hidden_states, attentions=out.attentions
+        )
+
+
+class GPT2ItemRanker(_ItemRanker, GPT2ForSequenceClassification):
     """GPT-2 over item ids; the catalogue head scores the pooled position only."""
 
     config_class = None  # set below: ItemGPT2Config
     _tied_weights_keys = {"score.weight": "transformer.wte.weight"}  # noqa: RUF012
 
-    def forward(  # type: ignore[override]
-        self,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        all_positions: bool = False,
-        **kwargs: Any,
-    ) -> SequenceClassifierOutputWithPast:
-        kwargs.pop("labels", None)
-        kwargs.setdefault("use_cache", False)
-        if attention_mask is not None and "position_ids" not in kwargs:
-            kwargs["position_ids"] = _positions(attention_mask)
-        out = self.transformer(input_ids, attention_mask=attention_mask, **kwargs)
-        if all_positions:  # [B, L, items]: the scores after every prefix (teacher training)
-            h = out.last_hidden_state
-        else:
-            h = _pooled(input_ids, out.last_hidden_state, self.config.pad_token_id)
-        return SequenceClassifierOutputWithPast(
-            logits=self.score(h), hidden_states=out.hidden_states, attentions=out.attentions
-        )
 
-
-class LlamaItemRanker(LlamaForSequenceClassification):
+class LlamaItemRanker(_ItemRanker, LlamaForSequenceClassification):
     """Llama over item ids; the catalogue head scores the pooled position only."""
 
     config_class = None  # set below: ItemLlamaConfig
     _tied_weights_keys = {"score.weight": "model.embed_tokens.weight"}  # noqa: RUF012
-
-    def forward(  # type: ignore[override]
-        self,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        all_positions: bool = False,
-        **kwargs: Any,
-    ) -> SequenceClassifierOutputWithPast:
-        kwargs.pop("labels", None)
-        kwargs.setdefault("use_cache", False)
-        if attention_mask is not None and "position_ids" not in kwargs:
-            kwargs["position_ids"] = _positions(attention_mask)
-        out = self.model(input_ids, attention_mask=attention_mask, **kwargs)
-        if all_positions:  # [B, L, items]: the scores after every prefix (teacher training)
-            h = out.last_hidden_state
-        else:
-            h = _pooled(input_ids, out.last_hidden_state, self.config.pad_token_id)
-        return SequenceClassifierOutputWithPast(
-            logits=self.score(h), hidden_states=out.hidden_states, attentions=out.attentions
-        )
 
 
 GPT2ItemRanker.config_class = ItemGPT2Config

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from engine.tasks.base import DataView, Task, TeacherTraining, register_task
+from engine.tasks.base import DataView, Task, TeacherTraining, register_task, softmax_distillation
 from engine.tasks.item_models import build_item_model, item_model_from_config, item_model_problem
 from engine.tasks.ranking import RANKING_KS, ranking_metrics, sampled_ranks, target_ranks
 
@@ -165,11 +165,7 @@ class NextItem(Task):
         temperature: float,
         weight: float = 1.0,
     ) -> torch.Tensor:
-        t = temperature
-        log_p_s = F.log_softmax(student / t, dim=-1)
-        log_p_t = F.log_softmax(teacher / t, dim=-1)
-        kl = F.kl_div(log_p_s, log_p_t, log_target=True, reduction="batchmean")
-        return weight * t * t * kl
+        return softmax_distillation(student, teacher, temperature=temperature, weight=weight)
 
     # ------------------------------------------------------------------ importance hooks
     def example_quality(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
 
 from engine.models import build_classifier
-from engine.tasks.base import DataView, Task, register_task
+from engine.tasks.base import DataView, Task, register_task, softmax_distillation
 
 __all__ = [
     "RatingClassification",
@@ -123,11 +123,7 @@ class RatingClassification(Task):
         temperature: float,
         weight: float = 1.0,
     ) -> torch.Tensor:
-        t = temperature
-        log_p_s = F.log_softmax(student / t, dim=-1)
-        log_p_t = F.log_softmax(teacher / t, dim=-1)
-        kl = F.kl_div(log_p_s, log_p_t, log_target=True, reduction="batchmean")
-        return weight * t * t * kl  # this order of products: results stay bit-identical
+        return softmax_distillation(student, teacher, temperature=temperature, weight=weight)
 
     def example_quality(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return (outputs.argmax(-1) == targets).double()
