@@ -94,14 +94,13 @@ def trial_rows(cfg: StudyConfig, grid: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def reference_rows(cfg: StudyConfig, data: Any) -> list[dict[str, Any]]:
-    """One row per reference baseline of the task (``status = "reference"``, ``trial_id`` =
-    the baseline's name: ``majority``, ``popularity``, ``global_mean``, ...)."""
-    task = get_task(cfg.task)
-    splits = {"train": data.train, "valid": data.valid, "test": data.test}
+def reference_rows(baselines: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per reference baseline of the task (``Task.baselines``' result;
+    ``status = "reference"``, ``trial_id`` = the baseline's name: ``majority``,
+    ``popularity``, ``global_mean``, ...)."""
     return [
         {"trial_id": name, "status": REFERENCE_STATUS, "error": None, **metric_columns(metrics)}
-        for name, metrics in task.baselines(splits, data.num_labels).items()
+        for name, metrics in baselines.items()
     ]
 
 
@@ -133,7 +132,10 @@ def write_outputs(
     from engine.importance.consensus import write_agreement
     from engine.importance.runner import importance_table
 
-    df = pd.DataFrame([*rows, *reference_rows(cfg, data)])
+    task = get_task(cfg.task)
+    splits = {"train": data.train, "valid": data.valid, "test": data.test}
+    baselines = task.baselines(splits, data.num_labels)  # scored once: rows and manifest
+    df = pd.DataFrame([*rows, *reference_rows(baselines)])
     front = ["trial_id", "seed", "status", "error", "wall_s", "device"]
     df = df[[c for c in front if c in df] + [c for c in df.columns if c not in front]]
     df.to_parquet(run_dir / "results.parquet", index=False)
@@ -144,10 +146,8 @@ def write_outputs(
     with (run_dir / "bad_rows.jsonl").open("w") as f:
         for bad in data.bad_rows:
             f.write(json.dumps(bad, default=str) + "\n")
-    task = get_task(cfg.task)
     manifest["task"] = task.describe()
-    splits = {"train": data.train, "valid": data.valid, "test": data.test}
-    manifest["baselines"] = task.baselines(splits, data.num_labels)
+    manifest["baselines"] = baselines
     manifest["data"] = {
         "corpus": cfg.data.corpus,
         "files": [vars(f) if not hasattr(f, "_asdict") else f._asdict() for f in data.files],
