@@ -207,7 +207,11 @@ def model_source_problem(name: str) -> str | None:
     if os.environ.get("HF_HUB_OFFLINE", "1") not in ("0", "false", "False", ""):
         from huggingface_hub import try_to_load_from_cache
 
-        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+        try:
+            cached = try_to_load_from_cache(name, "config.json")
+        except ValueError:  # huggingface_hub's HFValidationError: not a repo id at all
+            return f"{name!r} is neither a local folder nor a valid Hugging Face model id"
+        if not isinstance(cached, str):
             return (
                 f"{name!r} is neither a local folder nor in the Hugging Face cache, and "
                 "downloads are off: run with HF_HUB_OFFLINE=0 to fetch it once, or give a "

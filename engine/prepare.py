@@ -28,6 +28,8 @@ def prepare(cfg: StudyConfig, timings: dict[str, float]) -> tuple[Any, Any, Any]
     t0 = time.perf_counter()
     data = get_task(cfg.task).prepare(cfg.data, cfg.teacher.model)
     splits = {"train": data.train, "valid": data.valid, "test": data.test}
+    if data.transfer is not None:  # another domain, scored as transfer_* columns
+        splits["transfer"] = data.transfer
     timings["data_s"] = time.perf_counter() - t0
     print(
         f"[data] {cfg.data.corpus}: train {len(data.train['labels'])}, "
@@ -58,7 +60,7 @@ def prepare(cfg: StudyConfig, timings: dict[str, float]) -> tuple[Any, Any, Any]
             task.remote(
                 cfg.teacher,
                 data.train,
-                {"valid": data.valid, "test": data.test},
+                {k: v for k, v in splits.items() if k != "train"},
                 outputs,
                 key=key,
                 threads=None,  # nothing else runs while the study prepares: use the whole node
@@ -105,7 +107,7 @@ def teacher_row(cfg: StudyConfig, shared: Any, run_dir: Any = None) -> dict[str,
         device = worker_device(study.resources.gpus)
         t0 = time.perf_counter()
         model = load_model(shared.teacher_config, shared.teacher_state, study.task)
-        evals = {k: v for k, v in shared.splits.items() if k in ("valid", "test")}
+        evals = {k: v for k, v in shared.splits.items() if k in ("valid", "test", "transfer")}
         tables: list[Any] = []
         row = assess(
             model,

@@ -134,6 +134,8 @@ def write_outputs(
 
     task = get_task(cfg.task)
     splits = {"train": data.train, "valid": data.valid, "test": data.test}
+    if getattr(data, "transfer", None) is not None:
+        splits["transfer"] = data.transfer
     baselines = task.baselines(splits, data.num_labels)  # scored once: rows and manifest
     df = pd.DataFrame([*rows, *reference_rows(baselines)])
     front = ["trial_id", "seed", "status", "error", "wall_s", "device"]

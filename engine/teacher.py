@@ -141,7 +141,7 @@ def finetune(
     dtype = autocast_dtype(precision, device)  # type: ignore[arg-type]
     task = get_task(task)
     model = task.build_model(cfg.model, num_labels, attn_implementation="sdpa", seed=cfg.seed)
-    task.init_head(model, train[task.view.target])
+    task.init_head(model, train)
     objective = task.teacher_training(train)
     tensors = {k: torch.as_tensor(v) for k, v in objective.arrays.items()}
     oom = OomLog()

@@ -284,7 +284,7 @@ def run_trial(
         model, record = build_student(
             trial_study, shared, seed, device, save_dir, reporter, checkpointer, resume, dtype
         )
-        evals = {k: v for k, v in shared.splits.items() if k in ("valid", "test")}
+        evals = {k: v for k, v in shared.splits.items() if k in ("valid", "test", "transfer")}
         task = get_task(trial_study.task)
         write = None
         if run_dir and task.examples_dir is not None:

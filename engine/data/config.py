@@ -8,7 +8,13 @@ from pydantic import Field, field_validator, model_validator
 
 from engine.configbase import Section
 
-__all__ = ["NORMALISED_COLUMNS", "DataConfig", "EvalDataConfig", "RecsysConfig"]
+__all__ = [
+    "NORMALISED_COLUMNS",
+    "DataConfig",
+    "EvalDataConfig",
+    "RecsysConfig",
+    "TransferDataConfig",
+]
 
 # The normalised names a column mapping may target (``data.columns``).
 NORMALISED_COLUMNS = ("user_id", "item_id", "rating", "timestamp", "text", "title", "item_title")
@@ -77,6 +83,10 @@ class RecsysConfig(Section):
     # figures are reported beside the full ones (``sampled_*`` columns), for comparison.
     ranking: Literal["full", "sampled"] = "full"
     negatives: int = Field(100, ge=0)
+    # the next-item ``text`` family: how many of a user's most recent item titles make the
+    # user's text (most recent first), and each title's token budget in the item vectors
+    text_items: int = Field(10, ge=1)
+    title_tokens: int = Field(32, ge=4)
 
     @model_validator(mode="after")
     def _protocol(self) -> RecsysConfig:
@@ -87,6 +97,15 @@ class RecsysConfig(Section):
     # hash partitions of the per-user shuffle (None: 2 per cluster CPU); each partition's
     # users must fit in one worker's memory, so raise it for corpora of many GB
     num_partitions: int | None = Field(None, ge=1)
+
+
+class TransferDataConfig(_Source):
+    """``data.transfer``: another domain whose users are scored beside the study's own valid
+    and test users, as ``transfer_*`` columns (the next-item task's ``text`` family: items are
+    titles, so a model trained on one catalogue ranks another). Its users' leave-one-out test
+    items are the targets, capped by ``data.test_size``; ``data.recsys`` applies to it too."""
+
+    corpus: str
 
 
 class DataConfig(_Source):
@@ -109,6 +128,7 @@ class DataConfig(_Source):
     seed: int = Field(0, ge=0)
     max_bad_fraction: float = Field(0.01, ge=0, le=1)
     eval: EvalDataConfig | None = None
+    transfer: TransferDataConfig | None = None
     # recommendation views (the next_item task): k-core, evaluation protocol
     recsys: RecsysConfig = RecsysConfig()
 

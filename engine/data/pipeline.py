@@ -71,6 +71,9 @@ class PreparedData:
     files: list[FileRecord]
     bad_rows: list[dict]
     stats: dict
+    #: an extra split scored beside valid and test as ``transfer_*`` columns (the text
+    #: next-item family: another domain's users and catalogue, ``data.transfer``); None: none
+    transfer: dict[str, np.ndarray] | None = None
 
 
 def _norm(text: str) -> str:

@@ -37,7 +37,13 @@ from engine.data.read import collect, read_corpus
 from engine.data.recsys import RecsysViews, build_recsys
 from engine.data.registry import DataError
 
-__all__ = ["left_pad", "negatives_for", "prepare_sequences", "sequence_splits"]
+__all__ = [
+    "left_pad",
+    "negatives_for",
+    "prepare_sequences",
+    "sequence_data",
+    "sequence_splits",
+]
 
 
 def left_pad(seqs: list[list[int]], width: int) -> np.ndarray:
@@ -149,6 +155,11 @@ def prepare_sequences(cfg: DataConfig) -> PreparedData:
         DataError: the corpus cannot be read, has no user ids or timestamps to order by,
             or leaves no user with a held-out item.
     """
+    return sequence_data(cfg)[0]
+
+
+def sequence_data(cfg: DataConfig) -> tuple[PreparedData, dict[str, str]]:
+    """:func:`prepare_sequences` and the corpus's item titles (raw item id → title)."""
     if cfg.eval is not None:
         raise DataError(
             "data.eval (a second corpus as the test split) is not supported by the next_item "
@@ -187,7 +198,7 @@ def prepare_sequences(cfg: DataConfig) -> PreparedData:
         "sampled_negatives": int(splits["test"].get("negatives", np.zeros((0, 0))).shape[1]),
         "item_titles": len(corpus.item_titles),
     }
-    return PreparedData(
+    data = PreparedData(
         train=splits["train"],
         valid=splits["valid"],
         test=splits["test"],
@@ -197,3 +208,4 @@ def prepare_sequences(cfg: DataConfig) -> PreparedData:
         bad_rows=corpus.bad_rows,
         stats=stats,
     )
+    return data, dict(corpus.item_titles)

@@ -42,7 +42,7 @@ class FwdBatch:
     """What one clean forward exposes: per-block hidden states in/out, attention
     probabilities ``[B, heads, S, S]`` per block (or None), the token mask and labels;
     whether the model is a causal decoder (its head reads the last real position, not
-    position 0) and, when the task's targets are input ids (``Task.targets_in_vocabulary``),
+    position 0) and, when the task embeds its targets (``Task.target_embeddings``),
     their input embeddings ``[B, E]`` (else None)."""
 
     hidden_in: list[torch.Tensor]
@@ -138,9 +138,9 @@ def forward_batch(
         else:
             forward_logits(model, batch)
             attn = None
-    target_emb = None
-    if task.targets_in_vocabulary:
-        target_emb = model.get_input_embeddings()(target.long()).detach()
+    target_emb = task.target_embeddings(model, target)
+    if target_emb is not None:
+        target_emb = target_emb.detach()
     return FwdBatch(
         h_in,
         h_out,

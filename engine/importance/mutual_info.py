@@ -26,11 +26,11 @@ Y is the label, by:
   dimensions (a per-dimension quantity, not the joint MI). The plug-in is biased upwards by
   about ``(bins − 1)(classes − 1) / 2N`` nats (Miller 1955; Paninski 2003).
 
-Targets that are input ids (``Task.targets_in_vocabulary``: next-item ranking, where the
+Targets the model embeds (``Task.target_embeddings``: next-item ranking, where the
 label is one of hundreds of catalogue items and nearly every item occurs once in a batch, so
 a label MI estimated per batch would drop nearly every example and read 0): Y is the
-target's input embedding ``e_i`` (the item's embedding, which a tied model's head also
-scores against), mapped by the same projection as the states (both live in the hidden
+target's vector ``e_i`` (the item's input embedding, which a tied model's head also
+scores against; a text recommender's title vector), mapped by the same projection as the states (both live in the hidden
 space; a projection of its own when the widths differ): ``w_i ∈ R^d``, and the score is
 ``I(Z; W)`` — how much the layer's state tells about which item comes next — by:
 

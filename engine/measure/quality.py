@@ -45,7 +45,11 @@ def evaluate(
     model.eval()
     out: list[torch.Tensor] = []
     try:
-        with torch.inference_mode(), autocast(device, autocast_dtype):
+        with (
+            task.bind_split(model, data),
+            torch.inference_mode(),
+            autocast(device, autocast_dtype),
+        ):
             for s in range(0, n, batch_size):
                 ids = torch.as_tensor(data["input_ids"][s : s + batch_size], device=device)
                 mask = torch.as_tensor(data["attention_mask"][s : s + batch_size], device=device)

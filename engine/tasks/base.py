@@ -6,6 +6,7 @@ importance methods and measurement ask the study's task — they never assume la
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -103,11 +104,6 @@ class Task(ABC):
     #: where a run directory keeps each model's per-example table (:meth:`example_table`),
     #: e.g. ``"rankings"`` → ``rankings/<trial_id>.parquet``; None: the task writes none
     examples_dir: str | None = None
-    #: whether a target is an id in the model's input vocabulary (a next item is an item, as
-    #: the inputs are), so an importance method may read the target's input embedding
-    #: (mutual_info then estimates I(layer state; target embedding)); False for class ids
-    #: and values
-    targets_in_vocabulary: bool = False
 
     # ------------------------------------------------------------------ the data
     def prepare(self, data: Any, model: str) -> Any:
@@ -155,10 +151,24 @@ class Task(ABC):
             arrays["labels"] = arrays.pop(self.view.target)
         return TeacherTraining(arrays, self.loss, {})
 
-    def init_head(self, model: PreTrainedModel, targets: np.ndarray) -> None:
-        """Set the fresh head of :meth:`build_model` from the training targets before the
-        teacher is fine-tuned (e.g. a regression output's bias to the target mean); the
-        default leaves the head as built."""
+    def init_head(self, model: PreTrainedModel, train: Mapping[str, np.ndarray]) -> None:
+        """Set the fresh head of :meth:`build_model` from the train split before the teacher
+        is fine-tuned (e.g. a regression output's bias to the target mean, a text
+        recommender's catalogue); the default leaves the head as built."""
+        return None
+
+    def bind_split(self, model: PreTrainedModel, split: Mapping[str, np.ndarray]) -> Any:
+        """A context manager under which ``model`` scores ``split`` (e.g. a text recommender
+        scores another domain's catalogue); the default changes nothing."""
+        return contextlib.nullcontext()
+
+    def target_embeddings(
+        self, model: PreTrainedModel, targets: torch.Tensor
+    ) -> torch.Tensor | None:
+        """A vector per target in the model's hidden space when targets are things the model
+        embeds (a next item: its input embedding or title vector), so an importance method
+        may estimate I(layer state; target vector) (``mutual_info``); None (the default) for
+        class ids and values."""
         return None
 
     # ------------------------------------------------------------------ losses

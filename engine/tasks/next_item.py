@@ -4,11 +4,19 @@
   ``attention_mask``, ``labels`` = the next item's id (1…V); valid and test rows also carry
   ``seen`` (every earlier item of the user) and, for ``sampled-N``, ``negatives``
   (:func:`engine.data.sequences.prepare_sequences`, leave-one-out);
-* model (``sequence`` family): GPT-2 or Llama over item ids trained from scratch, a head of
-  V + 1 catalogue scores (:mod:`engine.tasks.item_models`);
-* task loss: full softmax cross-entropy over the catalogue; the teacher (trained from
-  scratch) learns from every position of each training sequence at once (position t predicts
-  the item at t + 1, the SASRec objective), the students from the pooled last position;
+* model, two families, chosen by ``teacher.model``:
+  - ``sequence`` (``scratch:gpt2``, ``scratch:llama`` or a GPT-2/Llama config folder): GPT-2
+    or Llama over item ids trained from scratch, a head of V + 1 catalogue scores
+    (:mod:`engine.tasks.item_models`);
+  - ``text`` (``text:<encoder>``, e.g. ``text:embedded:all-MiniLM-L6-v2``): a pretrained
+    BERT-family encoder reads the user's recent item titles and scores each catalogue item by
+    cosine similarity with its title vector (:mod:`engine.tasks.text_ranker`; data
+    :mod:`engine.data.text_sequences`). Items are text, so ``data.transfer`` scores another
+    domain's users against its own catalogue as ``transfer_*`` columns;
+* task loss: full softmax cross-entropy over the catalogue; a ``sequence`` teacher (trained
+  from scratch) learns from every position of each training sequence at once (position t
+  predicts the item at t + 1, the SASRec objective), the students and a ``text`` teacher
+  from the pooled user;
 * distillation (listwise): ``T² · KL(softmax(s_t / T) ‖ softmax(s_s / T))`` over the
   teacher's scores of every catalogue item, the same ``temperature`` / ``alpha_*`` knobs as
   classification;
@@ -19,7 +27,9 @@
 * per-example table: ``rankings/<trial_id>.parquet`` — user, target, the target's 0-based
   rank and the number of candidates, from which every metric is recomputed;
 * baseline ``popularity``: every user gets the items ranked by how often they are a
-  training target (ties: the smaller item id, i.e. the more frequent item overall);
+  training target (ties: the smaller item id, i.e. the more frequent item overall); baseline
+  ``zero_shot`` (text family): the untrained pretrained encoder, items ranked by the cosine
+  of the user's text and each title;
 * objectives: ``valid_ndcg_at_10`` (max) and ``gflops`` (min); report quality: NDCG@10.
 """
 
@@ -38,8 +48,15 @@ from transformers import PreTrainedModel
 from engine.tasks.base import DataView, Task, TeacherTraining, register_task, softmax_distillation
 from engine.tasks.item_models import build_item_model, item_model_from_config, item_model_problem
 from engine.tasks.ranking import RANKING_KS, ranking_metrics, sampled_ranks, target_ranks
+from engine.tasks.text_ranker import (
+    TEXT,
+    TextRankerConfig,
+    build_text_ranker,
+    text_ranker_from_config,
+    text_ranker_problem,
+)
 
-__all__ = ["NextItem", "popularity_scores", "ranks_of"]
+__all__ = ["NextItem", "cosine_scores", "popularity_scores", "ranks_of"]
 
 
 def ranks_of(
@@ -100,25 +117,35 @@ class NextItem(Task):
     default_quality_metric = "ndcg_at_10"
     teacher_defaults = MappingProxyType({"model": "scratch:gpt2", "freeze_embeddings": False})
     examples_dir = "rankings"
-    targets_in_vocabulary = True  # targets and inputs are item ids
 
     # ------------------------------------------------------------------ data and model
     def prepare(self, data: Any, model: str) -> Any:
+        if model.startswith(TEXT):
+            from engine.data.text_sequences import prepare_text_sequences
+
+            return prepare_text_sequences(data, model)
         from engine.data.sequences import prepare_sequences
 
         return prepare_sequences(data)
 
     def study_problems(self, study: Any) -> list[str]:
         problems = []
-        if (problem := item_model_problem(study.teacher.model)) is not None:
+        text = study.teacher.model.startswith(TEXT)
+        check = text_ranker_problem if text else item_model_problem
+        if (problem := check(study.teacher.model)) is not None:
             problems.append(f"teacher.model: {problem}")
+        if study.data.transfer is not None and not text:
+            problems.append(
+                "data.transfer: another domain can be scored by the text family only "
+                "(teacher.model: text:<encoder>); item ids are not shared between catalogues"
+            )
         orders = [study.pipeline.order]
         orders += [p["pipeline.order"] for p in study.search.extra if "pipeline.order" in p]
         orders += list(study.search.space.get("pipeline.order", []) or [])
         if any("early_exit" in (o or ()) for o in orders if isinstance(o, list | tuple)):
             problems.append(
-                "pipeline.order: early_exit supports BERT-family encoders (confidence exits at "
-                "[CLS]); the next-item models are decoders over item ids"
+                "pipeline.order: early_exit exits on a classifier's confidence at [CLS]; the "
+                "next-item models rank a catalogue"
             )
         if study.data.eval is not None:
             problems.append(
@@ -130,19 +157,45 @@ class NextItem(Task):
     def build_model(
         self, name: str, num_outputs: int, *, attn_implementation: str = "sdpa", seed: int = 0
     ) -> PreTrainedModel:
-        return build_item_model(
-            name, num_outputs, attn_implementation=attn_implementation, seed=seed
-        ).train()
+        build = build_text_ranker if name.startswith(TEXT) else build_item_model
+        return build(name, num_outputs, attn_implementation=attn_implementation, seed=seed).train()
 
     def model_from_config(self, config: dict[str, Any]) -> PreTrainedModel:
+        if config.get("model_type") == TextRankerConfig.model_type:
+            return text_ranker_from_config(config)
         return item_model_from_config(config)
+
+    def init_head(self, model: PreTrainedModel, train: Mapping[str, np.ndarray]) -> None:
+        """A text recommender's catalogue: the train split's title vectors."""
+        if hasattr(model, "set_items") and "item_vectors" in train:
+            model.set_items(train["item_vectors"])
+
+    def bind_split(self, model: PreTrainedModel, split: Mapping[str, np.ndarray]) -> Any:
+        """A text recommender scores the split's own catalogue (another domain's, for the
+        ``transfer`` split); a sequence model has only its own."""
+        if hasattr(model, "swap_items") and "item_vectors" in split:
+            return model.swap_items(split["item_vectors"])
+        return super().bind_split(model, split)
+
+    def target_embeddings(
+        self, model: PreTrainedModel, targets: torch.Tensor
+    ) -> torch.Tensor | None:
+        """The target item's title vector (text family) or input embedding (sequence)."""
+        vectors = getattr(model, "item_vectors", None)
+        if vectors is not None:
+            return vectors[targets.long()]
+        return model.get_input_embeddings()(targets.long())
 
     teacher_recipe = "all-positions-v2"  # v2: positions counted from the first item
 
     def teacher_training(self, train: Mapping[str, np.ndarray]) -> TeacherTraining:
         """The teacher learns the next item after *every* prefix of each training sequence
         at once (the causal SASRec objective): position t of the input predicts the item at
-        t + 1, the last position the example's label; padding positions are ignored."""
+        t + 1, the last position the example's label; padding positions are ignored. A text
+        recommender (its train split carries ``item_vectors``) reads the whole user text at
+        once, so it learns the example's label (the task loss)."""
+        if "item_vectors" in train:
+            return super().teacher_training(train)
         ids = np.asarray(train["input_ids"], np.int64)
         targets = np.full(ids.shape, -100, np.int64)
         targets[:, :-1] = np.where((ids[:, :-1] != 0) & (ids[:, 1:] != 0), ids[:, 1:], -100)
@@ -211,12 +264,39 @@ class NextItem(Task):
     def baselines(
         self, splits: Mapping[str, Mapping[str, np.ndarray]], num_outputs: int
     ) -> dict[str, dict[str, Any]]:
-        pop = popularity_scores(splits["train"]["labels"], num_outputs)
-        row: dict[str, Any] = {}
-        for name, prefix in (("valid", "valid_"), ("test", "")):
+        """``popularity`` on every scored split (a split with ``item_counts``, another
+        domain's, ranks by its own domain's training counts); ``zero_shot`` where the split
+        carries the pretrained encoder's ``user_vectors`` and ``item_vectors`` (text family):
+        items ranked by the cosine of the user's text and each title, nothing trained."""
+        rows: dict[str, dict[str, Any]] = {"popularity": {}}
+        train_targets = np.asarray(splits["train"]["labels"], np.int64)
+        for name, prefix in (("valid", "valid_"), ("test", ""), ("transfer", "transfer_")):
             split = splits.get(name)
             if split is None or len(split["labels"]) == 0:
                 continue
-            outputs = np.broadcast_to(pop, (len(split["labels"]), num_outputs))
-            row.update({f"{prefix}{k}": v for k, v in self.score(outputs, split).items()})
-        return {"popularity": row}
+            n = len(split["labels"])
+            if name == "transfer" and "item_counts" in split:
+                counts = np.asarray(split["item_counts"], np.int64)
+                targets = np.repeat(np.arange(len(counts)), counts)
+                pop = popularity_scores(targets, len(counts))
+            else:
+                pop = popularity_scores(train_targets, num_outputs)
+            outputs = np.broadcast_to(pop, (n, len(pop)))
+            rows["popularity"].update(_prefixed(self.score(outputs, split), prefix))
+            if "user_vectors" in split and "item_vectors" in split:
+                outputs = cosine_scores(split["user_vectors"], split["item_vectors"])
+                rows.setdefault("zero_shot", {}).update(
+                    _prefixed(self.score(outputs, split), prefix)
+                )
+        return rows
+
+
+def _prefixed(metrics: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    return {f"{prefix}{k}": v for k, v in metrics.items()}
+
+
+def cosine_scores(users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """``[users, items]`` cosine similarities (a zero vector scores 0 against everything)."""
+    u = torch.as_tensor(np.asarray(users, np.float32))
+    v = torch.as_tensor(np.asarray(items, np.float32))
+    return (F.normalize(u, dim=-1) @ F.normalize(v, dim=-1).T).numpy()

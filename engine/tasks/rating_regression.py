@@ -115,7 +115,7 @@ class RatingRegression(Task):
     def model_from_config(self, config: dict[str, Any]) -> PreTrainedModel:
         return AutoModelForSequenceClassification.from_config(AutoConfig.for_model(**config))
 
-    def init_head(self, model: PreTrainedModel, targets: np.ndarray) -> None:
+    def init_head(self, model: PreTrainedModel, train: Mapping[str, np.ndarray]) -> None:
         """The output's bias starts at the training mean rating, so fine-tuning learns how a
         review departs from it instead of spending its steps moving a ~0 output up to ~4.8
         (without it a 150-step MiniLM teacher predicted 4.93 ± 0.02 for every review). A head
@@ -123,7 +123,8 @@ class RatingRegression(Task):
         head = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == 1]
         if head and head[-1].bias is not None:
             with torch.no_grad():
-                head[-1].bias.fill_(float(np.mean(np.asarray(targets, np.float64))))
+                targets = np.asarray(train[self.view.target], np.float64)
+                head[-1].bias.fill_(float(np.mean(targets)))
 
     # ------------------------------------------------------------------ losses
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

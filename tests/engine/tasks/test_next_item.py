@@ -93,6 +93,52 @@ def test_popularity_baseline_recommends_the_most_frequent_training_targets() -> 
     assert pop["hr_at_5"] == pytest.approx(0.75)
 
 
+def test_zero_shot_and_transfer_popularity_rows_by_a_per_user_loop() -> None:
+    """zero_shot: the cosine of each user's vector and each item's vector, ranked per user by
+    the loop; the transfer split's popularity uses its own ``item_counts``, not the source's
+    training targets."""
+    rng = np.random.default_rng(4)
+    items, n, dim = 12, 30, 5
+    item_vectors = rng.normal(size=(items, dim)).astype(np.float32)
+    item_vectors[0] = 0.0
+    split = _split(n, items, 5)
+    split["user_vectors"] = rng.normal(size=(n, dim)).astype(np.float32)
+    split["item_vectors"] = item_vectors
+    other = _split(n, 8, 6)  # another catalogue of 7 items
+    other["item_counts"] = np.array([0, 1, 2, 9, 0, 4, 3, 5])  # 3 > 7 > 5 > 6 > 2 > 1 > 4
+    train = {"labels": np.array([1, 1, 1, 2])}
+    rows = TASK.baselines({"train": train, "valid": split, "test": split, "transfer": other}, items)
+
+    def loop(vectors_of_users, vectors_of_items, sp, rows_n):
+        ranks = []
+        for u in range(rows_n):
+            a = vectors_of_users(u)
+            scores = [
+                0.0 if not np.any(v) else float(a @ v / np.linalg.norm(a) / np.linalg.norm(v))
+                for v in vectors_of_items
+            ]
+            seen = {int(s) for s in sp["seen"][u] if s}
+            t = int(sp["labels"][u])
+            cands = (set(range(1, len(vectors_of_items))) - seen) | {t}
+            ranks.append(_loop_rank(np.asarray(scores), t, cands))
+        return np.asarray(ranks)
+
+    r = loop(lambda u: split["user_vectors"][u].astype(np.float64), item_vectors, split, n)
+    assert rows["zero_shot"]["mrr"] == pytest.approx(np.mean(1 / (r + 1)), rel=1e-6)
+    assert rows["zero_shot"]["valid_mrr"] == rows["zero_shot"]["mrr"]
+    assert "transfer_mrr" not in rows["zero_shot"]  # the transfer split has no vectors here
+    order = [3, 7, 5, 6, 2, 1, 4]  # by the transfer domain's own counts
+    pop_scores = np.zeros(8)
+    pop_scores[order] = np.arange(7, 0, -1)
+    r = []
+    for u in range(n):
+        seen = {int(s) for s in other["seen"][u] if s}
+        t = int(other["labels"][u])
+        r.append(_loop_rank(pop_scores, t, (set(range(1, 8)) - seen) | {t}))
+    r = np.asarray(r)
+    assert rows["popularity"]["transfer_mrr"] == pytest.approx(np.mean(1 / (r + 1)))
+
+
 def test_example_quality_is_the_reciprocal_rank_over_all_items_but_padding() -> None:
     g = torch.Generator().manual_seed(0)
     outputs = torch.randint(0, 3, (20, 9), generator=g).double()
@@ -108,7 +154,9 @@ def test_example_quality_is_the_reciprocal_rank_over_all_items_but_padding() -> 
     [
         ("teacher.model=scratch:gpt5", "unknown preset 'gpt5'"),
         ("teacher.model=embedded:all-MiniLM-L6-v2", "scratch:gpt2"),
-        ("pipeline.order=[truncate,distill,early_exit]", "early_exit supports BERT-family"),
+        ("pipeline.order=[truncate,distill,early_exit]", "early_exit exits on a classifier"),
+        ("data.transfer={corpus: amazon-2018}", "data.transfer: another domain"),
+        ("teacher.model=text:scratch:gpt2", "teacher.model"),
         ("data.recsys.ranking=sampled", None),  # valid: 100 negatives by default
         ("data.recsys.negatives=0", None),  # valid: no side figures
     ],

@@ -182,14 +182,14 @@ def test_init_head_starts_the_output_at_the_training_mean() -> None:
     """With the head's weights zeroed the model's output is its bias alone: after init_head
     every review is predicted at the mean of the training ratings (by hand: 13 / 4)."""
     model = tiny_bert(num_layers=1, num_labels=1, seed=0)
-    TASK.init_head(model, np.array([5.0, 4.0, 1.0, 3.0], np.float32))
+    TASK.init_head(model, {TASK.view.target: np.array([5.0, 4.0, 1.0, 3.0], np.float32)})
     with torch.no_grad():
         model.classifier.weight.zero_()
     out = _predict(model, _float_split(0))
     torch.testing.assert_close(out, torch.full_like(out, 13 / 4))
     gpt2 = tiny_gpt2(num_layers=1, num_labels=1)  # no bias in GPT-2's score head: unchanged
     before = {k: v.clone() for k, v in gpt2.state_dict().items()}
-    TASK.init_head(gpt2, np.array([5.0]))
+    TASK.init_head(gpt2, {TASK.view.target: np.array([5.0])})
     assert all(torch.equal(before[k], v) for k, v in gpt2.state_dict().items())
 
 
