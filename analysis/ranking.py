@@ -27,7 +27,14 @@ import pandas as pd
 from analysis.render import Block, Heading, Para, column_table
 from analysis.rundir import TEACHER_ID, RunData, better_first, students
 
-__all__ = ["SHOWN", "per_user_ndcg", "ranking_blocks", "retention_blocks", "retention_interval"]
+__all__ = [
+    "SHOWN",
+    "per_user_ndcg",
+    "ranking_blocks",
+    "retention_blocks",
+    "retention_interval",
+    "transfer_blocks",
+]
 
 SHOWN = ("hr_at_10", "ndcg_at_10", "mrr")  # the figures compared across protocols
 
@@ -142,11 +149,14 @@ def _mean_interval(x: np.ndarray, level: float = 0.95, seed: int = 0) -> tuple[f
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
-def _user_ndcg(run_dir: Path, trial_ids: list[str]) -> pd.Series | None:
-    """Per-user NDCG@10 averaged over these trials' rankings (None if any file is missing)."""
+def _user_ndcg(run_dir: Path, trial_ids: list[str], split: str = "test") -> pd.Series | None:
+    """Per-user NDCG@10 averaged over these trials' rankings of ``split`` (``test``:
+    ``rankings/<id>.parquet``; another: ``rankings/<split>/<id>.parquet``); None if any file
+    is missing."""
     parts = []
     for tid in trial_ids:
-        path = run_dir / "rankings" / f"{tid}.parquet"
+        sub = run_dir / "rankings" if split == "test" else run_dir / "rankings" / split
+        path = sub / f"{tid}.parquet"
         if not path.is_file():
             return None
         r = pd.read_parquet(path)
@@ -213,3 +223,91 @@ def retention_blocks(run: RunData) -> list[Block]:
         ),
         column_table(table, list(table.columns)),
     ]
+
+
+def _best_per_depth(ok: pd.DataFrame) -> list[tuple[int, str, pd.Series]]:
+    """(layers, config_id, its mean row) of the best configuration per depth by mean
+    validation NDCG@10 over its seeds."""
+    means = ok.groupby("config_id").agg(
+        valid=("valid_ndcg_at_10", "mean"), layers=("student_layers", "first"),
+        gflops=("gflops", "mean"), seeds=("seed", "nunique"),
+    )  # fmt: skip
+    return [
+        (int(layers), str(g["valid"].idxmax()), g.loc[g["valid"].idxmax()])
+        for layers, g in means.groupby("layers")
+    ]
+
+
+def transfer_blocks(run: RunData) -> list[Block]:
+    """In-domain and cross-domain figures of the same models, side by side (runs with a
+    ``transfer`` split: ``transfer_*`` columns, ``rankings/transfer/``)."""
+    df = run.results
+    if "transfer_ndcg_at_10" not in df or df["transfer_ndcg_at_10"].dropna().empty:
+        return []
+    stats = (run.manifest.get("data") or {}).get("stats", {})
+    other = stats.get("transfer") or {}
+    source = (run.manifest.get("data") or {}).get("corpus", "the study's corpus")
+    blocks: list[Block] = [
+        Heading("In-domain and cross-domain"),
+        Para(
+            f"Every model is trained on **{source}** ({stats.get('split_sizes', {}).get('test')}"
+            f" test users) and also scored on **{other.get('corpus', 'another domain')}** "
+            f"({other.get('users')} users, full ranking over its {other.get('items')} items, "
+            "whose title vectors replace the training catalogue's), which no model saw in "
+            "training. References: `zero_shot` = the untrained pretrained encoder (cosine of "
+            "the user's text and each title); `popularity` = each domain's own most frequent "
+            "training targets (knowledge of the target domain that the models do not have)."
+        ),
+    ]
+    rows: list[dict[str, object]] = []
+    teacher = df[df["trial_id"] == TEACHER_ID]
+    for _, t in teacher.iterrows():
+        rows.append({"model": "teacher", "gflops": t.get("gflops"),
+                     "in-domain ndcg_at_10": t["ndcg_at_10"],
+                     "cross-domain ndcg_at_10": t["transfer_ndcg_at_10"]})  # fmt: skip
+    refs = run.references
+    for _, r in refs.iterrows() if not refs.empty else []:
+        rows.append({"model": f"{r['trial_id']} (reference)", "gflops": None,
+                     "in-domain ndcg_at_10": r.get("ndcg_at_10"),
+                     "cross-domain ndcg_at_10": r.get("transfer_ndcg_at_10")})  # fmt: skip
+    ok = students(df)
+    ok = ok[ok["status"] == "ok"] if "status" in ok else ok
+    t_in = _user_ndcg(run.run_dir, teacher["trial_id"].tolist()) if len(teacher) else None
+    t_x = (
+        _user_ndcg(run.run_dir, teacher["trial_id"].tolist(), "transfer") if len(teacher) else None
+    )
+    if not ok.empty and {"config_id", "valid_ndcg_at_10", "student_layers"} <= set(ok.columns):
+        for layers, best, agg in _best_per_depth(ok):
+            ids = ok.loc[ok["config_id"] == best, "trial_id"].tolist()
+            group = ok[ok["config_id"] == best]
+            row: dict[str, object] = {
+                "model": f"best {layers}-block config {best} ({int(agg['seeds'])} seed(s))",
+                "gflops": agg["gflops"],
+                "in-domain ndcg_at_10": group["ndcg_at_10"].mean(),
+                "cross-domain ndcg_at_10": group["transfer_ndcg_at_10"].mean(),
+            }
+            for label, split, ref in (
+                ("in-domain", "test", t_in),
+                ("cross-domain", "transfer", t_x),
+            ):
+                user = _user_ndcg(run.run_dir, ids, split)
+                if user is None or ref is None:
+                    continue
+                user = user.reindex(ref.index)
+                if user.isna().any():
+                    continue
+                ratio, lo, hi = retention_interval(user.to_numpy(), ref.to_numpy())
+                row[f"{label} retention"] = ratio
+                row[f"{label} 95% CI"] = f"[{lo:.3f}, {hi:.3f}]"
+            rows.append(row)
+    table = pd.DataFrame(rows)
+    blocks += [
+        Para(
+            "Students: the best configuration per depth by mean validation NDCG@10 (chosen "
+            "in-domain), each figure the mean over its seeds. Retention = the student's mean "
+            "NDCG@10 ÷ the teacher's on the same users of that domain, with a paired BCa "
+            "bootstrap interval over those users (an interval holding 1: within noise)."
+        ),
+        column_table(table, list(table.columns)),
+    ]
+    return blocks

@@ -19,7 +19,7 @@ from analysis.frontier import config_front, hypervolume_2d
 from analysis.importance import agreement_blocks, downstream_blocks, importance_blocks
 from analysis.latency import latency_blocks, latency_note
 from analysis.plots import PLOTS, aggregation_caption
-from analysis.ranking import ranking_blocks, retention_blocks
+from analysis.ranking import ranking_blocks, retention_blocks, transfer_blocks
 from analysis.render import (
     Block,
     Code,
@@ -269,6 +269,7 @@ def build_blocks(run: RunData, images: dict[str, Path]) -> list[Block]:
         *_teacher(run),
         *ranking_blocks(run),
         *retention_blocks(run),
+        *transfer_blocks(run),
         *_results(run, varying, quality, cost),
         *_summary(run, varying, quality, cost),
         *latency_blocks(run),

@@ -36,7 +36,7 @@ def assess(
     device: torch.device,
     record: dict[str, Any] | None = None,
     autocast_dtype: torch.dtype | None = None,
-    on_examples: Callable[[Any], None] | None = None,
+    on_examples: Callable[[str, Any], None] | None = None,
 ) -> dict[str, Any]:
     """Quality on each split (``test`` unprefixed, others prefixed ``<split>_``) and cost.
 
@@ -49,8 +49,9 @@ def assess(
     GFLOPs are counted without it (the same multiply-adds either way). The latency it
     measures is the trial's own (beside whatever else runs then); the sweep moves it to
     ``latency_in_trial_*`` and fills the public columns in its latency phase
-    (:mod:`engine.latency_phase`). ``on_examples`` receives the task's per-example table of
-    the test split (:meth:`engine.tasks.Task.example_table`; None for tasks without one).
+    (:mod:`engine.latency_phase`). ``on_examples(split, table)`` receives the task's
+    per-example table of the test split and of a ``transfer`` split
+    (:meth:`engine.tasks.Task.example_table`; None for tasks without one).
     """
     place = measure_placement(record, model, device)  # e.g. dynamic int8 runs on CPU
     device = place.device
@@ -71,8 +72,8 @@ def assess(
         )
         prefix = "" if split == "test" else f"{split}_"
         row.update(metric_columns(metrics, prefix))
-        if split == "test" and on_examples is not None:
-            on_examples(get_task(study.task).example_table(outputs, data))
+        if split in ("test", "transfer") and on_examples is not None:
+            on_examples(split, get_task(study.task).example_table(outputs, data))
         del outputs
     seq = study.data.max_length
     row["gflops"] = float(count_gflops(model, seq))

@@ -108,7 +108,7 @@ def teacher_row(cfg: StudyConfig, shared: Any, run_dir: Any = None) -> dict[str,
         t0 = time.perf_counter()
         model = load_model(shared.teacher_config, shared.teacher_state, study.task)
         evals = {k: v for k, v in shared.splits.items() if k in ("valid", "test", "transfer")}
-        tables: list[Any] = []
+        tables: dict[str, Any] = {}
         row = assess(
             model,
             evals,
@@ -116,17 +116,18 @@ def teacher_row(cfg: StudyConfig, shared: Any, run_dir: Any = None) -> dict[str,
             device,
             None,
             autocast_dtype(study.resources.precision, device),
-            on_examples=tables.append,
+            on_examples=tables.__setitem__,
         )
         row["wall_s"] = time.perf_counter() - t0
-        return row, (tables[0] if tables else None)
+        return row, tables
 
     task = ray.remote(measure).options(num_cpus=cfg.resources.cpus, num_gpus=cfg.resources.gpus)
-    row, table = ray.get(task.remote(cfg, shared))
+    row, tables = ray.get(task.remote(cfg, shared))
     if run_dir is not None:
-        from engine.rundir import write_examples
+        from engine.rundir import examples_name, write_examples
 
-        write_examples(run_dir, "teacher", table, get_task(cfg.task))
+        for split, table in tables.items():
+            write_examples(run_dir, examples_name(split, "teacher"), table, get_task(cfg.task))
     row.update(
         trial_id="teacher",
         seed=cfg.teacher.seed,

@@ -20,6 +20,7 @@ from engine.tasks import get_task, metric_columns
 __all__ = [
     "REFERENCE_STATUS",
     "TUNE_KEYS",
+    "examples_name",
     "reference_rows",
     "trial_columns",
     "trial_rows",
@@ -102,6 +103,12 @@ def reference_rows(baselines: dict[str, dict[str, Any]]) -> list[dict[str, Any]]
         {"trial_id": name, "status": REFERENCE_STATUS, "error": None, **metric_columns(metrics)}
         for name, metrics in baselines.items()
     ]
+
+
+def examples_name(split: str, trial_id: str) -> str:
+    """Where a model's per-example table of ``split`` goes under the task's examples folder:
+    ``<trial_id>`` for the test split, ``<split>/<trial_id>`` for another (``transfer``)."""
+    return trial_id if split == "test" else f"{split}/{trial_id}"
 
 
 def write_examples(run_dir: str | Path, name: str, table: Any, task: Any) -> Path | None:

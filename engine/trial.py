@@ -288,10 +288,10 @@ def run_trial(
         task = get_task(trial_study.task)
         write = None
         if run_dir and task.examples_dir is not None:
-            from engine.rundir import write_examples
+            from engine.rundir import examples_name, write_examples
 
-            def write(table: Any) -> None:
-                write_examples(run_dir, trial_id, table, task)
+            def write(split: str, table: Any) -> None:
+                write_examples(run_dir, examples_name(split, trial_id), table, task)
 
         row.update(assess(model, evals, trial_study, device, record, dtype, on_examples=write))
         row["oom_retries"] = record["oom"]["retries"]
