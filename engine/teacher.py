@@ -96,6 +96,9 @@ def teacher_key(
         "num_labels": num_labels,
         "torch": torch.__version__.split("+")[0],
     }
+    extra = get_task(task).teacher_inputs(train)
+    if extra:  # e.g. title vectors (absent: unchanged keys)
+        payload["inputs"] = fingerprint(extra)
     if get_task(task).teacher_recipe:  # a task's own teacher objective (absent: unchanged keys)
         payload["recipe"] = get_task(task).teacher_recipe
     if precision is not None:

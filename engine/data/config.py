@@ -87,6 +87,10 @@ class RecsysConfig(Section):
     # user's text (most recent first), and each title's token budget in the item vectors
     text_items: int = Field(10, ge=1)
     title_tokens: int = Field(32, ge=4)
+    # the ``sequence`` family's item embeddings: ``random`` (the HF init) or ``titles``: start
+    # from the embedded MiniLM's encodings of the item titles, reduced to the model's width by
+    # PCA (the language-model-enhanced variant); the teacher then trains from there
+    item_init: Literal["random", "titles"] = "random"
 
     @model_validator(mode="after")
     def _protocol(self) -> RecsysConfig:

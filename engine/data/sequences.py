@@ -198,6 +198,16 @@ def sequence_data(cfg: DataConfig) -> tuple[PreparedData, dict[str, str]]:
         "sampled_negatives": int(splits["test"].get("negatives", np.zeros((0, 0))).shape[1]),
         "item_titles": len(corpus.item_titles),
     }
+    if cfg.recsys.item_init == "titles":  # the LM-enhanced variant's starting embeddings
+        from engine.data.text_sequences import catalogue_titles
+        from engine.models import EMBEDDED_TEACHER
+        from engine.tasks.text_ranker import TEXT, title_vectors
+
+        titles, missing = catalogue_titles(views.item_ids, corpus.item_titles)
+        splits["train"]["title_vectors"] = title_vectors(
+            TEXT + EMBEDDED_TEACHER, titles, max_length=cfg.recsys.title_tokens
+        )
+        stats["items_without_title"] = missing
     data = PreparedData(
         train=splits["train"],
         valid=splits["valid"],

@@ -157,6 +157,11 @@ class Task(ABC):
         recommender's catalogue); the default leaves the head as built."""
         return None
 
+    def teacher_inputs(self, train: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Arrays of the train split besides the data view's that shape the teacher (e.g. a
+        catalogue's title vectors): they enter the teacher's cache key; default none."""
+        return {}
+
     def bind_split(self, model: PreTrainedModel, split: Mapping[str, np.ndarray]) -> Any:
         """A context manager under which ``model`` scores ``split`` (e.g. a text recommender
         scores another domain's catalogue); the default changes nothing."""

@@ -48,6 +48,7 @@ __all__ = [
     "GPT2ItemRanker",
     "LlamaItemRanker",
     "build_item_model",
+    "init_from_titles",
     "item_model_from_config",
     "item_model_problem",
 ]
@@ -245,3 +246,27 @@ def item_model_from_config(config: dict[str, Any]) -> PreTrainedModel:
         )
     body = {k: v for k, v in config.items() if k != "model_type"}
     return CLASSES[family](CONFIGS[family](**body))
+
+
+def init_from_titles(model: PreTrainedModel, vectors: Any) -> None:
+    """Set the item embeddings (and so the tied catalogue head) from ``vectors`` ``[items,
+    D]`` (row 0 padding): column j is the items' coordinate on the j-th principal component of
+    the centred vectors, scaled to the standard deviation of the embeddings it replaces. Columns
+    beyond the vectors' rank (more columns than items or than D) keep their initialisation, and
+    so does padding."""
+    import numpy as np
+
+    emb = model.get_input_embeddings().weight
+    x = np.asarray(vectors, np.float64)[1:]
+    if x.shape[0] != emb.shape[0] - 1:
+        raise ValueError(f"{x.shape[0]} title vectors for {emb.shape[0] - 1} items")
+    x = x - x.mean(0)
+    _, sv, vt = np.linalg.svd(x, full_matrices=False)
+    k = int(min(emb.shape[1], (sv > sv[0] * 1e-6).sum() if sv.size else 0))
+    if k == 0:
+        return
+    coords = x @ vt[:k].T
+    target = float(emb[1:].detach().double().std())
+    coords = coords / coords.std(0) * target
+    with torch.no_grad():
+        emb[1:, :k] = torch.as_tensor(coords, dtype=emb.dtype)

@@ -46,7 +46,12 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 from engine.tasks.base import DataView, Task, TeacherTraining, register_task, softmax_distillation
-from engine.tasks.item_models import build_item_model, item_model_from_config, item_model_problem
+from engine.tasks.item_models import (
+    build_item_model,
+    init_from_titles,
+    item_model_from_config,
+    item_model_problem,
+)
 from engine.tasks.ranking import RANKING_KS, ranking_metrics, sampled_ranks, target_ranks
 from engine.tasks.text_ranker import (
     TEXT,
@@ -166,9 +171,15 @@ class NextItem(Task):
         return item_model_from_config(config)
 
     def init_head(self, model: PreTrainedModel, train: Mapping[str, np.ndarray]) -> None:
-        """A text recommender's catalogue: the train split's title vectors."""
+        """A text recommender's catalogue: the train split's ``item_vectors``; a sequence
+        model's item embeddings from ``title_vectors`` (``data.recsys.item_init: titles``)."""
         if hasattr(model, "set_items") and "item_vectors" in train:
             model.set_items(train["item_vectors"])
+        elif "title_vectors" in train:
+            init_from_titles(model, train["title_vectors"])
+
+    def teacher_inputs(self, train: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {k: train[k] for k in ("item_vectors", "title_vectors") if k in train}
 
     def bind_split(self, model: PreTrainedModel, split: Mapping[str, np.ndarray]) -> Any:
         """A text recommender scores the split's own catalogue (another domain's, for the

@@ -118,3 +118,39 @@ def test_sampled_protocol_adds_negatives_to_the_evaluation_splits() -> None:
 def test_left_pad_right_aligns_the_most_recent_items() -> None:
     got = left_pad([[1, 2, 3, 4], [7], []], 3)
     np.testing.assert_array_equal(got, [[2, 3, 4], [0, 0, 7], [0, 0, 0]])
+
+
+def test_title_init_carries_each_items_title_vector(ray_local, movielens) -> None:
+    """``data.recsys.item_init: titles``: the train split carries the embedded MiniLM's
+    mean-pooled encoding of each item's title from u.item (oracle: pandas + the stock
+    encoder), row 0 (padding) zeros; the other splits are unchanged."""
+    import torch
+    from transformers import AutoTokenizer, BertModel
+
+    from engine.data.config import RecsysConfig
+    from engine.models import resolve_model_path
+
+    data = prepare_sequences(
+        DataConfig(corpus="movielens", max_length=WIDTH, recsys=RecsysConfig(item_init="titles"))
+    )
+    _, n_items = movielens
+    vectors = data.train["title_vectors"]
+    assert vectors.shape == (n_items + 1, 384) and not vectors[0].any()
+    assert "title_vectors" not in data.test
+    items = pd.read_csv(
+        ROOT / "datasets" / "movielens-100k" / "u.item",
+        sep="|",
+        header=None,
+        encoding="latin-1",
+        usecols=[0, 1],
+        names=["item", "title"],
+        dtype={"item": str},
+    ).set_index("item")["title"]
+    path = resolve_model_path("embedded:all-MiniLM-L6-v2")
+    tok = AutoTokenizer.from_pretrained(path)
+    stock = BertModel.from_pretrained(path, add_pooling_layer=False).eval()
+    for i in (1, 2, n_items):
+        title = " ".join(items[data.label_names[i]].split())
+        with torch.no_grad():
+            h = stock(**tok(title, truncation=True, max_length=32, return_tensors="pt"))
+        np.testing.assert_allclose(vectors[i], h.last_hidden_state[0].mean(0).numpy(), atol=1e-5)

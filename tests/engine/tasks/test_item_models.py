@@ -85,3 +85,44 @@ def test_every_position_scores_equal_the_pooled_scores_of_the_prefix(preset) -> 
         for t in range(2, 6):
             cut = model(input_ids=ids[:, : t + 1], attention_mask=mask[:, : t + 1]).logits
             torch.testing.assert_close(every[:, t], cut)
+
+
+@pytest.mark.parametrize("preset", ["scratch:gpt2", "scratch:llama"])
+def test_title_init_puts_items_on_the_titles_principal_axes(preset) -> None:
+    """Oracle: the eigenvectors of the title vectors' covariance (numpy ``eigh``, not the SVD
+    the code uses): each embedding column is the items' coordinate on one principal axis, up to
+    sign and scale; every column has the embeddings' former standard deviation; padding and
+    the tied head follow."""
+    import numpy as np
+
+    from engine.tasks.item_models import init_from_titles
+
+    model = build_item_model(preset, 41, seed=0)
+    emb = model.get_input_embeddings().weight
+    before_std = float(emb[1:].detach().double().std())
+    pad = emb[0].detach().clone()
+    spare = emb[1:, 40:].detach().clone()  # 40 items: at most 39 axes after centring
+    rng = np.random.default_rng(0)
+    # planted: 40 items in 384-d whose variance lies mostly along a few directions
+    vectors = np.zeros((41, 384))
+    vectors[1:] = rng.normal(size=(40, 8)) * np.arange(8, 0, -1) @ rng.normal(size=(8, 384))
+    vectors[1:] += 0.01 * rng.normal(size=(40, 384))
+    init_from_titles(model, vectors)
+    got = emb[1:].detach().double().numpy()
+    x = vectors[1:] - vectors[1:].mean(0)
+    _, eigvecs = np.linalg.eigh(x.T @ x)
+    for j in range(4):  # the top axes are well separated here
+        axis = x @ eigvecs[:, -1 - j]
+        r = np.corrcoef(axis, got[:, j])[0, 1]
+        assert abs(r) == pytest.approx(1.0, abs=1e-6), j
+    rank = np.linalg.matrix_rank(x)
+    assert rank == 39
+    np.testing.assert_allclose(got[:, :rank].std(0), before_std, rtol=1e-4)
+    torch.testing.assert_close(emb[1:, 40:], spare)  # beyond the rank: as initialised
+    torch.testing.assert_close(emb[0], pad)
+    # two items with the same title get the same coordinates on every axis
+    vectors[5] = vectors[9]
+    init_from_titles(model, vectors)
+    torch.testing.assert_close(emb[5, :38], emb[9, :38])
+    head = model.score.weight if hasattr(model, "score") else None
+    assert head is not None and head.data_ptr() == emb.data_ptr()  # tied: the head follows

@@ -197,3 +197,24 @@ def test_teacher_training_targets_are_each_positions_next_item() -> None:
     ]
     assert len(terms) == 8
     assert float(got.loss(logits, targets)) == pytest.approx(sum(terms) / 8, rel=1e-6)
+
+
+def test_title_vectors_and_catalogues_enter_the_teacher_cache_key() -> None:
+    """A teacher started from title vectors (or scoring a text catalogue) is another teacher:
+    its cache key differs from the one without them, and changes with their values."""
+    from engine.config import TeacherConfig
+    from engine.teacher import teacher_key
+
+    train = {
+        "input_ids": np.array([[0, 1, 2], [1, 2, 3]]),
+        "attention_mask": np.array([[0, 1, 1], [1, 1, 1]]),
+        "labels": np.array([3, 4]),
+    }
+    cfg = TeacherConfig(model="scratch:gpt2")
+    plain = teacher_key(cfg, train, 5, task="next_item")
+    vectors = np.arange(20, dtype=np.float32).reshape(5, 4)
+    for key in ("title_vectors", "item_vectors"):
+        with_v = teacher_key(cfg, {**train, key: vectors}, 5, task="next_item")
+        other = teacher_key(cfg, {**train, key: vectors + 1}, 5, task="next_item")
+        assert len({plain, with_v, other}) == 3
+        assert teacher_key(cfg, {**train, key: vectors.copy()}, 5, task="next_item") == with_v
