@@ -8,21 +8,21 @@ differ between them (the change under test) and columns only one run has are lis
 configuration that has no partner (or several) is listed too, never dropped.
 
 For each matched configuration, the teacher and the task's reference rows: the metric in A and
-in B (mean over the ``ok`` seeds) and Δ = B − A with a 95 % percentile bootstrap interval:
+in B (mean over the ``ok`` seeds) and Δ = B − A with a 95 % interval:
 
 * **paired over test examples** when both runs kept per-example tables (``rankings/``,
   ``predictions/``) for the same test examples, in the same order or keyed uniquely, and the
   tables reproduce ``results.parquet``'s figures: each resample draws the test examples once
   and applies the draw to every seed's table of both runs (the metric of each seed, averaged
-  over the configuration's seeds, B minus A). The interval reflects which examples were
-  tested, not training-seed noise;
-* else **unpaired over seeds**: A's seeds and B's seeds resampled independently (needs ≥ 2
-  seeds on each side; ``—`` otherwise).
+  over the configuration's seeds, B minus A), a percentile bootstrap. The interval reflects
+  which examples were tested, not training-seed noise;
+* else **unpaired over seeds**: Welch's Student-t interval of the two sets of per-seed
+  figures (needs ≥ 2 seeds on each side; ``—`` otherwise).
 
 "within noise" = the interval covers 0. Cost deltas (GFLOPs, p50 latency) use the seed
-bootstrap. Both intervals come from :mod:`analysis.examples`; at nominal 95 % they cover
-93.8 % (paired, 300 test examples) but only 81.5 % with 3 seeds a side (a percentile
-bootstrap of 3 values is too narrow), so a seed interval of a 3-seed study is a rough guide.
+interval. Both intervals come from :mod:`analysis.examples`; at nominal 95 % they cover
+93.8 % (paired, 300 test examples), 94.75 % and 94.0 % with 3 and 10 seeds a side
+(tests/analysis/test_examples.py).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.examples import EXAMPLE_TABLES, aligned, paired_bootstrap, read_tables, seed_bootstrap
+from analysis.examples import EXAMPLE_TABLES, aligned, paired_bootstrap, read_tables, seed_interval
 from analysis.frontier import config_key
 from analysis.paired import column_form
 from analysis.render import (
@@ -113,7 +113,7 @@ def _delta(a: Side, b: Side, metric: str, *, paired: bool, seed: int) -> dict[st
         else:
             (lo, hi), how = got
     if not np.isfinite(lo):
-        lo, hi = seed_bootstrap(a.values(metric), b.values(metric), seed=seed)
+        lo, hi = seed_interval(a.values(metric), b.values(metric))
         n_a, n_b = len(a.values(metric)), len(b.values(metric))
         how = f"seeds, unpaired ({n_a} vs {n_b})" if np.isfinite(lo) else "— (< 2 seeds)"
         how += f"; not paired: {why_not_paired}" if why_not_paired else ""
