@@ -13,7 +13,9 @@ forward hooks keep each parameterised module's input ``a`` and a hook on its out
   ``‖A_iᵀ G_i‖²_F = Σ_{s,t} (a_s·a_t)(g_s·g_t)`` — memory ``batch × tokens²``, not
   ``batch × in × out``. When ``tokens·(in + out) ≥ in·out`` the per-example gradient is
   formed directly instead (cheaper then). The bias gradient is ``Σ_s g_s``.
-* Any other module owning parameters (LayerNorm, Llama's RMSNorm, DeBERTa's attention
+* ``nn.LayerNorm``: in closed form, ``∂ℓ_i/∂w = Σ_s g_s ⊙ x̂_s`` and ``∂ℓ_i/∂b = Σ_s g_s``
+  (:func:`layernorm_sq_norms`).
+* Any other module owning parameters (Llama's RMSNorm, DeBERTa's attention
   biases, …, all small): exact per-example gradients of ``Σ_s g_s · f(a_s; θ)`` with
   ``torch.func.vmap(grad(...))`` over the module alone, its own parameters only (memory
   ``batch × those parameters``; the module's forward runs once more per batch).
@@ -35,7 +37,7 @@ from torch import nn
 
 from engine.models import layer_list
 
-__all__ = ["PerExampleNorms", "linear_sq_norms", "per_example_sq_norms"]
+__all__ = ["PerExampleNorms", "layernorm_sq_norms", "linear_sq_norms", "per_example_sq_norms"]
 
 
 def _is_linear_like(module: nn.Module) -> bool:
@@ -65,6 +67,28 @@ def linear_sq_norms(
     if has_bias:
         weight = weight + g.sum(1).pow(2).sum(-1)
     return weight.double()
+
+
+def layernorm_sq_norms(module: nn.LayerNorm, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``‖∂ℓ_i/∂w‖² + ‖∂ℓ_i/∂b‖²`` per example of ``y = w ⊙ x̂ + b`` (x̂: ``x`` normalised
+    over the normalised dims), in closed form: ``∂ℓ_i/∂w = Σ_s g_s ⊙ x̂_s``, ``∂ℓ_i/∂b =
+    Σ_s g_s`` — one fused reduction instead of a ``torch.func`` re-run of the module (many
+    small kernels on a GPU)."""
+    dims = tuple(range(-len(module.normalized_shape), 0))
+    x = x.float()
+    xhat = (x - x.mean(dims, keepdim=True)) * torch.rsqrt(
+        x.var(dims, keepdim=True, unbiased=False) + module.eps
+    )
+    batch = g.shape[0]
+    g = g.float()
+    out = torch.zeros(batch, dtype=torch.float64, device=g.device)
+    if module.weight is not None:
+        dw = (g * xhat).reshape(batch, -1, *module.normalized_shape).sum(1)
+        out = out + dw.double().pow(2).reshape(batch, -1).sum(1)
+    if module.bias is not None:
+        db = g.reshape(batch, -1, *module.normalized_shape).sum(1)
+        out = out + db.double().pow(2).reshape(batch, -1).sum(1)
+    return out
 
 
 def _generic_sq_norms(
@@ -136,13 +160,20 @@ class PerExampleNorms:
             z = out if isinstance(out, torch.Tensor) else out[0]
             if not z.requires_grad:
                 return
-            x = (args[0] if args else next(iter(kwargs.values()))).detach() if linear else None
+            layernorm = isinstance(mod, nn.LayerNorm)
+            x = (
+                (args[0] if args else next(iter(kwargs.values()))).detach()
+                if linear or layernorm
+                else None
+            )
             scale = float(self.batch_size)
 
             def on_grad(gz: torch.Tensor) -> None:
                 gz = gz.detach() * scale  # ∂L/∂z → ∂ℓ_i/∂z
                 if linear:
                     sq = linear_sq_norms(x, gz, has_bias=has_bias, mode=self.mode)
+                elif layernorm:
+                    sq = layernorm_sq_norms(mod, x, gz)
                 else:
                     self._inside = True
                     try:
