@@ -58,6 +58,7 @@ from analysis.rundir import (
     students,
     varying_config_columns,
 )
+from sweepcore.atomic import write_atomic
 
 __all__ = [
     "COSTS",
@@ -494,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
         else to_markdown(blocks)
     )
     try:
-        args.out.write_text(text)
+        write_atomic(args.out, text)
     except OSError as e:
         print(f"error: cannot write {args.out}: {e.strerror or e}", file=sys.stderr)
         return 2

@@ -19,9 +19,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from analysis.frontier import config_front
 from analysis.rundir import KD_COL, STRATEGY_COL, TEACHER_ID, RunData, better_first
+from sweepcore.atomic import atomic_path
 from sweepcore.registry import Registry
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "importance_heatmap",
     "pareto_plot",
     "rank_normalised",
+    "save_figure",
     "seed_count_text",
 ]
 
@@ -46,6 +49,14 @@ AXIS_LABELS = {
     "weights_bytes": "weights (bytes)",
     "latency_ms_p50": "p50 batch latency (ms)",
 }
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Save ``fig`` to ``path`` atomically (format from the suffix) and close it."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip("."))
+    plt.close(fig)
+    return path
 
 
 def _truthy(col: pd.Series) -> pd.Series:
@@ -212,9 +223,7 @@ def pareto_plot(
             fontsize=7,
         )
     fig.tight_layout(rect=(0, 0.04, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -255,9 +264,7 @@ def importance_heatmap(importance_df: pd.DataFrame, path: Path) -> Path:
     ax.set_title("Layer importance by method\n(cell text = rank, 0 = most important)", fontsize=10)
     fig.colorbar(im, ax=ax, label="rank-normalised importance (1 = most)")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -301,9 +308,7 @@ def agreement_heatmap(agreement_df: pd.DataFrame, path: Path) -> Path:
     ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, label="Kendall τ-b", shrink=0.8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 

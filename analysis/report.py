@@ -37,6 +37,7 @@ from analysis.render import (
 from analysis.rundir import (
     TEACHER_ID,
     RunData,
+    RunDirError,
     better_first,
     load_run,
     students,
@@ -44,6 +45,7 @@ from analysis.rundir import (
 )
 from analysis.sensitivity import sensitivity_blocks
 from analysis.stats import summarize
+from sweepcore.atomic import write_atomic
 
 __all__ = ["build_blocks", "main", "write_report"]
 
@@ -307,8 +309,8 @@ def write_report(run_dir: Path) -> Path:
             images[name] = path
     blocks = build_blocks(run, images)
     md = run_dir / "report.md"
-    md.write_text(to_markdown(blocks))
-    (run_dir / "report.html").write_text(to_html(blocks, f"Compression study: {run.name}"))
+    write_atomic(md, to_markdown(blocks))
+    write_atomic(run_dir / "report.html", to_html(blocks, f"Compression study: {run.name}"))
     return md
 
 
@@ -318,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         path = write_report(args.run_dir)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, RunDirError) as e:  # no run directory, or a damaged file in it
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(path)

@@ -5,12 +5,14 @@ Files: ``results.parquet`` (one row per trial plus the ``teacher`` row), optiona
 (``pipeline.truncate.strategy``); metric columns have plain names (``accuracy``, ``gflops``).
 The manifest's ``task`` entry names the study's task and its quality metrics with their
 directions (``{"accuracy": "max", ...}``); runs written before it existed are classification
-runs (:data:`CLASSIFICATION_METRICS`).
+runs (:data:`CLASSIFICATION_METRICS`). The engine writes each file atomically; a damaged one
+(e.g. truncated by a copy) raises :class:`RunDirError` naming it, never a half-parsed table.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ __all__ = [
     "STRATEGY_COL",
     "TEACHER_ID",
     "RunData",
+    "RunDirError",
     "better_first",
     "config_columns",
     "load_run",
@@ -152,13 +155,25 @@ class RunData:
         return int(value) if value is not None else None
 
 
+class RunDirError(ValueError):
+    """A run-directory file exists but cannot be read (damaged or not what it claims)."""
+
+
+def _read(path: Path, read: Callable[[Path], Any]) -> Any:
+    try:
+        return read(path)
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid and JSONDecodeError are both
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise RunDirError(f"{path} cannot be read: {first}") from e
+
+
 def load_run(run_dir: Path | str) -> RunData:
     """Load ``run_dir``; only ``results.parquet`` is required."""
     run_dir = Path(run_dir)
     results_path = run_dir / "results.parquet"
     if not results_path.is_file():
         raise FileNotFoundError(f"{results_path} not found: is {run_dir} a run directory?")
-    results = pd.read_parquet(results_path)
+    results = _read(results_path, pd.read_parquet)
     if "trial_id" in results:
         results["trial_id"] = results["trial_id"].astype(str)
     references = results.iloc[:0]
@@ -167,9 +182,9 @@ def load_run(run_dir: Path | str) -> RunData:
         references, results = results[is_ref].reset_index(drop=True), results[~is_ref]
         results = results.reset_index(drop=True)
     imp_path = run_dir / "importance.parquet"
-    importance = pd.read_parquet(imp_path) if imp_path.is_file() else None
+    importance = _read(imp_path, pd.read_parquet) if imp_path.is_file() else None
     man_path = run_dir / "manifest.json"
-    manifest = json.loads(man_path.read_text()) if man_path.is_file() else {}
+    manifest = _read(man_path, lambda p: json.loads(p.read_text())) if man_path.is_file() else {}
     return RunData(
         run_dir=run_dir,
         results=results,

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.paired import base_per_seed, config_value, matches, paired_effect, same_value
-from analysis.plots import AXIS_LABELS, PLOTS
+from analysis.plots import AXIS_LABELS, PLOTS, save_figure
 from analysis.render import Block, Heading, Image, Para, Table, format_table, interval_cells
 from analysis.rundir import RunData, students
 
@@ -206,7 +206,5 @@ def sensitivity_plot(run: RunData, out_dir: Path) -> Path | None:
     fig.suptitle(f"{run.name}: one knob at a time (dotted: the centre)", fontsize=9)
     fig.tight_layout()
     path = Path(out_dir) / "sensitivity.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
     return path

@@ -208,6 +208,9 @@ def _reference_of(name: str, reference: dict[str, torch.Tensor]) -> torch.Tensor
 
 def load_trial_state(path: str | Path, reference: dict[str, torch.Tensor]) -> TrialResume:
     """Read a checkpoint written by :class:`TrialCheckpointer` (the model on CPU)."""
+    # The one pickle load: the file holds the live model object (any pruned structure, exit
+    # heads) and stage records. It is this trial's own checkpoint in Tune's storage, trusted
+    # as much as the Tune state that --resume unpickles anyway (tuner.pkl).
     state = torch.load(path, map_location="cpu", weights_only=False)
     model = state["model"]
     for name in state["from_reference"]:

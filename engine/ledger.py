@@ -13,12 +13,12 @@ in the same directory never meets another study's rows.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from sweepcore.atomic import write_atomic
 
 __all__ = ["LEDGER_DIR", "finished_row", "record_finished"]
 
@@ -43,15 +43,7 @@ def record_finished(run_dir: str | Path, trial_id: str, row: dict[str, Any]) -> 
     row or none (write to a temporary file, then rename)."""
     path = _path(run_dir, trial_id)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(row, default=_plain, allow_nan=True, sort_keys=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{trial_id}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, json.dumps(row, default=_plain, allow_nan=True, sort_keys=True))
     return path
 
 

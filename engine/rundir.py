@@ -4,6 +4,9 @@
 dropped, the trial's config as dotted-path columns from :func:`trial_columns`) plus the
 teacher's row, first columns in a fixed order; ``importance.parquet``, ``agreement.parquet``,
 ``bad_rows.jsonl`` and ``manifest.json`` sit beside it (:func:`write_outputs`).
+
+Every file is written atomically (:mod:`sweepcore.atomic`), ``manifest.json`` last: a run
+killed while writing leaves each file absent or whole, never half.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 
 from engine.config import StudyConfig, flatten
 from engine.tasks import get_task, metric_columns
+from sweepcore.atomic import atomic_path, write_atomic
 
 __all__ = [
     "REFERENCE_STATUS",
@@ -118,10 +122,8 @@ def write_examples(run_dir: str | Path, name: str, table: Any, task: Any) -> Pat
     if table is None or task.examples_dir is None:
         return None
     path = Path(run_dir, task.examples_dir, f"{name}.parquet")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)  # never a half-written table under the final name
+    with atomic_path(path) as tmp:  # never a half-written table under the final name
+        pq.write_table(table, tmp)
     return path
 
 
@@ -147,14 +149,15 @@ def write_outputs(
     df = pd.DataFrame([*rows, *reference_rows(baselines)])
     front = ["trial_id", "seed", "status", "error", "wall_s", "device"]
     df = df[[c for c in front if c in df] + [c for c in df.columns if c not in front]]
-    df.to_parquet(run_dir / "results.parquet", index=False)
-    importance_table(shared.importance).to_parquet(run_dir / "importance.parquet", index=False)
-    write_agreement(  # needs ≥ 2 methods
+    with atomic_path(run_dir / "results.parquet") as tmp:
+        df.to_parquet(tmp, index=False)
+    with atomic_path(run_dir / "importance.parquet") as tmp:
+        importance_table(shared.importance).to_parquet(tmp, index=False)
+    write_agreement(  # needs ≥ 2 methods; atomic itself
         shared.importance, run_dir / "agreement.parquet", cfg.importance.consensus_threshold
     )
-    with (run_dir / "bad_rows.jsonl").open("w") as f:
-        for bad in data.bad_rows:
-            f.write(json.dumps(bad, default=str) + "\n")
+    bad_rows = "".join(json.dumps(bad, default=str) + "\n" for bad in data.bad_rows)
+    write_atomic(run_dir / "bad_rows.jsonl", bad_rows)
     manifest["task"] = task.describe()
     manifest["baselines"] = baselines
     manifest["data"] = {
@@ -172,4 +175,5 @@ def write_outputs(
         "stopped": int((df["status"] == "stopped").sum()),
     }
     manifest["finished"] = dt.datetime.now(dt.UTC).isoformat()
-    (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    # last: a manifest with "finished" means every file above is complete
+    write_atomic(run_dir / "manifest.json", json.dumps(manifest, indent=2, default=str))

@@ -1,6 +1,7 @@
 """Command line: ``python -m engine.sweep STUDY [key.path=value ...] [--address ADDR]``.
 
-Reads like a recipe, top to bottom: validate the study (before any Ray work) → start or
+Reads like a recipe, top to bottom: validate the study and check the run directory can be
+written and has room (:func:`preflight`; both before any Ray work) → start or
 join Ray → prepare the shared inputs once (:mod:`engine.prepare`: data, teacher, importance)
 → run every student as a Ray Tune trial and time them (:mod:`engine.tune_run`) → write the
 run directory (:mod:`engine.rundir`) → build the report with ``python -m analysis.report``
@@ -13,8 +14,10 @@ import argparse
 import datetime as dt
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,11 @@ from typing import Any
 from engine.config import ConfigError, StudyConfig, list_studies, load_study
 from engine.provenance import REPO, git_commit, packages
 
-__all__ = ["main"]
+__all__ = ["MIN_FREE_MB", "main", "preflight"]
+
+# Room a run directory needs before a study starts: results, plots and report take a few MB,
+# the trials' checkpoints and saved students (models/) tens of MB each at MiniLM size.
+MIN_FREE_MB = 200
 
 # Never download weights or data unless the user asks for it (HF_HUB_OFFLINE=0).
 QUIET_ENV = {
@@ -51,12 +58,50 @@ def _parser() -> argparse.ArgumentParser:
         help="continue an interrupted run in --out (finished trials are kept)",
     )
     p.add_argument("--no-report", action="store_true", help="skip the analysis report")
+    p.add_argument(
+        "--min-free-mb",
+        type=int,
+        default=MIN_FREE_MB,
+        help=f"free space the run directory needs before Ray starts (default {MIN_FREE_MB})",
+    )
     return p
 
 
 def _fail(msg: str) -> int:
     print(f"error: {msg}", file=sys.stderr)
     return 2
+
+
+def preflight(run_dir: Path, min_free_mb: int) -> str | None:
+    """Why ``run_dir`` cannot take a run (one line), or None when it can.
+
+    The directory is created if missing and a probe file written and removed in it (the
+    only test that holds for root and read-only filesystems alike); its filesystem must have
+    ``min_free_mb`` MB free. Directories it created are removed again when it fails."""
+    created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".preflight."):
+            pass
+    except OSError as e:
+        _remove_empty(created)
+        return f"cannot write the run directory {run_dir}: {e.strerror or e}"
+    free_mb = shutil.disk_usage(run_dir).free / 2**20
+    if free_mb < min_free_mb:
+        _remove_empty(created)
+        return (
+            f"only {free_mb:.0f} MB free for the run directory {run_dir}; a run needs "
+            f"{min_free_mb} MB (--min-free-mb)"
+        )
+    return None
+
+
+def _remove_empty(dirs: list[Path]) -> None:
+    for d in dirs:  # leaf first
+        try:
+            d.rmdir()
+        except OSError:
+            return
 
 
 def _run_id(cfg: StudyConfig) -> str:
@@ -144,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume and args.out is None:
         return _fail("--resume needs --out DIR (the run directory to continue)")
     run_dir = args.out or REPO / "reports" / cfg.name / _run_id(cfg)
+    if (problem := preflight(run_dir, args.min_free_mb)) is not None:
+        return _fail(problem)
     from engine.data import DataError
 
     try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from engine.device import autocast_dtype, precision_name, worker_device
 from engine.models import EMBEDDED_TEACHER
 from engine.tasks import DEFAULT_TASK, Task, get_task, metric_columns
 from engine.train import OomLog, train_classifier
+from sweepcore.atomic import atomic_path, write_atomic
 
 __all__ = [
     "TeacherArtifacts",
@@ -39,6 +41,8 @@ __all__ = [
 ]
 
 CODE_VERSION = "teacher-v1"  # bump when the fine-tuning recipe changes
+WEIGHTS = "state_dict.safetensors"  # the cached weights (no pickle)
+LEGACY_WEIGHTS = "state_dict.pt"  # what entries written before safetensors hold
 
 
 class TeacherConfig(OptimConfig):
@@ -183,20 +187,39 @@ def finetune(
 
 
 def save_cache(art: TeacherArtifacts, root: Path | None = None) -> Path:
+    """Cache ``art`` under its key: weights as safetensors, train logits as ``.npy``,
+    ``meta.json`` last (each file atomic; an entry without ``meta.json`` is a miss)."""
+    from safetensors.torch import save as save_tensors
+
     d = (root or cache_dir()) / "teachers" / art.key
-    d.mkdir(parents=True, exist_ok=True)
-    torch.save(art.state_dict, d / "state_dict.pt")
-    np.save(d / "train_logits.npy", art.train_logits)
-    (d / "meta.json").write_text(json.dumps({"config": art.config, "metrics": art.metrics}))
+    # one contiguous copy per key: safetensors refuses tensors that share memory (tied weights)
+    state = {
+        k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
+        for k, v in art.state_dict.items()
+    }
+    write_atomic(d / WEIGHTS, save_tensors(state))
+    with atomic_path(d / "train_logits.npy") as tmp, tmp.open("wb") as f:
+        np.save(f, art.train_logits)
+    write_atomic(d / "meta.json", json.dumps({"config": art.config, "metrics": art.metrics}))
     return d
 
 
 def load_cache(key: str, root: Path | None = None) -> TeacherArtifacts | None:
+    """The cached teacher under ``key``, or None (absent, incomplete or damaged: a miss).
+
+    Entries written before the safetensors switch (``state_dict.pt``) still load, as plain
+    tensors only (``weights_only=True``): the cache key did not change."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     d = (root or cache_dir()) / "teachers" / key
     try:
         meta = json.loads((d / "meta.json").read_text())
-        state = torch.load(d / "state_dict.pt", map_location="cpu", weights_only=True)
+        if (d / WEIGHTS).is_file():
+            state = load_file(d / WEIGHTS, device="cpu")
+        else:
+            state = torch.load(d / LEGACY_WEIGHTS, map_location="cpu", weights_only=True)
         logits = np.load(d / "train_logits.npy")
-    except (OSError, ValueError, RuntimeError):
+    except (OSError, ValueError, RuntimeError, SafetensorError, pickle.UnpicklingError):
         return None
     return TeacherArtifacts(meta["config"], state, logits, meta["metrics"], key, cached=True)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +59,46 @@ def run_sweep(
     """``python -m engine.sweep ARGS [--out OUT]``: the real CLI in a subprocess (see
     :func:`run_cli`)."""
     return run_cli("engine.sweep", *args, out=out, env=env, timeout=timeout)
+
+
+_HALF_WRITER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from sweepcore.atomic import atomic_path
+
+    data = sys.stdin.buffer.read()
+    with atomic_path(Path(sys.argv[1])) as tmp, tmp.open("wb") as f:
+        f.write(data[: len(data) // 2])
+        f.flush()
+        print("half", flush=True)
+        time.sleep(600)
+        f.write(data[len(data) // 2 :])
+    """
+)
+
+
+def kill_writer_half_way(target: Path, data: bytes) -> None:
+    """Write ``data`` to ``target`` through :func:`sweepcore.atomic.atomic_path` in a child
+    process and SIGKILL it once half of ``data`` is on disk (checked: a temporary file of
+    exactly that size sits beside ``target``)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HALF_WRITER, str(target)],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(data)
+        proc.stdin.close()
+        assert proc.stdout.readline().strip() == b"half"
+        halves = [p for p in target.parent.iterdir() if p.name.startswith(f".{target.name}.")]
+        assert [p.stat().st_size for p in halves] == [len(data) // 2]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
 
 
 @pytest.fixture(scope="session")

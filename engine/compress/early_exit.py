@@ -35,7 +35,8 @@ from engine.train import BatchOrder, TrainingState, progress_hook
 
 __all__ = ["EarlyExitClassifier", "EarlyExitConfig", "EarlyExitRecord", "apply"]
 
-EXITS = "exit_heads.pt"  # the exit heads' weights beside the saved backbone
+EXITS = "exit_heads.safetensors"  # the exit heads' weights beside the saved backbone
+LEGACY_EXITS = "exit_heads.pt"  # what models saved before safetensors hold (loaded safely)
 
 
 class EarlyExitConfig(KDConfig):
@@ -77,13 +78,24 @@ def _columns(
 
 def _save(model: nn.Module, record: EarlyExitRecord, out_dir: Path) -> nn.Module:
     """The backbone is saved as a plain model, the exit heads apart."""
-    torch.save(model.exits.state_dict(), Path(out_dir) / EXITS)
+    from safetensors.torch import save_file
+
+    save_file(
+        {k: v.contiguous() for k, v in model.exits.state_dict().items()}, Path(out_dir) / EXITS
+    )
     return model.backbone
 
 
 def _load(model: nn.Module, record: EarlyExitRecord, out_dir: Path) -> nn.Module:
     wrapped = EarlyExitClassifier(model, record.exit_layers, record.threshold)
-    wrapped.exits.load_state_dict(torch.load(Path(out_dir) / EXITS, weights_only=True))
+    from safetensors.torch import load_file
+
+    path = Path(out_dir) / EXITS
+    if path.is_file():
+        state = load_file(path, device="cpu")
+    else:
+        state = torch.load(Path(out_dir) / LEGACY_EXITS, map_location="cpu", weights_only=True)
+    wrapped.exits.load_state_dict(state)
     return wrapped.eval()
 
 

@@ -15,6 +15,11 @@ one's. Each stage declares how a model it built is saved and reloaded (``save`` 
 * quantized models: the float model the stage started from is saved and re-quantized on
   load (quantization is deterministic);
 * early-exit models: the backbone as above plus the exit heads' weights.
+
+Tensors are written as safetensors (``save_pretrained``'s default; the exit heads too), never
+pickled. ``compression.json`` is the mark of a complete directory: a re-save removes it first
+and writes it last, atomically, so a save killed half-way leaves a directory
+:func:`load_compressed` refuses (no manifest) rather than one it would trust.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from torch import nn
 
 from engine.compress.base import STAGES, StageRecord, records_from_json, records_json
 from engine.compress.structure import load_pruned
+from sweepcore.atomic import write_atomic
 
 __all__ = ["MANIFEST", "load_compressed", "save_compressed"]
 
@@ -47,6 +53,7 @@ def save_compressed(
     entries of the trial (e.g. ``oom``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)  # the old one must not vouch for new weights
     to_save = model
     for name, rec in reversed(list(records.items())):
         to_save = STAGES.get(name).save(to_save, rec, out)
@@ -65,7 +72,7 @@ def save_compressed(
             manifest.update(stage.manifest(rec))
     manifest["load_with"] = "engine.compress.save.load_compressed"
     manifest["plain_from_pretrained"] = plain and not getattr(to_save.config, "pruned_heads", None)
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+    write_atomic(out / MANIFEST, json.dumps(manifest, indent=2, default=str))  # last
     return out
 
 

@@ -33,6 +33,7 @@ from torch import nn
 from engine.importance.base import Batch, LayerScores, register_derived, register_importance
 from engine.importance.config import ImportanceConfig
 from engine.importance.hybrid import weighted_per_batch
+from sweepcore.atomic import atomic_path
 
 __all__ = [
     "AGREEMENT_COLUMNS",
@@ -206,7 +207,8 @@ def write_agreement(
     base = agreement_methods(scores)
     if len(base) < 2:
         return None
-    agreement_table(base, threshold=threshold).to_parquet(path, index=False)
+    with atomic_path(path) as tmp:
+        agreement_table(base, threshold=threshold).to_parquet(tmp, index=False)
     return path
 
 

@@ -4,6 +4,7 @@ tested in test_frontier.py and test_stats.py."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pandas as pd
 import pytest
 
 from analysis.report import write_report
-from tests.conftest import run_cli
+from tests.conftest import kill_writer_half_way, run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -177,6 +178,54 @@ def test_report_cli_prints_the_path(tmp_path: Path) -> None:
     assert proc.stdout.strip() == str(run_dir / "report.md")
     missing = run_cli("analysis.report", str(tmp_path / "nope"), timeout=120)
     assert missing.returncode == 2 and "results.parquet" in missing.stderr
+
+
+# ----------------------------------------------------------------------------- killed writers
+
+
+def _one_error(proc) -> str:
+    """The single ``error:`` line of a CLI that exited 2 without a traceback."""
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    return errors[0]
+
+
+def test_results_rewrite_killed_half_way_reports_the_previous_results(tmp_path: Path) -> None:
+    """The writer of a new results.parquet (other trial ids) is SIGKILLed half-way: the
+    report is built from the previous, complete table."""
+    run_dir = _write_run(tmp_path / "run")
+    new = pd.read_parquet(run_dir / "results.parquet")
+    new["trial_id"] = new["trial_id"].str.replace("trial_", "rerun_")
+    buf = io.BytesIO()
+    new.to_parquet(buf, index=False)
+    kill_writer_half_way(run_dir / "results.parquet", buf.getvalue())
+    proc = run_cli("analysis.report", str(run_dir), timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = (run_dir / "report.md").read_text()
+    assert "trial_05" in text and "rerun_" not in text
+
+
+def test_first_results_write_killed_half_way_is_no_run(tmp_path: Path) -> None:
+    run_dir = _write_run(tmp_path / "run")
+    data = (run_dir / "results.parquet").read_bytes()
+    (run_dir / "results.parquet").unlink()
+    kill_writer_half_way(run_dir / "results.parquet", data)
+    error = _one_error(run_cli("analysis.report", str(run_dir), timeout=120))
+    assert "results.parquet not found" in error
+
+
+@pytest.mark.parametrize("name", ["results.parquet", "importance.parquet", "manifest.json"])
+def test_a_half_file_is_refused_by_name(tmp_path: Path, name: str) -> None:
+    """What a plain (non-atomic) writer killed half-way leaves — the first half of the file —
+    is one error naming the file, never a report parsed from part of it."""
+    run_dir = _write_run(tmp_path / "run")
+    whole = (run_dir / name).read_bytes()
+    (run_dir / name).write_bytes(whole[: len(whole) // 2])
+    error = _one_error(run_cli("analysis.report", str(run_dir), timeout=120))
+    assert f"{run_dir / name} cannot be read" in error
+    assert not (run_dir / "report.md").exists()
 
 
 # ----------------------------------------------------------------------------- importance study

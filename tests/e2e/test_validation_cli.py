@@ -5,6 +5,7 @@ neither starts Ray nor creates the run directory."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -64,3 +65,60 @@ def test_mistake_exits_2_before_ray(tmp_path: Path, mistake: str) -> None:
     assert "Traceback" not in proc.stderr
     assert "Ray" not in proc.stdout + proc.stderr  # "Started a local Ray instance" never printed
     assert not out.exists()
+
+
+# ------------------------------------------------------------------ preflight: the run directory
+
+
+def _sweep(out: Path, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COMPRESSION_SWEEPS_CACHE": str(tmp_path / "cache")}
+    return subprocess.run(
+        [sys.executable, "-m", "engine.sweep", "--out", str(out), *extra, "smoke"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _one_error_before_ray(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert "Ray" not in proc.stdout + proc.stderr  # "Started a local Ray instance" never printed
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    return lines[0]
+
+
+def test_a_run_directory_under_a_file_is_refused_before_ray(tmp_path: Path) -> None:
+    """Fails for root too: no directory can be made under a regular file."""
+    (tmp_path / "a-file").write_text("not a directory\n")
+    out = tmp_path / "a-file" / "run"
+    error = _one_error_before_ray(_sweep(out, tmp_path))
+    assert error == f"error: cannot write the run directory {out}: Not a directory"
+
+
+def test_a_read_only_directory_is_refused_before_ray(tmp_path: Path) -> None:
+    parent = tmp_path / "read-only"
+    parent.mkdir()
+    parent.chmod(0o500)
+    try:
+        if os.access(parent, os.W_OK):  # root writes anyway: the test above covers root
+            pytest.skip("this user can write a 0o500 directory")
+        out = parent / "run"
+        error = _one_error_before_ray(_sweep(out, tmp_path))
+        assert error == f"error: cannot write the run directory {out}: Permission denied"
+        assert not out.exists()
+    finally:
+        parent.chmod(0o700)
+
+
+def test_a_run_directory_without_room_is_refused_before_ray(tmp_path: Path) -> None:
+    """More than the whole filesystem holds can never be free; the directories the check
+    made are removed again."""
+    need = shutil.disk_usage(tmp_path).total // 2**20 + 1
+    out = tmp_path / "new" / "run"
+    error = _one_error_before_ray(_sweep(out, tmp_path, "--min-free-mb", str(need)))
+    assert f"MB free for the run directory {out}; a run needs {need} MB" in error
+    assert not (tmp_path / "new").exists()

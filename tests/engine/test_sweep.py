@@ -164,3 +164,20 @@ def test_extra_arm_columns_name_what_it_changed() -> None:
     assert off["pipeline.order"] == "truncate,distill"
     assert on["pipeline.truncate.keep_ratio"] == off["pipeline.truncate.keep_ratio"] == 0.67
     assert on["pipeline.truncate.strategy"] == "fisher"  # the study's setting
+
+
+def test_preflight_passes_a_writable_directory_and_leaves_only_the_directory(
+    tmp_path: Path,
+) -> None:
+    from engine.sweep import preflight
+
+    out = tmp_path / "reports" / "smoke" / "run-1"
+    assert preflight(out, 1) is None
+    assert out.is_dir() and list(out.iterdir()) == []  # the probe file is gone
+    (out / "results.parquet").write_bytes(b"kept")  # --resume: an existing run directory
+    assert preflight(out, 1) is None
+    assert [p.name for p in out.iterdir()] == ["results.parquet"]
+    (tmp_path / "f").write_text("")
+    assert preflight(tmp_path / "f", 1) == (
+        f"cannot write the run directory {tmp_path / 'f'}: File exists"
+    )

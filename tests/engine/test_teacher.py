@@ -3,6 +3,8 @@ changes, and a saved teacher reloads equal (weights, train logits, config, metri
 
 from __future__ import annotations
 
+import json
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -93,10 +95,79 @@ def test_cache_round_trip_returns_equal_artifacts(tmp_path: Path, monkeypatch) -
     assert load_cache("0123abcd") is None
 
 
-@pytest.mark.parametrize("missing", ["meta.json", "state_dict.pt", "train_logits.npy"])
+@pytest.mark.parametrize("missing", ["meta.json", "state_dict.safetensors", "train_logits.npy"])
 def test_an_incomplete_cache_entry_is_a_miss(tmp_path: Path, missing: str) -> None:
     art = TeacherArtifacts({"model_type": "bert"}, {"w": torch.ones(2)}, np.zeros((1, 2)), {}, "k")
     where = save_cache(art, root=tmp_path)
     assert load_cache("k", root=tmp_path) is not None
     (where / missing).unlink()
     assert load_cache("k", root=tmp_path) is None
+
+
+# ----------------------------------------------------------------------------- safe loading
+
+
+def _header(path: Path) -> dict:
+    """A safetensors file's header, read by its definition: 8 bytes little-endian length,
+    then that many bytes of JSON (tensor name → dtype, shape, offsets)."""
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    return json.loads(raw[8 : 8 + n])
+
+
+def test_cache_weights_are_safetensors(tmp_path: Path) -> None:
+    state = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.ones(3)}
+    state["tied"] = state["w"]  # tied weights share memory: still written (as a copy)
+    art = TeacherArtifacts({"model_type": "bert"}, state, np.zeros((1, 2)), {}, "k")
+    where = save_cache(art, root=tmp_path)
+    assert sorted(p.name for p in where.iterdir()) == [
+        "meta.json",
+        "state_dict.safetensors",
+        "train_logits.npy",
+    ]
+    header = _header(where / "state_dict.safetensors")
+    assert {k: (v["dtype"], v["shape"]) for k, v in header.items() if k != "__metadata__"} == {
+        "w": ("F32", [2, 3]),
+        "b": ("F32", [3]),
+        "tied": ("F32", [2, 3]),
+    }
+    got = load_cache("k", root=tmp_path)
+    assert got is not None and all(torch.equal(got.state_dict[k], v) for k, v in state.items())
+
+
+def _legacy_entry(root: Path, key: str, weights: object) -> Path:
+    """A cache entry as written before safetensors: ``torch.save`` of the weights."""
+    d = root / "teachers" / key
+    d.mkdir(parents=True)
+    torch.save(weights, d / "state_dict.pt")
+    np.save(d / "train_logits.npy", np.ones((2, 3), dtype=np.float32))
+    (d / "meta.json").write_text(json.dumps({"config": {"model_type": "bert"}, "metrics": {}}))
+    return d
+
+
+def test_a_legacy_pickled_entry_still_loads(tmp_path: Path) -> None:
+    state = {"w": torch.randn(4, 2), "n": torch.tensor([3])}
+    _legacy_entry(tmp_path, "old", state)
+    got = load_cache("old", root=tmp_path)
+    assert got is not None and got.state_dict.keys() == state.keys()
+    assert all(torch.equal(got.state_dict[k], v) for k, v in state.items())
+
+
+class _Payload:
+    """Unpickling this runs code: it creates the file ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_pickle_payload_in_the_cache_is_never_run(tmp_path: Path) -> None:
+    marker = tmp_path / "code-ran"
+    _legacy_entry(tmp_path, "evil", {"w": torch.ones(1), "x": _Payload(marker)})
+    torch.load(tmp_path / "teachers" / "evil" / "state_dict.pt", weights_only=False)
+    assert marker.exists()  # control: a plain unpickle of this file runs the payload
+    marker.unlink()
+    assert load_cache("evil", root=tmp_path) is None  # refused: a cache miss
+    assert not marker.exists()

@@ -68,6 +68,23 @@ def test_save_and_reload_exact(built, tmp_path: Path) -> None:
     a, _ = evaluate(model, data, batch_size=64, device="cpu")
     b, _ = evaluate(again, data, batch_size=64, device="cpu")
     np.testing.assert_array_equal(a, b)
+    # every tensor file is safetensors: nothing in the directory needs unpickling
+    tensors = sorted(p.name for p in tmp_path.iterdir() if p.suffix not in (".json",))
+    assert tensors == ["exit_heads.safetensors", "model.safetensors"]
+
+
+def test_a_model_saved_with_pickled_exit_heads_still_reloads(built, tmp_path: Path) -> None:
+    """Directories written before safetensors hold ``exit_heads.pt`` (read weights-only)."""
+    model, _, data, ctx = built
+    model.threshold = 0.3
+    save_compressed(model, tmp_path, records=ctx.records)
+    (tmp_path / "exit_heads.safetensors").unlink()
+    torch.save(model.exits.state_dict(), tmp_path / "exit_heads.pt")
+    again = load_compressed(tmp_path)
+    again.threshold = 0.3
+    a, _ = evaluate(model, data, batch_size=64, device="cpu")
+    b, _ = evaluate(again, data, batch_size=64, device="cpu")
+    np.testing.assert_array_equal(a, b)
 
 
 def test_bad_exit_layers() -> None:

@@ -86,6 +86,23 @@ def test_quantized_model_is_saved_as_float_and_requantized_exactly(tmp_path: Pat
         save_compressed(model, tmp_path / "x", records={**ctx.records, "quantize": without})
 
 
+def test_a_save_that_fails_half_way_leaves_a_directory_load_refuses(tmp_path: Path) -> None:
+    """compression.json marks a whole directory: a re-save that fails after it started (here
+    the quantize stage, lacking its float model) leaves none, so the weights left from the
+    old save (or a half of the new) are never loaded as if they were complete."""
+    model, ctx = _run([FFN_ONLY, ("quantize", QuantizeConfig())])
+    save_compressed(model, tmp_path, records=ctx.records)
+    assert (tmp_path / MANIFEST).is_file() and (tmp_path / "model.safetensors").is_file()
+    without = dataclasses.replace(ctx.records["quantize"], float_model=None)
+    with pytest.raises(ValueError, match="float model"):
+        save_compressed(model, tmp_path, records={**ctx.records, "quantize": without})
+    assert not (tmp_path / MANIFEST).exists()
+    with pytest.raises(FileNotFoundError, match=MANIFEST):
+        load_compressed(tmp_path)
+    save_compressed(model, tmp_path, records=ctx.records)  # a finished save is whole again
+    assert torch.equal(_logits(model), _logits(load_compressed(tmp_path)))
+
+
 def test_trials_save_their_model_unless_measure_save_models_is_false(
     tmp_path: Path, ray_local
 ) -> None:
