@@ -144,6 +144,11 @@ class NextItem(Task):
                 "data.transfer: another domain can be scored by the text family only "
                 "(teacher.model: text:<encoder>); item ids are not shared between catalogues"
             )
+        if text and study.data.recsys.item_init != "random":
+            problems.append(
+                "data.recsys.item_init: titles starts a sequence model's item embeddings; the "
+                "text family reads the titles themselves"
+            )
         orders = [study.pipeline.order]
         orders += [p["pipeline.order"] for p in study.search.extra if "pipeline.order" in p]
         orders += list(study.search.space.get("pipeline.order", []) or [])

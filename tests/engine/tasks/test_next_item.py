@@ -157,6 +157,7 @@ def test_example_quality_is_the_reciprocal_rank_over_all_items_but_padding() -> 
         ("pipeline.order=[truncate,distill,early_exit]", "early_exit exits on a classifier"),
         ("data.transfer={corpus: amazon-2018}", "data.transfer: another domain"),
         ("teacher.model=text:scratch:gpt2", "teacher.model"),
+        ("data.recsys.item_init=titles", None),  # valid: the LM-enhanced sequence variant
         ("data.recsys.ranking=sampled", None),  # valid: 100 negatives by default
         ("data.recsys.negatives=0", None),  # valid: no side figures
     ],
