@@ -3,7 +3,8 @@
 ``results.parquet`` holds one row per trial (:func:`trial_rows`: Tune's bookkeeping keys
 dropped, the trial's config as dotted-path columns from :func:`trial_columns`) plus the
 teacher's row, first columns in a fixed order; ``importance.parquet``, ``agreement.parquet``,
-``bad_rows.jsonl`` and ``manifest.json`` sit beside it (:func:`write_outputs`).
+``bad_rows.jsonl`` and ``manifest.json`` sit beside it (:func:`write_outputs`). An ensemble
+teacher adds a reference row ``ensemble`` (:mod:`engine.ensemble`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import StudyConfig, flatten
+from engine.ensemble import ENSEMBLE_ID
 from engine.tasks import get_task, metric_columns
 
 __all__ = [
@@ -135,7 +137,12 @@ def write_outputs(
     task = get_task(cfg.task)
     splits = {"train": data.train, "valid": data.valid, "test": data.test}
     baselines = task.baselines(splits, data.num_labels)  # scored once: rows and manifest
-    df = pd.DataFrame([*rows, *reference_rows(baselines)])
+    references = reference_rows(baselines)
+    if art.ensemble is not None:  # teacher.ensemble: the members' mean output as a reference
+        references += reference_rows({ENSEMBLE_ID: art.ensemble.metrics})
+        test = art.ensemble.outputs["test"]
+        write_examples(run_dir, ENSEMBLE_ID, task.example_table(test, splits["test"]), task)
+    df = pd.DataFrame([*rows, *references])
     front = ["trial_id", "seed", "status", "error", "wall_s", "device"]
     df = df[[c for c in front if c in df] + [c for c in df.columns if c not in front]]
     df.to_parquet(run_dir / "results.parquet", index=False)
@@ -155,6 +162,8 @@ def write_outputs(
         "label_names": data.label_names,
     }
     manifest["teacher"] = {"cache_key": art.key, "cached": art.cached, "metrics": art.metrics}
+    if art.ensemble is not None:
+        manifest["teacher"]["ensemble"] = art.ensemble.summary()
     trials = (df["trial_id"] != "teacher") & (df["status"] != REFERENCE_STATUS)
     manifest["trials"] = {
         "total": int(trials.sum()),
