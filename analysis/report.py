@@ -99,6 +99,10 @@ def _teacher(run: RunData) -> list[Block]:
     metric_cols = [*quality_cols, "gflops", "params", "weights_bytes", "latency_ms_p50"]
     for _, t in teacher.iterrows():
         rows.append({"model": "teacher", **{c: t.get(c) for c in metric_cols}})
+    ensemble = (run.manifest.get("teacher") or {}).get("ensemble")
+    if ensemble:  # teacher.ensemble: the members' mean output (students distil from it)
+        label = f"ensemble teacher (mean output of {ensemble['size']} members)"
+        rows.append({"model": label, **{m: ensemble["metrics"].get(m) for m in quality_cols}})
     for name, metrics in (run.manifest.get("baselines") or {}).items():
         if metrics:
             label = BASELINE_LABELS.get(name, f"{name} baseline")

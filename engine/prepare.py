@@ -1,28 +1,32 @@
 """Preparation, once per study: data → teacher → importance, and the teacher's results row.
 
 Each piece is computed once for the whole study (the teacher and its logits are cached by
-content hash) and handed to every trial as :class:`engine.trial.SharedInputs`.
+content hash) and handed to every trial as :class:`engine.trial.SharedInputs`. With
+``teacher.ensemble: N`` the teacher is member 0 of N fine-tuned members (each cached), and
+the trials' train logits are the members' mean (:mod:`engine.ensemble`).
 """
 
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from typing import Any
 
 from engine.config import StudyConfig
+from engine.ensemble import build_ensemble, member_configs, member_outputs
 from engine.tasks import get_task
+from engine.teacher import TeacherConfig
 
 __all__ = ["prepare", "teacher_row"]
 
 
 def prepare(cfg: StudyConfig, timings: dict[str, float]) -> tuple[Any, Any, Any]:
     """Data → teacher → importance, each computed once for the whole study."""
-    import ray
     import torch
 
     from engine.importance.runner import compute_importance
-    from engine.teacher import finetune, load_cache, load_model, save_cache, teacher_key
+    from engine.teacher import load_model
     from engine.trial import SharedInputs
 
     t0 = time.perf_counter()
@@ -39,12 +43,59 @@ def prepare(cfg: StudyConfig, timings: dict[str, float]) -> tuple[Any, Any, Any]
     )
 
     t0 = time.perf_counter()
+    outputs = get_task(cfg.task).head_outputs(data.num_labels)  # the head's width
+    members = [_teacher(cfg, m, data, outputs) for m in member_configs(cfg.teacher)]
+    art = members[0]  # the teacher the students start from (member 0 of an ensemble)
+    if len(members) > 1:
+        art = replace(art, ensemble=_ensemble(cfg, members, splits))
+    timings["teacher_s"] = time.perf_counter() - t0
+    quality = ", ".join(f"{m} {art.metrics[f'test_{m}']:.3f}" for m in get_task(cfg.task).metrics)
+    print(
+        f"[teacher] {'cached' if art.cached else 'trained'}: test {quality} "
+        f"({timings['teacher_s']:.1f} s)",
+        flush=True,
+    )
+    if art.ensemble is not None:
+        quality = ", ".join(
+            f"{m} {art.ensemble.metrics[m]:.3f}" for m in get_task(cfg.task).metrics
+        )
+        print(f"[teacher] ensemble of {len(members)} (mean output): test {quality}", flush=True)
+
+    t0 = time.perf_counter()
+    teacher = load_model(art.config, art.state_dict, cfg.task)
+    scores = compute_importance(teacher, data.train, cfg.importance)
+    del teacher
+    if art.ensemble is not None:  # the other members' ranks, for the manifest only
+        for info, member in zip(art.ensemble.members[1:], members[1:], strict=True):
+            model = load_model(member.config, member.state_dict, cfg.task)
+            ranked = compute_importance(model, data.train, cfg.importance)
+            info["importance_ranks"] = {m: list(s.ranks()) for m, s in ranked.items()}
+        art.ensemble.members[0]["importance_ranks"] = {
+            m: list(s.ranks()) for m, s in scores.items()
+        }
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    timings["importance_s"] = time.perf_counter() - t0
+    for m, s in scores.items():
+        print(f"[importance] {m}: ranks {list(s.ranks())}", flush=True)
+
+    # with an ensemble the students distil from the members' mean train output
+    logits = art.train_logits if art.ensemble is None else art.ensemble.train_logits
+    shared = SharedInputs(art.config, art.state_dict, logits, splits, outputs, scores)
+    return data, art, shared
+
+
+def _teacher(cfg: StudyConfig, teacher: TeacherConfig, data: Any, outputs: int) -> Any:
+    """The fine-tuned ``teacher`` recipe (one ensemble member): from the cache, else
+    fine-tuned as a Ray task with the trial resources and cached."""
+    import ray
+
+    from engine.teacher import finetune, load_cache, save_cache, teacher_key
+
     res = cfg.resources
     precision = f"{res.precision}/{'gpu' if res.gpus > 0 else 'cpu'}"
-    outputs = get_task(cfg.task).head_outputs(data.num_labels)  # the head's width
     # float32 CPU runs (the default) keep their cache keys; anything else is keyed apart
     key = teacher_key(
-        cfg.teacher,
+        teacher,
         data.train,
         outputs,
         precision=None if precision in ("auto/cpu", "fp32/cpu") else precision,
@@ -52,15 +103,14 @@ def prepare(cfg: StudyConfig, timings: dict[str, float]) -> tuple[Any, Any, Any]
     )
     art = load_cache(key)
     if art is None:
-        print(f"[teacher] fine-tuning {cfg.teacher.model} (cache key {key})", flush=True)
-        task = ray.remote(finetune).options(
-            num_cpus=cfg.resources.cpus, num_gpus=cfg.resources.gpus
-        )
+        member = "" if cfg.teacher.ensemble is None else f" seed {teacher.seed}"
+        print(f"[teacher] fine-tuning {teacher.model}{member} (cache key {key})", flush=True)
+        task = ray.remote(finetune).options(num_cpus=res.cpus, num_gpus=res.gpus)
         art = ray.get(
             task.remote(
-                cfg.teacher,
+                teacher,
                 data.train,
-                {k: v for k, v in splits.items() if k != "train"},
+                _evals(data),
                 outputs,
                 key=key,
                 threads=None,  # nothing else runs while the study prepares: use the whole node
@@ -70,25 +120,41 @@ def prepare(cfg: StudyConfig, timings: dict[str, float]) -> tuple[Any, Any, Any]
             )
         )
         save_cache(art)
-    timings["teacher_s"] = time.perf_counter() - t0
-    quality = ", ".join(f"{m} {art.metrics[f'test_{m}']:.3f}" for m in get_task(cfg.task).metrics)
-    print(
-        f"[teacher] {'cached' if art.cached else 'trained'}: test {quality} "
-        f"({timings['teacher_s']:.1f} s)",
-        flush=True,
+    return art
+
+
+def _evals(data: Any) -> dict[str, Any]:
+    """The splits a teacher is scored on: valid, test and a ``transfer`` split if any."""
+    out = {"valid": data.valid, "test": data.test}
+    if getattr(data, "transfer", None) is not None:
+        out["transfer"] = data.transfer
+    return out
+
+
+def _ensemble(cfg: StudyConfig, members: list[Any], splits: dict[str, Any]) -> Any:
+    """The members' mean outputs and their quality; each member's valid/test outputs are
+    computed as a Ray task with the trial resources."""
+    import ray
+
+    res = cfg.resources
+    evals = {k: splits[k] for k in ("valid", "test")}
+    task = ray.remote(member_outputs).options(num_cpus=res.cpus, num_gpus=res.gpus)
+    outputs = ray.get(
+        [
+            task.remote(
+                m.config,
+                m.state_dict,
+                evals,
+                task=cfg.task,
+                batch_size=cfg.measure.eval_batch_size,
+                gpus=res.gpus,
+                precision=res.precision,
+            )
+            for m in members
+        ]
     )
-
-    t0 = time.perf_counter()
-    teacher = load_model(art.config, art.state_dict, cfg.task)
-    scores = compute_importance(teacher, data.train, cfg.importance)
-    del teacher
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    timings["importance_s"] = time.perf_counter() - t0
-    for m, s in scores.items():
-        print(f"[importance] {m}: ranks {list(s.ranks())}", flush=True)
-
-    shared = SharedInputs(art.config, art.state_dict, art.train_logits, splits, outputs, scores)
-    return data, art, shared
+    seeds = [m.seed for m in member_configs(cfg.teacher)]
+    return build_ensemble(members, seeds, outputs, splits, cfg.task)
 
 
 def teacher_row(cfg: StudyConfig, shared: Any, run_dir: Any = None) -> dict[str, Any]:

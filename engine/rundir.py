@@ -3,7 +3,8 @@
 ``results.parquet`` holds one row per trial (:func:`trial_rows`: Tune's bookkeeping keys
 dropped, the trial's config as dotted-path columns from :func:`trial_columns`) plus the
 teacher's row, first columns in a fixed order; ``importance.parquet``, ``agreement.parquet``,
-``bad_rows.jsonl`` and ``manifest.json`` sit beside it (:func:`write_outputs`).
+``bad_rows.jsonl`` and ``manifest.json`` sit beside it (:func:`write_outputs`). An ensemble
+teacher adds a reference row ``ensemble`` (:mod:`engine.ensemble`).
 
 Every file is written atomically (:mod:`sweepcore.atomic`), ``manifest.json`` last: a run
 killed while writing leaves each file absent or whole, never half.
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import StudyConfig, flatten
+from engine.ensemble import ENSEMBLE_ID
 from engine.tasks import get_task, metric_columns
 from sweepcore.atomic import atomic_path, write_atomic
 
@@ -146,7 +148,12 @@ def write_outputs(
     if getattr(data, "transfer", None) is not None:
         splits["transfer"] = data.transfer
     baselines = task.baselines(splits, data.num_labels)  # scored once: rows and manifest
-    df = pd.DataFrame([*rows, *reference_rows(baselines)])
+    references = reference_rows(baselines)
+    if art.ensemble is not None:  # teacher.ensemble: the members' mean output as a reference
+        references += reference_rows({ENSEMBLE_ID: art.ensemble.metrics})
+        test = art.ensemble.outputs["test"]
+        write_examples(run_dir, ENSEMBLE_ID, task.example_table(test, splits["test"]), task)
+    df = pd.DataFrame([*rows, *references])
     front = ["trial_id", "seed", "status", "error", "wall_s", "device"]
     df = df[[c for c in front if c in df] + [c for c in df.columns if c not in front]]
     with atomic_path(run_dir / "results.parquet") as tmp:
@@ -167,6 +174,8 @@ def write_outputs(
         "label_names": data.label_names,
     }
     manifest["teacher"] = {"cache_key": art.key, "cached": art.cached, "metrics": art.metrics}
+    if art.ensemble is not None:
+        manifest["teacher"]["ensemble"] = art.ensemble.summary()
     trials = (df["trial_id"] != "teacher") & (df["status"] != REFERENCE_STATUS)
     manifest["trials"] = {
         "total": int(trials.sum()),

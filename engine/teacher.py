@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from transformers import PreTrainedModel
 
 from engine.configbase import OptimConfig
@@ -53,6 +53,19 @@ class TeacherConfig(OptimConfig):
     max_steps: int | None = Field(None, ge=1)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     seed: int = Field(0, ge=0)
+    # N >= 2: an ensemble of this recipe under seeds seed, seed + 1, ..., seed + N - 1 whose
+    # mean output the students distil from (engine.ensemble); None: one teacher. Not part of
+    # a member's cache key: member 0 is the teacher a study without an ensemble would train.
+    ensemble: int | None = None
+
+    @field_validator("ensemble")
+    @classmethod
+    def _ensemble_size(cls, n: int | None) -> int | None:
+        if n is not None and n < 2:
+            raise ValueError(
+                "an ensemble teacher needs at least 2 members (leave it out for one teacher)"
+            )
+        return n
 
 
 @dataclass
@@ -65,6 +78,7 @@ class TeacherArtifacts:
     metrics: dict[str, Any]  # valid_/test quality (+ device, precision, oom_retries)
     key: str
     cached: bool = False
+    ensemble: Any = None  # teacher.ensemble: engine.ensemble.EnsembleArtifacts (None: one teacher)
 
 
 def cache_dir() -> Path:
@@ -91,11 +105,12 @@ def teacher_key(
     task: str | Task = DEFAULT_TASK,
 ) -> str:
     """Cache key of a fine-tuned teacher. ``precision`` (e.g. ``"auto/gpu"``) enters the key
-    only when given, so float32 CPU runs keep the keys they had before it existed.
+    only when given, so float32 CPU runs keep the keys they had before it existed;
+    ``cfg.ensemble`` never enters it (member k's key is the recipe's with ``seed + k``).
     ``num_labels``: the head's outputs; the data hashed are ``task``'s arrays."""
     payload = {
         "code": CODE_VERSION,
-        "teacher": cfg.model_dump(mode="json"),
+        "teacher": cfg.model_dump(mode="json", exclude={"ensemble"}),  # a member's own recipe
         "data": fingerprint({k: train[k] for k in get_task(task).view.arrays}),
         "num_labels": num_labels,
         "torch": torch.__version__.split("+")[0],

@@ -369,3 +369,19 @@ def test_report_importance_section_says_what_each_interval_resampled(tmp_path: P
     agreement = md.split("## Agreement between importance methods")[1]
     assert "here fisher, ablation, block_influence" in agreement
     assert "(fisher, ablation, block_influence; hybrid and consensus excluded)" in agreement
+
+
+def test_an_ensemble_teacher_is_a_row_of_the_teacher_table(tmp_path: Path) -> None:
+    """With ``teacher.ensemble`` the manifest's mean-output quality is shown beside the
+    teacher, with its own numbers, and the students' tables stay as they were."""
+    run_dir = _write_run(tmp_path / "run")
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest["teacher"] = {
+        "ensemble": {"size": 3, "metrics": {"accuracy": 0.6789, "macro_f1": 0.4321}, "members": []}
+    }
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    md = write_report(run_dir).read_text()
+    table = md.split("## Teacher and baseline")[1].split("## ")[0]
+    assert "| ensemble teacher (mean output of 3 members) | 0.6789 | 0.4321 |" in table
+    results = md.split("## Results (one row per trial)")[1].split("## Across seeds")[0]
+    assert "ensemble" not in results

@@ -1,6 +1,7 @@
 """End to end: the shipped ``rating`` study (rating regression on Amazon 2018 reviews) at tiny
-sizes through the real CLI — reference rows, a structured-pruned student with pruning-aware
-distillation, an int8 one and a truncated + distilled one, each scored by RMSE and MAE."""
+sizes through the real CLI — reference rows (with the 3-member ensemble teacher's), a
+structured-pruned student with pruning-aware distillation from the ensemble, an int8 one and a
+truncated + distilled one, each scored by RMSE and MAE."""
 
 from __future__ import annotations
 
@@ -46,8 +47,15 @@ def test_rating_study_writes_rmse_rows_and_reference_baselines(tmp_path: Path) -
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     df = pd.read_parquet(out / "results.parquet")
     ref = df[df.status == "reference"].set_index("trial_id")
-    assert sorted(ref.index) == ["bias_mf", "global_mean"]
+    # the task's baselines, and the study's 3-member ensemble teacher (mean prediction)
+    assert sorted(ref.index) == ["bias_mf", "ensemble", "global_mean"]
     manifest = json.loads((out / "manifest.json").read_text())
+    ensemble = manifest["teacher"]["ensemble"]
+    assert ensemble["size"] == 3 and [m["seed"] for m in ensemble["members"]] == [0, 1, 2]
+    assert ensemble["members"][0]["cache_key"] == manifest["teacher"]["cache_key"]
+    assert len({m["cache_key"] for m in ensemble["members"]}) == 3
+    for metric, value in ensemble["metrics"].items():
+        assert ref.loc["ensemble", metric] == pytest.approx(value)
     assert manifest["task"]["name"] == "rating_regression"
     assert manifest["task"]["metrics"] == {"rmse": "min", "mae": "min"}
     for name, metrics in manifest["baselines"].items():
@@ -69,7 +77,8 @@ def test_rating_study_writes_rmse_rows_and_reference_baselines(tmp_path: Path) -
     assert truncated.student_layers == 3 and truncated.gflops < pruned.gflops
     assert quantized.quant == "dynamic_int8"
     # each student's test RMSE/MAE recomputed from its per-review predictions
-    for row in (*students.itertuples(), teacher):
+    ensemble_row = df[df.trial_id == "ensemble"].iloc[0]
+    for row in (*students.itertuples(), teacher, ensemble_row):
         table = pd.read_parquet(out / "predictions" / f"{row.trial_id}.parquet")
         assert len(table) == manifest["data"]["stats"]["split_sizes"]["test"]
         err = (table.prediction - table.rating).to_numpy(np.float64)

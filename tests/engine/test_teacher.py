@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.config import load_study
+from engine.config import ConfigError, load_study
 from engine.teacher import (
     TeacherArtifacts,
     cache_dir,
@@ -171,3 +171,35 @@ def test_a_pickle_payload_in_the_cache_is_never_run(tmp_path: Path) -> None:
     marker.unlink()
     assert load_cache("evil", root=tmp_path) is None  # refused: a cache miss
     assert not marker.exists()
+def test_an_ensemble_keeps_each_members_cache_key_that_of_its_own_recipe() -> None:
+    """``teacher.ensemble`` is not hashed: member 0's key is the key the study has without an
+    ensemble (a cached teacher is reused), member k's the recipe's with ``seed + k``."""
+    from engine.ensemble import member_configs
+
+    train = _train()
+    single = load_study("smoke").teacher
+    ensemble = load_study("smoke", ["teacher.ensemble=3"]).teacher
+    assert ensemble.ensemble == 3 and single.ensemble is None
+    keys = [teacher_key(m, train, 5) for m in member_configs(ensemble)]
+    assert keys[0] == teacher_key(single, train, 5)
+    for k in (1, 2):
+        assert keys[k] == teacher_key(load_study("smoke", [f"teacher.seed={k}"]).teacher, train, 5)
+    assert len(set(keys)) == 3
+
+
+@pytest.mark.parametrize("value", ["1", "0", "-2", "true"])
+def test_an_ensemble_of_fewer_than_two_members_is_one_clear_error(value: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_study("rating", [f"teacher.ensemble={value}"])
+    assert len(err.value.problems) == 1
+    line = err.value.problems[0]
+    assert line.startswith("sweeps/rating.yaml: teacher.ensemble: ")
+    assert "at least 2 members" in line
+
+
+def test_an_ensemble_size_must_be_a_whole_number() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_study("rating", ["teacher.ensemble=three"])
+    assert len(err.value.problems) == 1
+    assert err.value.problems[0].startswith("sweeps/rating.yaml: teacher.ensemble: ")
+    assert "'three'" in err.value.problems[0]
