@@ -171,6 +171,8 @@ def test_a_pickle_payload_in_the_cache_is_never_run(tmp_path: Path) -> None:
     marker.unlink()
     assert load_cache("evil", root=tmp_path) is None  # refused: a cache miss
     assert not marker.exists()
+
+
 def test_an_ensemble_keeps_each_members_cache_key_that_of_its_own_recipe() -> None:
     """``teacher.ensemble`` is not hashed: member 0's key is the key the study has without an
     ensemble (a cached teacher is reused), member k's the recipe's with ``seed + k``."""
