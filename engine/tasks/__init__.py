@@ -23,8 +23,11 @@ items), reference baseline rows (rows of ``results.parquet`` with ``status = "re
 and default objectives. Optional hooks: ``prepare`` (the task's own splits: next_item reads
 interaction sequences), ``study_problems`` (one-line checks before any Ray work),
 ``teacher_defaults``, ``teacher_training`` (the teacher's own objective, keyed by
-``teacher_recipe``), ``init_head``, ``example_table`` + ``examples_dir`` (per-example rows
-written for every model: ``rankings/``, ``predictions/``). Everything else
+``teacher_recipe``), ``teacher_inputs`` (train arrays beside the view's that shape the
+teacher, in its cache key), ``init_head`` (the fresh model from the train split),
+``bind_split`` (how a model scores one split, e.g. another domain's catalogue),
+``target_embeddings`` (a vector per target for ``mutual_info``), ``example_table`` +
+``examples_dir`` (per-example rows written for every model: ``rankings/``, ``predictions/``). Everything else
 asks the study's task (``study.task`` → :func:`get_task`): the teacher's fine-tuning,
 evaluation (:func:`engine.measure.evaluate`), the stages' losses (``ctx.task``), the
 importance methods' losses (``ImportanceConfig.task``), the validation of objective and
