@@ -28,6 +28,7 @@ catalogue plus the padding id 0, which is never a candidate).
 from __future__ import annotations
 
 import zlib
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -38,6 +39,7 @@ from engine.data.recsys import RecsysViews, build_recsys
 from engine.data.registry import DataError
 
 __all__ = [
+    "catalogue_titles",
     "left_pad",
     "negatives_for",
     "prepare_sequences",
@@ -76,6 +78,18 @@ def negatives_for(user: str, history: list[int], n_items: int, n: int, seed: int
                 if len(out) == n:
                     break
     return out
+
+
+def catalogue_titles(item_ids: Sequence[str], titles: Mapping[str, str]) -> tuple[list[str], int]:
+    """The title of each item id 1…V (``item_ids[i]`` has id i + 1) and how many had none."""
+    out, missing = [], 0
+    for item in item_ids:
+        title = " ".join(str(titles.get(item, "")).split())
+        if not title:
+            missing += 1
+            title = f"item {item}"
+        out.append(title)
+    return out, missing
 
 
 def sequence_splits(
@@ -199,7 +213,6 @@ def sequence_data(cfg: DataConfig) -> tuple[PreparedData, dict[str, str]]:
         "item_titles": len(corpus.item_titles),
     }
     if cfg.recsys.item_init == "titles":  # the LM-enhanced variant's starting embeddings
-        from engine.data.text_sequences import catalogue_titles
         from engine.models import EMBEDDED_TEACHER
         from engine.tasks.text_ranker import TEXT, title_vectors
 

@@ -32,24 +32,12 @@ import numpy as np
 from engine.data.config import DataConfig
 from engine.data.pipeline import PreparedData
 from engine.data.registry import DataError
-from engine.data.sequences import sequence_data
+from engine.data.sequences import catalogue_titles, sequence_data
 
-__all__ = ["SEPARATOR", "catalogue_titles", "prepare_text_sequences", "user_texts"]
+__all__ = ["SEPARATOR", "prepare_text_sequences", "user_texts"]
 
 SEPARATOR = " | "
 ROW_ARRAYS = ("labels", "seen", "negatives", "protocol", "row_key")
-
-
-def catalogue_titles(item_ids: Sequence[str], titles: Mapping[str, str]) -> tuple[list[str], int]:
-    """The title of each item id 1…V (``item_ids[i]`` has id i + 1) and how many had none."""
-    out, missing = [], 0
-    for item in item_ids:
-        title = " ".join(str(titles.get(item, "")).split())
-        if not title:
-            missing += 1
-            title = f"item {item}"
-        out.append(title)
-    return out, missing
 
 
 def user_texts(input_ids: np.ndarray, titles: Sequence[str], n_items: int) -> list[str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from engine.config import load_study
 from engine.models import embedded_model_path
@@ -90,7 +91,7 @@ def _member(cache: Path, key: str) -> torch.nn.Module:
     d = cache / "teachers" / key
     config = json.loads((d / "meta.json").read_text())["config"]
     model = AutoModelForSequenceClassification.from_config(AutoConfig.for_model(**config))
-    model.load_state_dict(torch.load(d / "state_dict.pt", weights_only=True))
+    model.load_state_dict(load_file(d / "state_dict.safetensors"))
     return model.eval()
 
 
@@ -120,7 +121,7 @@ def member_predictions(prepared) -> dict[str, dict[str, np.ndarray]]:
 def test_each_member_is_cached_apart_and_the_members_differ(prepared, member_predictions):
     assert len(prepared["members"]) == MEMBERS
     states = [
-        torch.load(prepared["cache"] / "teachers" / k / "state_dict.pt", weights_only=True)
+        load_file(prepared["cache"] / "teachers" / k / "state_dict.safetensors")
         for k in prepared["members"]
     ]
     for i in range(MEMBERS):

@@ -51,7 +51,8 @@ def test_derived_pipeline_keeps_every_key_and_default() -> None:
 def test_teacher_keeps_its_fine_tuning_defaults() -> None:
     teacher = StudyConfig(name="x", description="y").teacher.model_dump()
     assert {k: teacher[k] for k in TEACHER_BEFORE} == TEACHER_BEFORE
-    assert set(teacher) == {*TEACHER_BEFORE, "model"}
+    assert set(teacher) == {*TEACHER_BEFORE, "model", "ensemble"}
+    assert teacher["ensemble"] is None  # one teacher unless a study asks for an ensemble
 
 
 def test_placement_rules_and_resumable_stages_as_before() -> None:

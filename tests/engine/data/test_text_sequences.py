@@ -17,7 +17,8 @@ import torch
 from transformers import AutoTokenizer, BertModel
 
 from engine.data.config import DataConfig, RecsysConfig, TransferDataConfig
-from engine.data.text_sequences import SEPARATOR, catalogue_titles, prepare_text_sequences
+from engine.data.sequences import catalogue_titles
+from engine.data.text_sequences import SEPARATOR, prepare_text_sequences
 from engine.data.text_sequences import user_texts as texts_of
 from engine.models import resolve_model_path
 
