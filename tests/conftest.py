@@ -296,3 +296,16 @@ class Live:
 
     def __call__(self, metrics: dict, training=None) -> None:
         self.fn(int(metrics["step"]), training)
+
+
+def ranking_metrics_by_definition(ranks) -> dict[str, float]:
+    """HR@k, NDCG@k (k = 5, 10, 20) and MRR by their definitions, one relevant item per
+    user at 0-based rank r: hit = r < k, NDCG = 1/log2(r + 2) if r < k, RR = 1/(r + 1)."""
+    import math
+
+    ranks = [int(r) for r in ranks]
+    out = {"mrr": sum(1 / (r + 1) for r in ranks) / len(ranks)}
+    for k in (5, 10, 20):
+        out[f"hr_at_{k}"] = sum(r < k for r in ranks) / len(ranks)
+        out[f"ndcg_at_{k}"] = sum(1 / math.log2(r + 2) for r in ranks if r < k) / len(ranks)
+    return out

@@ -6,14 +6,13 @@ other catalogue, and the report puts both side by side."""
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from tests.conftest import run_sweep
+from tests.conftest import ranking_metrics_by_definition, run_sweep
 
 TINY = (
     "teacher.epochs=1",
@@ -38,14 +37,6 @@ def xd_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.C
     return out, proc
 
 
-def _from_ranks(ranks) -> dict[str, float]:
-    out = {"mrr": sum(1 / (r + 1) for r in ranks) / len(ranks)}
-    for k in (5, 10, 20):
-        out[f"hr_at_{k}"] = sum(r < k for r in ranks) / len(ranks)
-        out[f"ndcg_at_{k}"] = sum(1 / math.log2(r + 2) for r in ranks if r < k) / len(ranks)
-    return out
-
-
 @pytest.mark.slow
 def test_both_domains_figures_come_from_the_rankings_written(xd_run) -> None:
     out, _ = xd_run
@@ -64,7 +55,7 @@ def test_both_domains_figures_come_from_the_rankings_written(xd_run) -> None:
             assert ranks.user_id.is_unique and (ranks["rank"] < ranks["candidates"]).all()
             # every candidate list is the domain's catalogue minus the user's earlier items
             assert ranks["candidates"].max() <= items and ranks["candidates"].max() > items // 2
-            for metric, value in _from_ranks(ranks["rank"].tolist()).items():
+            for metric, value in ranking_metrics_by_definition(ranks["rank"].tolist()).items():
                 assert row[f"{prefix}{metric}"] == pytest.approx(value, abs=1e-9), (trial_id, sub)
     # the two domains' users differ: 80 gift-card test users, every MovieLens user kept
     assert len(pd.read_parquet(out / "rankings" / "teacher.parquet")) == 80

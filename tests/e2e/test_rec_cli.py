@@ -4,15 +4,13 @@ every figure of the ranking columns can be recomputed from the per-user rankings
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import run_sweep
+from tests.conftest import ranking_metrics_by_definition, run_sweep
 
 
 @pytest.fixture(scope="module")
@@ -21,15 +19,6 @@ def rec_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.
     proc = run_sweep("smoke-rec", out=out, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, proc
-
-
-def _from_ranks(ranks: np.ndarray) -> dict[str, float]:
-    """HR, NDCG and MRR by their definitions (one relevant item, 0-based rank r)."""
-    out = {"mrr": float(np.mean([1 / (r + 1) for r in ranks]))}
-    for k in (5, 10, 20):
-        out[f"hr_at_{k}"] = float(np.mean([r < k for r in ranks]))
-        out[f"ndcg_at_{k}"] = float(np.mean([1 / math.log2(r + 2) if r < k else 0 for r in ranks]))
-    return out
 
 
 @pytest.mark.slow
@@ -48,7 +37,7 @@ def test_smoke_rec_rows_rankings_and_reference(rec_run) -> None:
         assert len(ranks) == n_test and ranks.user_id.is_unique
         assert (ranks["rank"] < ranks["candidates"]).all()
         row = df[df.trial_id == trial_id].iloc[0]
-        for metric, value in _from_ranks(ranks["rank"].to_numpy()).items():
+        for metric, value in ranking_metrics_by_definition(ranks["rank"].to_numpy()).items():
             assert row[metric] == pytest.approx(value, abs=1e-9), (trial_id, metric)
     # the popularity reference row carries the manifest's figures, full and sampled
     pop = df[df.trial_id == "popularity"].iloc[0]

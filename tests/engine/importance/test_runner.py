@@ -161,8 +161,13 @@ def test_bf16_gradient_pass_ranks_like_float32_on_cuda() -> None:
     names = ("fisher", "gradient", "taylor")
     bf16 = score_methods(model, batches, names, ImportanceConfig(autocast_bf16=True))
     fp32 = score_methods(model, batches, names, ImportanceConfig(autocast_bf16=False))
-    for m in names:
+    # the planted layer leads the parameter-gradient methods; ``gradient`` (the norm of
+    # ∂L/∂h at each block's output) is not moved by scaling a block's own weights — on CPU in
+    # float32 it ranks layer 2 second of four, scores within 3 % of each other — so only its
+    # bf16/float32 agreement is asserted
+    for m in ("fisher", "taylor"):
         assert bf16[m].ranks()[2] == 0 and fp32[m].ranks()[2] == 0, m
+    for m in names:
         np.testing.assert_allclose(bf16[m].scores, fp32[m].scores, rtol=0.1)
 
 
