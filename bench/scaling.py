@@ -2,9 +2,11 @@
 
 Each configuration is a fresh ``ray.cluster_utils.Cluster`` on this machine: a head with no
 CPUs (it runs the driver only, like ``cluster.yaml``) and N worker nodes that share the same
-**total** logical CPUs (``--total-cpus``, default 2: 1 node × 2, 2 × 1, 4 × 0.5), so every
-configuration has the same number of trial slots (total / ``resources.cpus``) and the same
-real cores; what changes is only how the slots are spread over nodes. The study runs through
+**total** logical CPUs (``--total-cpus``, default 4: 1 node × 4, 2 × 2, 4 × 1), so every
+configuration has the same number of trial slots (total / ``resources.cpus`` = 4) and the
+same real cores; what changes is only how the slots are spread over nodes. No node has less
+than 1 CPU: a Ray Data operator given no ``num_cpus`` (e.g. its own ``Project``) asks for 1
+(ray/data/_internal/execution/operators/map_operator.py) and would never fit a smaller node. The study runs through
 the real CLI (``python -m engine.sweep --address``) in a subprocess, one teacher cache for all
 configurations (the first run fine-tunes it).
 
@@ -45,14 +47,14 @@ __all__ = ["main", "run_config", "slot_gaps", "summarize"]
 
 REPO = Path(__file__).resolve().parents[1]
 STORE = 200 * 2**20
-# 2 strategies × 4 seeds = 8 trials; each trial 0.5 CPU, one torch thread
+# 2 strategies × 4 seeds = 8 trials; each trial 1 CPU (4 slots in all), one torch thread
 STUDY = [
     "smoke",
     "repeats=[0, 1, 2, 3]",
-    "resources.cpus=0.5",
+    "resources.cpus=1",
     "threads_per_trial=1",
     "importance.num_batches=1",
-    "measure.latency_repeats=1",
+    "measure.save_models=false",  # no students saved, so no latency phase: sweep only
 ]
 
 
@@ -151,7 +153,7 @@ def run_config(n_nodes: int, total_cpus: float, out: Path, cache: Path) -> dict[
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--nodes", type=int, nargs="+", default=[1, 2, 4])
-    p.add_argument("--total-cpus", type=float, default=2.0)
+    p.add_argument("--total-cpus", type=float, default=4.0)
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "mn-scaling")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
