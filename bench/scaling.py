@@ -119,6 +119,7 @@ def run_config(n_nodes: int, total_cpus: float, out: Path, cache: Path) -> dict[
                 "num_cpus": 0,
                 "temp_dir": str(temp_dir),
                 "object_store_memory": STORE,
+                "include_dashboard": False,
             },
         )
         for _ in range(n_nodes):
