@@ -11,10 +11,10 @@ in the same directory never meets another study's rows.
 
 Each start of a trial (the first, a retry after its worker or node died, a rerun after
 ``--resume``) also appends one line to ``<run_dir>/trials/<trial_id>.attempts.jsonl``
-(:func:`record_attempt`): the Ray node it ran on, when, and whether Tune handed it a checkpoint.
-The trial's final row carries them as ``attempts`` and ``node_history`` (:func:`attempts`), so
-a run directory says which trials were retried and where each attempt ran. Like the rows, the
-file must sit on storage every node shares for the history to be whole.
+(:func:`record_attempt`): the Ray node it ran on, when, and whether Tune handed it a
+checkpoint. The trial's final row carries them as ``attempts`` and ``node_history``
+(:func:`attempts`), so a run directory says which trials were retried and where each attempt
+ran. Like the rows, the file must sit on storage every node shares for the history to be whole.
 """
 
 from __future__ import annotations
@@ -68,9 +68,10 @@ def finished_row(run_dir: str | Path, trial_id: str) -> dict[str, Any] | None:
 
 
 def record_attempt(run_dir: str | Path, trial_id: str, attempt: dict[str, Any]) -> Path:
-    """Append one start of the trial (e.g. ``{"node_id", "started_at", "from_checkpoint"}``) to its
-    attempts file; returns the file. One short line in one ``O_APPEND`` write: attempts of a
-    trial run one after another, and a reader sees whole lines."""
+    """Append one start of the trial (``{"node_id", "started_at", "from_checkpoint"}`` from
+    :func:`engine.trial.run_trial`) to its attempts file; returns the file. One short line in
+    one ``O_APPEND`` write: attempts of a trial run one after another, and a reader sees whole
+    lines."""
     path = _attempts_path(run_dir, trial_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps(attempt, default=_plain, allow_nan=True, sort_keys=True) + "\n"
