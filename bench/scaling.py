@@ -6,9 +6,9 @@ CPUs (it runs the driver only, like ``cluster.yaml``) and N worker nodes that sh
 configuration has the same number of trial slots (total / ``resources.cpus`` = 4) and the
 same real cores; what changes is only how the slots are spread over nodes. No node has less
 than 1 CPU: a Ray Data operator given no ``num_cpus`` (e.g. its own ``Project``) asks for 1
-(ray/data/_internal/execution/operators/map_operator.py) and would never fit a smaller node. The study runs through
-the real CLI (``python -m engine.sweep --address``) in a subprocess, one teacher cache for all
-configurations (the first run fine-tunes it).
+(ray/data/_internal/execution/operators/map_operator.py) and would never fit a smaller node.
+The study runs through the real CLI (``python -m engine.sweep --address``) in a subprocess,
+one teacher cache for all configurations (the first run fine-tunes it).
 
 From each run directory's trial rows (``started_at``/``finished_at``/``node_id``, written by
 the trial itself, :data:`engine.rundir.PLACEMENT_COLUMNS`):
