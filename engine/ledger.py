@@ -8,11 +8,19 @@ window itself: it writes its final row to ``<run_dir>/trials/<trial_id>.json`` (
 before reporting it, and a trial that finds its row there reports it again, marked
 ``replayed``, instead of training. Trial ids are unique per Tune experiment, so a fresh study
 in the same directory never meets another study's rows.
+
+Each start of a trial (the first, a retry after its worker or node died, a rerun after
+``--resume``) also appends one line to ``<run_dir>/trials/<trial_id>.attempts.jsonl``
+(:func:`record_attempt`): the Ray node it ran on, when, and whether Tune handed it a
+checkpoint. The trial's final row carries them as ``attempts`` and ``node_history``
+(:func:`attempts`), so a run directory says which trials were retried and where each attempt
+ran. Like the rows, the file must sit on storage every node shares for the history to be whole.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +28,17 @@ import numpy as np
 
 from sweepcore.atomic import write_atomic
 
-__all__ = ["LEDGER_DIR", "finished_row", "record_finished"]
+__all__ = ["LEDGER_DIR", "attempts", "finished_row", "record_attempt", "record_finished"]
 
 LEDGER_DIR = "trials"
 
 
 def _path(run_dir: str | Path, trial_id: str) -> Path:
     return Path(run_dir, LEDGER_DIR, f"{trial_id}.json")
+
+
+def _attempts_path(run_dir: str | Path, trial_id: str) -> Path:
+    return Path(run_dir, LEDGER_DIR, f"{trial_id}.attempts.jsonl")
 
 
 def _plain(v: Any) -> Any:
@@ -53,3 +65,34 @@ def finished_row(run_dir: str | Path, trial_id: str) -> dict[str, Any] | None:
     if not path.exists():
         return None
     return json.loads(path.read_text())
+
+
+def record_attempt(run_dir: str | Path, trial_id: str, attempt: dict[str, Any]) -> Path:
+    """Append one start of the trial (``{"node_id", "started_at", "from_checkpoint"}`` from
+    :func:`engine.trial.run_trial`) to its attempts file; returns the file. One short line in
+    one ``O_APPEND`` write: attempts of a trial run one after another, and a reader sees whole
+    lines."""
+    path = _attempts_path(run_dir, trial_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(attempt, default=_plain, allow_nan=True, sort_keys=True) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+    return path
+
+
+def attempts(run_dir: str | Path, trial_id: str) -> list[dict[str, Any]]:
+    """The trial's recorded starts, oldest first (an empty list when none was recorded); a
+    line cut short by a crash mid-write is skipped."""
+    path = _attempts_path(run_dir, trial_id)
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out

@@ -24,12 +24,14 @@ from engine.tasks import get_task, metric_columns
 from sweepcore.atomic import atomic_path, write_atomic
 
 __all__ = [
+    "PLACEMENT_COLUMNS",
     "REFERENCE_STATUS",
     "TUNE_KEYS",
     "examples_name",
     "reference_rows",
     "trial_columns",
     "trial_rows",
+    "tune_failures",
     "write_examples",
     "write_outputs",
 ]
@@ -56,6 +58,32 @@ TUNE_KEYS = (
 )
 
 
+# Where and when each trial ran, so a cluster run says which node did what and which trials
+# were retried (written by the trial, engine.trial._placement, except ``retries``):
+#   node_id       the Ray node id of the attempt that produced the row
+#   started_at    that attempt's start, finished_at its end (Unix seconds, the node's clock)
+#   attempts      starts of the trial recorded in trials/<id>.attempts.jsonl (engine.ledger):
+#                 1 + retries, plus one per --resume that reran it
+#   node_history  the node id of each attempt, oldest first, comma-separated
+#   retries       Tune's count of the trial's failures it retried (Trial.num_failures)
+PLACEMENT_COLUMNS = (
+    "node_id",
+    "started_at",
+    "finished_at",
+    "attempts",
+    "node_history",
+    "retries",
+)
+
+
+def tune_failures(experiment_path: str) -> dict[str, int]:
+    """Tune's failure count of each trial (``Trial.num_failures``, from the experiment state
+    Tune saved): how often it was restarted after its worker or node died."""
+    from ray.tune import ExperimentAnalysis
+
+    return {t.trial_id: int(t.num_failures) for t in ExperimentAnalysis(experiment_path).trials}
+
+
 def trial_columns(values: dict[str, Any], study: StudyConfig) -> dict[str, Any]:
     """Config columns named by dotted path: the pipeline and search settings of a trial."""
     from engine.config import with_values
@@ -76,6 +104,7 @@ def trial_rows(cfg: StudyConfig, grid: Any) -> list[dict[str, Any]]:
     from engine.trial import trial_seed
 
     rows = []
+    failures = tune_failures(grid.experiment_path)
     for res in grid:
         config = res.config or {}
         values = config.get("values", {})
@@ -96,6 +125,7 @@ def trial_rows(cfg: StudyConfig, grid: Any) -> list[dict[str, Any]]:
         for k in TUNE_KEYS:
             metrics.pop(k, None)
         row.update(metrics)
+        row["retries"] = failures.get(row["trial_id"])
         row.update(trial_columns(values, cfg))
         rows.append(row)
     return rows

@@ -222,6 +222,33 @@ def build_student(
     return model, record
 
 
+def _placement(run_dir: str | None, trial_id: str) -> dict[str, Any]:
+    """Where and when this attempt of the trial runs (the placement columns,
+    :data:`engine.rundir.PLACEMENT_COLUMNS`): its Ray node and start time; with ``run_dir``
+    the attempt is appended to the trial's attempts file first (:func:`engine.ledger.
+    record_attempt`), and ``attempts`` / ``node_history`` count and list every start so far."""
+    import ray
+    from ray import tune
+
+    from engine.ledger import attempts, record_attempt
+
+    where = {"node_id": ray.get_runtime_context().get_node_id(), "started_at": time.time()}
+    if not run_dir:
+        return {**where, "attempts": 1, "node_history": where["node_id"]}
+    try:
+        record_attempt(
+            run_dir, trial_id, {**where, "from_checkpoint": tune.get_checkpoint() is not None}
+        )
+        history = attempts(run_dir, trial_id)
+    except OSError as e:  # the trial still runs; only its attempt history is lost
+        return {**where, "ledger_error": f"{type(e).__name__}: {e}"}
+    return {
+        **where,
+        "attempts": len(history),
+        "node_history": ",".join(a["node_id"] for a in history),
+    }
+
+
 def run_trial(
     config: dict[str, Any],
     *,
@@ -249,7 +276,7 @@ def run_trial(
     seed = trial_seed(config, study.repeats)
     threads = study.threads_per_trial or max(1, int(study.resources.cpus))
     torch.set_num_threads(threads)
-    row: dict[str, Any] = {"seed": seed}
+    row: dict[str, Any] = {"seed": seed, **_placement(run_dir, trial_id)}
     try:
         trial_study = with_values(study, trial_values(config))
         device = worker_device(trial_study.resources.gpus)  # the GPU Ray assigned, if any
@@ -308,6 +335,7 @@ def run_trial(
         for o in study.search.objectives:  # Tune requires the searched metrics in every result
             row.setdefault(o.metric, float("nan"))
     row["wall_s"] = time.perf_counter() - start
+    row["finished_at"] = time.time()
     if run_dir:
         try:
             record_finished(run_dir, trial_id, row)

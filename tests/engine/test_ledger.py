@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.ledger import LEDGER_DIR, finished_row, record_finished
+from engine.ledger import LEDGER_DIR, attempts, finished_row, record_attempt, record_finished
 
 
 def test_row_round_trips_with_numpy_values_and_nan(tmp_path: Path) -> None:
@@ -51,3 +51,15 @@ def test_rewrite_replaces_whole_row(tmp_path: Path) -> None:
     record_finished(tmp_path, "t1", {"status": "ok"})
     assert finished_row(tmp_path, "t1") == {"status": "ok"}
     assert [p.name for p in (tmp_path / LEDGER_DIR).iterdir()] == ["t1.json"]
+
+
+def test_attempts_append_in_order_beside_the_row(tmp_path: Path) -> None:
+    assert attempts(tmp_path, "t1") == []
+    first = record_attempt(tmp_path, "t1", {"node_id": "n1", "from_checkpoint": False})
+    record_attempt(tmp_path, "t1", {"node_id": "n2", "from_checkpoint": True})
+    record_attempt(tmp_path, "t2", {"node_id": "n3", "from_checkpoint": False})
+    assert first == tmp_path / LEDGER_DIR / "t1.attempts.jsonl"
+    assert [a["node_id"] for a in attempts(tmp_path, "t1")] == ["n1", "n2"]
+    assert [a["from_checkpoint"] for a in attempts(tmp_path, "t1")] == [False, True]
+    assert [a["node_id"] for a in attempts(tmp_path, "t2")] == ["n3"]
+    assert finished_row(tmp_path, "t1") is None  # attempts are not a finished row
