@@ -12,7 +12,10 @@ that — by matching the temp dir.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -26,7 +29,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, cli_env
-from tests.e2e.test_resume import _alive_under, _free_port, _kill_all
+from tests.e2e.test_resume import _free_port, _procs_under
 
 pytestmark = pytest.mark.cluster
 
@@ -37,6 +40,39 @@ FAKE_HEAD_TYPE = "ray.head.default"
 CPU_SCALE = 8
 WORKER_OBJECT_STORE = 150 * 2**20
 IDLE_TIMEOUT_MIN = 0.2  # workers idle for 12 s are removed
+
+
+def head_ports() -> list[str]:
+    """``ray start --head`` options that keep a test's head off the ports other Rays on this
+    machine hold by default (the dashboard agent's 52365, the client server's 10001)."""
+    return [
+        f"--dashboard-agent-listen-port={_free_port()}",
+        f"--ray-client-server-port={_free_port()}",
+    ]
+
+
+def head_processes(temp_dir: Path, port: int) -> list[int]:
+    """Every process of the head started on ``port`` with ``temp_dir``, and their children: the
+    node's processes name the temp dir; the Ray client server names only the GCS address (and
+    outlives ``ray start``, its parent)."""
+    return sorted({*_procs_under(str(temp_dir)), *_procs_under(f":{port} --host=")})
+
+
+def end_head(temp_dir: Path, port: int) -> list[int]:
+    """SIGKILL what :func:`head_processes` finds; return those still alive after up to 30 s."""
+    for pid in head_processes(temp_dir, port):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while True:
+        alive = []
+        for pid in head_processes(temp_dir, port):
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                    alive.append(pid)
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.2)
 
 
 def fake_node_types(cluster: dict[str, Any]) -> dict[str, Any]:
@@ -151,6 +187,7 @@ def test_smoke_study_scales_workers_up_then_down(tmp_path: Path) -> None:
         f"--num-gpus={int(head_res.get('GPU', 0))}",
         f"--autoscaling-config={config}",
         "--include-dashboard=false",
+        *head_ports(),
         f"--object-store-memory={300 * 2**20}",
         "--disable-usage-stats",
     ]
@@ -198,5 +235,5 @@ def test_smoke_study_scales_workers_up_then_down(tmp_path: Path) -> None:
             f"all workers gone {time.monotonic() - t0 - t_study:.0f} s after it"
         )
     finally:
-        _kill_all(str(temp_dir))
-    assert not _alive_under(str(temp_dir))
+        left = end_head(temp_dir, port)
+    assert not left
