@@ -40,6 +40,8 @@ FAKE_HEAD_TYPE = "ray.head.default"
 CPU_SCALE = 8
 WORKER_OBJECT_STORE = 150 * 2**20
 IDLE_TIMEOUT_MIN = 0.2  # workers idle for 12 s are removed
+# the study took 7 min here at load ~30 and over 8 min at load ~50 (other jobs on the machine)
+STUDY_LIMIT_S = 1200
 
 
 def head_ports() -> list[str]:
@@ -202,7 +204,7 @@ def test_smoke_study_scales_workers_up_then_down(tmp_path: Path) -> None:
         log = (tmp_path / "study.log").open("w")
         study = subprocess.Popen(cli, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         peak: dict[str, int] = {}
-        while study.poll() is None and time.monotonic() - t0 < 480:
+        while study.poll() is None and time.monotonic() - t0 < STUDY_LIMIT_S:
             for kind, n in active_nodes(address, env).items():
                 peak[kind] = max(peak.get(kind, 0), n)
             time.sleep(2)

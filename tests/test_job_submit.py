@@ -98,7 +98,7 @@ def test_job_submit_runs_the_study_and_returns_its_run_directory(tmp_path: Path)
         assert sent.returncode == 0, sent.stdout[-2000:] + sent.stderr[-2000:]
 
         logs = ray_cli(
-            "job", "logs", "--address", address, "--follow", job_id, env=env, timeout=900
+            "job", "logs", "--address", address, "--follow", job_id, env=env, timeout=1500
         )
         status = JobSubmissionClient(address).get_job_status(job_id)
         assert status == JobStatus.SUCCEEDED, logs.stdout[-4000:]
