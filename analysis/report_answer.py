@@ -21,7 +21,8 @@ import math
 
 import pandas as pd
 
-from analysis.frontier import config_front
+from analysis.frontier import config_front, config_key
+from analysis.paired import matches
 from analysis.render import Block, Heading, Para, Table, format_table, format_value, short_name
 from analysis.rundir import TEACHER_ID, RunData, students
 from analysis.stats import summarize, t_interval
@@ -99,11 +100,13 @@ def answer_blocks(run: RunData, varying: list[str], quality: str, cost: str) -> 
     teacher_cost = _teacher_value(df, cost)
     ok = students(df)
     ok = ok[ok["status"] == "ok"] if "status" in ok else ok
+    key = config_key(df)
     rows = []
-    for _, c in front.iterrows():
-        seeds = ok[ok["config_id"] == c["config_id"]] if "config_id" in ok else ok.iloc[:0]
+    for i, c in front.iterrows():
+        seeds = ok[matches(ok, c.to_dict(), key)] if key else ok.iloc[:0]
         low, high = t_interval(seeds[quality].to_numpy(float)) if len(seeds) else (math.nan,) * 2
-        row = {"config_id": c["config_id"], **{k: c.get(k) for k in varying}}
+        name = c.get("config_id", f"config {i}")
+        row = {"config_id": name, **{k: c.get(k) for k in varying}}
         row[cost] = c[cost]
         if teacher_cost:
             row[f"{cost} / teacher"] = f"{c[cost] / teacher_cost:.0%}"
