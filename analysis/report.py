@@ -271,12 +271,13 @@ def build_blocks(run: RunData, images: dict[str, Path]) -> list[Block]:
     varying = varying_config_columns(run.results)
     seq = run.seq_len
     seq_text = f"S = {seq} (`data.max_length`)" if seq else "S (`data.max_length`)"
+    retention = retention_blocks(run)  # ranking runs: retention with users resampled
     blocks = [
         *_header(run),
-        *answer_blocks(run, varying, quality, cost),
+        *answer_blocks(run, varying, quality, cost, users_resampled=bool(retention)),
         *_teacher(run),
         *ranking_blocks(run),
-        *retention_blocks(run),
+        *retention,
         *transfer_blocks(run),
         *_results(run, varying, quality, cost),
         *_summary(run, varying, quality, cost),

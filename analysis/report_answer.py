@@ -85,8 +85,12 @@ def knob_verdicts(df: pd.DataFrame, knobs: list[str], metric: str) -> pd.DataFra
     return pd.DataFrame(rows, columns=["knob", "verdict", "evidence"])
 
 
-def answer_blocks(run: RunData, varying: list[str], quality: str, cost: str) -> list[Block]:
-    """The opening section (module docstring); says so when the run cannot answer."""
+def answer_blocks(
+    run: RunData, varying: list[str], quality: str, cost: str, *, users_resampled: bool = False
+) -> list[Block]:
+    """The opening section (module docstring); says so when the run cannot answer.
+    ``users_resampled``: the report also has the ranking retention section (a paired
+    interval over test users, :func:`analysis.ranking.retention_interval`); the lead names it."""
     df = run.results
     blocks: list[Block] = [Heading("Answer")]
     if quality not in df or cost not in df:
@@ -148,6 +152,11 @@ def answer_blocks(run: RunData, varying: list[str], quality: str, cost: str) -> 
         "fewer than 2), divided by the teacher's value (one fine-tuned model, a fixed "
         "reference)."
     )
+    if users_resampled:
+        lead += (
+            " Retention with an interval that resamples test users (paired BCa bootstrap, "
+            "defined with one seed too) is in 'Retention of the teacher' below."
+        )
     blocks += [Para(lead), Table(format_table(table, {k: short_name(k) for k in varying}))]
     if varying:
         verdicts = knob_verdicts(df, varying, quality)
