@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import time
 from typing import Any, TextIO
@@ -40,6 +41,14 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return "nan" if math.isnan(v) else f"{v:.4g}"
     return str(v)
+
+
+def _columns(stream: TextIO) -> int:
+    """The terminal's width behind ``stream`` (0 when it reports none or is no terminal)."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):  # no fileno (StringIO raises OSError)
+        return 0
 
 
 class Phase:
@@ -80,9 +89,14 @@ class Phase:
             self._bar.total = total
             self._bar.refresh()
         elif self.tty:
+            # a terminal that reports no size (0 columns, e.g. a pty nobody sized) would get an
+            # empty bar from tqdm's own probe: fall back to 100 columns then
+            cols = _columns(self.stream)
             self._bar = tqdm(
                 total=total, desc=f"[{self.name}]", unit=f" {self.unit}" if self.unit else "it",
-                file=self.stream, dynamic_ncols=True, leave=True, initial=self.n,
+                file=self.stream, dynamic_ncols=cols > 0,
+                ncols=None if cols > 0 else int(os.environ.get("COLUMNS", "0") or 0) or 100,
+                leave=True, initial=self.n,
             )  # fmt: skip
 
     def set(self, n: int, postfix: str = "") -> None:
