@@ -1,15 +1,19 @@
 """A report as a list of blocks, rendered to Markdown and to self-contained HTML.
 
 Building the content once and rendering it twice keeps ``report.md`` and ``report.html`` in
-step. Tables are pre-formatted strings (see :func:`format_table`); images are relative paths.
+step. Tables are pre-formatted strings (see :func:`format_table`); images are relative paths
+in Markdown and inlined data URIs in HTML (one self-contained file), whose tables sort by a
+click on a header.
 """
 
 from __future__ import annotations
 
+import base64
 import html
 import re
 from dataclasses import dataclass
 from numbers import Integral, Real
+from pathlib import Path
 
 import pandas as pd
 
@@ -153,17 +157,74 @@ body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; 
        padding: 0 1em; line-height: 1.45; }
 table { border-collapse: collapse; margin: 0.6em 0 1.2em; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
-th { background: #f2f2f2; } td:first-child, th:first-child { text-align: left; }
+th { background: #f2f2f2; cursor: pointer; }
+th[aria-sort=ascending]::after { content: " ▲"; } th[aria-sort=descending]::after { content: " ▼"; } td:first-child, th:first-child { text-align: left; }
 code, pre { background: #f6f6f6; } pre { padding: 0.6em; overflow-x: auto; font-size: 0.85em; }
 img { max-width: 100%; }
 """
+
+
+# Click a table header to sort by that column (again: the other way). Cells compare as
+# numbers when both read as one ("1,234", "0.5", "[0.1, 0.2]" by its first number, "—" last),
+# else as text; the sort is stable. Inline, so the file needs no network.
+_SORT_JS = r"""
+(function () {
+  function key(text) {
+    var t = text.trim();
+    if (t === "" || t === "\u2014") return null;
+    var m = t.replace(/,(?=\d{3}\b)/g, "").match(/^\[?\s*(-?\d+(?:\.\d+)?(?:e[-+]?\d+)?)/i);
+    return m && (t[0] === "[" || /^-?[\d.,e+-]+$/i.test(t)) ? parseFloat(m[1]) : t;
+  }
+  function compare(a, b) {
+    if (a === null || b === null) return a === b ? 0 : a === null ? 1 : -1;
+    if (typeof a === "number" && typeof b === "number") return a - b;
+    return String(a).localeCompare(String(b));
+  }
+  document.querySelectorAll("table.sortable").forEach(function (table) {
+    table.querySelectorAll("thead th").forEach(function (th, col) {
+      th.addEventListener("click", function () {
+        var asc = th.getAttribute("aria-sort") !== "ascending";
+        table.querySelectorAll("thead th").forEach(function (h) { h.removeAttribute("aria-sort"); });
+        th.setAttribute("aria-sort", asc ? "ascending" : "descending");
+        var body = table.tBodies[0];
+        var rows = Array.prototype.slice.call(body.rows).map(function (r, i) {
+          return { row: r, i: i, k: key(r.cells[col].textContent) };
+        });
+        rows.sort(function (x, y) {
+          var nx = x.k === null, ny = y.k === null;
+          if (nx || ny) return nx === ny ? x.i - y.i : nx ? 1 : -1;  // blanks last both ways
+          var c = compare(x.k, y.k);
+          return (asc ? c : -c) || x.i - y.i;
+        });
+        rows.forEach(function (r) { body.appendChild(r.row); });
+      });
+    });
+  });
+})();
+"""
+
+_MIME = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 
 
 def _inline(text: str) -> str:
     return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
 
 
-def to_html(blocks: list[Block], title: str) -> str:
+def _image_src(src: str, base: Path | None) -> str:
+    """``src`` as a ``data:`` URI read from ``base / src`` (the report is one file); the plain
+    relative path when there is no ``base`` or the file is missing."""
+    if base is None:
+        return src
+    path = base / src
+    if not path.is_file():
+        return src
+    mime = _MIME.get(path.suffix.lower(), "application/octet-stream")
+    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
+
+
+def to_html(blocks: list[Block], title: str, base: Path | None = None) -> str:
+    """One HTML file: images read from ``base`` (the run directory) and inlined as data URIs,
+    tables sortable by a click on a header (inline script), no external resource."""
     body: list[str] = []
     for b in blocks:
         if isinstance(b, Heading):
@@ -171,7 +232,8 @@ def to_html(blocks: list[Block], title: str) -> str:
         elif isinstance(b, Para):
             body.append(f"<p>{_inline(b.text)}</p>")
         elif isinstance(b, Image):
-            body.append(f'<p><img src="{html.escape(b.src)}" alt="{html.escape(b.alt)}"></p>')
+            src = html.escape(_image_src(b.src, base))
+            body.append(f'<p><img src="{src}" alt="{html.escape(b.alt)}"></p>')
         elif isinstance(b, Code):
             body.append(f"<pre>{html.escape(b.text.rstrip())}</pre>")
         elif isinstance(b, Table):
@@ -180,10 +242,13 @@ def to_html(blocks: list[Block], title: str) -> str:
                 "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
                 for row in b.df.itertuples(index=False)
             )
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+            body.append(
+                f'<table class="sortable"><thead><tr>{head}</tr></thead>'
+                f"<tbody>{rows}</tbody></table>"
+            )
     return (
         '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>\n"
         + "\n".join(body)
-        + "\n</body></html>\n"
+        + f"\n<script>{_SORT_JS}</script>\n</body></html>\n"
     )

@@ -34,6 +34,7 @@ from analysis.render import (
     to_html,
     to_markdown,
 )
+from analysis.report_answer import answer_blocks
 from analysis.rundir import (
     TEACHER_ID,
     RunData,
@@ -270,11 +271,13 @@ def build_blocks(run: RunData, images: dict[str, Path]) -> list[Block]:
     varying = varying_config_columns(run.results)
     seq = run.seq_len
     seq_text = f"S = {seq} (`data.max_length`)" if seq else "S (`data.max_length`)"
+    retention = retention_blocks(run)  # ranking runs: retention with users resampled
     blocks = [
         *_header(run),
+        *answer_blocks(run, varying, quality, cost, users_resampled=bool(retention)),
         *_teacher(run),
         *ranking_blocks(run),
-        *retention_blocks(run),
+        *retention,
         *transfer_blocks(run),
         *_results(run, varying, quality, cost),
         *_summary(run, varying, quality, cost),
@@ -314,7 +317,8 @@ def write_report(run_dir: Path) -> Path:
     blocks = build_blocks(run, images)
     md = run_dir / "report.md"
     write_atomic(md, to_markdown(blocks))
-    write_atomic(run_dir / "report.html", to_html(blocks, f"Compression study: {run.name}"))
+    html = to_html(blocks, f"Compression study: {run.name}", base=run_dir)  # images inlined
+    write_atomic(run_dir / "report.html", html)
     return md
 
 

@@ -26,6 +26,7 @@ def prepare(cfg: StudyConfig, timings: dict[str, float]) -> tuple[Any, Any, Any]
     import torch
 
     from engine.importance.runner import compute_importance
+    from engine.progress import Phase
     from engine.teacher import load_model
     from engine.trial import SharedInputs
 
@@ -63,12 +64,14 @@ def prepare(cfg: StudyConfig, timings: dict[str, float]) -> tuple[Any, Any, Any]
 
     t0 = time.perf_counter()
     teacher = load_model(art.config, art.state_dict, cfg.task)
-    scores = compute_importance(teacher, data.train, cfg.importance)
+    with Phase("importance", unit="batch×method") as phase:
+        scores = compute_importance(teacher, data.train, cfg.importance, progress=phase.show)
     del teacher
     if art.ensemble is not None:  # the other members' ranks, for the manifest only
         for info, member in zip(art.ensemble.members[1:], members[1:], strict=True):
             model = load_model(member.config, member.state_dict, cfg.task)
-            ranked = compute_importance(model, data.train, cfg.importance)
+            with Phase("importance", unit="batch×method") as phase:
+                ranked = compute_importance(model, data.train, cfg.importance, progress=phase.show)
             info["importance_ranks"] = {m: list(s.ranks()) for m, s in ranked.items()}
         art.ensemble.members[0]["importance_ranks"] = {
             m: list(s.ranks()) for m, s in scores.items()
@@ -89,6 +92,7 @@ def _teacher(cfg: StudyConfig, teacher: TeacherConfig, data: Any, outputs: int) 
     fine-tuned as a Ray task with the trial resources and cached."""
     import ray
 
+    from engine.progress import Phase, StepCounter, wait_with_progress
     from engine.teacher import finetune, load_cache, save_cache, teacher_key
 
     res = cfg.resources
@@ -106,19 +110,24 @@ def _teacher(cfg: StudyConfig, teacher: TeacherConfig, data: Any, outputs: int) 
         member = "" if cfg.teacher.ensemble is None else f" seed {teacher.seed}"
         print(f"[teacher] fine-tuning {teacher.model}{member} (cache key {key})", flush=True)
         task = ray.remote(finetune).options(num_cpus=res.cpus, num_gpus=res.gpus)
-        art = ray.get(
-            task.remote(
-                teacher,
-                data.train,
-                _evals(data),
-                outputs,
-                key=key,
-                threads=None,  # nothing else runs while the study prepares: use the whole node
-                gpus=res.gpus,
-                precision=res.precision,
-                task=cfg.task,
-            )
+        counter = StepCounter()
+        ref = task.remote(
+            teacher,
+            data.train,
+            _evals(data),
+            outputs,
+            key=key,
+            threads=None,  # nothing else runs while the study prepares: use the whole node
+            gpus=res.gpus,
+            precision=res.precision,
+            task=cfg.task,
+            progress=counter,
         )
+        try:
+            with Phase("teacher", unit="steps") as phase:
+                art = wait_with_progress(ref, counter, phase)
+        finally:
+            counter.kill()
         save_cache(art)
     return art
 

@@ -37,6 +37,10 @@ QUIET_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
     "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    # Tune's newer console output prints its experiment banner even at verbose=0; the older
+    # one prints nothing at verbose=0 (engine.progress shows the trials instead)
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
 }
 
 
@@ -58,6 +62,11 @@ def _parser() -> argparse.ArgumentParser:
         help="continue an interrupted run in --out (finished trials are kept)",
     )
     p.add_argument("--no-report", action="store_true", help="skip the analysis report")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show Ray's and Tune's own log live (always kept in RUN_DIR/driver.log)",
+    )
     p.add_argument(
         "--min-free-mb",
         type=int,
@@ -125,15 +134,62 @@ def _init_ray(address: str | None) -> None:
 
 
 def run(
-    cfg: StudyConfig, run_dir: Path, *, address: str | None, resume: bool, report: bool
+    cfg: StudyConfig,
+    run_dir: Path,
+    *,
+    address: str | None,
+    resume: bool,
+    report: bool,
+    verbose: bool = False,
 ) -> Path:
+    """The study's Ray session, its standard error in ``run_dir/driver.log``
+    (:func:`engine.console.route_output`; ``verbose`` also shows it live), then the report."""
+    from engine.console import route_output
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with route_output(run_dir, verbose=verbose):
+        _run_study(cfg, run_dir, address=address, resume=resume)
+    if report:
+        _report(run_dir)
+    return run_dir
+
+
+def _report(run_dir: Path) -> None:
+    """``python -m analysis.report RUN_DIR`` in a subprocess, summed up in one line; its
+    standard error goes to ``driver.log`` too, and to the terminal when it fails."""
+    from engine.console import LOG_NAME
+    from engine.progress import Phase
+
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "analysis.report", str(run_dir)],
+        cwd=REPO,
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    with (run_dir / LOG_NAME).open("a") as f:
+        f.write(proc.stderr)
+    phase = Phase("report")
+    if proc.returncode == 0:
+        html = run_dir / "report.html"
+        phase.close(
+            f"{proc.stdout.strip()}{', ' + html.name if html.exists() else ''} "
+            f"({time.perf_counter() - t0:.1f} s)"
+        )
+    else:
+        phase.close(f"failed (exit {proc.returncode}); its output is in {run_dir / LOG_NAME}")
+        print(proc.stderr.strip()[-2000:], file=sys.stderr)
+
+
+def _run_study(cfg: StudyConfig, run_dir: Path, *, address: str | None, resume: bool) -> None:
     import ray
 
+    from engine.console import quiet_ray_data
     from engine.prepare import prepare, teacher_row
     from engine.rundir import trial_rows, write_outputs
     from engine.tune_run import drop_checkpoints, latency_phase, pareto_summary, run_tune
 
-    run_dir.mkdir(parents=True, exist_ok=True)
     manifest: dict[str, Any] = {
         "git_commit": git_commit(),
         "packages": packages(),
@@ -145,6 +201,7 @@ def run(
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
     _init_ray(address)
+    quiet_ray_data()
     try:
         data, art, shared = prepare(cfg, timings)
         t0 = time.perf_counter()
@@ -163,11 +220,6 @@ def run(
         write_outputs(cfg, run_dir, data, art, shared, rows, manifest)
     finally:
         ray.shutdown()
-    if report:
-        subprocess.run(
-            [sys.executable, "-m", "analysis.report", str(run_dir)], cwd=REPO, check=False
-        )
-    return run_dir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,13 +246,21 @@ def main(argv: list[str] | None = None) -> int:
     from engine.data import DataError
 
     try:
-        out = run(cfg, run_dir, address=args.address, resume=args.resume, report=not args.no_report)
+        out = run(
+            cfg,
+            run_dir,
+            address=args.address,
+            resume=args.resume,
+            report=not args.no_report,
+            verbose=args.verbose,
+        )
     except (DataError, FileNotFoundError) as e:
         return _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
-    print(f"Run directory: {out}")
     report = out / "report.md"
     if report.exists():
         print(f"Report: {report}")
+    print(f"Ray and Tune log: {out / 'driver.log'}")
+    print(f"Run directory: {out}")  # last: scripts and tests read it from the final line
     return 0
 
 

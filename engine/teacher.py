@@ -147,6 +147,7 @@ def finetune(
     gpus: float = 0.0,
     precision: str = "auto",
     task: str | Task = DEFAULT_TASK,
+    progress: Any = None,
 ) -> TeacherArtifacts:
     """Fine-tune the teacher on ``train`` with ``task``'s loss (targets only); compute its
     train outputs and ``task``'s quality on each split in ``evals``. Plain function: the
@@ -154,7 +155,9 @@ def finetune(
     classification).
 
     ``threads`` None uses every core of the node. ``gpus``: what the task asked Ray for (the
-    device is the GPU Ray assigned; CPU when 0). ``precision``: ``resources.precision``."""
+    device is the GPU Ray assigned; CPU when 0). ``precision``: ``resources.precision``.
+    ``progress``: a :class:`engine.train.ProgressReport` told every optimizer step (the
+    driver's progress bar, :class:`engine.progress.StepCounter`)."""
     from engine.measure import evaluate
 
     # None = every core of this node (Ray caps torch at the task's num_cpus threads otherwise)
@@ -183,6 +186,7 @@ def finetune(
         device=device,
         autocast_dtype=dtype,
         oom=oom,
+        report=progress,
     )
     metrics: dict[str, Any] = {}
     for split, data in evals.items():

@@ -84,7 +84,10 @@ def run_tune(cfg: StudyConfig, shared: Any, run_dir: Path, resume: bool) -> Any:
                 storage_path=str(storage),
                 failure_config=FailureConfig(max_failures=cfg.search.max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=1),
-                callbacks=[ProgressTable.for_study(cfg), SchedulerState(scheduler)],
+                callbacks=[
+                    ProgressTable.for_study(cfg, total=plan.configs * len(cfg.repeats)),
+                    SchedulerState(scheduler),
+                ],
                 verbose=0,
             ),
         )

@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -119,9 +119,16 @@ def _cpus_per_actor(cfg: ImportanceConfig) -> float:
 
 
 def compute_importance(
-    model: nn.Module, data: Mapping[str, np.ndarray], cfg: ImportanceConfig
+    model: nn.Module,
+    data: Mapping[str, np.ndarray],
+    cfg: ImportanceConfig,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, LayerScores]:
     """Score ``cfg.methods`` on calibration batches from ``data`` across ``cfg.actors`` actors.
+
+    Each actor is sent its batches one call each (merged in batch order: the same result as
+    one call per shard), so ``progress(done, total)`` is told, in batches × base methods,
+    as calls finish.
 
     Returns method → LayerScores (raw scores, per-batch vectors, bootstrap CIs when there are
     ≥ 2 batches), for the requested methods only.
@@ -155,9 +162,17 @@ def compute_importance(
                 i, where["node"], where["gpu_ids"], where["device"], shard,
             )  # fmt: skip
         futures = [
-            a.score.remote([batches[i] for i in shard], base)
+            a.score.remote([batches[i]], base)
             for a, shard in zip(actors, shards, strict=True)
-        ]
+            for i in shard
+        ]  # batch order: shards are contiguous and in order
+        total = len(futures) * len(base)
+        if progress is not None:
+            progress(0, total)
+            pending = list(futures)
+            while pending:
+                _, pending = ray.wait(pending, num_returns=1)
+                progress((len(futures) - len(pending)) * len(base), total)
         parts = ray.get(futures)
     finally:
         for a in actors:

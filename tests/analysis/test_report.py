@@ -4,6 +4,7 @@ tested in test_frontier.py and test_stats.py."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 from pathlib import Path
@@ -153,9 +154,12 @@ def test_report_from_synthetic_run(tmp_path: Path) -> None:
     assert "trial_05" in failed and "RuntimeError: planted \\| failure" in failed
     assert "GFLOPs = 2 × multiply-adds counted by fvcore on the built model" in md
     assert "sequence length S = 64" in md
-    # html mirrors it, images referenced relatively
-    assert '<img src="pareto.png"' in html and '<img src="importance.png"' in html
-    assert "<table>" in html and "trial_05" in html
+    # html mirrors it in one file: each image inlined as a data URI of the PNG's own bytes
+    for png in ("pareto.png", "importance.png"):
+        inline = base64.b64encode((run_dir / png).read_bytes()).decode()
+        assert f'<img src="data:image/png;base64,{inline}"' in html
+    assert f'src="{png}"' not in html
+    assert '<table class="sortable">' in html and "trial_05" in html
     for png in ("pareto.png", "importance.png"):
         data = (run_dir / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
