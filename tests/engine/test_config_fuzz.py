@@ -8,8 +8,8 @@ value at every known key (a sweep, not a sample), random override strings, and r
 text. The CLI is driven in a subprocess for a handful of malformed overrides.
 
 Examples per target (``derandomize=True``: CI runs the same cases every time, so a red run
-is reproducible and never depends on luck; ``FUZZ_EXAMPLES`` scales every target for a long
-local hunt — seen clean at ``FUZZ_EXAMPLES=2000``):
+is reproducible and never depends on luck; ``FUZZ_EXAMPLES`` scales every target for a longer,
+still reproducible, local hunt):
 
 * random values at 1–3 known keys: ``EXAMPLES`` (default 150)
 * random top-level and nested unknown keys: ``EXAMPLES``
@@ -17,7 +17,8 @@ local hunt — seen clean at ``FUZZ_EXAMPLES=2000``):
 * random ``key=value`` overrides through :func:`load_study`: ``EXAMPLES``
 * random YAML text as a whole study file: ``2 * EXAMPLES``
 * random structure as a whole study file: ``EXAMPLES``
-* wrong type at every known key: one case per key (~120 keys)
+* wrong type at every known key: one case per key (171 keys of the smoke study and the defaults)
+* two CLI subprocesses (a malformed override; three hostile values reported together)
 """
 
 from __future__ import annotations
