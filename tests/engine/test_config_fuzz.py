@@ -327,3 +327,16 @@ def test_cli_bad_overrides_exit_2_with_error_lines_before_ray(
     assert all(line.startswith("error: ") for line in lines), proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not out.exists()  # validation comes before the run directory and Ray
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["resources.cpus=1e400", "resources.cpus=.inf", "pipeline.distill.temperature=.nan"],
+)
+def test_inf_and_nan_are_not_settings(override: str) -> None:
+    """``1e400`` parsed to inf was a valid CPU count: every trial would wait forever."""
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError) as err:
+        load_study("smoke", [override])
+    (line,) = err.value.problems
+    assert line.startswith(f"sweeps/smoke.yaml: {key}: ") and "finite" in line
