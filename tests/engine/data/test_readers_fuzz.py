@@ -13,7 +13,8 @@ the same re-encoded (latin-1, UTF-16), gzipped, and cut short at a random byte; 
 several MB. Examples per reader target (``derandomize=True`` so CI runs the same cases every
 time and a red run reproduces; ``FUZZ_EXAMPLES`` scales them for a long local hunt): random
 bytes and random records ``EXAMPLES`` each (default 60) for each of the 16 reader × layout
-targets, so 2 × 16 × 60 = 1,920 files per run.
+targets, so 2 × 16 × 60 = 1,920 files per run; and ``EXAMPLES`` Hugging Face batches of random
+Arrow column types through the per-batch parse (``engine.data.hf._normalise``).
 """
 
 from __future__ import annotations
@@ -385,3 +386,67 @@ def test_hostile_files_through_read_corpus(ray_local, tmp_path: Path) -> None:
     with pytest.raises(DataError) as err:
         read_corpus("womens-ecommerce", str(wm / "reviews.csv"))
     assert "reviews.csv" in str(err.value) and "\n" not in str(err.value)
+
+
+# ------------------------------------------------------- Hugging Face: the per-batch parse
+
+
+arrow_columns = st.sampled_from(
+    [
+        pa.int64(),
+        pa.float64(),
+        pa.string(),
+        pa.bool_(),
+        pa.list_(pa.int64()),
+        pa.struct([("a", pa.string())]),
+        pa.timestamp("s"),
+        pa.null(),
+    ]
+)
+
+
+@st.composite
+def hf_batches(draw: st.DrawFn) -> pa.Table:
+    """A batch as ``open_hf`` hands it over: the mapped columns, each of a random Arrow type
+    with random values (nulls included), and the row number."""
+    from engine.data.hf import ROW_NUMBER
+
+    n = draw(st.integers(1, 5))
+    cols: dict[str, pa.Array] = {}
+    for name in ("user_id", "item_id", "rating", "timestamp", "text"):
+        typ = draw(arrow_columns)
+        value = st.none() if pa.types.is_null(typ) else st.none() | _arrow_value(typ)
+        values = draw(st.lists(value, min_size=n, max_size=n))
+        cols[name] = pa.array(values, type=typ)
+    cols[ROW_NUMBER] = pa.array(range(1, n + 1), pa.int64())
+    return pa.table(cols)
+
+
+def _arrow_value(typ: pa.DataType) -> st.SearchStrategy:
+    if pa.types.is_int64(typ):
+        return st.integers(-(2**63), 2**63 - 1)
+    if pa.types.is_float64(typ):
+        return st.floats()
+    if pa.types.is_string(typ):
+        return st.text(max_size=10).map(lambda s: s.encode("utf-8", "replace").decode())
+    if pa.types.is_boolean(typ):
+        return st.booleans()
+    if pa.types.is_list(typ):
+        return st.lists(st.integers(-5, 5), max_size=3)
+    if pa.types.is_struct(typ):
+        return st.fixed_dictionaries(
+            {"a": st.text(max_size=5).map(lambda s: s.encode("utf-8", "replace").decode())}
+        )
+    return st.integers(-(10**10), 10**11)  # timestamp("s") from seconds
+
+
+@FUZZ
+@given(batch=hf_batches())
+def test_hf_batches_are_rows_or_quarantined(batch: pa.Table) -> None:
+    """Every record of a Hugging Face batch, whatever its column types, is one row."""
+    from engine.data.hf import _normalise
+
+    out = _normalise(batch, "hub/dataset", None, 1)
+    assert out.num_rows == batch.num_rows
+    assert out.schema.remove(out.schema.get_field_index("record")).equals(ROW_SCHEMA)
+    assert out["record"].to_pylist() == list(range(batch.num_rows))
