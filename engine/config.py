@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import reprlib
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -103,9 +104,10 @@ class StudyConfig(Section):
     def _task_defaults(cls, raw: Any) -> Any:
         """A known task fills the defaults it owns (objectives, report quality metric) where
         the file leaves them out, and tells the importance section which loss to use."""
-        if not isinstance(raw, dict) or raw.get("task", DEFAULT_TASK) not in TASKS:
+        name = raw.get("task", DEFAULT_TASK) if isinstance(raw, dict) else None
+        if not isinstance(name, str) or name not in TASKS:  # validation reports a bad task
             return raw
-        task = get_task(raw.get("task", DEFAULT_TASK))
+        task = get_task(name)
         raw = dict(raw)
         for section, key, default in (
             (
@@ -169,6 +171,26 @@ def list_studies() -> dict[str, str]:
     return out
 
 
+class _StudyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that rejects a key given twice in one mapping (PyYAML keeps the
+    last one silently, so a study would run with a setting its reader did not see)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base class reports it
+                break
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """``pipeline.distill.temperature=4`` → ("pipeline.distill.temperature", 4).
 
@@ -178,7 +200,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise ConfigError([f"override {text!r}: expected key.path=value"])
+        raise ConfigError([f"override {_shown(text)}: expected key.path=value"])
     try:
         parsed = yaml.safe_load(value) if value.strip() else ""
     except yaml.YAMLError:
@@ -247,16 +269,38 @@ def apply_overrides(
     return out
 
 
+# How much of a bad value a problem line quotes: a few items per level, a few levels, short
+# strings, so a hostile value (a YAML alias expanding to millions of items) stays one line.
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother = 2, 80, 80
+_SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxdict = _SHOWN.maxset = 5
+_SHOWN_CHARS = 200
+
+
+def _shown(value: Any) -> str:
+    """``value`` quoted for a problem line: a shortened ``repr``, always one line."""
+    text = " ".join(_SHOWN.repr(value).split("\n"))
+    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
+
+
+def _key_part(part: Any) -> str:
+    """One part of a dotted key as a problem line shows it: quoted when it is empty or holds
+    blanks or control characters (a key ``"\\n"`` must not break the line or vanish)."""
+    text = str(part)
+    plain = text and text.isprintable() and not any(c.isspace() for c in text)
+    return text if plain else repr(text)
+
+
 def _format_errors(source: str, err: ValidationError) -> list[str]:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
-        msg = e["msg"]
+        loc = ".".join(_key_part(p) for p in e["loc"])
+        msg = " ".join(e["msg"].split())  # a validator's message is one line here
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         value = e.get("input")
-        shown = "" if e["type"] in ("extra_forbidden", "missing") else f" (got {value!r})"
-        lines.append(f"{source}: {loc or '<root>'}: {msg}{shown}")
+        got = "" if e["type"] in ("extra_forbidden", "missing") else f" (got {_shown(value)})"
+        lines.append(f"{source}: {loc or '<root>'}: {msg}{got}")
     return lines
 
 
@@ -351,12 +395,15 @@ def load_study(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -
         else str(path)
     )
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_StudyLoader)  # a SafeLoader
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
+        problem = str(getattr(e, "problem", None) or e).strip().splitlines() or ["?"]
+        raise ConfigError([f"{source}:{where} not valid YAML: {problem[0]}"]) from None
+    except UnicodeDecodeError as e:
         raise ConfigError(
-            [f"{source}:{where} not valid YAML: {getattr(e, 'problem', e)}"]
+            [f"{source}: not UTF-8 text (byte {e.start}): save it as UTF-8"]
         ) from None
     except OSError as e:
         raise ConfigError([f"{source}: cannot read: {e.strerror}"]) from None
@@ -386,7 +433,7 @@ def load_study(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -
             try:
                 validate(apply_overrides(base, {key: v}), source)
             except ConfigError as e:
-                problems.extend(f"{p} [search.space.{key}={v!r}]" for p in e.problems)
+                problems.extend(f"{p} [search.space.{key}={_shown(v)}]" for p in e.problems)
     for i, point in enumerate(cfg.search.extra):
         unknown = [k for k in point if not _has_path(base, k)]
         problems += [f"{source}: search.extra.{i}.{k}: not a config path" for k in unknown]

@@ -13,7 +13,10 @@ __all__ = ["KDConfig", "OptimConfig", "Section"]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # inf and nan are never a setting (resources.cpus=1e400 would queue every trial forever)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False
+    )
 
 
 class OptimConfig(Section):

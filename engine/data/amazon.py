@@ -40,13 +40,13 @@ RowMaker = Callable[[int, dict, str], dict]
 def _loads(text: str, *, python_literals: bool) -> object:
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than ~1000
         if not python_literals:
             return None
     try:
         return ast.literal_eval(text)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
-        return None
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return None  # TypeError: an unhashable key, e.g. {[1]: 2}
 
 
 def _rows(

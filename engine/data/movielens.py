@@ -20,7 +20,7 @@ import io
 from collections.abc import Iterator, Mapping
 
 from engine.data.registry import bad_row, item_row, register_corpus, review_row
-from engine.data.textio import decompress, iter_lines
+from engine.data.textio import allow_fields_of, decompress, iter_lines
 
 __all__ = ["delimiter_problem", "read_movielens_items", "read_movielens_ratings"]
 
@@ -55,15 +55,29 @@ def delimiter_problem(header: str, expected: str, wanted: tuple[str, ...]) -> st
 def _read_movies_csv(path: str, data: bytes) -> Iterator[dict]:
     body, problem = decompress(data)
     text = body.decode("utf-8", errors="replace").lstrip("\ufeff")
+    allow_fields_of(text)
     lines = iter(csv.reader(io.StringIO(text, newline="")))
-    header = next(lines, None)
+    try:
+        header = next(lines, None)
+    except csv.Error as err:
+        yield bad_row(path, 1, "malformed_csv", str(err))
+        return
     if header is None:
         return
     if len(header) < 2 or tuple(h.strip() for h in header[:2]) != MOVIES_HEADER:
         reason = "wrong_delimiter" if len(header) == 1 else "missing_column"
         yield bad_row(path, 1, reason, ",".join(header))
         return
-    for number, fields in enumerate(lines, start=2):
+    number = 1
+    while True:
+        number += 1
+        try:
+            fields = next(lines, None)
+        except csv.Error as err:  # e.g. a field over csv's limit: the parser cannot go on
+            yield bad_row(path, number, "malformed_csv", str(err))
+            break
+        if fields is None:
+            break
         if not fields:
             continue
         if len(fields) < 2:

@@ -15,6 +15,7 @@ carries its ``reason``. Counting, quarantine and the ``max_bad_fraction`` policy
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -40,6 +41,9 @@ __all__ = [
 ]
 
 RAW_CHARS = 500  # how much of a bad record is kept for the report
+# Timestamps are stored as int64 seconds; a larger one cannot be a real time.
+MAX_SECONDS = 2**63 - 1
+_SURROGATES = re.compile("[\ud800-\udfff]")
 MAX_BAD_ROWS_LISTED = 1_000  # quarantined rows listed in bad_rows.jsonl
 # Skips that are a property of the data, not damage: they never count as "bad".
 NORMAL_SKIPS = frozenset({"empty_text", "duplicate", "repeated_user_item", "sampled_out"})
@@ -102,10 +106,21 @@ def _blank(path: str, line: int | None) -> dict:
     }
 
 
+def _storable(text: str) -> str:
+    """``text`` as UTF-8 can hold it: lone surrogates (undecodable bytes read with
+    ``surrogateescape``, or ``\\udcxx`` escapes in JSON) become U+FFFD."""
+    return text.encode("utf-8", "replace").decode("utf-8") if has_surrogates(text) else text
+
+
+def has_surrogates(text: str) -> bool:
+    """True if ``text`` holds a lone surrogate, which no UTF-8 column can store."""
+    return _SURROGATES.search(text) is not None
+
+
 def bad_row(path: str, line: int | None, reason: str, raw: str = "") -> dict:
     """An invalid record: counted, quarantined, never used."""
     row = _blank(path, line)
-    row.update(reason=reason, raw=raw[:RAW_CHARS])
+    row.update(reason=reason, raw=_storable(raw[:RAW_CHARS]))
     return row
 
 
@@ -143,7 +158,7 @@ def review_row(
         return bad_row(path, line, "invalid_rating", raw)
     try:
         value = float(rating)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int beyond float
         return bad_row(path, line, "invalid_rating", raw)
     if math.isnan(value):
         return bad_row(path, line, "invalid_rating", raw)
@@ -154,17 +169,26 @@ def review_row(
         try:
             whole = timestamp if isinstance(timestamp, int) else int(float(timestamp))  # type: ignore[arg-type]
             seconds = whole // timestamp_scale
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: inf, 1e400
             return bad_row(path, line, "invalid_timestamp", raw)
-        if seconds < 0:
+        if not 0 <= seconds <= MAX_SECONDS:
             return bad_row(path, line, "invalid_timestamp", raw)
-    return {
+    fields = {
         "user_id": _text(user_id),
         "item_id": _text(item_id),
-        "rating": value,
-        "timestamp": seconds,
         "text": _text(text),
         "title": _text(title),
+        "item_title": item_title,
+    }
+    if any(has_surrogates(v) for v in fields.values()):  # e.g. a "\udcff" escape in JSON
+        return bad_row(path, line, "non_utf8", raw)
+    return {
+        "user_id": fields["user_id"],
+        "item_id": fields["item_id"],
+        "rating": value,
+        "timestamp": seconds,
+        "text": fields["text"],
+        "title": fields["title"],
         "item_title": item_title,
         "source_file": path,
         "source_line": line,
@@ -177,6 +201,8 @@ def item_row(path: str, line: int, *, item_id: object, item_title: object, raw: 
     """One item's metadata (only ``item_id`` and ``item_title`` are used)."""
     if item_id is None or _text(item_id) == "":
         return bad_row(path, line, "missing_field", raw)
+    if has_surrogates(_text(item_id)) or has_surrogates(_text(item_title)):
+        return bad_row(path, line, "non_utf8", raw)
     row = _blank(path, line)
     row.update(item_id=_text(item_id), item_title=_text(item_title))
     return row

@@ -132,7 +132,7 @@ def _jsonl(
             continue
         try:
             obj = json.loads(line.text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than ~1000
             obj = None
         if not isinstance(obj, dict):
             yield bad_row(path, line.number, "malformed_json", line.text)

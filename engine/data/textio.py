@@ -9,11 +9,20 @@ from __future__ import annotations
 import csv
 import io
 import re
+import sys
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-__all__ = ["CsvRow", "Line", "csv_records", "decompress", "has_bad_bytes", "iter_lines"]
+__all__ = [
+    "CsvRow",
+    "Line",
+    "allow_fields_of",
+    "csv_records",
+    "decompress",
+    "has_bad_bytes",
+    "iter_lines",
+]
 
 GZIP_MAGIC = b"\x1f\x8b"
 _SURROGATE = re.compile("[\udc80-\udcff]")
@@ -108,6 +117,15 @@ class CsvRow:
     ends: bool = False  # reading stopped here (a syntax error or a cut-short stream)
 
 
+def allow_fields_of(text: str) -> None:
+    """Let the ``csv`` module parse a field as long as ``text``: its default 128 KiB limit
+    would end a file at one long review (and drop every record after it uncounted). The
+    text is in memory already, so no field can cost more than it; the limit is raised,
+    never lowered (it is process-wide)."""
+    if len(text) >= csv.field_size_limit():
+        csv.field_size_limit(min(len(text) + 1, sys.maxsize))
+
+
 def csv_records(data: bytes, sep: str = ",") -> Iterator[CsvRow]:
     """Decompress and parse delimited ``data``: the header first, then every non-blank record.
 
@@ -121,6 +139,7 @@ def csv_records(data: bytes, sep: str = ",") -> Iterator[CsvRow]:
     """
     body, problem = decompress(data)
     text = body.decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
+    allow_fields_of(text)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
     try:
         header = [name.strip() for name in next(reader)]
