@@ -14,6 +14,7 @@ import argparse
 import datetime as dt
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -55,7 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key.path=value")
     p.add_argument("--list", action="store_true", help="list the studies and exit")
     p.add_argument("--address", help="join a running Ray cluster ('auto' on the head node)")
-    p.add_argument("--out", type=Path, help="run directory (default reports/STUDY/RUN_ID)")
+    p.add_argument(
+        "--out",
+        help="run directory (default reports/STUDY/RUN_ID); on a cluster, a directory every "
+        "node mounts at the same path",
+    )
     p.add_argument(
         "--resume",
         action="store_true",
@@ -74,6 +79,17 @@ def _parser() -> argparse.ArgumentParser:
         help=f"free space the run directory needs before Ray starts (default {MIN_FREE_MB})",
     )
     return p
+
+
+def _uri_problem(out: str) -> str | None:
+    """Why ``--out`` cannot be used as given: a URI (``Path`` would quietly turn
+    ``s3://b/r`` into the local directory ``s3:/b/r``, and the run would land on one disk)."""
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", out):
+        return (
+            f"--out {out} is a URI; the run directory must be a path (on a cluster, a shared "
+            "NFS/EFS mount at the same path on every node, e.g. /mnt/sweeps/RUN)"
+        )
+    return None
 
 
 def _fail(msg: str) -> int:
@@ -240,7 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.resume and args.out is None:
         return _fail("--resume needs --out DIR (the run directory to continue)")
-    run_dir = args.out or REPO / "reports" / cfg.name / _run_id(cfg)
+    if args.out is not None and (problem := _uri_problem(args.out)) is not None:
+        return _fail(problem)
+    run_dir = Path(args.out) if args.out else REPO / "reports" / cfg.name / _run_id(cfg)
     if (problem := preflight(run_dir, args.min_free_mb)) is not None:
         return _fail(problem)
     from engine.data import DataError

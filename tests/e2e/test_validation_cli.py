@@ -99,6 +99,14 @@ def test_a_run_directory_under_a_file_is_refused_before_ray(tmp_path: Path) -> N
     assert error == f"error: cannot write the run directory {out}: Not a directory"
 
 
+def test_a_uri_as_the_run_directory_is_refused_before_ray(tmp_path: Path) -> None:
+    """``s3://`` is not a path: taken as one it became a local ``s3:/`` directory."""
+    error = _one_error_before_ray(_sweep("s3://bucket/run", tmp_path))  # type: ignore[arg-type]
+    assert error.startswith("error: --out s3://bucket/run is a URI;"), error
+    assert "shared NFS/EFS mount" in error
+    assert not (REPO / "s3:").exists()
+
+
 def test_a_read_only_directory_is_refused_before_ray(tmp_path: Path) -> None:
     parent = tmp_path / "read-only"
     parent.mkdir()
