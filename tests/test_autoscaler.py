@@ -12,10 +12,7 @@ that — by matching the temp dir.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -29,7 +26,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, cli_env
-from tests.e2e.test_resume import _free_port, _procs_under
+from tests.processes import alive_under, free_port, kill_all, procs_under
 
 pytestmark = pytest.mark.cluster
 
@@ -48,8 +45,8 @@ def head_ports() -> list[str]:
     """``ray start --head`` options that keep a test's head off the ports other Rays on this
     machine hold by default (the dashboard agent's 52365, the client server's 10001)."""
     return [
-        f"--dashboard-agent-listen-port={_free_port()}",
-        f"--ray-client-server-port={_free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--ray-client-server-port={free_port()}",
     ]
 
 
@@ -57,24 +54,14 @@ def head_processes(temp_dir: Path, port: int) -> list[int]:
     """Every process of the head started on ``port`` with ``temp_dir``, and their children: the
     node's processes name the temp dir; the Ray client server names only the GCS address (and
     outlives ``ray start``, its parent)."""
-    return sorted({*_procs_under(str(temp_dir)), *_procs_under(f":{port} --host=")})
+    return procs_under(str(temp_dir), f":{port} --host=")
 
 
 def end_head(temp_dir: Path, port: int) -> list[int]:
     """SIGKILL what :func:`head_processes` finds; return those still alive after up to 30 s."""
-    for pid in head_processes(temp_dir, port):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while True:
-        alive = []
-        for pid in head_processes(temp_dir, port):
-            with contextlib.suppress(OSError):
-                if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
-                    alive.append(pid)
-        if not alive or time.monotonic() > deadline:
-            return alive
-        time.sleep(0.2)
+    markers = (str(temp_dir), f":{port} --host=")
+    kill_all(*markers)
+    return alive_under(*markers)
 
 
 def fake_node_types(cluster: dict[str, Any]) -> dict[str, Any]:
@@ -171,7 +158,7 @@ def test_smoke_study_scales_workers_up_then_down(tmp_path: Path) -> None:
     cluster = yaml.safe_load((REPO / "cluster.yaml").read_text())
     head_res = cluster["available_node_types"][cluster["head_node_type"]]["resources"]
     temp_dir = Path(tempfile.gettempdir()) / f"as-{uuid.uuid4().hex[:8]}"
-    port = _free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
     config = tmp_path / "autoscaling.yaml"
     config.write_text(yaml.safe_dump(fake_autoscaling_config(cluster, address)))

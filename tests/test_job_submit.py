@@ -24,7 +24,7 @@ import pytest
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from tests.conftest import REPO, cli_env
-from tests.e2e.test_resume import _free_port
+from tests.processes import free_port
 from tests.test_autoscaler import end_head, head_ports
 
 pytestmark = pytest.mark.cluster
@@ -41,7 +41,7 @@ def ray_cli(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess
 
 def test_job_submit_runs_the_study_and_returns_its_run_directory(tmp_path: Path) -> None:
     temp_dir = Path(tempfile.gettempdir()) / f"as-job-{uuid.uuid4().hex[:8]}"
-    port, dash = _free_port(), _free_port()
+    port, dash = free_port(), free_port()
     env = cli_env()  # RAY_AUTH_MODE=disabled
     head = [
         str(RAY),

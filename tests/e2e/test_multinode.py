@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO, cli_env, run_sweep
-from tests.e2e.test_resume import _alive_under, _kill_all
+from tests.processes import alive_under, kill_all
 
 pytestmark = pytest.mark.cluster
 
@@ -101,8 +101,8 @@ def nodes(request: pytest.FixtureRequest) -> Iterator[Nodes]:
     finally:
         if made is not None:
             made.cluster.shutdown()
-        _kill_all(str(temp_dir))
-    assert not _alive_under(str(temp_dir))
+        kill_all(str(temp_dir))
+    assert not alive_under(str(temp_dir))
 
 
 def _study(result: subprocess.CompletedProcess[str]) -> str:

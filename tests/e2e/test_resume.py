@@ -8,11 +8,8 @@ every process it started — and only those — by matching that temp dir (never
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +23,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import REPO, cli_env, run_sweep
+from tests.processes import alive_under, free_port, kill_all
 
 RAY = Path(sys.executable).parent / "ray"
 T = TypeVar("T")
@@ -38,61 +36,6 @@ OVERRIDES = [
     "importance.methods=[fisher]",
 ]
 EXPECTED = {(k, s) for k in (2, 9) for s in (0, 1)}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _procs_under(marker: str) -> list[int]:
-    """Pids whose command line names ``marker``, plus all their descendants."""
-    parent: dict[int, int] = {}
-    hits: set[int] = set()
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            stat = (d / "stat").read_text()
-        except OSError:
-            continue
-        pid = int(d.name)
-        parent[pid] = int(stat.rsplit(")", 1)[1].split()[1])
-        if marker in cmd:
-            hits.add(pid)
-    out = set(hits)
-    grew = True
-    while grew:
-        grew = False
-        for pid, ppid in parent.items():
-            if ppid in out and pid not in out:
-                out.add(pid)
-                grew = True
-    out.discard(os.getpid())
-    return sorted(out)
-
-
-def _kill_all(marker: str) -> None:
-    for pid in _procs_under(marker):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _alive_under(marker: str, wait_s: float = 30.0) -> list[int]:
-    """Pids under ``marker`` still running (not zombies) once ``wait_s`` has passed or none is
-    left: SIGKILL is asynchronous, a process lingers until the kernel has torn it down."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        alive = []
-        for pid in _procs_under(marker):
-            with contextlib.suppress(OSError):
-                if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
-                    alive.append(pid)
-        if not alive or time.monotonic() > deadline:
-            return alive
-        time.sleep(0.2)
 
 
 # A guard against a hang, not a speed expectation: every wait below is on a condition (a
@@ -185,7 +128,7 @@ def _mark_running(exp_dir: Path, trial_id: str) -> None:
 @pytest.mark.slow
 def test_kill_driver_then_resume_completes_exactly_once(tmp_path: Path) -> None:
     temp_dir = Path(tempfile.gettempdir()) / f"rs{uuid.uuid4().hex[:8]}"
-    port = _free_port()
+    port = free_port()
     out = tmp_path / "run"
     env = cli_env(tmp_path / "cache", PYTHONPATH=str(REPO), TUNE_GLOBAL_CHECKPOINT_S="1")
     head = [
@@ -257,8 +200,8 @@ def test_kill_driver_then_resume_completes_exactly_once(tmp_path: Path) -> None:
         (trial_dir,) = (out / "tune").glob(f"run_trial_{ok.trial_id}_*")
         assert _final_rows(trial_dir) == 2
     finally:
-        _kill_all(str(temp_dir))
-    assert not _alive_under(str(temp_dir))
+        kill_all(str(temp_dir))
+    assert not alive_under(str(temp_dir))
 
 
 def _replayed(df: pd.DataFrame) -> set[str]:
