@@ -31,6 +31,7 @@ what was done and continues the stretch in progress bit for bit.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +87,10 @@ class PruneConfig(OptimConfig, KDConfig):
     (unstructured) and s_i = min(``initial_sparsity``, s_f). ``steps: 0`` prunes once.
     While pruning, training uses the KD loss when ``kd`` is true (pruning-aware
     distillation). Then ``recovery_steps`` of fine-tuning at ``recovery_lr``.
+
+    ``head_ranking``: ``global`` ranks every layer's heads together (a layer may lose most
+    of its heads, at least one is kept); ``per_layer`` removes the same number from every
+    layer (Torch-Pruning's uniform recipe), each layer's lowest-scored.
     """
 
     method: Literal["structured", "unstructured", "semi_structured_2_4"] = "structured"
@@ -98,6 +103,7 @@ class PruneConfig(OptimConfig, KDConfig):
     steps: int = Field(0, ge=0)
     prune_every: int = Field(1, ge=1)
     score_batches: int = Field(4, ge=1)
+    head_ranking: Literal["global", "per_layer"] = "global"
     recovery_steps: int = Field(0, ge=0)
     recovery_lr: float = Field(3e-5, gt=0, lt=1)
     recovery_warmup_ratio: float = Field(0.1, ge=0, lt=1)
@@ -281,9 +287,14 @@ def prune_structured_to(
     batches: list[dict] | None = None,
     device: torch.device | str = "cpu",
     task: str | Task = DEFAULT_TASK,
+    per_layer: bool = False,
 ) -> dict[str, int]:
     """Prune until ``heads_removed`` heads in total (global ranking, ≥ 1 kept per layer) and
     ``neurons_removed[l]`` neurons of layer l are gone, counting units removed before.
+
+    ``per_layer``: the heads go evenly instead — every layer loses the same number of head
+    units, its lowest-scored; when the total does not divide by the layer count, the
+    remainder comes from the layers whose next candidate scores lowest.
 
     Heads go by head unit (:func:`engine.compress.structure.head_group`): under grouped-query
     attention a whole key/value group at a time, so the count is rounded down to a multiple
@@ -306,19 +317,22 @@ def prune_structured_to(
         g = head_group(blocks[0])  # heads per unit: 1, or a key/value group's size
         present = [len(head_ids(b)) // g for b in blocks]  # units per layer
         need = heads_removed - (orig * len(blocks) - g * sum(present))
-        cands = sorted(
-            (float(s), layer, pos)
-            for layer, sc in enumerate(h_scores)
-            for pos, s in enumerate(sc.tolist())
-        )
-        drop: dict[int, list[int]] = {}
-        for _, layer, pos in cands:
-            if need < g:
-                break  # whole units only: at most heads_removed heads
-            if present[layer] - len(drop.get(layer, [])) <= 1:
-                continue  # keep at least one unit per layer
-            drop.setdefault(layer, []).append(pos)
-            need -= g
+        if per_layer:
+            drop = _even_drop(h_scores, present, heads_removed // g, orig // g)
+        else:
+            cands = sorted(
+                (float(s), layer, pos)
+                for layer, sc in enumerate(h_scores)
+                for pos, s in enumerate(sc.tolist())
+            )
+            drop = {}
+            for _, layer, pos in cands:
+                if need < g:
+                    break  # whole units only: at most heads_removed heads
+                if present[layer] - len(drop.get(layer, [])) <= 1:
+                    continue  # keep at least one unit per layer
+                drop.setdefault(layer, []).append(pos)
+                need -= g
         for layer, units in drop.items():
             remove_heads(blocks[layer], [u * g + i for u in units for i in range(g)])
             removed_h += g * len(units)
@@ -332,6 +346,36 @@ def prune_structured_to(
             removed_n += need
     sync_config(model)
     return {"heads": removed_h, "neurons": removed_n}
+
+
+def _even_drop(
+    h_scores: list[torch.Tensor], present: list[int], total: int, orig: int
+) -> dict[int, list[int]]:
+    """Positions (among the heads still present) to remove so that ``total`` head units are
+    gone in all, as evenly as the layers allow: each layer's quota is ``total // L`` units
+    (one more for ``total % L`` layers — those already past the even share, then those
+    whose next candidate scores lowest), at most all but one of its ``orig`` units."""
+    n_layers = len(present)
+    gone = [orig - p for p in present]
+    base, extra = divmod(total, n_layers)
+    ranked = [torch.argsort(sc, stable=True).tolist() for sc in h_scores]
+
+    def next_score(layer: int) -> float:
+        k = base - gone[layer]  # the candidate after this layer's even share
+        if k < 0:
+            return -math.inf  # past its share already
+        if k >= present[layer] - 1:
+            return math.inf  # nothing left to give (one unit stays)
+        return float(h_scores[layer][ranked[layer][k]])
+
+    favoured = sorted(range(n_layers), key=lambda i: (-(gone[i] > base), next_score(i), i))
+    quota = [base + (i in favoured[:extra]) for i in range(n_layers)]
+    drop: dict[int, list[int]] = {}
+    for layer in range(n_layers):
+        need = min(quota[layer], orig - 1) - gone[layer]
+        if need > 0:
+            drop[layer] = ranked[layer][:need]
+    return drop
 
 
 def _fresh(**kw: Any) -> dict[str, Any]:
@@ -369,6 +413,7 @@ def _structured(
             batches=batches,
             device=ctx.device,
             task=ctx.task,
+            per_layer=cfg.head_ranking == "per_layer",
         )
         return {"step": t, "head_sparsity": s_h, "neuron_sparsity": s_n, **done}
 

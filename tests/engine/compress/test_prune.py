@@ -404,3 +404,62 @@ def test_pruned_structure_lives_in_the_config_and_follows_truncation() -> None:
     twin = copy.deepcopy(fresh)
     prune_structured_to(twin, heads_removed=0, neurons_removed=[40] * 4, criterion="magnitude")
     assert [ffn_width(b) for b in layer_list(twin)] == [FFN - 40] * 4  # 24 more, not 40
+
+
+def _zero_gpt2_heads(model: torch.nn.Module, layer: int, heads: list[int]) -> None:
+    """Plant heads with no weight at all: the lowest magnitude there is."""
+    d, _, _ = _unit_slices(model)
+    e = model.config.hidden_size
+    a = model.transformer.h[layer].attn
+    with torch.no_grad():
+        for h in heads:
+            for t in range(3):
+                a.c_attn.weight[:, t * e + h * d : t * e + (h + 1) * d] = 0
+            a.c_proj.weight[h * d : (h + 1) * d, :] = 0
+
+
+@pytest.mark.parametrize("removed", [8, 6])
+def test_per_layer_head_ranking_removes_the_same_count_from_every_layer(removed) -> None:
+    """Layer 0's heads 0-2 planted at zero: global ranking strips layer 0 to its last head,
+    ``per_layer`` takes an even share from each layer instead. The removed set must be the
+    even allocation (per layer ⌊n/L⌋, one more in n mod L layers) with the least total
+    magnitude, found by brute force over allocations and per-layer choices."""
+    import itertools
+
+    model = tiny_gpt2()  # 4 layers × 4 heads
+    _zero_gpt2_heads(model, 0, [0, 1, 2])
+    scores = _magnitude_by_hand(model)
+    base, extra = divmod(removed, 4)
+    best, best_sets = float("inf"), None
+    for more in itertools.combinations(range(4), extra):
+        for sets in itertools.product(*[
+            itertools.combinations(range(4), base + (i in more)) for i in range(4)
+        ]):  # fmt: skip
+            total = sum(scores[i][h] for i, hs in enumerate(sets) for h in hs)
+            if total < best - 1e-9:
+                best, best_sets = total, {i: set(hs) for i, hs in enumerate(sets)}
+    cfg = PruneConfig(head_sparsity=removed / 16, neuron_sparsity=0.0, head_ranking="per_layer")
+    out = STAGES.get("prune")(copy.deepcopy(model), cfg, _ctx())
+    gone = {int(k): set(v) for k, v in out.config.pruned_heads.items()}
+    assert {i: gone.get(i, set()) for i in range(4)} == best_sets
+    per_layer = sorted(len(v) for v in best_sets.values())
+    assert per_layer == [base] * (4 - extra) + [base + 1] * extra
+
+    out = STAGES.get("prune")(copy.deepcopy(model), PruneConfig(head_sparsity=removed / 16,
+                              neuron_sparsity=0.0), _ctx())  # fmt: skip
+    global_gone = {int(k): set(v) for k, v in out.config.pruned_heads.items()}
+    assert global_gone[0] == {0, 1, 2}  # the planted heads, all of them: ranking is global
+
+
+def test_per_layer_head_ranking_stays_even_over_a_gradual_schedule() -> None:
+    """Three pruning events (sparsity 1/8 → 1/2 of 16 heads) with training in between: the
+    cumulative removal still ends at 2 heads out of every layer."""
+    model = tiny_gpt2()
+    cfg = PruneConfig(head_sparsity=0.5, neuron_sparsity=0.0, initial_sparsity=0.125, steps=4,
+                      prune_every=2, head_ranking="per_layer", batch_size=8)  # fmt: skip
+    ctx = _ctx(_train(2))
+    out = STAGES.get("prune")(model, cfg, ctx)
+    rec = ctx.records["prune"]
+    assert rec.schedule[0]["heads"] == 2  # 1/8 of 16 at t = 0
+    assert rec.heads_kept_per_layer == [2, 2, 2, 2]
+    assert out.config.n_head == 4 and sum(len(v) for v in out.config.pruned_heads.values()) == 8
