@@ -68,6 +68,11 @@ class ConfigError(ValueError):
         self.problems = problems
         super().__init__("\n".join(problems))
 
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[list[str]]]:
+        # rebuilt from its problems, not its joined message: one raised in a Ray task or a
+        # worker process would otherwise come back with every character on its own line
+        return type(self), (self.problems,)
+
 
 # The pipeline section is derived from the stage registry (engine.compress.pipeline); this is
 # its class for the stages registered at import time. A stage registered later is picked up

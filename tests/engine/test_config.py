@@ -231,3 +231,15 @@ def test_cli_list_and_help() -> None:
         assert name in r.stdout
     h = _cli("--help")
     assert h.returncode == 0 and "--address" in h.stdout and "--resume" in h.stdout
+
+
+def test_a_config_error_survives_pickling_with_its_lines_intact() -> None:
+    # what a worker process or a Ray task sends back when a trial's values are invalid
+    import pickle
+
+    with pytest.raises(ConfigError) as e:
+        with_values(load_study("smoke"), {"pipeline.prune.recovery_steps": -42})
+    back = pickle.loads(pickle.dumps(e.value))
+    assert back.problems == e.value.problems
+    assert str(back) == str(e.value)
+    assert str(back).startswith("trial: pipeline.prune.recovery_steps:")
