@@ -9,7 +9,9 @@ cache), sees the same training split and is given the same number of optimizer s
   build_student`): Taylor mask-gradient scores on ``--score-batches`` batches, heads removed
   evenly per layer (``head_ranking: per_layer``), then all steps as recovery (warm-up/decay);
 * ``engine-gradual`` — the prune recipe of issue 18 (gradual over 45 steps, prune every 10,
-  global head ranking, then 40 recovery steps at 3e-5);
+  global head ranking, then 40 recovery steps at 3e-5), the best of ``sweeps/prune-recipe``;
+* ``engine-gradual-wt`` / ``engine-oneshot-wt`` — the same two recipes scored by the engine's
+  ``weight_taylor`` criterion (Σ |w · ∂L/∂w| per unit, Torch-Pruning's Taylor definition);
 * ``tp-taylor`` / ``tp-magnitude`` — Torch-Pruning's Hugging Face BERT recipe (``MetaPruner``,
   ``num_heads`` with ``prune_num_heads``, uniform per-layer ratios, hidden size kept by
   ignoring the layers that write it), its ``GroupTaylorImportance`` (gradients of the task
@@ -182,12 +184,20 @@ def _oneshot(level: Level, o: dict[str, Any]) -> dict[str, Any]:
     )  # fmt: skip
 
 
-def _gradual(level: Level, o: dict[str, Any]) -> dict[str, Any]:
+def _gradual(level: Level, o: dict[str, Any], criterion: str = "taylor") -> dict[str, Any]:
     return _prune_values(
-        level, o["heads"], o["ffn"], criterion="taylor", steps=45, prune_every=10,
+        level, o["heads"], o["ffn"], criterion=criterion, steps=45, prune_every=10,
         head_ranking="global", score_batches=2, recovery_steps=o["steps"] - 45,
         recovery_lr=3e-5, lr=1e-4,
     )  # fmt: skip
+
+
+def _gradual_wt(level: Level, o: dict[str, Any]) -> dict[str, Any]:
+    return _gradual(level, o, criterion="weight_taylor")
+
+
+def _oneshot_wt(level: Level, o: dict[str, Any]) -> dict[str, Any]:
+    return {**_oneshot(level, o), "pipeline.prune.criterion": "weight_taylor"}
 
 
 def _truncate_kd(level: Level, o: dict[str, Any]) -> dict[str, Any]:
@@ -253,6 +263,8 @@ def _tp_arm(importance: str) -> Callable[..., Any]:
 ARMS: dict[str, Callable[..., Any]] = {
     "engine-oneshot": _study_arm(_oneshot),
     "engine-gradual": _study_arm(_gradual),
+    "engine-gradual-wt": _study_arm(_gradual_wt),
+    "engine-oneshot-wt": _study_arm(_oneshot_wt),
     "tp-taylor": _tp_arm("taylor"),
     "tp-magnitude": _tp_arm("magnitude"),
     "truncate-kd": _study_arm(_truncate_kd),

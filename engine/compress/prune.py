@@ -94,7 +94,7 @@ class PruneConfig(OptimConfig, KDConfig):
     """
 
     method: Literal["structured", "unstructured", "semi_structured_2_4"] = "structured"
-    criterion: Literal["magnitude", "taylor", "fisher"] = "magnitude"
+    criterion: Literal["magnitude", "taylor", "fisher", "weight_taylor"] = "magnitude"
     head_sparsity: float = Field(0.25, ge=0, lt=1)
     neuron_sparsity: float = Field(0.25, ge=0, lt=1)
     weight_sparsity: float = Field(0.5, ge=0, lt=1)

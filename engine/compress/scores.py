@@ -8,6 +8,9 @@
   the score is the batch mean of |∂L/∂m|.
 * ``fisher`` — the empirical Fisher information of the same mask, batch mean of (∂L/∂m)²
   (Kwon et al. 2022, "A Fast Post-Training Pruning Framework for Transformers").
+* ``weight_taylor`` — first-order Taylor per *weight*, summed over the unit (Molchanov et al.
+  2019, Torch-Pruning's ``GroupTaylorImportance``): Σ |w · ∂L/∂w| over the unit's weights
+  (the same entries as magnitude, biases left out), with ∂L/∂w summed over the batches.
 
 Head scores are per *head unit*, the heads :func:`engine.compress.structure.remove_heads`
 removes together: one head, or under grouped-query attention (Llama with fewer key/value
@@ -38,7 +41,7 @@ from engine.tasks import DEFAULT_TASK, Task, get_task
 
 __all__ = ["CRITERIA", "unit_scores"]
 
-CRITERIA = ("magnitude", "taylor", "fisher")
+CRITERIA = ("magnitude", "taylor", "fisher", "weight_taylor")
 
 UnitScores = tuple[list[torch.Tensor] | None, list[torch.Tensor]]  # (heads, neurons) per layer
 
@@ -63,6 +66,60 @@ def _magnitude(model: nn.Module, heads: bool) -> UnitScores:
         if heads:
             hs = sum(w.pow(2).sum(1) for w in head_unit_weights(block))
             h_scores.append(hs.cpu().sqrt())
+    return (h_scores if heads else None), n_scores
+
+
+def _abs_sum(w: torch.Tensor, dim: int, size: int) -> torch.Tensor:
+    """Sum of absolute values over every axis but ``dim``, grouped into ``size`` units."""
+    w = w.detach().float().transpose(0, dim) if dim else w.detach().float()
+    return w.reshape(size, -1).abs().sum(1)
+
+
+def _weight_taylor(
+    model: nn.Module,
+    batches: Iterable[dict[str, torch.Tensor]],
+    heads: bool,
+    device: torch.device,
+    task: Task,
+) -> UnitScores:
+    params = list(model.parameters())
+    saved = [(p.requires_grad, p.grad) for p in params]
+    was_training = model.training
+    model.eval()
+    n = 0
+    try:
+        for p in params:
+            p.requires_grad_(True)
+            p.grad = None
+        for b in batches:
+            logits = model(
+                input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)
+            ).logits
+            task.loss(logits, b[task.view.target].to(device)).backward()
+            n += 1
+        if n == 0:
+            raise ValueError("weight_taylor scores need at least one batch")
+
+        def wg(layer: nn.Module) -> torch.Tensor:
+            return layer.weight.detach() * layer.weight.grad
+
+        h_scores: list[torch.Tensor] = []
+        n_scores: list[torch.Tensor] = []
+        for block in layer_list(model):
+            p = block_parts(block)
+            width = ffn_width(block)
+            s = torch.zeros(width)
+            for lin in p.ffn_in:
+                s += _abs_sum(wg(lin), 1 if p.conv1d else 0, width).cpu()
+            s += _abs_sum(wg(p.ffn_out), 0 if p.conv1d else 1, width).cpu()
+            n_scores.append(s)
+            if heads:
+                h_scores.append(sum(w.abs().sum(1) for w in head_unit_weights(block, wg)).cpu())
+    finally:
+        for p, (flag, grad) in zip(params, saved, strict=True):
+            p.requires_grad_(flag)
+            p.grad = grad
+        model.train(was_training)
     return (h_scores if heads else None), n_scores
 
 
@@ -156,4 +213,6 @@ def unit_scores(
             device=torch.device(device),
             task=get_task(task),
         )
+    if criterion == "weight_taylor":
+        return _weight_taylor(model, batches, heads, torch.device(device), get_task(task))
     raise ValueError(f"unknown pruning criterion {criterion!r} (known: {', '.join(CRITERIA)})")

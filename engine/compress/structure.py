@@ -43,6 +43,7 @@ read by :func:`head_ids` (a block's layer is its attention module's ``layer_idx`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,23 +167,27 @@ def head_ids(block: nn.Module) -> list[int]:
     return ids
 
 
-def head_unit_weights(block: nn.Module) -> list[torch.Tensor]:
+def head_unit_weights(
+    block: nn.Module, of: Callable[[nn.Module], torch.Tensor] | None = None
+) -> list[torch.Tensor]:
     """The weights of each head unit (:func:`head_group` query heads), as float matrices of
     [units, ·] in the order Q, K, V, output projection: row u holds every entry that unit u
     owns (its query rows, its key/value rows, its output-projection columns). Biases are
-    left out. For magnitude scores; detached copies, the model is not touched."""
+    left out. ``of(layer)``: a tensor shaped like ``layer.weight`` to partition instead
+    (e.g. weight × gradient). Detached copies, the model is not touched."""
     parts = block_parts(block)
     d, g = head_size(block), head_group(block)
     units = _heads_present(parts, d) // g
+    get = of or (lambda layer: layer.weight)
 
     def rows(w: torch.Tensor, dim: int) -> torch.Tensor:
         w = w.detach().float().transpose(0, dim) if dim else w.detach().float()
         return w.reshape(units, -1)
 
     if parts.conv1d:  # GPT-2: c_attn [in, 3·E] → Q, K, V thirds; c_proj [E, out]
-        q, k, v = parts.q.weight.detach().float().chunk(3, dim=1)
-        return [rows(q, 1), rows(k, 1), rows(v, 1), rows(parts.attn_out.weight, 0)]
-    return [*(rows(lin.weight, 0) for lin in parts.qkv), rows(parts.attn_out.weight, 1)]
+        q, k, v = get(parts.q).detach().float().chunk(3, dim=1)
+        return [rows(q, 1), rows(k, 1), rows(v, 1), rows(get(parts.attn_out), 0)]
+    return [*(rows(get(lin), 0) for lin in parts.qkv), rows(get(parts.attn_out), 1)]
 
 
 def _slice(layer: nn.Module, keep: torch.Tensor, dim: int) -> None:

@@ -175,7 +175,7 @@ def test_scores_find_planted_dead_units() -> None:
         blk.output.dense.weight[:, 9] = 0
         blk.intermediate.dense.weight[9] *= 0.01
     bs = toy_batches(2, batch_size=8)
-    for crit in ("magnitude", "taylor", "fisher"):
+    for crit in ("magnitude", "taylor", "fisher", "weight_taylor"):
         h, n = unit_scores(model, crit, heads=True, batches=bs)
         assert h is not None and len(h) == 4 and h[2].shape == (HEADS,)
         assert int(h[2].argmin()) == 1, crit
@@ -183,6 +183,37 @@ def test_scores_find_planted_dead_units() -> None:
         if crit != "magnitude":
             assert float(h[2][1]) == 0.0 and float(n[2][9]) == 0.0
     assert all(p.requires_grad for p in model.parameters())  # flags restored
+
+
+def test_weight_taylor_is_the_sum_of_weight_times_gradient_over_each_unit() -> None:
+    """BERT layout, indexed by hand: a head owns rows h·D…(h+1)·D of Q, K, V and those columns
+    of the attention output; a neuron its row of the up projection and its column of the down
+    projection. Score = Σ |w · ∂L/∂w| there, ∂L/∂w summed over both batches; biases out."""
+    model = tiny_bert()
+    bs = toy_batches(2, batch_size=8)
+    ref = copy.deepcopy(model)
+    for b in bs:
+        logits = ref(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        torch.nn.functional.cross_entropy(logits, b["labels"]).backward()
+    h, n = unit_scores(model, "weight_taylor", heads=True, batches=bs)
+    assert h is not None
+    for i, blk in enumerate(ref.bert.encoder.layer):
+        att = blk.attention
+        want_h = []
+        for head in range(HEADS):
+            rows = slice(head * D, (head + 1) * D)
+            tot = sum((lin.weight[rows] * lin.weight.grad[rows]).abs().sum()
+                      for lin in (att.self.query, att.self.key, att.self.value))  # fmt: skip
+            o = att.output.dense
+            want_h.append(tot + (o.weight[:, rows] * o.weight.grad[:, rows]).abs().sum())
+        up, down = blk.intermediate.dense, blk.output.dense
+        want_n = (up.weight * up.weight.grad).abs().sum(1) + (
+            down.weight * down.weight.grad
+        ).abs().sum(0)
+        torch.testing.assert_close(h[i], torch.stack(want_h).detach(), rtol=1e-5, atol=1e-9)
+        torch.testing.assert_close(n[i], want_n.detach(), rtol=1e-5, atol=1e-9)
+    assert all(p.grad is None for p in model.parameters())  # the model's grads left as found
+    assert float(torch.stack(h).min()) > 0  # every unit matters, so the check is informative
 
 
 @pytest.mark.parametrize("factory", [tiny_gpt2, tiny_llama])
@@ -208,10 +239,13 @@ def _unit_slices(model: torch.nn.Module) -> tuple[int, int, int]:
     return cfg.hidden_size // n, g, n // g
 
 
-def _magnitude_by_hand(model: torch.nn.Module) -> list[list[float]]:
+def _magnitude_by_hand(model: torch.nn.Module, of=None, reduce=None) -> list[list[float]]:
     """√(Σ w²) over every weight entry a head unit owns, picked out by index: GPT-2's fused
     c_attn holds Q, K, V as thirds of its columns, c_proj's rows are the heads' outputs;
-    Llama's unit u is query heads u·g … (u+1)·g − 1 and key/value head u."""
+    Llama's unit u is query heads u·g … (u+1)·g − 1 and key/value head u. ``of(layer)``
+    replaces each layer's weight (e.g. by weight × gradient) and ``reduce`` the √(Σ w²)."""
+    of = of or (lambda lin: lin.weight)
+    reduce = reduce or (lambda ps: float(sum(float(p.double().pow(2).sum()) for p in ps)) ** 0.5)
     d, g, units = _unit_slices(model)
     e = model.config.hidden_size
     out = []
@@ -220,15 +254,15 @@ def _magnitude_by_hand(model: torch.nn.Module) -> list[list[float]]:
         for u in range(units):
             if hasattr(model, "transformer"):
                 a = model.transformer.h[i].attn
-                parts = [a.c_attn.weight[:, t * e + u * d : t * e + (u + 1) * d] for t in range(3)]
-                parts.append(a.c_proj.weight[u * d : (u + 1) * d, :])
+                parts = [of(a.c_attn)[:, t * e + u * d : t * e + (u + 1) * d] for t in range(3)]
+                parts.append(of(a.c_proj)[u * d : (u + 1) * d, :])
             else:
                 a = model.model.layers[i].self_attn
                 q = slice(u * g * d, (u + 1) * g * d)
                 kv = slice(u * d, (u + 1) * d)
-                parts = [a.q_proj.weight[q], a.k_proj.weight[kv], a.v_proj.weight[kv],
-                         a.o_proj.weight[:, q]]  # fmt: skip
-            row.append(float(sum(float(p.detach().double().pow(2).sum()) for p in parts)) ** 0.5)
+                parts = [of(a.q_proj)[q], of(a.k_proj)[kv], of(a.v_proj)[kv],
+                         of(a.o_proj)[:, q]]  # fmt: skip
+            row.append(reduce([p.detach() for p in parts]))
         out.append(row)
     return out
 
@@ -262,15 +296,22 @@ def _mask_grads_by_hand(model: torch.nn.Module, data: dict[str, torch.Tensor]) -
 @pytest.mark.parametrize("factory", [tiny_gpt2, tiny_llama])
 def test_decoder_head_scores_match_their_definition(factory) -> None:
     """Per head unit (a GPT-2 head; a Llama key/value group of 2 query heads): magnitude is the
-    norm of the unit's weights, taylor |∂L/∂m| and fisher (∂L/∂m)², one batch."""
+    norm of the unit's weights, taylor |∂L/∂m|, fisher (∂L/∂m)² and weight_taylor
+    Σ |w · ∂L/∂w| over the unit's weights, one batch."""
     model = factory()
     data = _train(1)
     units = _unit_slices(model)[2]
     grad = _mask_grads_by_hand(model, data)
+    ref = copy.deepcopy(model)
+    out = ref(input_ids=data["input_ids"], attention_mask=data["attention_mask"]).logits
+    torch.nn.functional.cross_entropy(out, data["labels"]).backward()
+    wg = _magnitude_by_hand(ref, of=lambda lin: lin.weight * lin.weight.grad,
+                            reduce=lambda ps: float(sum(p.double().abs().sum() for p in ps)))  # fmt: skip
     want = {
         "magnitude": torch.tensor(_magnitude_by_hand(model)),
         "taylor": grad.abs(),
         "fisher": grad.pow(2),
+        "weight_taylor": torch.tensor(wg),
     }
     for crit, ref in want.items():
         h, _ = unit_scores(model, crit, heads=True, batches=[data])
