@@ -131,3 +131,23 @@ def test_paired_differences_use_only_the_seeds_both_arms_ran() -> None:
     half = 12.7062 * 0.0353553 / np.sqrt(2)
     assert p["lo"] == pytest.approx(0.075 - half, abs=1e-4)
     assert p["hi"] == pytest.approx(0.075 + half, abs=1e-4)
+
+
+def test_engine_weight_taylor_removes_exactly_what_torch_pruning_taylor_removes() -> None:
+    # an independent library as the oracle: per layer, the same heads and FFN neurons go
+    teacher = _bert(seed=5)
+    ours, peer = copy.deepcopy(teacher), copy.deepcopy(teacher)
+    batches = _batches(3)
+    prune_structured_to(ours, heads_removed=LAYERS * 2, neurons_removed=[20] * LAYERS,
+                        criterion="weight_taylor", batches=batches, per_layer=True)  # fmt: skip
+    tp_prune(peer, heads_kept=2, ffn_kept=12, importance="taylor", batches=batches,
+             loss=torch.nn.functional.cross_entropy)  # fmt: skip
+    for (name, a), (_, b) in zip(ours.named_parameters(), peer.named_parameters(), strict=True):
+        assert torch.equal(a, b), name
+    assert any(  # and it is a real choice: not simply the first units of each layer
+        not torch.equal(
+            ours.bert.encoder.layer[i].intermediate.dense.weight,
+            teacher.bert.encoder.layer[i].intermediate.dense.weight[:12],
+        )
+        for i in range(LAYERS)
+    )
