@@ -314,6 +314,50 @@ def _layers(model: Any) -> Any:
     return layer_list(model)
 
 
+# --------------------------------------------------------------------------- serial latency
+def architecture(shared: Any, task: str, row: dict[str, Any]) -> Any:
+    """The teacher cut to ``row``'s shape: its first layers, each with the row's head count
+    and FFN width (which units stay does not change the time, only how many)."""
+    from engine.compress.structure import ffn_width, head_ids, remove_heads, remove_neurons
+    from engine.models import keep_layers, layer_list
+    from engine.teacher import load_model
+
+    model = load_model(shared.teacher_config, shared.teacher_state, task)
+    n = len(row["heads_per_layer"])
+    if n < len(layer_list(model)):
+        model = keep_layers(model, list(range(n)))
+    for block, h, f in zip(layer_list(model), row["heads_per_layer"], row["ffn_per_layer"],
+                           strict=True):  # fmt: skip
+        remove_heads(block, list(range(len(head_ids(block)) - h)))
+        remove_neurons(block, list(range(ffn_width(block) - f)))
+    return model.eval()
+
+
+def serial_latency(study: Any, shared: Any, rows: list[dict], repeats: int) -> dict[str, Any]:
+    """Latency of each arm's architecture at each level (its seed-0 shape, or its first),
+    one model at a time in this process with nothing else running: the runs' own figures
+    were taken two at a time. Batch = the study's ``measure.batch_size`` test examples."""
+    from engine.measure import measure_latency
+
+    test = shared.splits["test"]
+    bs = study.measure.batch_size
+    batch = {k: torch.as_tensor(test[k][:bs]) for k in ("input_ids", "attention_mask")}
+    out: dict[str, Any] = {}
+    for arm in dict.fromkeys(r["arm"] for r in rows):
+        for lv in LEVELS:
+            sel = sorted((r for r in rows if r["arm"] == arm and r["level"] == lv),
+                         key=lambda r: r["seed"])  # fmt: skip
+            if not sel:
+                continue
+            model = architecture(shared, study.task, sel[0])
+            lat = measure_latency(model, batch, repeats=repeats, warmup=3)
+            out.setdefault(arm, {})[lv] = {
+                "p50_ms": float(lat["latency_ms_p50"]), "p95_ms": float(lat["latency_ms_p95"]),
+            }  # fmt: skip
+            print(f"[peers] latency {arm} {lv}: p50 {lat['latency_ms_p50']:.1f} ms", flush=True)
+    return out
+
+
 # --------------------------------------------------------------------------- statistics
 def t_interval(x: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
     """Mean and two-sided Student-t interval of the mean of ``x`` (NaN bounds for n < 2)."""
@@ -339,9 +383,12 @@ def paired(rows: list[dict], arm: str, ref: str, level: str, metric: str) -> dic
     return {"n": len(seeds), "mean": m, "lo": lo, "hi": hi, "seeds": seeds}
 
 
-def summarize(rows: list[dict], metric: str, ref: str) -> str:
-    """The Markdown tables: per level and arm, mean over seeds [95 % t], GFLOPs, latency,
-    time; then each arm's paired difference against ``ref``."""
+def summarize(
+    rows: list[dict], metric: str, ref: str, latency: dict[str, Any] | None = None
+) -> str:
+    """The Markdown tables: per level and arm, mean over seeds [95 % t], GFLOPs, latency
+    (the serial pass's p50 when given, else the runs' own mean), time; then each arm's
+    paired difference against ``ref``."""
     out = []
     levels = [lv for lv in LEVELS if any(r["level"] == lv for r in rows)]
     arms = [a for a in ARMS if any(r["arm"] == a for r in rows)]
@@ -361,7 +408,8 @@ def summarize(rows: list[dict], metric: str, ref: str) -> str:
             m, lo, hi = t_interval(np.array([r[metric] for r in sel]))
             per = " / ".join(f"{r[metric]:.3f}" for r in sel)
             gf = np.mean([r["gflops"] for r in sel])
-            lat = np.mean([r["latency_ms_p50"] for r in sel])
+            serial = (latency or {}).get(arm, {}).get(lv)
+            lat = serial["p50_ms"] if serial else np.mean([r["latency_ms_p50"] for r in sel])
             b = np.mean([r["build_s"] for r in sel])
             a = np.mean([r["assess_s"] for r in sel])
             if arm == ref:
@@ -412,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--json", type=Path, default=Path("reports/benchmarks/peers.json"))
     p.add_argument("--md", type=Path, default=None, help="write the tables here")
+    p.add_argument("--latency-repeats", type=int, default=0,
+                   help="after the runs, time each architecture serially (0 = skip)")  # fmt: skip
     a = p.parse_args(argv)
 
     state = json.loads(a.json.read_text()) if a.json.exists() else {"rows": []}
@@ -452,9 +502,15 @@ def main(argv: list[str] | None = None) -> int:
             _save(state, a.json)
             print(f"[peers] {key}: {row[study.report.quality_metric]:.4f} "
                   f"gflops {row['gflops']:.3f} build {row['build_s']:.0f} s", flush=True)  # fmt: skip
+    if a.latency_repeats:
+        torch.set_num_threads(state["setup"]["threads_per_worker"])  # as each run had
+        state["latency"] = serial_latency(study, shared, state["rows"], a.latency_repeats)
+        state["latency_repeats"] = a.latency_repeats
+        _save(state, a.json)
+    table = summarize(state["rows"], study.report.quality_metric, a.reference, state.get("latency"))
     if a.md is not None:
-        a.md.write_text(summarize(state["rows"], study.report.quality_metric, a.reference))
-    print(summarize(state["rows"], study.report.quality_metric, a.reference))
+        a.md.write_text(table)
+    print(table)
     return 0
 
 

@@ -151,3 +151,28 @@ def test_engine_weight_taylor_removes_exactly_what_torch_pruning_taylor_removes(
         )
         for i in range(LAYERS)
     )
+
+
+def test_the_latency_architecture_has_the_runs_shapes() -> None:
+    # an uneven global prune (as engine-gradual leaves it) rebuilt from its per-layer counts
+    from types import SimpleNamespace
+
+    from peers import architecture
+
+    teacher = _bert(seed=7)
+    shared = SimpleNamespace(teacher_config=teacher.config.to_dict(),
+                             teacher_state=teacher.state_dict())  # fmt: skip
+    pruned = copy.deepcopy(teacher)
+    b = _batches(2)
+    prune_structured_to(pruned, heads_removed=3, neurons_removed=[10, 10], criterion="taylor",
+                        batches=b)  # fmt: skip
+    layers = pruned.bert.encoder.layer
+    row = {"heads_per_layer": [x.attention.self.num_attention_heads for x in layers],
+           "ffn_per_layer": [x.intermediate.dense.out_features for x in layers]}  # fmt: skip
+    rebuilt = architecture(shared, "rating_classification", row)
+    shapes = [{n: tuple(p.shape) for n, p in m.named_parameters()} for m in (pruned, rebuilt)]
+    assert shapes[0] == shapes[1]
+    assert row["ffn_per_layer"] == [FFN - 10, FFN - 10]
+    depth = architecture(shared, "rating_classification", {"heads_per_layer": [HEADS],
+                                                           "ffn_per_layer": [FFN]})  # fmt: skip
+    assert len(depth.bert.encoder.layer) == 1
