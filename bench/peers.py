@@ -12,6 +12,7 @@ cache), sees the same training split and is given the same number of optimizer s
   global head ranking, then 40 recovery steps at 3e-5), the best of ``sweeps/prune-recipe``;
 * ``engine-gradual-wt`` / ``engine-oneshot-wt`` — the same two recipes scored by the engine's
   ``weight_taylor`` criterion (Σ |w · ∂L/∂w| per unit, Torch-Pruning's Taylor definition);
+  ``engine-oneshot-wt-global`` ranks the heads of all layers together instead;
 * ``tp-taylor`` / ``tp-magnitude`` — Torch-Pruning's Hugging Face BERT recipe (``MetaPruner``,
   ``num_heads`` with ``prune_num_heads``, uniform per-layer ratios, hidden size kept by
   ignoring the layers that write it), its ``GroupTaylorImportance`` (gradients of the task
@@ -200,6 +201,10 @@ def _oneshot_wt(level: Level, o: dict[str, Any]) -> dict[str, Any]:
     return {**_oneshot(level, o), "pipeline.prune.criterion": "weight_taylor"}
 
 
+def _oneshot_wt_global(level: Level, o: dict[str, Any]) -> dict[str, Any]:
+    return {**_oneshot_wt(level, o), "pipeline.prune.head_ranking": "global"}
+
+
 def _truncate_kd(level: Level, o: dict[str, Any]) -> dict[str, Any]:
     return {
         "pipeline.order": ["truncate", "distill"],
@@ -265,6 +270,7 @@ ARMS: dict[str, Callable[..., Any]] = {
     "engine-gradual": _study_arm(_gradual),
     "engine-gradual-wt": _study_arm(_gradual_wt),
     "engine-oneshot-wt": _study_arm(_oneshot_wt),
+    "engine-oneshot-wt-global": _study_arm(_oneshot_wt_global),
     "tp-taylor": _tp_arm("taylor"),
     "tp-magnitude": _tp_arm("magnitude"),
     "truncate-kd": _study_arm(_truncate_kd),
