@@ -24,7 +24,7 @@ Higher = more important to keep. L is the study task's loss on the given trainin
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -46,13 +46,21 @@ CRITERIA = ("magnitude", "taylor", "fisher", "weight_taylor")
 UnitScores = tuple[list[torch.Tensor] | None, list[torch.Tensor]]  # (heads, neurons) per layer
 
 
-def _sq(w: torch.Tensor, dim: int, size: int) -> torch.Tensor:
-    """Sum of squares over every axis but ``dim``, grouped into ``size`` units along it."""
+def _grouped(w: torch.Tensor, dim: int, size: int) -> torch.Tensor:
+    """Sum over every axis but ``dim``, grouped into ``size`` units along it."""
     w = w.detach().float().transpose(0, dim) if dim else w.detach().float()
-    return w.reshape(size, -1).pow(2).sum(1)
+    return w.reshape(size, -1).sum(1)
 
 
-def _magnitude(model: nn.Module, heads: bool) -> UnitScores:
+def _per_unit(
+    model: nn.Module,
+    heads: bool,
+    of: Callable[[nn.Module], torch.Tensor],
+    elem: Callable[[torch.Tensor], torch.Tensor],
+    finish: Callable[[torch.Tensor], torch.Tensor] = lambda s: s,
+) -> UnitScores:
+    """Per head unit and FFN neuron: ``finish`` of Σ ``elem`` over the entries the unit owns
+    in ``of(layer)`` (a tensor shaped like ``layer.weight``), layer by layer."""
     h_scores: list[torch.Tensor] = []
     n_scores: list[torch.Tensor] = []
     for block in layer_list(model):
@@ -60,19 +68,19 @@ def _magnitude(model: nn.Module, heads: bool) -> UnitScores:
         width = ffn_width(block)
         s = torch.zeros(width)
         for lin in p.ffn_in:
-            s += _sq(lin.weight, 1 if p.conv1d else 0, width).cpu()
-        s += _sq(p.ffn_out.weight, 0 if p.conv1d else 1, width).cpu()
-        n_scores.append(s.sqrt())
+            s += _grouped(elem(of(lin)), 1 if p.conv1d else 0, width).cpu()
+        s += _grouped(elem(of(p.ffn_out)), 0 if p.conv1d else 1, width).cpu()
+        n_scores.append(finish(s))
         if heads:
-            hs = sum(w.pow(2).sum(1) for w in head_unit_weights(block))
-            h_scores.append(hs.cpu().sqrt())
+            hs = sum(elem(w).sum(1) for w in head_unit_weights(block, of))
+            h_scores.append(finish(hs.cpu()))
     return (h_scores if heads else None), n_scores
 
 
-def _abs_sum(w: torch.Tensor, dim: int, size: int) -> torch.Tensor:
-    """Sum of absolute values over every axis but ``dim``, grouped into ``size`` units."""
-    w = w.detach().float().transpose(0, dim) if dim else w.detach().float()
-    return w.reshape(size, -1).abs().sum(1)
+def _magnitude(model: nn.Module, heads: bool) -> UnitScores:
+    return _per_unit(
+        model, heads, lambda layer: layer.weight, lambda w: w.float().pow(2), torch.sqrt
+    )
 
 
 def _weight_taylor(
@@ -103,24 +111,12 @@ def _weight_taylor(
         def wg(layer: nn.Module) -> torch.Tensor:
             return layer.weight.detach() * layer.weight.grad
 
-        h_scores: list[torch.Tensor] = []
-        n_scores: list[torch.Tensor] = []
-        for block in layer_list(model):
-            p = block_parts(block)
-            width = ffn_width(block)
-            s = torch.zeros(width)
-            for lin in p.ffn_in:
-                s += _abs_sum(wg(lin), 1 if p.conv1d else 0, width).cpu()
-            s += _abs_sum(wg(p.ffn_out), 0 if p.conv1d else 1, width).cpu()
-            n_scores.append(s)
-            if heads:
-                h_scores.append(sum(w.abs().sum(1) for w in head_unit_weights(block, wg)).cpu())
+        return _per_unit(model, heads, wg, lambda w: w.float().abs())
     finally:
         for p, (flag, grad) in zip(params, saved, strict=True):
             p.requires_grad_(flag)
             p.grad = grad
         model.train(was_training)
-    return (h_scores if heads else None), n_scores
 
 
 def _units(block: nn.Module) -> int:
