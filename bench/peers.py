@@ -13,6 +13,8 @@ cache), sees the same training split and is given the same number of optimizer s
 * ``engine-gradual-wt`` / ``engine-oneshot-wt`` — the same two recipes scored by the engine's
   ``weight_taylor`` criterion (Σ |w · ∂L/∂w| per unit, Torch-Pruning's Taylor definition);
   ``engine-oneshot-wt-global`` ranks the heads of all layers together instead;
+  ``engine-oneshot-wt-hkd`` trains through the distill stage with hidden-state distillation
+  (``--alpha-hidden`` × the MSE of each block's output against the teacher's) besides the KD;
 * ``tp-taylor`` / ``tp-magnitude`` — Torch-Pruning's Hugging Face BERT recipe (``MetaPruner``,
   ``num_heads`` with ``prune_num_heads``, uniform per-layer ratios, hidden size kept by
   ignoring the layers that write it), its ``GroupTaylorImportance`` (gradients of the task
@@ -175,6 +177,7 @@ def _study_arm(values: Callable[[Level, dict[str, Any]], dict[str, Any]]) -> Cal
         model, record = build_student(cfg, shared, seed, torch.device("cpu"))
         return model, record, cfg
 
+    run.values = values  # type: ignore[attr-defined]  # the arm's study settings, for tests
     return run
 
 
@@ -203,6 +206,20 @@ def _oneshot_wt(level: Level, o: dict[str, Any]) -> dict[str, Any]:
 
 def _oneshot_wt_global(level: Level, o: dict[str, Any]) -> dict[str, Any]:
     return {**_oneshot_wt(level, o), "pipeline.prune.head_ranking": "global"}
+
+
+def _oneshot_wt_hkd(level: Level, o: dict[str, Any]) -> dict[str, Any]:
+    """``engine-oneshot-wt`` whose training is the distill stage's instead of the prune
+    stage's recovery: the same steps, lr and warm-up, the logit KD plus ``alpha_hidden`` × the
+    MSE of each block's output against the teacher's same block (width pruning keeps the
+    hidden size and every layer, so block i matches teacher block i)."""
+    vals = {**_oneshot_wt(level, o), "pipeline.prune.recovery_steps": 0}
+    vals.update({
+        "pipeline.order": ["prune", "distill"], "pipeline.distill.max_steps": o["steps"],
+        "pipeline.distill.epochs": 1000.0, "pipeline.distill.lr": o["recovery_lr"],
+        "pipeline.distill.warmup_ratio": 0.1, "pipeline.distill.alpha_hidden": o["alpha_hidden"],
+    })  # fmt: skip
+    return vals
 
 
 def _truncate_kd(level: Level, o: dict[str, Any]) -> dict[str, Any]:
@@ -271,6 +288,7 @@ ARMS: dict[str, Callable[..., Any]] = {
     "engine-gradual-wt": _study_arm(_gradual_wt),
     "engine-oneshot-wt": _study_arm(_oneshot_wt),
     "engine-oneshot-wt-global": _study_arm(_oneshot_wt_global),
+    "engine-oneshot-wt-hkd": _study_arm(_oneshot_wt_hkd),
     "tp-taylor": _tp_arm("taylor"),
     "tp-magnitude": _tp_arm("magnitude"),
     "truncate-kd": _study_arm(_truncate_kd),
@@ -462,6 +480,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=85, help="training steps of every trained arm")
     p.add_argument("--score-batches", type=int, default=8)
     p.add_argument("--recovery-lr", type=float, default=1e-4)
+    p.add_argument("--alpha-hidden", type=float, default=1.0,
+                   help="hidden-state MSE weight of the *-hkd arms")  # fmt: skip
     p.add_argument("--reference", default="tp-taylor")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--json", type=Path, default=Path("reports/benchmarks/peers.json"))
@@ -476,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     heads = int(shared.teacher_config["num_attention_heads"])
     ffn = int(shared.teacher_config["intermediate_size"])
     opts = {"steps": a.steps, "score_batches": a.score_batches, "recovery_lr": a.recovery_lr,
-            "heads": heads, "ffn": ffn}  # fmt: skip
+            "alpha_hidden": a.alpha_hidden, "heads": heads, "ffn": ffn}  # fmt: skip
     state["setup"] = {
         "study": a.study, "overrides": a.set, "corpus": study.data.corpus,
         "train": len(shared.splits["train"]["labels"]),

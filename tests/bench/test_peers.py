@@ -176,3 +176,28 @@ def test_the_latency_architecture_has_the_runs_shapes() -> None:
     depth = architecture(shared, "rating_classification", {"heads_per_layer": [HEADS],
                                                            "ffn_per_layer": [FFN]})  # fmt: skip
     assert len(depth.bert.encoder.layer) == 1
+
+
+@pytest.mark.parametrize("arm", ["engine-oneshot", "engine-gradual-wt", "engine-oneshot-wt-hkd"])
+def test_every_engine_arm_trains_the_same_total_steps(arm: str) -> None:
+    # the bench's fairness claim: whichever stages an arm runs, their optimizer steps add up
+    # to --steps (counted by each stage's own train_steps over the order it runs)
+    from peers import ARMS, LEVELS, _study
+
+    from engine.compress.base import STAGES
+    from engine.config import with_values
+
+    opts = {"steps": 85, "score_batches": 8, "recovery_lr": 1e-4, "alpha_hidden": 1.0,
+            "heads": 12, "ffn": 1536}  # fmt: skip
+    values = ARMS[arm].values(LEVELS["2.7x"], opts)
+    cfg = with_values(_study("prune-recipe", []), values)
+    total = sum(
+        STAGES.get(name).train_steps(getattr(cfg.pipeline, name), 1440)
+        for name in cfg.pipeline.order
+        if STAGES.get(name).train_steps is not None
+    )
+    assert total == 85
+    if arm.endswith("-hkd"):
+        assert list(cfg.pipeline.order) == ["prune", "distill"]
+        assert cfg.pipeline.distill.alpha_hidden == 1.0
+        assert cfg.pipeline.prune.criterion == "weight_taylor"
