@@ -200,9 +200,9 @@ def _configurations(run: RunData, key: list[str]) -> list[tuple[tuple[str, ...],
     for _, g in groups:
         ok = _ok(g)
         config = {c: g.iloc[0][c] for c in key}
-        out.append(
-            (tuple(_canon(v) for v in config.values()), Side(run, ok, len(g) - len(ok), config))
-        )
+        stopped = int(g["status"].eq("stopped").sum()) if "status" in g else 0  # not failures
+        side = Side(run, ok, len(g) - len(ok) - stopped, config)
+        out.append((tuple(_canon(v) for v in config.values()), side))
     return out
 
 

@@ -69,14 +69,16 @@ def base_per_seed(base: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
 
 
 def paired_effect(trials: pd.DataFrame, base: pd.DataFrame, metrics: list[str]) -> dict[str, Any]:
-    """``n`` ok trials, ``n_failed``, ``n_pairs`` (seeds also in ``base``, from
+    """``n`` ok trials, ``n_failed`` (failed; trials stopped early are ``n_stopped``), ``n_pairs`` (seeds also in ``base``, from
     :func:`base_per_seed`), and per metric ``<m>_mean``/``_ci_low``/``_ci_high`` and the paired
     ``d_<m>_mean``/``_ci_low``/``_ci_high``."""
     good = trials[_ok(trials)]
     paired = good.groupby("seed")[metrics].mean().join(base, how="inner")
+    stopped = int(trials["status"].eq("stopped").sum()) if "status" in trials else 0
     out: dict[str, Any] = {
         "n": len(good),
-        "n_failed": len(trials) - len(good),
+        "n_failed": len(trials) - len(good) - stopped,
+        "n_stopped": stopped,
         "n_pairs": len(paired),
     }
     for m in metrics:

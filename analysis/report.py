@@ -146,7 +146,8 @@ def _summary(run: RunData, varying: list[str], quality: str, cost: str) -> list[
     ]
     if summ.empty or (summ["n"] == 0).all():
         return [*blocks, Para("No successful trials.")]
-    show = summ[[*varying, "n", "n_failed"]].copy()
+    cols = [*varying, "n", "n_failed"] + (["n_stopped"] if summ["n_stopped"].any() else [])
+    show = summ[cols].copy()
     for m in metrics:
         show[f"{m}_mean"] = summ[f"{m}_mean"]
         show[f"{m}_std"] = summ[f"{m}_std"]

@@ -47,7 +47,8 @@ def summarize(
         metrics: metric columns to summarise (missing ones are skipped).
 
     Returns:
-        ``by`` columns, ``n`` (ok seeds), ``n_failed``, then ``<m>_mean``, ``<m>_std``,
+        ``by`` columns, ``n`` (ok seeds), ``n_failed`` (trials that failed), ``n_stopped``
+        (stopped early by the scheduler: not failures, and not in the statistics), then ``<m>_mean``, ``<m>_std``,
         ``<m>_ci_low``, ``<m>_ci_high`` for each metric ``m``. Empty if there are no trials.
     """
     rows_in = students(df)
@@ -61,7 +62,9 @@ def summarize(
         g_ok = g[ok.loc[g.index]]
         row: dict[str, object] = dict(zip(by, key, strict=True))
         row["n"] = len(g_ok)
-        row["n_failed"] = len(g) - len(g_ok)
+        stopped = int(g["status"].eq("stopped").sum()) if "status" in g else 0
+        row["n_failed"] = len(g) - len(g_ok) - stopped
+        row["n_stopped"] = stopped
         for m in metrics:
             x = g_ok[m].to_numpy(float)
             x = x[np.isfinite(x)]

@@ -16,9 +16,9 @@ from analysis.stats import summarize, t_interval
 def test_summarize_groups_seeds_with_t_interval() -> None:
     df = pd.DataFrame(
         {
-            "trial_id": ["teacher", "t0", "t1", "t2", "t3", "t4"],
-            "seed": [0, 0, 1, 2, 0, 1],
-            "status": ["ok", "ok", "ok", "ok", "ok", "failed"],
+            "trial_id": ["teacher", "t0", "t1", "t2", "t3", "t4", "t5"],
+            "seed": [0, 0, 1, 2, 0, 1, 2],
+            "status": ["ok", "ok", "ok", "ok", "ok", "failed", "stopped"],
             "pipeline.truncate.strategy": [
                 "fisher",
                 "fisher",
@@ -26,8 +26,9 @@ def test_summarize_groups_seeds_with_t_interval() -> None:
                 "fisher",
                 "uniform",
                 "uniform",
+                "uniform",
             ],
-            "accuracy": [0.9, 0.60, 0.70, 0.80, 0.50, np.nan],
+            "accuracy": [0.9, 0.60, 0.70, 0.80, 0.50, np.nan, 0.55],
         }
     )
     out = summarize(df, metrics=["accuracy"]).set_index("pipeline.truncate.strategy")
@@ -39,7 +40,8 @@ def test_summarize_groups_seeds_with_t_interval() -> None:
     assert fisher["accuracy_ci_low"] == pytest.approx(0.70 - half)
     assert fisher["accuracy_ci_high"] == pytest.approx(0.70 + half)
     uniform = out.loc["uniform"]
-    assert uniform["n"] == 1 and uniform["n_failed"] == 1
+    # a trial the scheduler stopped early is neither a failure nor a seed of the statistics
+    assert (uniform["n"], uniform["n_failed"], uniform["n_stopped"]) == (1, 1, 1)
     assert uniform["accuracy_mean"] == pytest.approx(0.50)
     assert math.isnan(uniform["accuracy_ci_low"])
     assert all(math.isnan(v) for v in t_interval([1.0]))
