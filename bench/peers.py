@@ -12,7 +12,8 @@ cache), sees the same training split and is given the same number of optimizer s
   global head ranking, then 40 recovery steps at 3e-5), the best of ``sweeps/prune-recipe``;
 * ``engine-gradual-wt`` / ``engine-oneshot-wt`` — the same two recipes scored by the engine's
   ``weight_taylor`` criterion (Σ |w · ∂L/∂w| per unit, Torch-Pruning's Taylor definition);
-  ``engine-oneshot-wt-global`` ranks the heads of all layers together instead;
+  ``engine-oneshot-wt-global`` ranks the heads of all layers together instead, and
+  ``engine-oneshot-wt-gnorm`` on each score ÷ its layer's mean head score;
   ``engine-oneshot-wt-hkd`` trains through the distill stage with hidden-state distillation
   (``--alpha-hidden`` × the MSE of each block's output against the teacher's) besides the KD;
 * ``tp-taylor`` / ``tp-magnitude`` — Torch-Pruning's Hugging Face BERT recipe (``MetaPruner``,
@@ -208,6 +209,10 @@ def _oneshot_wt_global(level: Level, o: dict[str, Any]) -> dict[str, Any]:
     return {**_oneshot_wt(level, o), "pipeline.prune.head_ranking": "global"}
 
 
+def _oneshot_wt_gnorm(level: Level, o: dict[str, Any]) -> dict[str, Any]:
+    return {**_oneshot_wt(level, o), "pipeline.prune.head_ranking": "global_normalized"}
+
+
 def _oneshot_wt_hkd(level: Level, o: dict[str, Any]) -> dict[str, Any]:
     """``engine-oneshot-wt`` whose training is the distill stage's instead of the prune
     stage's recovery: the same steps, lr and warm-up, the logit KD plus ``alpha_hidden`` × the
@@ -289,6 +294,7 @@ ARMS: dict[str, Callable[..., Any]] = {
     "engine-oneshot-wt": _study_arm(_oneshot_wt),
     "engine-oneshot-wt-global": _study_arm(_oneshot_wt_global),
     "engine-oneshot-wt-hkd": _study_arm(_oneshot_wt_hkd),
+    "engine-oneshot-wt-gnorm": _study_arm(_oneshot_wt_gnorm),
     "tp-taylor": _tp_arm("taylor"),
     "tp-magnitude": _tp_arm("magnitude"),
     "truncate-kd": _study_arm(_truncate_kd),

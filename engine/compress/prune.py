@@ -89,8 +89,10 @@ class PruneConfig(OptimConfig, KDConfig):
     distillation). Then ``recovery_steps`` of fine-tuning at ``recovery_lr``.
 
     ``head_ranking``: ``global`` ranks every layer's heads together (a layer may lose most
-    of its heads, at least one is kept); ``per_layer`` removes the same number from every
-    layer (Torch-Pruning's uniform recipe), each layer's lowest-scored.
+    of its heads, at least one is kept); ``global_normalized`` does so on each head's score
+    divided by the mean score of its layer's heads (so layers whose scores run larger do not
+    keep every head for that alone); ``per_layer`` removes the same number from every layer
+    (Torch-Pruning's uniform recipe), each layer's lowest-scored.
     """
 
     method: Literal["structured", "unstructured", "semi_structured_2_4"] = "structured"
@@ -103,7 +105,7 @@ class PruneConfig(OptimConfig, KDConfig):
     steps: int = Field(0, ge=0)
     prune_every: int = Field(1, ge=1)
     score_batches: int = Field(4, ge=1)
-    head_ranking: Literal["global", "per_layer"] = "global"
+    head_ranking: Literal["global", "global_normalized", "per_layer"] = "global"
     recovery_steps: int = Field(0, ge=0)
     recovery_lr: float = Field(3e-5, gt=0, lt=1)
     recovery_warmup_ratio: float = Field(0.1, ge=0, lt=1)
@@ -288,13 +290,16 @@ def prune_structured_to(
     device: torch.device | str = "cpu",
     task: str | Task = DEFAULT_TASK,
     per_layer: bool = False,
+    normalized: bool = False,
 ) -> dict[str, int]:
     """Prune until ``heads_removed`` heads in total (global ranking, ≥ 1 kept per layer) and
     ``neurons_removed[l]`` neurons of layer l are gone, counting units removed before.
 
     ``per_layer``: the heads go evenly instead — every layer loses the same number of head
     units, its lowest-scored; when the total does not divide by the layer count, the
-    remainder comes from the layers whose next candidate scores lowest.
+    remainder comes from the layers whose next candidate scores lowest. ``normalized``: the
+    global ranking compares each head unit's score divided by the mean score of the units
+    still present in its layer (a layer whose mean is 0 keeps its raw zeros).
 
     Heads go by head unit (:func:`engine.compress.structure.head_group`): under grouped-query
     attention a whole key/value group at a time, so the count is rounded down to a multiple
@@ -320,9 +325,10 @@ def prune_structured_to(
         if per_layer:
             drop = _even_drop(h_scores, present, heads_removed // g, orig // g)
         else:
+            ranked = [_layer_normalized(sc) if normalized else sc for sc in h_scores]
             cands = sorted(
                 (float(s), layer, pos)
-                for layer, sc in enumerate(h_scores)
+                for layer, sc in enumerate(ranked)
                 for pos, s in enumerate(sc.tolist())
             )
             drop = {}
@@ -346,6 +352,12 @@ def prune_structured_to(
             removed_n += need
     sync_config(model)
     return {"heads": removed_h, "neurons": removed_n}
+
+
+def _layer_normalized(scores: torch.Tensor) -> torch.Tensor:
+    """``scores`` ÷ their mean (unchanged when the mean is 0)."""
+    mean = scores.double().mean()
+    return scores if mean == 0 else scores.double() / mean
 
 
 def _even_drop(
@@ -414,6 +426,7 @@ def _structured(
             device=ctx.device,
             task=ctx.task,
             per_layer=cfg.head_ranking == "per_layer",
+            normalized=cfg.head_ranking == "global_normalized",
         )
         return {"step": t, "head_sparsity": s_h, "neuron_sparsity": s_n, **done}
 

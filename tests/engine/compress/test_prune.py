@@ -492,6 +492,35 @@ def test_per_layer_head_ranking_removes_the_same_count_from_every_layer(removed)
     assert global_gone[0] == {0, 1, 2}  # the planted heads, all of them: ranking is global
 
 
+@pytest.mark.parametrize("removed", [4, 6])
+def test_global_normalized_ranking_removes_the_least_relative_heads(removed) -> None:
+    """Layer 2's attention weights planted 20x larger: the raw global ranking never touches
+    it, while ``global_normalized`` compares each head with its own layer's mean. The removed
+    set must be the one that minimises the sum of (head magnitude ÷ its layer's mean head
+    magnitude), by brute force over every set of ``removed`` of the 16 heads."""
+    import itertools
+
+    model = tiny_gpt2()  # 4 layers × 4 heads
+    with torch.no_grad():
+        a = model.transformer.h[2].attn
+        a.c_attn.weight.mul_(20)
+        a.c_proj.weight.mul_(20)
+    scores = _magnitude_by_hand(model)
+    rel = {(i, h): scores[i][h] / (sum(scores[i]) / 4) for i in range(4) for h in range(4)}
+    best = min(itertools.combinations(rel, removed), key=lambda hs: sum(rel[x] for x in hs))
+    want = {i: {h for j, h in best if j == i} for i in range(4)}
+    assert want[2], "the planted layer must lose a head under the relative ranking"
+
+    def gone(ranking: str) -> dict[int, set[int]]:
+        cfg = PruneConfig(head_sparsity=removed / 16, neuron_sparsity=0.0, head_ranking=ranking)
+        out = STAGES.get("prune")(copy.deepcopy(model), cfg, _ctx())
+        got = {int(k): set(v) for k, v in out.config.pruned_heads.items()}
+        return {i: got.get(i, set()) for i in range(4)}
+
+    assert gone("global_normalized") == want
+    assert gone("global")[2] == set()  # raw scores: the large layer keeps every head
+
+
 def test_per_layer_head_ranking_stays_even_over_a_gradual_schedule() -> None:
     """Three pruning events (sparsity 1/8 → 1/2 of 16 heads) with training in between: the
     cumulative removal still ends at 2 heads out of every layer."""
