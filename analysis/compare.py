@@ -58,6 +58,7 @@ from analysis.rundir import (
     students,
     varying_config_columns,
 )
+from analysis.stats import n_stopped
 from sweepcore.atomic import write_atomic
 
 __all__ = [
@@ -200,8 +201,7 @@ def _configurations(run: RunData, key: list[str]) -> list[tuple[tuple[str, ...],
     for _, g in groups:
         ok = _ok(g)
         config = {c: g.iloc[0][c] for c in key}
-        stopped = int(g["status"].eq("stopped").sum()) if "status" in g else 0  # not failures
-        side = Side(run, ok, len(g) - len(ok) - stopped, config)
+        side = Side(run, ok, len(g) - len(ok) - n_stopped(g), config)
         out.append((tuple(_canon(v) for v in config.values()), side))
     return out
 

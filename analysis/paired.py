@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.stats import t_interval
+from analysis.stats import n_stopped, t_interval
 
 __all__ = ["base_per_seed", "column_form", "config_value", "matches", "paired_effect", "same_value"]
 
@@ -69,12 +69,12 @@ def base_per_seed(base: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
 
 
 def paired_effect(trials: pd.DataFrame, base: pd.DataFrame, metrics: list[str]) -> dict[str, Any]:
-    """``n`` ok trials, ``n_failed`` (failed; trials stopped early are ``n_stopped``), ``n_pairs`` (seeds also in ``base``, from
-    :func:`base_per_seed`), and per metric ``<m>_mean``/``_ci_low``/``_ci_high`` and the paired
+    """``n`` ok trials, ``n_failed``, ``n_stopped`` (early stops, not failures), ``n_pairs``
+    (seeds also in ``base``, from :func:`base_per_seed`), and per metric ``<m>_mean``/``_ci_low``/``_ci_high`` and the paired
     ``d_<m>_mean``/``_ci_low``/``_ci_high``."""
     good = trials[_ok(trials)]
     paired = good.groupby("seed")[metrics].mean().join(base, how="inner")
-    stopped = int(trials["status"].eq("stopped").sum()) if "status" in trials else 0
+    stopped = n_stopped(trials)
     out: dict[str, Any] = {
         "n": len(good),
         "n_failed": len(trials) - len(good) - stopped,

@@ -15,7 +15,7 @@ from scipy import stats as sps
 
 from analysis.rundir import students, varying_config_columns
 
-__all__ = ["DEFAULT_SUMMARY_METRICS", "summarize", "t_interval"]
+__all__ = ["DEFAULT_SUMMARY_METRICS", "n_stopped", "summarize", "t_interval"]
 
 DEFAULT_SUMMARY_METRICS = ("accuracy", "macro_f1", "gflops", "params", "latency_ms_p50")
 
@@ -30,6 +30,11 @@ def t_interval(
         return (float("nan"), float("nan"))
     half = sps.t.ppf((1 + confidence) / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
     return (float(x.mean() - half), float(x.mean() + half))
+
+
+def n_stopped(trials: pd.DataFrame) -> int:
+    """Trials a scheduler stopped early (``status == "stopped"``): neither ok nor failed."""
+    return int(trials["status"].eq("stopped").sum()) if "status" in trials else 0
 
 
 def summarize(
@@ -48,8 +53,8 @@ def summarize(
 
     Returns:
         ``by`` columns, ``n`` (ok seeds), ``n_failed`` (trials that failed), ``n_stopped``
-        (stopped early by the scheduler: not failures, and not in the statistics), then ``<m>_mean``, ``<m>_std``,
-        ``<m>_ci_low``, ``<m>_ci_high`` for each metric ``m``. Empty if there are no trials.
+        (:func:`n_stopped`: not failures, and not in the statistics), then ``<m>_mean``,
+        ``<m>_std``, ``<m>_ci_low``, ``<m>_ci_high`` for each metric ``m``. Empty if there are no trials.
     """
     rows_in = students(df)
     by = list(varying_config_columns(df) if by is None else by)
@@ -62,9 +67,8 @@ def summarize(
         g_ok = g[ok.loc[g.index]]
         row: dict[str, object] = dict(zip(by, key, strict=True))
         row["n"] = len(g_ok)
-        stopped = int(g["status"].eq("stopped").sum()) if "status" in g else 0
-        row["n_failed"] = len(g) - len(g_ok) - stopped
-        row["n_stopped"] = stopped
+        row["n_stopped"] = n_stopped(g)
+        row["n_failed"] = len(g) - len(g_ok) - row["n_stopped"]
         for m in metrics:
             x = g_ok[m].to_numpy(float)
             x = x[np.isfinite(x)]
