@@ -15,10 +15,18 @@ Each start of a trial (the first, a retry after its worker or node died, a rerun
 checkpoint. The trial's final row carries them as ``attempts`` and ``node_history``
 (:func:`attempts`), so a run directory says which trials were retried and where each attempt
 ran. Like the rows, the file must sit on storage every node shares for the history to be whole.
+
+One more window: a trial created *after* Tune's last snapshot of the experiment that finishes
+before the driver dies is in the ledger but unknown to the experiment ``--resume`` restores;
+Tune's searcher, restored from the same snapshot, creates its configuration again under a new
+trial id. :func:`unknown_finished` finds those rows (the driver passes them to the trainable),
+and the new trial replays the row of the same configuration × seed, marked ``replayed`` with
+``replayed_from`` the id it finished under, instead of training it a second time.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -28,7 +36,16 @@ import numpy as np
 
 from sweepcore.atomic import write_atomic
 
-__all__ = ["LEDGER_DIR", "attempts", "finished_row", "record_attempt", "record_finished"]
+__all__ = [
+    "LEDGER_DIR",
+    "attempts",
+    "config_id",
+    "finished_row",
+    "record_attempt",
+    "record_finished",
+    "replay_key",
+    "unknown_finished",
+]
 
 LEDGER_DIR = "trials"
 
@@ -95,4 +112,37 @@ def attempts(run_dir: str | Path, trial_id: str) -> list[dict[str, Any]]:
             out.append(json.loads(line))
         except json.JSONDecodeError:
             continue
+    return out
+
+
+def config_id(values: dict[str, Any]) -> str:
+    """A configuration's id (the ``config_id`` column): a hash of its searched values."""
+    blob = json.dumps(values, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:10]
+
+
+def replay_key(config: str, seed: int) -> str:
+    """The key of a configuration × seed among :func:`unknown_finished`'s rows."""
+    return f"{config}/{int(seed)}"
+
+
+def unknown_finished(run_dir: str | Path, known: set[str]) -> dict[str, dict[str, Any]]:
+    """Final rows in the ledger of trials whose ids are not in ``known`` (the trials of the
+    experiment being restored), by :func:`replay_key`; each row gains ``replayed_from``, the
+    id it finished under. Rows without a ``config_id`` (written before it was recorded) are
+    left out; of two rows with one key the first by id is kept."""
+    out: dict[str, dict[str, Any]] = {}
+    for path in sorted(Path(run_dir, LEDGER_DIR).glob("*.json")):
+        trial_id = path.stem
+        if trial_id in known:
+            continue
+        try:
+            row = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if "config_id" not in row or row.get("seed") is None:
+            continue
+        out.setdefault(
+            replay_key(row["config_id"], row["seed"]), {**row, "replayed_from": trial_id}
+        )
     return out

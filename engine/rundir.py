@@ -13,13 +13,13 @@ killed while writing leaves each file absent or whole, never half.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from engine.config import StudyConfig, flatten
 from engine.ensemble import ENSEMBLE_ID
+from engine.ledger import config_id
 from engine.tasks import get_task, metric_columns
 from sweepcore.atomic import atomic_path, write_atomic
 
@@ -112,9 +112,7 @@ def trial_rows(cfg: StudyConfig, grid: Any) -> list[dict[str, Any]]:
         row: dict[str, Any] = {
             "trial_id": metrics.get("trial_id") or Path(res.path).name,
             "seed": trial_seed(config, cfg.repeats) if config else None,
-            "config_id": hashlib.sha256(
-                json.dumps(values, sort_keys=True, default=str).encode()
-            ).hexdigest()[:10],
+            "config_id": config_id(values),
             "iterations": metrics.get("training_iteration"),
         }
         if res.error is not None:

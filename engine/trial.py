@@ -255,6 +255,7 @@ def run_trial(
     study: StudyConfig,
     shared: SharedInputs,
     run_dir: str | None = None,
+    unknown: dict[str, dict[str, Any]] | None = None,
 ) -> None:
     """Tune function trainable. ``config = {"values": {dotted: value}, "seed": int}``
     (or ``__trial_index__`` into ``study.repeats`` when a searcher repeats each point).
@@ -262,11 +263,13 @@ def run_trial(
     With ``run_dir`` the student is saved under ``run_dir/models/<trial_id>/``, and the final row
     is recorded in ``run_dir/trials/`` before it is reported (:mod:`engine.ledger`): a trial
     that finds its row there (finished, but not yet marked so when the driver died) reports it
-    again, marked ``replayed``, instead of training."""
+    again, marked ``replayed``, instead of training. ``unknown`` (on ``--resume``,
+    :func:`engine.ledger.unknown_finished`) holds the rows of trials that finished after Tune's
+    last snapshot, by configuration × seed: a trial of one of those replays that row."""
     from ray import tune
 
     from engine.assess import assess
-    from engine.ledger import finished_row, record_finished
+    from engine.ledger import config_id, finished_row, record_finished, replay_key
 
     trial_id = tune.get_context().get_trial_id()
     if run_dir and (done := finished_row(run_dir, trial_id)) is not None:
@@ -274,9 +277,17 @@ def run_trial(
         return
     start = time.perf_counter()
     seed = trial_seed(config, study.repeats)
+    config_key = config_id(trial_values(config))
+    if run_dir and (done := (unknown or {}).get(replay_key(config_key, seed))) is not None:
+        # finished under another id after the last snapshot; recorded under this one too,
+        # so a later --resume replays it by id
+        done = {**done, "replayed": True}
+        record_finished(run_dir, trial_id, done)
+        tune.report(done)
+        return
     threads = study.threads_per_trial or max(1, int(study.resources.cpus))
     torch.set_num_threads(threads)
-    row: dict[str, Any] = {"seed": seed, **_placement(run_dir, trial_id)}
+    row: dict[str, Any] = {"seed": seed, "config_id": config_key, **_placement(run_dir, trial_id)}
     try:
         trial_study = with_values(study, trial_values(config))
         device = worker_device(trial_study.resources.gpus)  # the GPU Ray assigned, if any

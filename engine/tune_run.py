@@ -49,15 +49,17 @@ def run_tune(cfg: StudyConfig, shared: Any, run_dir: Path, resume: bool) -> Any:
     from engine.search import plan_search
     from engine.trial import run_trial
 
-    trainable = trainable_for(
-        cfg, run_trial, study=cfg, shared=shared, run_dir=str(run_dir.resolve())
-    )
     storage = run_dir.resolve()
     exp_dir = storage / "tune"
     if resume and Tuner.can_restore(str(exp_dir)):
         print(f"[sweep] resuming {exp_dir}", flush=True)
+        unknown = _unknown_finished(storage, exp_dir)
+        trainable = trainable_for(
+            cfg, run_trial, study=cfg, shared=shared, run_dir=str(storage), unknown=unknown
+        )
         tuner = Tuner.restore(str(exp_dir), trainable, resume_unfinished=True, restart_errored=True)
     else:
+        trainable = trainable_for(cfg, run_trial, study=cfg, shared=shared, run_dir=str(storage))
         plan = plan_search(cfg)
         max_t = full_budget(cfg, len(shared.splits["train"]["labels"]))
         print(
@@ -92,6 +94,24 @@ def run_tune(cfg: StudyConfig, shared: Any, run_dir: Path, resume: bool) -> Any:
             ),
         )
     return tuner.fit()
+
+
+def _unknown_finished(run_dir: Path, exp_dir: Path) -> dict[str, dict[str, Any]]:
+    """Ledger rows of trials that finished after the experiment's last snapshot (so the
+    restored experiment does not know them; :func:`engine.ledger.unknown_finished`)."""
+    from ray.tune import ExperimentAnalysis
+
+    from engine.ledger import unknown_finished
+
+    known = {t.trial_id for t in ExperimentAnalysis(str(exp_dir)).trials}
+    rows = unknown_finished(run_dir, known)
+    if rows:
+        print(
+            f"[sweep] {len(rows)} trial(s) finished after the last snapshot: a trial of the "
+            "same configuration × seed replays its row",
+            flush=True,
+        )
+    return rows
 
 
 def drop_checkpoints(grid: Any) -> int:

@@ -107,6 +107,21 @@ def _trained_once(trial_dir: Path, ledger: Path) -> bool:
     return len(trained) <= 1 and all(r["wall_s"] == recorded["wall_s"] for r in rows)
 
 
+def _forgotten_once(trial_dir: Path, ledger: Path, trials: pd.DataFrame) -> None:
+    """A trial directory the resumed experiment does not know: the trial was created after
+    Tune's last snapshot and ran before the driver died (its row is in the ledger, its report
+    never reached ``result.json``). The resumed searcher made its configuration × seed again
+    under a new id, and that trial replayed this one's row instead of training."""
+    gone = _trial_id(trial_dir)
+    assert not _final_results(trial_dir), trial_dir.name
+    recorded = json.loads((ledger / f"{gone}.json").read_text())
+    assert "replayed_from" in trials, f"{gone} finished but no trial replayed it"
+    (heir,) = trials[trials.replayed_from.eq(gone)].itertuples()
+    assert heir.replayed == True  # noqa: E712 (numpy bool)
+    assert heir.wall_s == recorded["wall_s"] and heir.seed == recorded["seed"]
+    assert heir.config_id == recorded["config_id"]
+
+
 def _mark_running(exp_dir: Path, trial_id: str) -> None:
     """Rewrite the newest experiment snapshot as if taken after ``trial_id`` reported its
     final result but before Tune marked it finished: the state a driver killed in that
@@ -176,26 +191,41 @@ def test_kill_driver_then_resume_completes_exactly_once(tmp_path: Path) -> None:
         assert "[sweep] resuming" in second.stdout
         _check_study(out, before)
 
-        # The kill's at-least-once window, made certain: a finished trial that the snapshot
-        # still calls running is not trained again but replays its recorded row.
+        # The kill's at-least-once windows, made certain. (1) A finished trial that the
+        # snapshot still calls running is not trained again but replays its recorded row.
+        # (2) A trial that finished after the last snapshot is unknown to the restored
+        # experiment, whose searcher makes its configuration × seed again under a new id:
+        # planted here as the other ok trial's row moved to an id the experiment never had,
+        # that trial marked running — it must replay the moved row, not train.
         df = pd.read_parquet(out / "results.parquet")
-        ok = df[(df.trial_id != "teacher") & (df.status == "ok")].iloc[0]
+        ok, other = df[(df.trial_id != "teacher") & (df.status == "ok")].iloc[:2].itertuples()
         weights = Path(ok.model_dir) / "model.safetensors"
-        stamp = weights.stat().st_mtime_ns
+        other_weights = Path(other.model_dir) / "model.safetensors"
+        stamp, other_stamp = weights.stat().st_mtime_ns, other_weights.stat().st_mtime_ns
         _mark_running(out / "tune", ok.trial_id)
+        _mark_running(out / "tune", other.trial_id)
+        gone = f"{other.trial_id.split('_')[0]}_99999"
+        (out / "trials" / f"{other.trial_id}.json").rename(out / "trials" / f"{gone}.json")
         third = run_sweep(*args, "--resume", env=env, timeout=HANG_S)
         assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+        assert "finished after the last snapshot" in third.stdout
         _check_study(out, before)
         again = pd.read_parquet(out / "results.parquet").set_index("trial_id")
+        assert again.loc[other.trial_id, "replayed"] == True  # noqa: E712 (numpy bool)
+        assert again.loc[other.trial_id, "replayed_from"] == gone
+        assert again.loc[other.trial_id, "wall_s"] == other.wall_s
+        assert again.loc[other.trial_id, "accuracy"] == other.accuracy
+        assert other_weights.stat().st_mtime_ns == other_stamp  # not rebuilt
         assert again.loc[ok.trial_id, "replayed"] == True  # noqa: E712 (numpy bool)
         assert again.loc[ok.trial_id, "wall_s"] == ok.wall_s
         assert again.loc[ok.trial_id, "accuracy"] == ok.accuracy
         # the replayed row keeps its recorded in-trial latency; the phase times its student
         assert again.loc[ok.trial_id, "latency_in_trial_ms_p50"] == ok.latency_in_trial_ms_p50
         assert again.loc[ok.trial_id, "latency_phase"] == "serial"
-        # the third run replayed only the trial marked running (the second may have replayed
+        # the third run replayed only the trials marked running (the second may have replayed
         # one that finished as the driver died: see _trained_once)
-        assert _replayed(pd.read_parquet(out / "results.parquet")) == _replayed(df) | {ok.trial_id}
+        replayed = _replayed(pd.read_parquet(out / "results.parquet"))
+        assert replayed == _replayed(df) | {ok.trial_id, other.trial_id}
         assert weights.stat().st_mtime_ns == stamp  # the student was not rebuilt
         (trial_dir,) = (out / "tune").glob(f"run_trial_{ok.trial_id}_*")
         assert _final_rows(trial_dir) == 2
@@ -223,8 +253,12 @@ def _check_study(out: Path, before: set[str]) -> None:
     assert sorted(pairs) == sorted(EXPECTED)  # every configuration × seed exactly once
     assert trials.trial_id.is_unique
     # the trials finished before the kill were not run again (trained once each)
+    known = set(trials.trial_id)
     for d in (out / "tune").glob("run_trial*"):
-        assert _trained_once(d, out / "trials"), d.name
+        if _trial_id(d) in known:
+            assert _trained_once(d, out / "trials"), d.name
+        else:
+            _forgotten_once(d, out / "trials", trials)
     assert before <= {d.name for d in (out / "tune").glob("run_trial*")}
     # a raising configuration is a failed row with its error; the others are ok
     bad = trials[trials["pipeline.truncate.keep_layers"] == 9]

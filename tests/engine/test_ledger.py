@@ -12,7 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.ledger import LEDGER_DIR, attempts, finished_row, record_attempt, record_finished
+from engine.ledger import (
+    LEDGER_DIR,
+    attempts,
+    config_id,
+    finished_row,
+    record_attempt,
+    record_finished,
+    replay_key,
+    unknown_finished,
+)
 
 
 def test_row_round_trips_with_numpy_values_and_nan(tmp_path: Path) -> None:
@@ -63,3 +72,31 @@ def test_attempts_append_in_order_beside_the_row(tmp_path: Path) -> None:
     assert [a["from_checkpoint"] for a in attempts(tmp_path, "t1")] == [False, True]
     assert [a["node_id"] for a in attempts(tmp_path, "t2")] == ["n3"]
     assert finished_row(tmp_path, "t1") is None  # attempts are not a finished row
+
+
+def test_config_id_is_order_free_and_tells_values_apart() -> None:
+    a = config_id({"pipeline.truncate.keep_layers": 2, "pipeline.distill.temperature": 4.0})
+    b = config_id({"pipeline.distill.temperature": 4.0, "pipeline.truncate.keep_layers": 2})
+    assert a == b and len(a) == 10
+    assert config_id({"pipeline.truncate.keep_layers": 3}) != config_id(
+        {"pipeline.truncate.keep_layers": 2}
+    )
+
+
+def test_unknown_finished_holds_only_rows_the_experiment_forgot(tmp_path: Path) -> None:
+    two, nine = config_id({"k": 2}), config_id({"k": 9})
+    record_finished(tmp_path, "a_00000", {"config_id": two, "seed": 0, "wall_s": 1.0})
+    record_finished(tmp_path, "a_00001", {"config_id": nine, "seed": 0, "wall_s": 2.0})
+    record_finished(tmp_path, "a_00002", {"config_id": nine, "seed": 1, "wall_s": 3.0})
+    record_finished(tmp_path, "a_00003", {"seed": 1, "wall_s": 4.0})  # no config_id: old row
+    record_attempt(tmp_path, "a_00004", {"node_id": "n"})  # started, never finished
+    rows = unknown_finished(tmp_path, known={"a_00000", "a_00001"})
+    # a planted pair of forgotten trials: exactly those, each under its configuration × seed
+    assert set(rows) == {replay_key(nine, 1)}
+    assert rows[replay_key(nine, 1)] == {
+        "config_id": nine,
+        "seed": 1,
+        "wall_s": 3.0,
+        "replayed_from": "a_00002",
+    }
+    assert unknown_finished(tmp_path, known={f"a_0000{i}" for i in range(5)}) == {}
