@@ -16,6 +16,8 @@ cache), sees the same training split and is given the same number of optimizer s
   ``engine-oneshot-wt-gnorm`` on each score ÷ its layer's mean head score;
   ``engine-oneshot-wt-hkd`` trains through the distill stage with hidden-state distillation
   (``--alpha-hidden`` × the MSE of each block's output against the teacher's) besides the KD;
+  ``engine-oneshot-wt-rec`` refits each pruned layer's output projections by least squares
+  on the score batches before recovery (``pipeline.prune.reconstruct``);
 * ``tp-taylor`` / ``tp-magnitude`` — Torch-Pruning's Hugging Face BERT recipe (``MetaPruner``,
   ``num_heads`` with ``prune_num_heads``, uniform per-layer ratios, hidden size kept by
   ignoring the layers that write it), its ``GroupTaylorImportance`` (gradients of the task
@@ -213,6 +215,12 @@ def _oneshot_wt_gnorm(level: Level, o: dict[str, Any]) -> dict[str, Any]:
     return {**_oneshot_wt(level, o), "pipeline.prune.head_ranking": "global_normalized"}
 
 
+def _oneshot_wt_rec(level: Level, o: dict[str, Any]) -> dict[str, Any]:
+    """``engine-oneshot-wt`` whose pruned layers' output projections are refitted by least
+    squares on the score batches before recovery (``pipeline.prune.reconstruct``)."""
+    return {**_oneshot_wt(level, o), "pipeline.prune.reconstruct": True}
+
+
 def _oneshot_wt_hkd(level: Level, o: dict[str, Any]) -> dict[str, Any]:
     """``engine-oneshot-wt`` whose training is the distill stage's instead of the prune
     stage's recovery: the same steps, lr and warm-up, the logit KD plus ``alpha_hidden`` × the
@@ -295,6 +303,7 @@ ARMS: dict[str, Callable[..., Any]] = {
     "engine-oneshot-wt-global": _study_arm(_oneshot_wt_global),
     "engine-oneshot-wt-hkd": _study_arm(_oneshot_wt_hkd),
     "engine-oneshot-wt-gnorm": _study_arm(_oneshot_wt_gnorm),
+    "engine-oneshot-wt-rec": _study_arm(_oneshot_wt_rec),
     "tp-taylor": _tp_arm("taylor"),
     "tp-magnitude": _tp_arm("magnitude"),
     "truncate-kd": _study_arm(_truncate_kd),

@@ -49,6 +49,7 @@ from engine.compress.base import (
     register_stage,
 )
 from engine.compress.masked import apply_masks, magnitude_masks, mask_sparsity, two_four_masks
+from engine.compress.reconstruct import assign, input_grams, refit
 from engine.compress.schedule import pruning_events
 from engine.compress.scores import unit_scores
 from engine.compress.structure import (
@@ -56,6 +57,7 @@ from engine.compress.structure import (
     ffn_width,
     head_group,
     head_ids,
+    head_size,
     remove_heads,
     remove_neurons,
     sync_config,
@@ -93,6 +95,11 @@ class PruneConfig(OptimConfig, KDConfig):
     divided by the mean score of its layer's heads (so layers whose scores run larger do not
     keep every head for that alone); ``per_layer`` removes the same number from every layer
     (Torch-Pruning's uniform recipe), each layer's lowest-scored.
+
+    ``reconstruct``: at each pruning event, refit the output projection of every layer that
+    lost heads or neurons by least squares, so its output on the event's score batches stays
+    as close as possible to the unpruned layer's (:mod:`engine.compress.reconstruct`; one
+    extra forward pass over those batches per event; magnitude pruning draws them too).
     """
 
     method: Literal["structured", "unstructured", "semi_structured_2_4"] = "structured"
@@ -106,6 +113,7 @@ class PruneConfig(OptimConfig, KDConfig):
     prune_every: int = Field(1, ge=1)
     score_batches: int = Field(4, ge=1)
     head_ranking: Literal["global", "global_normalized", "per_layer"] = "global"
+    reconstruct: bool = False
     recovery_steps: int = Field(0, ge=0)
     recovery_lr: float = Field(3e-5, gt=0, lt=1)
     recovery_warmup_ratio: float = Field(0.1, ge=0, lt=1)
@@ -291,6 +299,7 @@ def prune_structured_to(
     task: str | Task = DEFAULT_TASK,
     per_layer: bool = False,
     normalized: bool = False,
+    reconstruct: bool = False,
 ) -> dict[str, int]:
     """Prune until ``heads_removed`` heads in total (global ranking, ≥ 1 kept per layer) and
     ``neurons_removed[l]`` neurons of layer l are gone, counting units removed before.
@@ -300,6 +309,8 @@ def prune_structured_to(
     remainder comes from the layers whose next candidate scores lowest. ``normalized``: the
     global ranking compares each head unit's score divided by the mean score of the units
     still present in its layer (a layer whose mean is 0 keeps its raw zeros).
+    ``reconstruct``: refit each pruned layer's output projections by least squares to their
+    outputs before this call, on ``batches`` (:mod:`engine.compress.reconstruct`).
 
     Heads go by head unit (:func:`engine.compress.structure.head_group`): under grouped-query
     attention a whole key/value group at a time, so the count is rounded down to a multiple
@@ -316,6 +327,7 @@ def prune_structured_to(
     h_scores, n_scores = unit_scores(
         model, criterion, heads=heads, batches=batches or [], device=device, task=task
     )
+    grams = input_grams(model, batches or [], device) if reconstruct else None
     removed_h = removed_n = 0
     if heads and h_scores is not None:
         orig = model.config.num_attention_heads
@@ -340,18 +352,40 @@ def prune_structured_to(
                 drop.setdefault(layer, []).append(pos)
                 need -= g
         for layer, units in drop.items():
-            remove_heads(blocks[layer], [u * g + i for u in units for i in range(g)])
+            positions = [u * g + i for u in units for i in range(g)]
+            refitted = None
+            if grams is not None:
+                parts, d = block_parts(blocks[layer]), head_size(blocks[layer])
+                gone = set(_span_ids(positions, d))
+                cols = range(len(head_ids(blocks[layer])) * d)
+                keep = [c for c in cols if c not in gone]
+                refitted = refit(parts.attn_out, grams[layer]["attn_out"], keep, parts.conv1d)
+            remove_heads(blocks[layer], positions)
+            if refitted is not None:
+                assign(block_parts(blocks[layer]).attn_out, *refitted)
             removed_h += g * len(units)
     widths = getattr(model.config, FFN_WIDTHS, None) or [ffn_width(b) for b in blocks]
     setattr(model.config, FFN_WIDTHS, list(widths))
     for layer, (b, sc) in enumerate(zip(blocks, n_scores, strict=True)):
         need = neurons_removed[layer] - (widths[layer] - ffn_width(b))
         if need > 0:
-            order = torch.argsort(sc, stable=True)[:need]
-            remove_neurons(b, order.tolist())
+            order = torch.argsort(sc, stable=True)[:need].tolist()
+            refitted = None
+            if grams is not None:
+                parts, gone = block_parts(b), set(order)
+                keep = [c for c in range(ffn_width(b)) if c not in gone]
+                refitted = refit(parts.ffn_out, grams[layer]["ffn_out"], keep, parts.conv1d)
+            remove_neurons(b, order)
+            if refitted is not None:
+                assign(block_parts(b).ffn_out, *refitted)
             removed_n += need
     sync_config(model)
     return {"heads": removed_h, "neurons": removed_n}
+
+
+def _span_ids(positions: list[int], d: int) -> list[int]:
+    """Input columns of the attention output projection that heads at ``positions`` feed."""
+    return [h * d + j for h in positions for j in range(d)]
 
 
 def _layer_normalized(scores: torch.Tensor) -> torch.Tensor:
@@ -416,7 +450,8 @@ def _structured(
 
     def prune_at(i: int) -> dict[str, Any]:
         (t, s_h), (_, s_n) = ev_h[i], ev_n[i]
-        batches = _score_batches(ctx, cfg, ctx.seed + 1 + t) if cfg.criterion != "magnitude" else []
+        draw = cfg.criterion != "magnitude" or cfg.reconstruct
+        batches = _score_batches(ctx, cfg, ctx.seed + 1 + t) if draw else []
         done = prune_structured_to(
             model,
             heads_removed=round(s_h * total_heads),
@@ -427,6 +462,7 @@ def _structured(
             task=ctx.task,
             per_layer=cfg.head_ranking == "per_layer",
             normalized=cfg.head_ranking == "global_normalized",
+            reconstruct=cfg.reconstruct,
         )
         return {"step": t, "head_sparsity": s_h, "neuron_sparsity": s_n, **done}
 

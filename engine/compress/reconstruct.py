@@ -1,0 +1,125 @@
+"""Least-squares reconstruction of a pruned layer's output projection.
+
+Removing attention heads or FFN neurons deletes input columns of the projection that reads
+them (``attention.output.dense`` / ``output.dense`` in BERT; see
+:class:`engine.compress.structure.BlockParts`). The columns that stay can absorb part of
+what the removed ones carried, when the removed units' outputs correlate with the kept
+ones'. Reconstruction refits the projection's weight and bias on calibration tokens so its
+output stays as close as possible to the unpruned layer's (the layer-wise reconstruction of
+Kwon et al., "A Fast Post-Training Pruning Framework for Transformers", NeurIPS 2022):
+
+    W', b' = argmin Σ_tokens ‖W' x_K + b' − (W x + b)‖² + λ ‖W'‖²
+
+where x is the projection's input on the unpruned model and x_K its kept columns. With
+G = Σ [x; 1][x; 1]ᵀ (the input's Gram matrix, bias column appended) the right-hand side is
+G_{K,:} [Wᵀ; bᵀ], so one Gram per projection — accumulated over the calibration batches in
+one forward pass — is all it needs, whatever is removed afterwards. λ = ``DAMPING`` × the mean
+of G's diagonal over the kept columns (as in SparseGPT/OBC: it keeps the solve stable when
+the kept inputs are nearly collinear or few tokens were seen). Padding tokens are left out.
+
+Each layer is fitted to the unpruned layer's output on the unpruned model's inputs (not on
+the inputs the already-pruned earlier layers would give it): one pass, no ordering effects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from engine.compress.structure import block_parts
+from engine.models import layer_list
+
+__all__ = ["DAMPING", "assign", "input_grams", "refit"]
+
+DAMPING = 1e-4
+
+
+def input_grams(
+    model: nn.Module, batches: Sequence[dict], device: torch.device | str
+) -> list[dict[str, torch.Tensor]]:
+    """Per block, ``{"attn_out": G, "ffn_out": G}``: Σ [x; 1][x; 1]ᵀ over the non-padding
+    tokens of ``batches`` of each projection's input (float64; ``attn_out`` absent when the
+    block has no prunable attention)."""
+    if not batches:
+        raise ValueError("reconstruction needs calibration batches (pipeline.prune.score_batches)")
+    grams: list[dict[str, torch.Tensor]] = [{} for _ in layer_list(model)]
+    keep_tokens: list[torch.Tensor] = []
+
+    def hook(layer: int, name: str):
+        def fn(_m: nn.Module, args: tuple, _out: torch.Tensor) -> None:
+            x = args[0]
+            x = x[keep_tokens[0]] if x.dim() == 3 else x  # [tokens, in]
+            x = torch.cat([x.double(), x.new_ones(x.shape[0], 1, dtype=torch.float64)], 1)
+            g = x.T @ x
+            grams[layer][name] = grams[layer].get(name, 0) + g
+
+        return fn
+
+    handles = []
+    for layer, block in enumerate(layer_list(model)):
+        parts = block_parts(block)
+        if parts.attn_out is not None:
+            handles.append(parts.attn_out.register_forward_hook(hook(layer, "attn_out")))
+        handles.append(parts.ffn_out.register_forward_hook(hook(layer, "ffn_out")))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+                mask = inputs.get("attention_mask")
+                ids = inputs["input_ids"]
+                keep_tokens[:] = [mask.bool() if mask is not None else torch.ones_like(ids).bool()]
+                model(**inputs)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return grams
+
+
+def refit(
+    module: nn.Module, gram: torch.Tensor, keep: Sequence[int], conv1d: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The reconstructed ``(weight, bias)`` of ``module`` (still unpruned) when only its input
+    columns ``keep`` remain, in the module's own layout (``nn.Linear``: weight [out, |K|];
+    GPT-2 ``Conv1D``: [|K|, out]) and dtype. ``gram`` is its input's Gram from
+    :func:`input_grams`. A module without a bias gets none (the bias row is left out)."""
+    w = module.weight.detach().double()
+    w_t = w if conv1d else w.T  # [in, out]
+    n_in = w_t.shape[0]
+    has_bias = getattr(module, "bias", None) is not None
+    beta = w_t
+    rows = list(keep)
+    if has_bias:
+        beta = torch.cat([w_t, module.bias.detach().double()[None, :]], 0)
+        rows.append(n_in)
+        g = gram
+    else:
+        g = gram[:n_in, :n_in]
+    idx = torch.tensor(rows, dtype=torch.long)
+    g_kk = g[idx][:, idx].clone()
+    diag = torch.diagonal(g_kk)
+    lam = DAMPING * diag[: len(keep)].mean().clamp_min(1e-12)
+    diag[: len(keep)] += lam
+    rhs = g[idx] @ beta
+    sol = torch.linalg.solve(g_kk, rhs)  # [|K| (+1), out]
+    new_w = sol[: len(keep)]
+    new_w = new_w if conv1d else new_w.T
+    new_b = sol[len(keep)] if has_bias else None
+    dtype = module.weight.dtype
+    return new_w.to(dtype), (new_b.to(dtype) if new_b is not None else None)
+
+
+def assign(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """Put a :func:`refit` result into the (already sliced) ``module``."""
+    if module.weight.shape != weight.shape:
+        raise ValueError(
+            f"refit weight {tuple(weight.shape)} ≠ module {tuple(module.weight.shape)}"
+        )
+    with torch.no_grad():
+        module.weight.copy_(weight)
+        if bias is not None:
+            module.bias.copy_(bias)

@@ -1,0 +1,173 @@
+"""Least-squares reconstruction of pruned output projections (engine/compress/reconstruct.py).
+
+Oracles: NumPy's ``lstsq`` on the explicit (ridge-augmented) design matrix, a per-example
+loop over unpadded inputs, and planted duplicate units whose removal a correct refit undoes
+exactly."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from engine.compress.prune import prune_structured_to
+from engine.compress.reconstruct import DAMPING, assign, input_grams, refit
+from engine.compress.structure import block_parts, remove_heads, remove_neurons
+from tests.conftest import tiny_bert, toy_batches
+
+D = 8  # tiny_bert head size
+
+
+def _ridge_by_lstsq(x: np.ndarray, y: np.ndarray, keep: list[int]) -> np.ndarray:
+    """argmin ‖[x_K 1] β − y‖² + λ‖β_w‖², λ = DAMPING × mean ‖x_k‖² over kept columns, solved
+    as an ordinary least-squares problem on rows √λ·I appended under the design."""
+    xk = x[:, keep]
+    lam = DAMPING * float((xk**2).sum(0).mean())
+    design = np.hstack([xk, np.ones((len(x), 1))])
+    reg = np.hstack([np.sqrt(lam) * np.eye(len(keep)), np.zeros((len(keep), 1))])
+    a = np.vstack([design, reg])
+    b = np.vstack([y, np.zeros((len(keep), y.shape[1]))])
+    return np.linalg.lstsq(a, b, rcond=None)[0]  # [|K| + 1, out]
+
+
+@pytest.mark.parametrize("conv1d", [False, True])
+def test_refit_is_the_ridge_least_squares_solution(conv1d: bool) -> None:
+    g = torch.Generator().manual_seed(0)
+    n_in, n_out, tokens = 12, 5, 200
+    x = torch.randn(tokens, n_in, generator=g, dtype=torch.float64)
+    x[:, 3] = 0.7 * x[:, 1] - 0.2 * x[:, 8]  # a removed input the kept ones explain
+    module = Conv1D(n_out, n_in) if conv1d else nn.Linear(n_in, n_out)
+    module = module.double()
+    with torch.no_grad():
+        module.bias.normal_(generator=g)
+        module.weight.normal_(generator=g)
+        y = module(x)
+    xa = torch.cat([x, torch.ones(tokens, 1, dtype=torch.float64)], 1)
+    keep = [0, 1, 2, 5, 6, 8, 11]
+    w, b = refit(module, xa.T @ xa, keep, conv1d=conv1d)
+    want = _ridge_by_lstsq(x.numpy(), y.detach().numpy(), keep)
+    got_w = w.numpy() if conv1d else w.numpy().T
+    np.testing.assert_allclose(got_w, want[:-1], rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(b.numpy(), want[-1], rtol=1e-8, atol=1e-10)
+
+
+def _ffn_inputs_per_example(model: nn.Module, batches: list[dict], layer: int) -> torch.Tensor:
+    """Inputs of layer ``layer``'s FFN down-projection, one example at a time, each run on
+    its real tokens only (no padding at all)."""
+    seen: list[torch.Tensor] = []
+    out = model.bert.encoder.layer[layer].output.dense
+    handle = out.register_forward_hook(lambda _m, a, _o: seen.append(a[0][0].double()))
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                for ids, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True):
+                    n = int(mask.sum())
+                    model(input_ids=ids[None, :n], attention_mask=mask[None, :n])
+    finally:
+        handle.remove()
+    return torch.cat(seen)
+
+
+def test_grams_cover_real_tokens_only() -> None:
+    model = tiny_bert(num_layers=2)
+    batches = toy_batches(2)
+    grams = input_grams(model, batches, "cpu")
+    x = _ffn_inputs_per_example(model, batches, 1)
+    xa = torch.cat([x, torch.ones(len(x), 1, dtype=torch.float64)], 1)
+    real = sum(int(b["attention_mask"].sum()) for b in batches)
+    assert len(x) == real < sum(b["input_ids"].numel() for b in batches)  # padding exists
+    torch.testing.assert_close(grams[1]["ffn_out"], xa.T @ xa, rtol=1e-5, atol=1e-6)
+    assert grams[1]["ffn_out"][-1, -1].item() == real  # the bias column counts tokens
+
+
+def _logits(model: nn.Module, batches: list[dict]) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat(
+            [
+                model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+                for b in batches
+            ]
+        )
+
+
+def _hidden(model: nn.Module, batches: list[dict]) -> torch.Tensor:
+    """The encoder's last hidden states at the real tokens."""
+    with torch.no_grad():
+        return torch.cat(
+            [
+                model.bert(
+                    input_ids=b["input_ids"], attention_mask=b["attention_mask"]
+                ).last_hidden_state[b["attention_mask"].bool()]
+                for b in batches
+            ]
+        )
+
+
+def _planted_duplicates(model: nn.Module) -> None:
+    """Layer 1: FFN neuron 9 computes exactly what neuron 4 computes, and carries a large
+    down-projection column. Layer 0: head 2 attends exactly as head 0 does."""
+    with torch.no_grad():
+        b1 = model.bert.encoder.layer[1]
+        b1.intermediate.dense.weight[9] = b1.intermediate.dense.weight[4]
+        b1.intermediate.dense.bias[9] = b1.intermediate.dense.bias[4]
+        b1.output.dense.weight[:, 9] = 3.0 * b1.output.dense.weight[:, 9].sign()
+        s = model.bert.encoder.layer[0].attention.self
+        for lin in (s.query, s.key, s.value):
+            lin.weight[2 * D : 3 * D] = lin.weight[0:D]
+            lin.bias[2 * D : 3 * D] = lin.bias[0:D]
+
+
+def test_refit_undoes_the_removal_of_planted_duplicate_units() -> None:
+    model = tiny_bert(num_layers=2).eval()
+    _planted_duplicates(model)
+    calib, fresh = toy_batches(4, seed=1), toy_batches(2, seed=2)
+    before = _hidden(model, fresh)
+    plain = copy.deepcopy(model)
+    grams = input_grams(model, calib, "cpu")
+    b0, b1 = model.bert.encoder.layer
+    w_a = refit(
+        block_parts(b0).attn_out, grams[0]["attn_out"], [c for c in range(32) if not 16 <= c < 24]
+    )
+    w_n = refit(block_parts(b1).ffn_out, grams[1]["ffn_out"], [c for c in range(64) if c != 9])
+    remove_heads(b0, [2])
+    remove_neurons(b1, [9])
+    assign(block_parts(b0).attn_out, *w_a)
+    assign(block_parts(b1).ffn_out, *w_n)
+    remove_heads(plain.bert.encoder.layer[0], [2])
+    remove_neurons(plain.bert.encoder.layer[1], [9])
+    # the duplicates' work moved onto their twins: same outputs on inputs never fitted on
+    err = (_hidden(model, fresh) - before).abs().max()
+    assert err < 5e-3
+    assert (_hidden(plain, fresh) - before).abs().max() > 100 * err  # removal alone changes them
+
+
+def test_pruning_with_reconstruct_changes_only_the_output_projections() -> None:
+    base = tiny_bert(num_layers=2).eval()
+    calib = toy_batches(4, seed=1)
+    plain, rebuilt = copy.deepcopy(base), copy.deepcopy(base)
+    kw = {"heads_removed": 3, "neurons_removed": [24, 24], "criterion": "magnitude"}
+    prune_structured_to(plain, batches=calib, **kw)
+    prune_structured_to(rebuilt, batches=calib, reconstruct=True, **kw)
+    p, r = dict(plain.named_parameters()), dict(rebuilt.named_parameters())
+    assert p.keys() == r.keys()
+    refitted = {n for n in p if ".attention.output.dense." in n or ".output.dense." in n}
+    changed = {n for n in p if not torch.equal(p[n], r[n])}
+    assert changed and changed <= refitted  # same units removed, only projections refitted
+    # closer to the unpruned model on the calibration tokens than plain removal
+    want = _logits(base, calib)
+    assert ((_logits(rebuilt, calib) - want) ** 2).mean() < (
+        (_logits(plain, calib) - want) ** 2
+    ).mean()
+
+
+def test_reconstruct_without_batches_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="calibration batches"):
+        prune_structured_to(
+            tiny_bert(num_layers=2), heads_removed=1, neurons_removed=[0, 0],
+            criterion="magnitude", reconstruct=True,
+        )  # fmt: skip
