@@ -178,7 +178,10 @@ def test_the_latency_architecture_has_the_runs_shapes() -> None:
     assert len(depth.bert.encoder.layer) == 1
 
 
-@pytest.mark.parametrize("arm", ["engine-oneshot", "engine-gradual-wt", "engine-oneshot-wt-hkd"])
+@pytest.mark.parametrize(
+    "arm",
+    ["engine-oneshot", "engine-gradual-wt", "engine-oneshot-wt-hkd", "engine-oneshot-wt-lr3e-4"],
+)
 def test_every_engine_arm_trains_the_same_total_steps(arm: str) -> None:
     # the bench's fairness claim: whichever stages an arm runs, their optimizer steps add up
     # to --steps (counted by each stage's own train_steps over the order it runs)
@@ -201,3 +204,5 @@ def test_every_engine_arm_trains_the_same_total_steps(arm: str) -> None:
         assert list(cfg.pipeline.order) == ["prune", "distill"]
         assert cfg.pipeline.distill.alpha_hidden == 1.0
         assert cfg.pipeline.prune.criterion == "weight_taylor"
+    if arm.endswith("-lr3e-4"):  # its own rate, not --recovery-lr's
+        assert cfg.pipeline.prune.recovery_lr == 3e-4
