@@ -34,6 +34,7 @@ import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,10 +50,11 @@ from engine.compress.base import (
     register_stage,
 )
 from engine.compress.masked import apply_masks, magnitude_masks, mask_sparsity, two_four_masks
-from engine.compress.reconstruct import assign, input_grams, refit
+from engine.compress.reconstruct import input_grams, remove_refitted
 from engine.compress.schedule import pruning_events
 from engine.compress.scores import unit_scores
 from engine.compress.structure import (
+    _span,
     block_parts,
     ffn_width,
     head_group,
@@ -353,16 +355,12 @@ def prune_structured_to(
                 need -= g
         for layer, units in drop.items():
             positions = [u * g + i for u in units for i in range(g)]
-            refitted = None
-            if grams is not None:
-                parts, d = block_parts(blocks[layer]), head_size(blocks[layer])
-                gone = set(_span_ids(positions, d))
-                cols = range(len(head_ids(blocks[layer])) * d)
-                keep = [c for c in cols if c not in gone]
-                refitted = refit(parts.attn_out, grams[layer]["attn_out"], keep, parts.conv1d)
-            remove_heads(blocks[layer], positions)
-            if refitted is not None:
-                assign(block_parts(blocks[layer]).attn_out, *refitted)
+            remove = partial(remove_heads, blocks[layer], positions)
+            if grams is None:
+                remove()
+            else:
+                cols = set(_span(positions, head_size(blocks[layer])).tolist())
+                remove_refitted(blocks[layer], "attn_out", grams[layer]["attn_out"], cols, remove)
             removed_h += g * len(units)
     widths = getattr(model.config, FFN_WIDTHS, None) or [ffn_width(b) for b in blocks]
     setattr(model.config, FFN_WIDTHS, list(widths))
@@ -370,22 +368,14 @@ def prune_structured_to(
         need = neurons_removed[layer] - (widths[layer] - ffn_width(b))
         if need > 0:
             order = torch.argsort(sc, stable=True)[:need].tolist()
-            refitted = None
-            if grams is not None:
-                parts, gone = block_parts(b), set(order)
-                keep = [c for c in range(ffn_width(b)) if c not in gone]
-                refitted = refit(parts.ffn_out, grams[layer]["ffn_out"], keep, parts.conv1d)
-            remove_neurons(b, order)
-            if refitted is not None:
-                assign(block_parts(b).ffn_out, *refitted)
+            remove = partial(remove_neurons, b, order)
+            if grams is None:
+                remove()
+            else:
+                remove_refitted(b, "ffn_out", grams[layer]["ffn_out"], set(order), remove)
             removed_n += need
     sync_config(model)
     return {"heads": removed_h, "neurons": removed_n}
-
-
-def _span_ids(positions: list[int], d: int) -> list[int]:
-    """Input columns of the attention output projection that heads at ``positions`` feed."""
-    return [h * d + j for h in positions for j in range(d)]
 
 
 def _layer_normalized(scores: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ the inputs the already-pruned earlier layers would give it): one pass, no orderi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -31,7 +31,7 @@ from torch import nn
 from engine.compress.structure import block_parts
 from engine.models import layer_list
 
-__all__ = ["DAMPING", "assign", "input_grams", "refit"]
+__all__ = ["DAMPING", "assign", "input_grams", "refit", "remove_refitted"]
 
 DAMPING = 1e-4
 
@@ -123,3 +123,17 @@ def assign(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -
         module.weight.copy_(weight)
         if bias is not None:
             module.bias.copy_(bias)
+
+
+def remove_refitted(
+    block: nn.Module, part: str, gram: torch.Tensor, gone: set[int], remove: Callable[[], None]
+) -> None:
+    """Run ``remove()``, which drops input columns ``gone`` of the block's ``part`` projection
+    (``"attn_out"`` or ``"ffn_out"`` of :class:`~engine.compress.structure.BlockParts`), and
+    put the least-squares refit of the columns that stay into that projection."""
+    parts = block_parts(block)
+    module = getattr(parts, part)
+    n_in = module.weight.shape[0 if parts.conv1d else 1]
+    new = refit(module, gram, [c for c in range(n_in) if c not in gone], parts.conv1d)
+    remove()
+    assign(getattr(block_parts(block), part), *new)
