@@ -100,6 +100,7 @@ def test_per_example_rows_average_to_per_batch_and_a_batch_of_one_gives_its_row(
         np.testing.assert_allclose(alone.per_example, rows[i : i + 1], rtol=1e-9, atol=1e-12)
 
 
+FLOAT32_ATOL = 4 * float(np.finfo(np.float32).eps)  # 4.8e-7: 4 float32 ulps of a score of 1
 GOLDEN = Path(__file__).resolve().parents[2] / "assets" / "importance_scores_609d401.json"
 
 
@@ -118,12 +119,18 @@ def test_scores_equal_those_recorded_on_main_before_per_example_rows(entry: dict
     Exceptions, each a deliberate later change: ablation's log-probabilities moved from
     float32 to float64 (scores move by ≤ 7.2e-8, float32's log-probability resolution), and
     mc_dropout draws one mask generator per example (a new Monte Carlo draw: not compared).
-    Otherwise the means differ only by summation order (≤ 1e-16 absolute measured)."""
+
+    Tolerance: every score is built from the float32 forward's logits, probabilities and
+    cosines, quantities of order 1 whose float32 resolution is 1.19e-7. The same code in the
+    same venv reproduces the recorded means to ≤ 1e-16 (summation order only); a later build of
+    the venv (2026-12-05: torch 2.13.0+cpu, transformers 5.25.0, numpy 2.4.6) moves them by
+    ≤ 2.7e-7 absolute (bert activation_patching, about 2 float32 ulps of 1), for methods and
+    commits alike — 2723d95, which CI passed, moves by the same amounts. ``FLOAT32_ATOL`` (4
+    ulps of 1) admits that rounding; the check is of definitions, not of kernel builds."""
     model = BUILDERS[entry["family"]](num_layers=3)
     batches = toy_batches(1, 5, 10, seed=1) + toy_batches(1, 3, 10, seed=2)
     got = IMPORTANCE.get(entry["method"])(model, batches, cfg=ImportanceConfig(**entry["cfg"]))
-    atol = 1e-7 if entry["method"] == "ablation" else 1e-15
-    np.testing.assert_allclose(got.scores, entry["scores"], rtol=1e-9, atol=atol)
+    np.testing.assert_allclose(got.scores, entry["scores"], rtol=1e-6, atol=FLOAT32_ATOL)
 
 
 # --- ablation --------------------------------------------------------------------------------
