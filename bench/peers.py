@@ -20,6 +20,10 @@ cache), sees the same training split and is given the same number of optimizer s
   on the score batches before recovery (``pipeline.prune.reconstruct``);
   ``engine-oneshot-wt-lr3e-4`` recovers at 3e-4 whatever ``--recovery-lr`` is (the
   recovery rate measured best for one-shot pruning in 85 steps; 1e-4 and 1e-3 did worse);
+  ``-gffn`` / ``-nffn`` after it rank the FFN neurons across layers (``neuron_ranking:
+  global`` / ``global_normalized``: the same neuron count, hence the same GFLOPs, with
+  per-layer widths that differ), and ``-nall`` ranks heads and neurons across layers on
+  layer-normalized scores;
 * ``tp-taylor`` / ``tp-magnitude`` — Torch-Pruning's Hugging Face BERT recipe (``MetaPruner``,
   ``num_heads`` with ``prune_num_heads``, uniform per-layer ratios, hidden size kept by
   ignoring the layers that write it), its ``GroupTaylorImportance`` (gradients of the task
@@ -228,6 +232,20 @@ def _oneshot_wt_lr(lr: float) -> Callable[[Level, dict[str, Any]], dict[str, Any
     return values
 
 
+NORM = "global_normalized"
+
+
+def _ranked(
+    values: Callable[[Level, dict[str, Any]], dict[str, Any]], **ranking: str
+) -> Callable[[Level, dict[str, Any]], dict[str, Any]]:
+    """``values`` with ``pipeline.prune.<head|neuron>_ranking`` set as given."""
+
+    def ranked(level: Level, o: dict[str, Any]) -> dict[str, Any]:
+        return {**values(level, o), **{f"pipeline.prune.{k}": v for k, v in ranking.items()}}
+
+    return ranked
+
+
 def _oneshot_wt_rec(level: Level, o: dict[str, Any]) -> dict[str, Any]:
     """``engine-oneshot-wt`` whose pruned layers' output projections are refitted by least
     squares on the score batches before recovery (``pipeline.prune.reconstruct``)."""
@@ -324,6 +342,15 @@ ARMS: dict[str, Callable[..., Any]] = {
     "engine-oneshot-wt-gnorm": _study_arm(_oneshot_wt_gnorm),
     "engine-oneshot-wt-rec": _study_arm(_oneshot_wt_rec),
     "engine-oneshot-wt-lr3e-4": _study_arm(_oneshot_wt_lr(3e-4)),
+    "engine-oneshot-wt-lr3e-4-gffn": _study_arm(
+        _ranked(_oneshot_wt_lr(3e-4), neuron_ranking="global")
+    ),
+    "engine-oneshot-wt-lr3e-4-nffn": _study_arm(
+        _ranked(_oneshot_wt_lr(3e-4), neuron_ranking="global_normalized")
+    ),
+    "engine-oneshot-wt-lr3e-4-nall": _study_arm(
+        _ranked(_oneshot_wt_lr(3e-4), neuron_ranking=NORM, head_ranking=NORM)
+    ),
     "tp-taylor": _tp_arm("taylor"),
     "tp-magnitude": _tp_arm("magnitude"),
     "tp-taylor-lr3e-4": _tp_arm("taylor", lr=3e-4),

@@ -149,9 +149,10 @@ def keep_layers(model: PreTrainedModel, keep: list[int] | tuple[int, ...]) -> Pr
     if heads := getattr(cfg, "pruned_heads", None):
         cfg.pruned_heads = {str(n): list(heads[str(o)]) for n, o in enumerate(idx)
                             if str(o) in heads}  # fmt: skip
-    widths = getattr(cfg, "ffn_widths_before_pruning", None)
-    if widths is not None and len(widths) == total:
-        cfg.ffn_widths_before_pruning = [widths[i] for i in idx]
+    for key in ("ffn_widths_before_pruning", "ffn_widths"):
+        widths = getattr(cfg, key, None)
+        if widths is not None and len(widths) == total:
+            setattr(cfg, key, [widths[i] for i in idx])
     return student
 
 

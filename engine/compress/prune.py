@@ -96,7 +96,12 @@ class PruneConfig(OptimConfig, KDConfig):
     of its heads, at least one is kept); ``global_normalized`` does so on each head's score
     divided by the mean score of its layer's heads (so layers whose scores run larger do not
     keep every head for that alone); ``per_layer`` removes the same number from every layer
-    (Torch-Pruning's uniform recipe), each layer's lowest-scored.
+    (Torch-Pruning's uniform recipe), each layer's lowest-scored. ``neuron_ranking``: the same
+    three choices for FFN neurons (default ``per_layer``: every layer keeps the same width).
+    Every neuron of a layer costs the same FLOPs in every layer (it reads and writes the
+    hidden size), so ranking them across layers removes as many neurons, hence as many FLOPs,
+    as the uniform cut — only where from differs; the per-layer widths go into the saved
+    config (``ffn_widths``, :func:`engine.compress.structure.load_pruned`).
 
     ``reconstruct``: at each pruning event, refit the output projection of every layer that
     lost heads or neurons by least squares, so its output on the event's score batches stays
@@ -115,6 +120,7 @@ class PruneConfig(OptimConfig, KDConfig):
     prune_every: int = Field(1, ge=1)
     score_batches: int = Field(4, ge=1)
     head_ranking: Literal["global", "global_normalized", "per_layer"] = "global"
+    neuron_ranking: Literal["global", "global_normalized", "per_layer"] = "per_layer"
     reconstruct: bool = False
     recovery_steps: int = Field(0, ge=0)
     recovery_lr: float = Field(3e-5, gt=0, lt=1)
@@ -140,8 +146,9 @@ class PruneRecord(StageRecord):
     dense_flops_reduced: bool
     heads_total: int | None = field(default=None, metadata=OMIT_NONE)
     heads_kept_per_layer: list[int] | None = None
-    ffn_width: int | None = field(default=None, metadata=OMIT_NONE)
+    ffn_width: int | None = field(default=None, metadata=OMIT_NONE)  # None: widths differ
     ffn_width_before: int | None = field(default=None, metadata=OMIT_NONE)
+    ffn_widths: list[int] | None = field(default=None, metadata=OMIT_NONE)  # when they differ
     recovery: dict[str, Any] | None = field(default=None, metadata=OMIT_NONE)
     sparsity: float | None = field(default=None, metadata=JSON_OFF)
     masks: Any = field(default=None, metadata=JSON_OFF, compare=False, repr=False)
@@ -151,7 +158,7 @@ class PruneRecord(StageRecord):
         if self.method != "structured":
             payload.pop("heads_kept_per_layer")
         order = ["method", "criterion", "heads_total", "heads_kept_per_layer", "ffn_width",
-                 "ffn_width_before", "schedule", "prune_train_steps", "dense_flops_reduced",
+                 "ffn_widths", "ffn_width_before", "schedule", "prune_train_steps", "dense_flops_reduced",
                  "recovery"]  # fmt: skip
         out: dict[str, Any] = {self.key: {k: payload[k] for k in order if k in payload}}
         if self.sparsity is not None:
@@ -301,6 +308,7 @@ def prune_structured_to(
     task: str | Task = DEFAULT_TASK,
     per_layer: bool = False,
     normalized: bool = False,
+    neuron_ranking: str = "per_layer",
     reconstruct: bool = False,
 ) -> dict[str, int]:
     """Prune until ``heads_removed`` heads in total (global ranking, ≥ 1 kept per layer) and
@@ -311,6 +319,9 @@ def prune_structured_to(
     remainder comes from the layers whose next candidate scores lowest. ``normalized``: the
     global ranking compares each head unit's score divided by the mean score of the units
     still present in its layer (a layer whose mean is 0 keeps its raw zeros).
+    ``neuron_ranking``: ``per_layer`` (layer l loses ``neurons_removed[l]``), or ``global`` /
+    ``global_normalized``: ``sum(neurons_removed)`` neurons in all, the lowest-scored across
+    layers (scores ÷ their layer's mean for ``global_normalized``), ≥ 1 kept per layer.
     ``reconstruct``: refit each pruned layer's output projections by least squares to their
     outputs before this call, on ``batches`` (:mod:`engine.compress.reconstruct`).
 
@@ -338,21 +349,8 @@ def prune_structured_to(
         need = heads_removed - (orig * len(blocks) - g * sum(present))
         if per_layer:
             drop = _even_drop(h_scores, present, heads_removed // g, orig // g)
-        else:
-            ranked = [_layer_normalized(sc) if normalized else sc for sc in h_scores]
-            cands = sorted(
-                (float(s), layer, pos)
-                for layer, sc in enumerate(ranked)
-                for pos, s in enumerate(sc.tolist())
-            )
-            drop = {}
-            for _, layer, pos in cands:
-                if need < g:
-                    break  # whole units only: at most heads_removed heads
-                if present[layer] - len(drop.get(layer, [])) <= 1:
-                    continue  # keep at least one unit per layer
-                drop.setdefault(layer, []).append(pos)
-                need -= g
+        else:  # whole units only: at most heads_removed heads
+            drop = _lowest_across(h_scores, max(need, 0) // g, normalized=normalized)
         for layer, units in drop.items():
             positions = [u * g + i for u in units for i in range(g)]
             remove = partial(remove_heads, blocks[layer], positions)
@@ -364,18 +362,51 @@ def prune_structured_to(
             removed_h += g * len(units)
     widths = getattr(model.config, FFN_WIDTHS, None) or [ffn_width(b) for b in blocks]
     setattr(model.config, FFN_WIDTHS, list(widths))
-    for layer, (b, sc) in enumerate(zip(blocks, n_scores, strict=True)):
-        need = neurons_removed[layer] - (widths[layer] - ffn_width(b))
-        if need > 0:
-            order = torch.argsort(sc, stable=True)[:need].tolist()
+    if neuron_ranking == "per_layer":
+        n_drop = {
+            layer: torch.argsort(sc, stable=True)[:need].tolist()
+            for layer, (b, sc) in enumerate(zip(blocks, n_scores, strict=True))
+            if (need := neurons_removed[layer] - (widths[layer] - ffn_width(b))) > 0
+        }
+    else:
+        need = sum(neurons_removed) - (sum(widths) - sum(ffn_width(b) for b in blocks))
+        n_drop = _lowest_across(
+            n_scores, max(need, 0), normalized=neuron_ranking == "global_normalized"
+        )
+    for layer, order in sorted(n_drop.items()):
+        b = blocks[layer]
+        if order:
             remove = partial(remove_neurons, b, order)
             if grams is None:
                 remove()
             else:
                 remove_refitted(b, "ffn_out", grams[layer]["ffn_out"], set(order), remove)
-            removed_n += need
+            removed_n += len(order)
     sync_config(model)
     return {"heads": removed_h, "neurons": removed_n}
+
+
+def _lowest_across(
+    scores: list[torch.Tensor], total: int, *, normalized: bool
+) -> dict[int, list[int]]:
+    """Positions per layer of the ``total`` lowest-scored units across all layers (ties: the
+    earlier layer, then position), each layer keeping at least one unit; ``normalized``
+    compares each score divided by its layer's mean (:func:`_layer_normalized`)."""
+    ranked = [_layer_normalized(sc) if normalized else sc for sc in scores]
+    cands = sorted(
+        (float(s), layer, pos)
+        for layer, sc in enumerate(ranked)
+        for pos, s in enumerate(sc.tolist())
+    )
+    drop: dict[int, list[int]] = {}
+    for _, layer, pos in cands:
+        if total <= 0:
+            break
+        if len(scores[layer]) - len(drop.get(layer, [])) <= 1:
+            continue  # keep at least one unit per layer
+        drop.setdefault(layer, []).append(pos)
+        total -= 1
+    return drop
 
 
 def _layer_normalized(scores: torch.Tensor) -> torch.Tensor:
@@ -452,18 +483,21 @@ def _structured(
             task=ctx.task,
             per_layer=cfg.head_ranking == "per_layer",
             normalized=cfg.head_ranking == "global_normalized",
+            neuron_ranking=cfg.neuron_ranking,
             reconstruct=cfg.reconstruct,
         )
         return {"step": t, "head_sparsity": s_h, "neuron_sparsity": s_n, **done}
 
     _gradual(model, cfg, ctx, [t for t, _ in ev_h], prune_at, st)
     kept_heads = [len(head_ids(b)) for b in blocks] if total_heads else None
+    kept_ffn = [ffn_width(b) for b in blocks]
     ctx.records["prune"] = PruneRecord(
         method="structured",
         criterion=cfg.criterion,
         heads_total=total_heads,
         heads_kept_per_layer=kept_heads,
-        ffn_width=ffn_width(blocks[0]),
+        ffn_width=kept_ffn[0] if len(set(kept_ffn)) == 1 else None,
+        ffn_widths=kept_ffn if len(set(kept_ffn)) > 1 else None,
         ffn_width_before=widths[0],
         schedule=st["schedule"],
         prune_train_steps=cfg.steps,

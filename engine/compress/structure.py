@@ -26,13 +26,14 @@ kernels are untouched; removing only some query heads of a group is refused. Wit
 multi-head attention (every ``scratch:`` preset) the group is one head. Head ids are always
 *query*-head ids, so ``config.pruned_heads`` means the same thing in every family.
 
-Reloading (see :func:`load_pruned`): FFN neurons are removed in equal numbers from every
-layer, so the width stays uniform and ``config.intermediate_size`` (``n_inner`` for GPT-2) is
-simply updated — a model pruned only in its FFNs reloads with plain
-``AutoModelForSequenceClassification.from_pretrained``. Head counts may differ per layer
-(heads are ranked globally), which no HF config field can express any more; the original head
-ids removed per layer are kept in ``config.pruned_heads`` (the key transformers 4 used) and
-:func:`load_pruned` rebuilds the full model, removes the same heads, then loads the weights.
+Reloading (see :func:`load_pruned`): when every layer keeps the same FFN width,
+``config.intermediate_size`` (``n_inner`` for GPT-2) is simply updated — a model pruned only
+in its FFNs reloads with plain ``AutoModelForSequenceClassification.from_pretrained``. Widths
+that differ per layer (neurons ranked across layers) and head counts that differ per layer
+(heads ranked globally) are things no HF config field expresses: the widths are kept in
+``config.ffn_widths`` (one per layer, ``intermediate_size`` then being the widest), the
+original head ids removed per layer in ``config.pruned_heads`` (the key transformers 4 used),
+and :func:`load_pruned` rebuilds the full model, cuts it to that shape, then loads the weights.
 
 Facts about a pruned model live in its config, not in attributes bolted onto its modules, so
 they travel with every copy, checkpoint and ``save_pretrained``: ``config.pruned_heads``
@@ -55,6 +56,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrai
 from engine.models import layer_list
 
 __all__ = [
+    "FFN_LAYER_WIDTHS",
     "PRUNED_HEADS",
     "BlockParts",
     "block_parts",
@@ -70,6 +72,7 @@ __all__ = [
 ]
 
 PRUNED_HEADS = "pruned_heads"  # config key: {"<layer>": [original head ids removed]}
+FFN_LAYER_WIDTHS = "ffn_widths"  # config key: FFN width per layer, only when they differ
 
 
 @dataclass
@@ -280,19 +283,15 @@ def remove_neurons(block: nn.Module, neurons: list[int]) -> None:
 
 
 def sync_config(model: PreTrainedModel) -> None:
-    """Write the model's current structure into its config so ``save_pretrained`` round-trips.
-
-    Raises:
-        ValueError: FFN widths differ between layers (no config field can express that).
-    """
+    """Write the model's current structure into its config so ``save_pretrained`` round-trips:
+    the FFN width (the widest, with ``ffn_widths`` per layer when they differ) and the heads
+    removed per layer."""
     blocks = list(layer_list(model))
-    widths = {ffn_width(b) for b in blocks}
-    if len(widths) != 1:
-        raise ValueError(f"FFN widths differ between layers: {sorted(widths)}")
-    width = widths.pop()
+    widths = [ffn_width(b) for b in blocks]
     cfg = model.config
     key = "n_inner" if hasattr(cfg, "n_inner") else "intermediate_size"
-    setattr(cfg, key, width)
+    setattr(cfg, key, max(widths))
+    setattr(cfg, FFN_LAYER_WIDTHS, widths if len(set(widths)) > 1 else None)
     pruned: dict[str, list[int]] = {}
     for i, b in enumerate(blocks):
         if block_parts(b).attn is None:
@@ -307,23 +306,27 @@ def sync_config(model: PreTrainedModel) -> None:
 def load_pruned(path: str | Path) -> PreTrainedModel:
     """Reload a model saved by the engine (``save_pretrained`` after pruning), exactly.
 
-    Without pruned heads this is plain ``AutoModelForSequenceClassification.from_pretrained``.
-    With them, the full model is built from the config, the recorded heads are removed and
-    the saved weights loaded strictly (a missing or misshapen tensor is an error; a tied
-    parameter, saved once under its other name, is not missing).
+    Without pruned heads or per-layer FFN widths this is plain
+    ``AutoModelForSequenceClassification.from_pretrained``. With them, the full model is built
+    from the config, the recorded heads are removed, each layer's FFN cut to its recorded
+    width, and the saved weights loaded strictly (a missing or misshapen tensor is an error;
+    a tied parameter, saved once under its other name, is not missing).
     """
     from safetensors.torch import load_file
 
     path = Path(path)
     cfg = AutoConfig.from_pretrained(path)
     pruned = {int(k): v for k, v in removed_heads(cfg).items()}
-    if not pruned:
+    widths = getattr(cfg, FFN_LAYER_WIDTHS, None)
+    if not pruned and not widths:
         return AutoModelForSequenceClassification.from_pretrained(path).eval()
     setattr(cfg, PRUNED_HEADS, {})  # the full model first; remove_heads records them again
     model = AutoModelForSequenceClassification.from_config(cfg)
     blocks = layer_list(model)
     for i, gone in pruned.items():
         remove_heads(blocks[i], gone)  # full model: current positions = original ids
+    for block, width in zip(blocks, widths or [], strict=bool(widths)):
+        remove_neurons(block, list(range(width, ffn_width(block))))  # weights are loaded next
     state = load_file(str(path / "model.safetensors"))
     missing, unexpected = model.load_state_dict(state, strict=False)
     # a tied parameter (an item model's catalogue head is its item embedding) is saved once

@@ -180,7 +180,14 @@ def test_the_latency_architecture_has_the_runs_shapes() -> None:
 
 @pytest.mark.parametrize(
     "arm",
-    ["engine-oneshot", "engine-gradual-wt", "engine-oneshot-wt-hkd", "engine-oneshot-wt-lr3e-4"],
+    [
+        "engine-oneshot",
+        "engine-gradual-wt",
+        "engine-oneshot-wt-hkd",
+        "engine-oneshot-wt-lr3e-4",
+        "engine-oneshot-wt-lr3e-4-gffn",
+        "engine-oneshot-wt-lr3e-4-nall",
+    ],
 )
 def test_every_engine_arm_trains_the_same_total_steps(arm: str) -> None:
     # the bench's fairness claim: whichever stages an arm runs, their optimizer steps add up
@@ -204,5 +211,10 @@ def test_every_engine_arm_trains_the_same_total_steps(arm: str) -> None:
         assert list(cfg.pipeline.order) == ["prune", "distill"]
         assert cfg.pipeline.distill.alpha_hidden == 1.0
         assert cfg.pipeline.prune.criterion == "weight_taylor"
-    if arm.endswith("-lr3e-4"):  # its own rate, not --recovery-lr's
+    if "-lr3e-4" in arm:  # its own rate, not --recovery-lr's
         assert cfg.pipeline.prune.recovery_lr == 3e-4
+    rankings = (cfg.pipeline.prune.head_ranking, cfg.pipeline.prune.neuron_ranking)
+    if arm.endswith("-gffn"):
+        assert rankings == ("per_layer", "global")
+    if arm.endswith("-nall"):
+        assert rankings == ("global_normalized", "global_normalized")

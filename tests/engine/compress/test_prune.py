@@ -411,11 +411,100 @@ def test_unstructured_magnitude_hits_the_sparsity_and_keeps_the_largest() -> Non
         assert w0.detach().abs()[~kept].max() <= w0.detach().abs()[kept].min()
 
 
-def test_sync_config_rejects_uneven_ffn_widths() -> None:
-    model = tiny_bert()
-    remove_neurons(model.bert.encoder.layer[0], [0])
-    with pytest.raises(ValueError, match="FFN widths differ"):
-        sync_config(model)
+@pytest.mark.parametrize("build", [tiny_bert, tiny_gpt2, tiny_llama])
+def test_uneven_ffn_widths_and_heads_save_and_reload_exactly(build, tmp_path) -> None:
+    """Per-layer FFN widths (and heads) that differ survive ``save_pretrained`` →
+    ``load_pruned``: the same widths per layer and the same logits as the model saved."""
+    from engine.compress.structure import load_pruned
+    from engine.models import layer_list
+
+    model = build(num_layers=3)
+    blocks = list(layer_list(model))
+    for block, gone in zip(blocks, ([0, 5, 9], list(range(20)), []), strict=True):
+        remove_neurons(block, gone)
+    remove_heads(blocks[1], [0, 1])  # GQA (llama): one whole key/value group
+    sync_config(model)
+    model.save_pretrained(tmp_path)
+    back = load_pruned(tmp_path)
+    want = [ffn_width(b) for b in blocks]
+    assert len(set(want)) == 3
+    assert [ffn_width(b) for b in layer_list(back)] == want
+    data = _train(1)
+    assert torch.equal(_logits(back, data), _logits(model.eval(), data))
+
+
+def _plant_weak_neurons(model: torch.nn.Module, weak: dict[int, list[int]]) -> None:
+    """Shrink the planted neurons' in- and out-weights 1000×: by magnitude (the L2 norm of a
+    unit's weights) they are the least important, whatever layer they sit in."""
+    with torch.no_grad():
+        for layer, ns in weak.items():
+            block = model.bert.encoder.layer[layer]
+            block.intermediate.dense.weight[ns] *= 1e-3
+            block.intermediate.dense.bias[ns] *= 1e-3
+            block.output.dense.weight[:, ns] *= 1e-3
+
+
+@pytest.mark.parametrize("ranking", ["global", "per_layer"])
+def test_neuron_ranking_global_removes_the_planted_weakest_across_layers(ranking: str) -> None:
+    """12 weak neurons planted unevenly (9 in layer 0, 3 in layer 2, none in 1): ranked
+    across layers, a 12-neuron cut (neuron_sparsity 12 / 192) removes exactly them and leaves
+    uneven widths (the record and the GFLOPs fall as the removed count says); ranked per
+    layer, every layer loses 4."""
+    model = tiny_bert(num_layers=3)
+    weak = {0: [1, 4, 7, 10, 13, 16, 19, 22, 25], 2: [3, 30, 60]}
+    _plant_weak_neurons(model, weak)
+    ref = copy.deepcopy(model)
+    ctx = _ctx()
+    cfg = PruneConfig(head_sparsity=0.0, neuron_sparsity=4 / FFN, neuron_ranking=ranking)
+    STAGES.get("prune")(model, cfg, ctx)
+    blocks, old = model.bert.encoder.layer, ref.bert.encoder.layer
+    if ranking == "per_layer":
+        assert [ffn_width(b) for b in blocks] == [FFN - 4] * 3
+        assert ctx.record["prune"]["ffn_width"] == FFN - 4
+        return
+    assert [ffn_width(b) for b in blocks] == [FFN - 9, FFN, FFN - 3]
+    assert ctx.record["prune"]["ffn_widths"] == [FFN - 9, FFN, FFN - 3]
+    assert "ffn_width" not in ctx.record["prune"]
+    for layer in range(3):
+        keep = [n for n in range(FFN) if n not in weak.get(layer, [])]
+        w_old = old[layer].intermediate.dense.weight
+        assert torch.equal(blocks[layer].intermediate.dense.weight, w_old[keep])
+    # every FFN neuron costs the same multiply-adds in every layer: 2·H per token
+    drop = count_multiply_adds(ref, 16) - count_multiply_adds(model, 16)
+    assert drop == 12 * 2 * H * 16
+
+
+def _brute_lowest(scores: list[list[float]], total: int) -> set[tuple[int, int]]:
+    """The set of ``total`` units with the smallest score sum keeping ≥ 1 per layer."""
+    import itertools
+
+    units = [(lay, pos) for lay, sc in enumerate(scores) for pos in range(len(sc))]
+    feasible = (
+        c
+        for c in itertools.combinations(units, total)
+        if all(sum(1 for lay, _ in c if lay == i) < len(sc) for i, sc in enumerate(scores))
+    )
+    return set(min(feasible, key=lambda c: sum(scores[lay][pos] for lay, pos in c)))
+
+
+@pytest.mark.parametrize("normalized", [False, True])
+@pytest.mark.parametrize("seed", range(6))
+def test_lowest_across_layers_is_the_cheapest_feasible_set(seed: int, normalized: bool) -> None:
+    """Against a brute force over every subset: the units removed across layers are the
+    feasible set (≥ 1 left per layer) of least total score — scores divided by their layer's
+    mean when normalized. Layer 1 is planted with scores 50× larger (its own mean divides
+    that away under normalization)."""
+    from engine.compress.prune import _lowest_across
+
+    g = torch.Generator().manual_seed(seed)
+    sizes = [3, 4, 2]
+    scores = [torch.rand(n, generator=g, dtype=torch.float64) for n in sizes]
+    scores[1] = scores[1] * 50
+    total = 5
+    drop = _lowest_across(scores, total, normalized=normalized)
+    got = {(lay, pos) for lay, ps in drop.items() for pos in ps}
+    ref = [(sc / sc.mean()).tolist() if normalized else sc.tolist() for sc in scores]
+    assert got == _brute_lowest(ref, total)
 
 
 def test_pruned_structure_lives_in_the_config_and_follows_truncation() -> None:
