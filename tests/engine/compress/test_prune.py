@@ -431,6 +431,14 @@ def test_uneven_ffn_widths_and_heads_save_and_reload_exactly(build, tmp_path) ->
     assert [ffn_width(b) for b in layer_list(back)] == want
     data = _train(1)
     assert torch.equal(_logits(back, data), _logits(model.eval(), data))
+    # a truncate after pruning keeps each kept layer's width in the config (renumbered)
+    from engine.models import keep_layers
+
+    small = keep_layers(model, [2, 1])
+    small.save_pretrained(tmp_path / "small")  # no sync_config: the config alone must say
+    back = load_pruned(tmp_path / "small")
+    assert [ffn_width(b) for b in layer_list(back)] == [want[1], want[2]]  # forward order
+    assert torch.equal(_logits(back, data), _logits(small.eval(), data))
 
 
 def _plant_weak_neurons(model: torch.nn.Module, weak: dict[int, list[int]]) -> None:
