@@ -23,7 +23,9 @@ cache), sees the same training split and is given the same number of optimizer s
   ``-gffn`` / ``-nffn`` after it rank the FFN neurons across layers (``neuron_ranking:
   global`` / ``global_normalized``: the same neuron count, hence the same GFLOPs, with
   per-layer widths that differ), and ``-nall`` ranks heads and neurons across layers on
-  layer-normalized scores;
+  layer-normalized scores; ``-kd9`` weights the KD loss 0.9 / the task loss 0.1 (instead of
+  0.5 / 0.5), ``-t1`` / ``-t4`` distil at temperature 1 / 4 (instead of 2), ``-sb16`` scores
+  on 16 batches (instead of ``--score-batches``); ``engine-oneshot-wt-lr5e-4`` recovers at 5e-4;
 * ``tp-taylor`` / ``tp-magnitude`` — Torch-Pruning's Hugging Face BERT recipe (``MetaPruner``,
   ``num_heads`` with ``prune_num_heads``, uniform per-layer ratios, hidden size kept by
   ignoring the layers that write it), its ``GroupTaylorImportance`` (gradients of the task
@@ -235,15 +237,15 @@ def _oneshot_wt_lr(lr: float) -> Callable[[Level, dict[str, Any]], dict[str, Any
 NORM = "global_normalized"
 
 
-def _ranked(
-    values: Callable[[Level, dict[str, Any]], dict[str, Any]], **ranking: str
+def _with(
+    values: Callable[[Level, dict[str, Any]], dict[str, Any]], **prune: Any
 ) -> Callable[[Level, dict[str, Any]], dict[str, Any]]:
-    """``values`` with ``pipeline.prune.<head|neuron>_ranking`` set as given."""
+    """``values`` with ``pipeline.prune.<key>`` set as given (rankings, KD weights, …)."""
 
-    def ranked(level: Level, o: dict[str, Any]) -> dict[str, Any]:
-        return {**values(level, o), **{f"pipeline.prune.{k}": v for k, v in ranking.items()}}
+    def settled(level: Level, o: dict[str, Any]) -> dict[str, Any]:
+        return {**values(level, o), **{f"pipeline.prune.{k}": v for k, v in prune.items()}}
 
-    return ranked
+    return settled
 
 
 def _oneshot_wt_rec(level: Level, o: dict[str, Any]) -> dict[str, Any]:
@@ -343,14 +345,21 @@ ARMS: dict[str, Callable[..., Any]] = {
     "engine-oneshot-wt-rec": _study_arm(_oneshot_wt_rec),
     "engine-oneshot-wt-lr3e-4": _study_arm(_oneshot_wt_lr(3e-4)),
     "engine-oneshot-wt-lr3e-4-gffn": _study_arm(
-        _ranked(_oneshot_wt_lr(3e-4), neuron_ranking="global")
+        _with(_oneshot_wt_lr(3e-4), neuron_ranking="global")
     ),
     "engine-oneshot-wt-lr3e-4-nffn": _study_arm(
-        _ranked(_oneshot_wt_lr(3e-4), neuron_ranking="global_normalized")
+        _with(_oneshot_wt_lr(3e-4), neuron_ranking="global_normalized")
     ),
     "engine-oneshot-wt-lr3e-4-nall": _study_arm(
-        _ranked(_oneshot_wt_lr(3e-4), neuron_ranking=NORM, head_ranking=NORM)
+        _with(_oneshot_wt_lr(3e-4), neuron_ranking=NORM, head_ranking=NORM)
     ),
+    "engine-oneshot-wt-lr3e-4-kd9": _study_arm(
+        _with(_oneshot_wt_lr(3e-4), alpha_distill=0.9, alpha_task=0.1)
+    ),
+    "engine-oneshot-wt-lr3e-4-t1": _study_arm(_with(_oneshot_wt_lr(3e-4), temperature=1.0)),
+    "engine-oneshot-wt-lr3e-4-t4": _study_arm(_with(_oneshot_wt_lr(3e-4), temperature=4.0)),
+    "engine-oneshot-wt-lr3e-4-sb16": _study_arm(_with(_oneshot_wt_lr(3e-4), score_batches=16)),
+    "engine-oneshot-wt-lr5e-4": _study_arm(_oneshot_wt_lr(5e-4)),
     "tp-taylor": _tp_arm("taylor"),
     "tp-magnitude": _tp_arm("magnitude"),
     "tp-taylor-lr3e-4": _tp_arm("taylor", lr=3e-4),
