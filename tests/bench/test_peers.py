@@ -187,6 +187,8 @@ def test_the_latency_architecture_has_the_runs_shapes() -> None:
         "engine-oneshot-wt-lr3e-4",
         "engine-oneshot-wt-lr3e-4-gffn",
         "engine-oneshot-wt-lr3e-4-nall",
+        "engine-oneshot-wt-lr3e-4-t1",
+        "engine-oneshot-wt-lr3e-4-sb16",
     ],
 )
 def test_every_engine_arm_trains_the_same_total_steps(arm: str) -> None:
@@ -218,3 +220,8 @@ def test_every_engine_arm_trains_the_same_total_steps(arm: str) -> None:
         assert rankings == ("per_layer", "global")
     if arm.endswith("-nall"):
         assert rankings == ("global_normalized", "global_normalized")
+    prune = cfg.pipeline.prune
+    if arm.endswith("-t1"):  # only the temperature differs from the study's KD
+        assert (prune.temperature, prune.alpha_distill, prune.alpha_task) == (1.0, 0.5, 0.5)
+    if arm.endswith("-sb16"):
+        assert prune.score_batches == 16
