@@ -70,7 +70,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["ARMS", "LEVELS", "Level", "main", "paired", "summarize", "tp_prune"]
+__all__ = ["ARMS", "LEVELS", "Level", "arm_options", "main", "paired", "summarize", "tp_prune"]
 
 
 @dataclass(frozen=True)
@@ -217,23 +217,6 @@ def _oneshot_wt(level: Level, o: dict[str, Any]) -> dict[str, Any]:
     return {**_oneshot(level, o), "pipeline.prune.criterion": "weight_taylor"}
 
 
-def _oneshot_wt_global(level: Level, o: dict[str, Any]) -> dict[str, Any]:
-    return {**_oneshot_wt(level, o), "pipeline.prune.head_ranking": "global"}
-
-
-def _oneshot_wt_gnorm(level: Level, o: dict[str, Any]) -> dict[str, Any]:
-    return {**_oneshot_wt(level, o), "pipeline.prune.head_ranking": "global_normalized"}
-
-
-def _oneshot_wt_lr(lr: float) -> Callable[[Level, dict[str, Any]], dict[str, Any]]:
-    """``engine-oneshot-wt`` whose recovery runs at ``lr`` whatever ``--recovery-lr`` says."""
-
-    def values(level: Level, o: dict[str, Any]) -> dict[str, Any]:
-        return {**_oneshot_wt(level, o), "pipeline.prune.recovery_lr": lr}
-
-    return values
-
-
 NORM = "global_normalized"
 
 
@@ -246,6 +229,11 @@ def _with(
         return {**values(level, o), **{f"pipeline.prune.{k}": v for k, v in prune.items()}}
 
     return settled
+
+
+def _oneshot_wt_lr(lr: float) -> Callable[[Level, dict[str, Any]], dict[str, Any]]:
+    """``engine-oneshot-wt`` whose recovery runs at ``lr`` whatever ``--recovery-lr`` says."""
+    return _with(_oneshot_wt, recovery_lr=lr)
 
 
 def _oneshot_wt_rec(level: Level, o: dict[str, Any]) -> dict[str, Any]:
@@ -339,9 +327,9 @@ ARMS: dict[str, Callable[..., Any]] = {
     "engine-gradual": _study_arm(_gradual),
     "engine-gradual-wt": _study_arm(_gradual_wt),
     "engine-oneshot-wt": _study_arm(_oneshot_wt),
-    "engine-oneshot-wt-global": _study_arm(_oneshot_wt_global),
+    "engine-oneshot-wt-global": _study_arm(_with(_oneshot_wt, head_ranking="global")),
     "engine-oneshot-wt-hkd": _study_arm(_oneshot_wt_hkd),
-    "engine-oneshot-wt-gnorm": _study_arm(_oneshot_wt_gnorm),
+    "engine-oneshot-wt-gnorm": _study_arm(_with(_oneshot_wt, head_ranking=NORM)),
     "engine-oneshot-wt-rec": _study_arm(_oneshot_wt_rec),
     "engine-oneshot-wt-lr3e-4": _study_arm(_oneshot_wt_lr(3e-4)),
     "engine-oneshot-wt-lr3e-4-gffn": _study_arm(
@@ -369,6 +357,16 @@ ARMS: dict[str, Callable[..., Any]] = {
 
 
 # --------------------------------------------------------------------------- one run
+def arm_options(
+    shared: Any, steps: int, score_batches: int, recovery_lr: float, alpha_hidden: float
+) -> dict[str, Any]:
+    """The options every arm reads (``opts``): the bench's settings and the teacher's shape."""
+    return {"steps": steps, "score_batches": score_batches, "recovery_lr": recovery_lr,
+            "alpha_hidden": alpha_hidden,
+            "heads": int(shared.teacher_config["num_attention_heads"]),
+            "ffn": int(shared.teacher_config["intermediate_size"])}  # fmt: skip
+
+
 _WORKER: dict[str, Any] = {}
 
 
@@ -565,10 +563,7 @@ def main(argv: list[str] | None = None) -> int:
     state = json.loads(a.json.read_text()) if a.json.exists() else {"rows": []}
     done = {(r["arm"], r["level"], r["seed"]) for r in state["rows"]}
     study, shared, teacher_q = _prepare(a.study, a.set)
-    heads = int(shared.teacher_config["num_attention_heads"])
-    ffn = int(shared.teacher_config["intermediate_size"])
-    opts = {"steps": a.steps, "score_batches": a.score_batches, "recovery_lr": a.recovery_lr,
-            "alpha_hidden": a.alpha_hidden, "heads": heads, "ffn": ffn}  # fmt: skip
+    opts = arm_options(shared, a.steps, a.score_batches, a.recovery_lr, a.alpha_hidden)
     state["setup"] = {
         "study": a.study, "overrides": a.set, "corpus": study.data.corpus,
         "train": len(shared.splits["train"]["labels"]),

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.peers import ARMS, LEVELS, _prepare
+from bench.peers import ARMS, LEVELS, _prepare, arm_options
 from engine.trial import TrialReporter, _structure_key
 
 __all__ = ["TimedReporter", "main"]
@@ -121,9 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--every takes 0 (no reports) or a positive step count")
     torch.set_num_threads(a.threads)
     study, shared, _ = _prepare(a.study, a.set)
-    opts = {"steps": a.steps, "score_batches": 8, "recovery_lr": 1e-4, "alpha_hidden": 1.0,
-            "heads": int(shared.teacher_config["num_attention_heads"]),
-            "ffn": int(shared.teacher_config["intermediate_size"])}  # fmt: skip
+    opts = arm_options(shared, a.steps, score_batches=8, recovery_lr=1e-4, alpha_hidden=1.0)
     rows = []
     for seed in a.seeds:  # every setting once per seed, alternating, so drift hits all alike
         for every in a.every:

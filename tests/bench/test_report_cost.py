@@ -26,7 +26,6 @@ def test_timed_reporter_counts_cost_only_when_the_architecture_changed() -> None
     # 6 pruning steps + 4 recovery steps, a report every 2
     assert [r["step"] for r in sent] == [2, 4, 6, 8, 10]
     assert len(reporter.timings) == len(sent)
-    assert all(t["s"] > 0 for t in reporter.timings)
     gflops = [r["gflops"] for r in sent]
     changed = [i == 0 or gflops[i] != gflops[i - 1] for i in range(len(gflops))]
     assert [t["counted_cost"] for t in reporter.timings] == changed
