@@ -103,8 +103,16 @@ def test_pruned_and_quantized_students_reload_and_time(tmp_path: Path) -> None:
     shapes, int8 Linear modules on CPU) and get a figure; rows without a saved model get NaN
     and the reason, never another condition's number."""
     trunc = ("truncate", TruncateConfig(keep_layers=2, strategy="uniform"))
-    heads = ("prune", PruneConfig(head_sparsity=0.4, neuron_sparsity=0.25, steps=2, batch_size=8))
-    ffn = ("prune", PruneConfig(head_sparsity=0, neuron_sparsity=0.5, recovery_steps=2))
+    heads = (
+        "prune",
+        PruneConfig(
+            criterion="magnitude", head_sparsity=0.4, neuron_sparsity=0.25, steps=2, batch_size=8
+        ),
+    )
+    ffn = (
+        "prune",
+        PruneConfig(criterion="magnitude", head_sparsity=0, neuron_sparsity=0.5, recovery_steps=2),
+    )
     pruned, pruned_dir = _student(tmp_path / "pruned", [heads, trunc])
     quant, quant_dir = _student(tmp_path / "quant", [trunc, ffn, ("quantize", QuantizeConfig())])
 

@@ -203,7 +203,7 @@ def test_a_students_kd_target_is_the_ensemble_mean(prepared, member_predictions,
         values = {
             "pipeline.order": ["prune"],
             "pipeline.prune": {
-                **kd, "method": "structured", "head_sparsity": 0.0, "neuron_sparsity": 0.0,
+                **kd, "method": "structured", "criterion": "magnitude", "head_sparsity": 0.0, "neuron_sparsity": 0.0,
                 "steps": 0, "recovery_steps": 1,
             },
         }  # fmt: skip

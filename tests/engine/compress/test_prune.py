@@ -130,7 +130,7 @@ def test_the_stage_prunes_to_the_schedule_at_every_pruning_step() -> None:
     model = tiny_bert()
     ctx = _ctx()
     cfg = PruneConfig(
-        head_sparsity=0.5, neuron_sparsity=0.75, initial_sparsity=0.1, steps=6, prune_every=2,
+        criterion="magnitude", head_sparsity=0.5, neuron_sparsity=0.75, initial_sparsity=0.1, steps=6, prune_every=2,
         exponent=2.0, batch_size=8, kd=True,
     )  # fmt: skip
     out = STAGES.get("prune")(model, cfg, ctx)
@@ -154,8 +154,8 @@ def test_the_stage_prunes_to_the_schedule_at_every_pruning_step() -> None:
 
 def test_recovery_uses_its_own_learning_rate() -> None:
     ctx = _ctx()
-    cfg = PruneConfig(lr=5e-4, recovery_lr=2e-5, recovery_steps=5, recovery_warmup_ratio=0.0,
-                      steps=2, batch_size=8)  # fmt: skip
+    cfg = PruneConfig(criterion="magnitude", lr=5e-4, recovery_lr=2e-5, recovery_steps=5,
+                      recovery_warmup_ratio=0.0, steps=2, batch_size=8)  # fmt: skip
     STAGES.get("prune")(tiny_bert(), cfg, ctx)
     rec = ctx.record["prune"]["recovery"]
     assert rec["steps"] == 5
@@ -216,15 +216,54 @@ def test_weight_taylor_is_the_sum_of_weight_times_gradient_over_each_unit() -> N
     assert float(torch.stack(h).min()) > 0  # every unit matters, so the check is informative
 
 
+def test_by_default_structured_pruning_cuts_the_lowest_weight_taylor_neurons_in_one_shot() -> None:
+    """The defaults are the recipe measured best (weight-Taylor, one shot): with nothing but
+    the sparsity set, every layer loses exactly its neurons of least Σ |w · ∂L/∂w| (up row +
+    down column), the gradient of the labels' cross-entropy over the training set, computed
+    here by hand. 32 examples at the default batch size 32: every score batch is the whole set,
+    so the ranking does not depend on the draw. Masked methods resolve ``auto`` to magnitude,
+    so switching ``method`` alone is valid, and they refuse any other criterion."""
+    model = tiny_bert()
+    train = _train()
+    assert len(train["labels"]) == PruneConfig().batch_size
+    ref = copy.deepcopy(model)
+    logits = ref(input_ids=train["input_ids"], attention_mask=train["attention_mask"]).logits
+    torch.nn.functional.cross_entropy(logits, train["labels"]).backward()
+    cut = FFN // 4
+    want = []
+    for blk in ref.bert.encoder.layer:
+        up, down = blk.intermediate.dense, blk.output.dense
+        score = (up.weight * up.weight.grad).abs().sum(1) + (
+            down.weight * down.weight.grad
+        ).abs().sum(0)
+        want.append(sorted(torch.argsort(score)[cut:].tolist()))
+    ctx = _ctx(train)
+    out = STAGES.get("prune")(model, PruneConfig(head_sparsity=0.0, neuron_sparsity=0.25), ctx)
+    assert ctx.record["prune"]["criterion"] == "weight_taylor"
+    assert [e["step"] for e in ctx.record["prune"]["schedule"]] == [0]  # one event: one shot
+    for i, blk in enumerate(out.bert.encoder.layer):
+        old = ref.bert.encoder.layer[i].intermediate.dense.weight
+        kept = [int((old == row).all(1).nonzero()) for row in blk.intermediate.dense.weight]
+        assert kept == want[i], i
+    for method in ("unstructured", "semi_structured_2_4"):
+        assert PruneConfig(method=method).criterion_used == "magnitude"
+        with pytest.raises(ValueError, match="supports criterion 'magnitude' only"):
+            PruneConfig(method=method, criterion="weight_taylor")
+
+
 @pytest.mark.parametrize("factory", [tiny_gpt2, tiny_llama])
 def test_decoders_prune_ffn_neurons_and_heads(factory) -> None:
     model = factory()
     ctx = _ctx()
-    out = STAGES.get("prune")(model, PruneConfig(head_sparsity=0, neuron_sparsity=0.5), ctx)
+    out = STAGES.get("prune")(
+        model, PruneConfig(criterion="magnitude", head_sparsity=0, neuron_sparsity=0.5), ctx
+    )
     assert ctx.record["prune"]["ffn_width"] == ctx.record["prune"]["ffn_width_before"] // 2
     assert torch.isfinite(_logits(out, _train(1))).all()
     ctx = _ctx()  # heads too: 4 of 16 (tiny_llama: 2 key/value groups of 2 query heads)
-    out = STAGES.get("prune")(factory(), PruneConfig(head_sparsity=0.25), ctx)
+    out = STAGES.get("prune")(
+        factory(), PruneConfig(criterion="magnitude", head_sparsity=0.25), ctx
+    )
     rec = ctx.record["prune"]
     assert rec["heads_total"] == 16 and sum(rec["heads_kept_per_layer"]) == 12
     assert sum(len(v) for v in out.config.pruned_heads.values()) == 4
@@ -463,7 +502,9 @@ def test_neuron_ranking_global_removes_the_planted_weakest_across_layers(ranking
     _plant_weak_neurons(model, weak)
     ref = copy.deepcopy(model)
     ctx = _ctx()
-    cfg = PruneConfig(head_sparsity=0.0, neuron_sparsity=4 / FFN, neuron_ranking=ranking)
+    cfg = PruneConfig(
+        criterion="magnitude", head_sparsity=0.0, neuron_sparsity=4 / FFN, neuron_ranking=ranking
+    )
     STAGES.get("prune")(model, cfg, ctx)
     blocks, old = model.bert.encoder.layer, ref.bert.encoder.layer
     if ranking == "per_layer":
@@ -576,15 +617,20 @@ def test_per_layer_head_ranking_removes_the_same_count_from_every_layer(removed)
             total = sum(scores[i][h] for i, hs in enumerate(sets) for h in hs)
             if total < best - 1e-9:
                 best, best_sets = total, {i: set(hs) for i, hs in enumerate(sets)}
-    cfg = PruneConfig(head_sparsity=removed / 16, neuron_sparsity=0.0, head_ranking="per_layer")
+    cfg = PruneConfig(
+        criterion="magnitude",
+        head_sparsity=removed / 16,
+        neuron_sparsity=0.0,
+        head_ranking="per_layer",
+    )
     out = STAGES.get("prune")(copy.deepcopy(model), cfg, _ctx())
     gone = {int(k): set(v) for k, v in out.config.pruned_heads.items()}
     assert {i: gone.get(i, set()) for i in range(4)} == best_sets
     per_layer = sorted(len(v) for v in best_sets.values())
     assert per_layer == [base] * (4 - extra) + [base + 1] * extra
 
-    out = STAGES.get("prune")(copy.deepcopy(model), PruneConfig(head_sparsity=removed / 16,
-                              neuron_sparsity=0.0), _ctx())  # fmt: skip
+    cfg = PruneConfig(criterion="magnitude", head_sparsity=removed / 16, neuron_sparsity=0.0)
+    out = STAGES.get("prune")(copy.deepcopy(model), cfg, _ctx())
     global_gone = {int(k): set(v) for k, v in out.config.pruned_heads.items()}
     assert global_gone[0] == {0, 1, 2}  # the planted heads, all of them: ranking is global
 
@@ -609,7 +655,12 @@ def test_global_normalized_ranking_removes_the_least_relative_heads(removed) -> 
     assert want[2], "the planted layer must lose a head under the relative ranking"
 
     def gone(ranking: str) -> dict[int, set[int]]:
-        cfg = PruneConfig(head_sparsity=removed / 16, neuron_sparsity=0.0, head_ranking=ranking)
+        cfg = PruneConfig(
+            criterion="magnitude",
+            head_sparsity=removed / 16,
+            neuron_sparsity=0.0,
+            head_ranking=ranking,
+        )
         out = STAGES.get("prune")(copy.deepcopy(model), cfg, _ctx())
         got = {int(k): set(v) for k, v in out.config.pruned_heads.items()}
         return {i: got.get(i, set()) for i in range(4)}
@@ -622,8 +673,9 @@ def test_per_layer_head_ranking_stays_even_over_a_gradual_schedule() -> None:
     """Three pruning events (sparsity 1/8 → 1/2 of 16 heads) with training in between: the
     cumulative removal still ends at 2 heads out of every layer."""
     model = tiny_gpt2()
-    cfg = PruneConfig(head_sparsity=0.5, neuron_sparsity=0.0, initial_sparsity=0.125, steps=4,
-                      prune_every=2, head_ranking="per_layer", batch_size=8)  # fmt: skip
+    cfg = PruneConfig(criterion="magnitude", head_sparsity=0.5, neuron_sparsity=0.0,
+                      initial_sparsity=0.125, steps=4, prune_every=2, head_ranking="per_layer",
+                      batch_size=8)  # fmt: skip
     ctx = _ctx(_train(2))
     out = STAGES.get("prune")(model, cfg, ctx)
     rec = ctx.records["prune"]

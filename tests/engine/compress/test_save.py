@@ -39,8 +39,16 @@ def _logits(model: torch.nn.Module) -> torch.Tensor:
 
 
 TRUNC = ("truncate", TruncateConfig(keep_layers=2, strategy="uniform"))
-FFN_ONLY = ("prune", PruneConfig(head_sparsity=0, neuron_sparsity=0.5, recovery_steps=2))
-HEADS = ("prune", PruneConfig(head_sparsity=0.4, neuron_sparsity=0.25, steps=2, batch_size=8))
+FFN_ONLY = (
+    "prune",
+    PruneConfig(criterion="magnitude", head_sparsity=0, neuron_sparsity=0.5, recovery_steps=2),
+)
+HEADS = (
+    "prune",
+    PruneConfig(
+        criterion="magnitude", head_sparsity=0.4, neuron_sparsity=0.25, steps=2, batch_size=8
+    ),
+)
 
 
 @pytest.mark.parametrize(
