@@ -116,9 +116,15 @@ def test_random_plan_runs_every_point_under_every_seed() -> None:
 def test_one_at_a_time_varies_one_key_from_the_study_settings() -> None:
     cfg = load_study("sensitivity")
     points = plan_search(cfg).param_space["values"]["grid_search"]
+    extra = [dict(e) for e in cfg.search.extra]  # beside the knobs, as written, at the end
+    assert extra, "the study has an extra arm, so the test covers knobs and extras together"
+    knobs = points[1 : len(points) - len(extra)]
     assert points[0] == {}  # the study's own settings
-    assert all(len(p) == 1 for p in points[1:])
-    assert len(points) == 1 + sum(len(v) for v in cfg.search.space.values())
+    assert all(len(p) == 1 for p in knobs)
+    assert [(k, v) for p in knobs for k, v in p.items()] == [
+        (k, v) for k, vs in cfg.search.space.items() for v in vs
+    ]
+    assert points[len(points) - len(extra) :] == extra
 
 
 def test_trial_seed_from_seed_or_repeat_index() -> None:
