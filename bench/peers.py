@@ -26,6 +26,10 @@ cache), sees the same training split and is given the same number of optimizer s
   layer-normalized scores; ``-kd9`` weights the KD loss 0.9 / the task loss 0.1 (instead of
   0.5 / 0.5), ``-t1`` / ``-t4`` distil at temperature 1 / 4 (instead of 2), ``-sb16`` scores
   on 16 batches (instead of ``--score-batches``); ``engine-oneshot-wt-lr5e-4`` recovers at 5e-4;
+  ``-bias`` after ``-t1`` adds the removed units' mean output to the output projection's bias
+  (``reconstruct: bias``, FLAP's compensation), and ``engine-oneshot-fl-lr3e-4-t1`` /
+  ``-bias`` score by FLAP's ``fluctuation`` (token variance × squared output column norm)
+  instead of weight-Taylor, without / with that compensation;
 * ``tp-taylor`` / ``tp-magnitude`` — Torch-Pruning's Hugging Face BERT recipe (``MetaPruner``,
   ``num_heads`` with ``prune_num_heads``, uniform per-layer ratios, hidden size kept by
   ignoring the layers that write it), its ``GroupTaylorImportance`` (gradients of the task
@@ -239,7 +243,7 @@ def _oneshot_wt_lr(lr: float) -> Callable[[Level, dict[str, Any]], dict[str, Any
 def _oneshot_wt_rec(level: Level, o: dict[str, Any]) -> dict[str, Any]:
     """``engine-oneshot-wt`` whose pruned layers' output projections are refitted by least
     squares on the score batches before recovery (``pipeline.prune.reconstruct``)."""
-    return {**_oneshot_wt(level, o), "pipeline.prune.reconstruct": True}
+    return {**_oneshot_wt(level, o), "pipeline.prune.reconstruct": "least_squares"}
 
 
 def _oneshot_wt_hkd(level: Level, o: dict[str, Any]) -> dict[str, Any]:
@@ -348,6 +352,15 @@ ARMS: dict[str, Callable[..., Any]] = {
     "engine-oneshot-wt-lr3e-4-t4": _study_arm(_with(_oneshot_wt_lr(3e-4), temperature=4.0)),
     "engine-oneshot-wt-lr3e-4-sb16": _study_arm(_with(_oneshot_wt_lr(3e-4), score_batches=16)),
     "engine-oneshot-wt-lr5e-4": _study_arm(_oneshot_wt_lr(5e-4)),
+    "engine-oneshot-wt-lr3e-4-t1-bias": _study_arm(
+        _with(_oneshot_wt_lr(3e-4), temperature=1.0, reconstruct="bias")
+    ),
+    "engine-oneshot-fl-lr3e-4-t1": _study_arm(
+        _with(_oneshot_wt_lr(3e-4), temperature=1.0, criterion="fluctuation")
+    ),
+    "engine-oneshot-fl-lr3e-4-t1-bias": _study_arm(
+        _with(_oneshot_wt_lr(3e-4), temperature=1.0, criterion="fluctuation", reconstruct="bias")
+    ),
     "tp-taylor": _tp_arm("taylor"),
     "tp-magnitude": _tp_arm("magnitude"),
     "tp-taylor-lr3e-4": _tp_arm("taylor", lr=3e-4),

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from transformers import PreTrainedModel
 
 from engine.compress.base import (
@@ -50,7 +50,7 @@ from engine.compress.base import (
     register_stage,
 )
 from engine.compress.masked import apply_masks, magnitude_masks, mask_sparsity, two_four_masks
-from engine.compress.reconstruct import input_grams, remove_refitted
+from engine.compress.reconstruct import MODES, input_grams, remove_refitted
 from engine.compress.schedule import pruning_events
 from engine.compress.scores import unit_scores
 from engine.compress.structure import (
@@ -114,13 +114,18 @@ class PruneConfig(OptimConfig, KDConfig):
     needs no criterion per method.
 
     ``reconstruct``: at each pruning event, refit the output projection of every layer that
-    lost heads or neurons by least squares, so its output on the event's score batches stays
-    as close as possible to the unpruned layer's (:mod:`engine.compress.reconstruct`; one
-    extra forward pass over those batches per event; magnitude pruning draws them too).
+    lost heads or neurons on the event's score batches (:mod:`engine.compress.reconstruct`;
+    one extra forward pass over those batches per event; magnitude pruning draws them too):
+    ``least_squares`` refits the kept columns and bias so the output stays as close as
+    possible to the unpruned layer's; ``bias`` only adds the removed units' mean contribution
+    to the bias (FLAP's compensation); ``none`` (default) removes and refits nothing. ``true``
+    / ``false`` are read as ``least_squares`` / ``none`` (the option was a flag before).
     """
 
     method: Literal["structured", "unstructured", "semi_structured_2_4"] = "structured"
-    criterion: Literal["auto", "magnitude", "taylor", "fisher", "weight_taylor"] = "auto"
+    criterion: Literal["auto", "magnitude", "taylor", "fisher", "weight_taylor", "fluctuation"] = (
+        "auto"
+    )
     head_sparsity: float = Field(0.25, ge=0, lt=1)
     neuron_sparsity: float = Field(0.25, ge=0, lt=1)
     weight_sparsity: float = Field(0.5, ge=0, lt=1)
@@ -131,10 +136,15 @@ class PruneConfig(OptimConfig, KDConfig):
     score_batches: int = Field(4, ge=1)
     head_ranking: Literal["global", "global_normalized", "per_layer"] = "global"
     neuron_ranking: Literal["global", "global_normalized", "per_layer"] = "per_layer"
-    reconstruct: bool = False
+    reconstruct: Literal["none", "bias", "least_squares"] = "none"
     recovery_steps: int = Field(0, ge=0)
     recovery_lr: float = Field(3e-4, gt=0, lt=1)
     recovery_warmup_ratio: float = Field(0.1, ge=0, lt=1)
+
+    @field_validator("reconstruct", mode="before")
+    @classmethod
+    def _flag(cls, v: Any) -> Any:
+        return {True: "least_squares", False: "none"}.get(v, v) if isinstance(v, bool) else v
 
     @model_validator(mode="after")
     def _check(self) -> PruneConfig:
@@ -327,7 +337,7 @@ def prune_structured_to(
     per_layer: bool = False,
     normalized: bool = False,
     neuron_ranking: str = "per_layer",
-    reconstruct: bool = False,
+    reconstruct: str = "none",
 ) -> dict[str, int]:
     """Prune until ``heads_removed`` heads in total (global ranking, ≥ 1 kept per layer) and
     ``neurons_removed[l]`` neurons of layer l are gone, counting units removed before.
@@ -340,8 +350,9 @@ def prune_structured_to(
     ``neuron_ranking``: ``per_layer`` (layer l loses ``neurons_removed[l]``), or ``global`` /
     ``global_normalized``: ``sum(neurons_removed)`` neurons in all, the lowest-scored across
     layers (scores ÷ their layer's mean for ``global_normalized``), ≥ 1 kept per layer.
-    ``reconstruct``: refit each pruned layer's output projections by least squares to their
-    outputs before this call, on ``batches`` (:mod:`engine.compress.reconstruct`).
+    ``reconstruct``: refit each pruned layer's output projections on ``batches``, by
+    ``least_squares`` to their outputs before this call or by ``bias`` compensation of the
+    removed units' mean (:mod:`engine.compress.reconstruct`); ``none``: plain removal.
 
     Heads go by head unit (:func:`engine.compress.structure.head_group`): under grouped-query
     attention a whole key/value group at a time, so the count is rounded down to a multiple
@@ -358,7 +369,9 @@ def prune_structured_to(
     h_scores, n_scores = unit_scores(
         model, criterion, heads=heads, batches=batches or [], device=device, task=task
     )
-    grams = input_grams(model, batches or [], device) if reconstruct else None
+    if reconstruct not in MODES:
+        raise ValueError(f"unknown reconstruct mode {reconstruct!r} (known: {', '.join(MODES)})")
+    grams = input_grams(model, batches or [], device) if reconstruct != "none" else None
     removed_h = removed_n = 0
     if heads and h_scores is not None:
         orig = model.config.num_attention_heads
@@ -376,7 +389,9 @@ def prune_structured_to(
                 remove()
             else:
                 cols = set(_span(positions, head_size(blocks[layer])).tolist())
-                remove_refitted(blocks[layer], "attn_out", grams[layer]["attn_out"], cols, remove)
+                remove_refitted(
+                    blocks[layer], "attn_out", grams[layer]["attn_out"], cols, remove, reconstruct
+                )
             removed_h += g * len(units)
     widths = getattr(model.config, FFN_WIDTHS, None) or [ffn_width(b) for b in blocks]
     setattr(model.config, FFN_WIDTHS, list(widths))
@@ -398,7 +413,9 @@ def prune_structured_to(
             if grams is None:
                 remove()
             else:
-                remove_refitted(b, "ffn_out", grams[layer]["ffn_out"], set(order), remove)
+                remove_refitted(
+                    b, "ffn_out", grams[layer]["ffn_out"], set(order), remove, reconstruct
+                )
             removed_n += len(order)
     sync_config(model)
     return {"heads": removed_h, "neurons": removed_n}
@@ -489,7 +506,7 @@ def _structured(
 
     def prune_at(i: int) -> dict[str, Any]:
         (t, s_h), (_, s_n) = ev_h[i], ev_n[i]
-        draw = cfg.criterion_used != "magnitude" or cfg.reconstruct
+        draw = cfg.criterion_used != "magnitude" or cfg.reconstruct != "none"
         batches = _score_batches(ctx, cfg, ctx.seed + 1 + t) if draw else []
         done = prune_structured_to(
             model,

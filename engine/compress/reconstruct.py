@@ -19,6 +19,16 @@ the kept inputs are nearly collinear or few tokens were seen). Padding tokens ar
 
 Each layer is fitted to the unpruned layer's output on the unpruned model's inputs (not on
 the inputs the already-pruned earlier layers would give it): one pass, no ordering effects.
+
+``bias`` compensation (:func:`compensate_bias`) is the cheap half of that: the kept columns
+stay as they are and only the bias absorbs the removed units' *mean* contribution,
+
+    b' = b + Σ_{j removed} W[:, j] · E[x_j]
+
+(the bias compensation of FLAP: An et al., "Fluctuation-based Adaptive Structured Pruning for
+Large Language Models", AAAI 2024). The removed units' output then errs by their fluctuation
+around the mean only; nothing is fitted, so nothing can overfit a few calibration batches.
+The means come from the same Gram (its bias column holds Σ x and the token count).
 """
 
 from __future__ import annotations
@@ -31,7 +41,17 @@ from torch import nn
 from engine.compress.structure import block_parts
 from engine.models import layer_list
 
-__all__ = ["DAMPING", "assign", "input_grams", "refit", "remove_refitted"]
+__all__ = [
+    "DAMPING",
+    "MODES",
+    "assign",
+    "compensate_bias",
+    "input_grams",
+    "refit",
+    "remove_refitted",
+]
+
+MODES = ("none", "bias", "least_squares")  # pipeline.prune.reconstruct
 
 DAMPING = 1e-4
 
@@ -113,6 +133,30 @@ def refit(
     return new_w.to(dtype), (new_b.to(dtype) if new_b is not None else None)
 
 
+def compensate_bias(
+    module: nn.Module, gram: torch.Tensor, keep: Sequence[int], conv1d: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``module``'s (still unpruned) kept input columns ``keep`` unchanged and its bias plus
+    the removed columns' mean contribution, Σ_{j ∉ keep} W[:, j] · mean(x_j), in the layout of
+    :func:`refit`. The means are the Gram's bias column over its token count."""
+    if getattr(module, "bias", None) is None:
+        raise ValueError(
+            f"bias compensation needs a bias on {type(module).__name__}; this model's output "
+            "projection has none (use reconstruct: least_squares or none)"
+        )
+    w = module.weight.detach().double()
+    w_t = w if conv1d else w.T  # [in, out]
+    n_in = w_t.shape[0]
+    mean = gram[:n_in, n_in] / gram[n_in, n_in]
+    kept = torch.tensor(list(keep), dtype=torch.long)
+    gone = torch.ones(n_in, dtype=torch.bool)
+    gone[kept] = False
+    new_b = module.bias.detach().double() + mean[gone] @ w_t[gone]
+    new_w = w_t[kept] if conv1d else w_t[kept].T
+    dtype = module.weight.dtype
+    return new_w.to(dtype), new_b.to(dtype)
+
+
 def assign(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
     """Put a :func:`refit` result into the (already sliced) ``module``."""
     if module.weight.shape != weight.shape:
@@ -126,14 +170,23 @@ def assign(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -
 
 
 def remove_refitted(
-    block: nn.Module, part: str, gram: torch.Tensor, gone: set[int], remove: Callable[[], None]
+    block: nn.Module,
+    part: str,
+    gram: torch.Tensor,
+    gone: set[int],
+    remove: Callable[[], None],
+    mode: str = "least_squares",
 ) -> None:
     """Run ``remove()``, which drops input columns ``gone`` of the block's ``part`` projection
     (``"attn_out"`` or ``"ffn_out"`` of :class:`~engine.compress.structure.BlockParts`), and
-    put the least-squares refit of the columns that stay into that projection."""
+    put into that projection the columns that stay refitted by ``mode``: ``least_squares``
+    (:func:`refit`) or ``bias`` (:func:`compensate_bias`)."""
     parts = block_parts(block)
     module = getattr(parts, part)
     n_in = module.weight.shape[0 if parts.conv1d else 1]
-    new = refit(module, gram, [c for c in range(n_in) if c not in gone], parts.conv1d)
+    fit = {"least_squares": refit, "bias": compensate_bias}.get(mode)
+    if fit is None:
+        raise ValueError(f"unknown reconstruct mode {mode!r} (known: least_squares, bias)")
+    new = fit(module, gram, [c for c in range(n_in) if c not in gone], parts.conv1d)
     remove()
     assign(getattr(block_parts(block), part), *new)

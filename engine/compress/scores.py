@@ -11,6 +11,12 @@
 * ``weight_taylor`` — first-order Taylor per *weight*, summed over the unit (Molchanov et al.
   2019, Torch-Pruning's ``GroupTaylorImportance``): Σ |w · ∂L/∂w| over the unit's weights
   (the same entries as magnitude, biases left out), with ∂L/∂w summed over the batches.
+* ``fluctuation`` — FLAP's fluctuation metric (An et al. 2024, "Fluctuation-based Adaptive
+  Structured Pruning for Large Language Models"): how much the unit's output *varies* across
+  the batches' real tokens, as the output projection sees it — for each input column j of
+  that projection, the token variance of x_j × ‖W[:, j]‖², summed over the unit's columns.
+  What a unit outputs on average the bias can take over when it goes
+  (``pipeline.prune.reconstruct: bias``); only the fluctuation is lost. No gradients.
 
 Head scores are per *head unit*, the heads :func:`engine.compress.structure.remove_heads`
 removes together: one head, or under grouped-query attention (Llama with fewer key/value
@@ -41,7 +47,7 @@ from engine.tasks import DEFAULT_TASK, Task, get_task
 
 __all__ = ["CRITERIA", "unit_scores"]
 
-CRITERIA = ("magnitude", "taylor", "fisher", "weight_taylor")
+CRITERIA = ("magnitude", "taylor", "fisher", "weight_taylor", "fluctuation")
 
 UnitScores = tuple[list[torch.Tensor] | None, list[torch.Tensor]]  # (heads, neurons) per layer
 
@@ -186,6 +192,37 @@ def _mask_gradients(
     return (out[k:] if heads else None), out[:k]
 
 
+def _fluctuation(
+    model: nn.Module,
+    batches: list[dict[str, torch.Tensor]],
+    heads: bool,
+    device: torch.device,
+) -> UnitScores:
+    from engine.compress.reconstruct import input_grams
+
+    if not batches:
+        raise ValueError("fluctuation scores need at least one batch")
+    grams = input_grams(model, batches, device)
+    h_scores: list[torch.Tensor] = []
+    n_scores: list[torch.Tensor] = []
+
+    def column_scores(module: nn.Module, gram: torch.Tensor, conv1d: bool) -> torch.Tensor:
+        n = gram[-1, -1]
+        mean = gram[:-1, -1] / n
+        var = (torch.diagonal(gram)[:-1] / n - mean**2).clamp_min(0)
+        w = module.weight.detach().double()
+        col_norm2 = (w**2).sum(1 if conv1d else 0)  # ‖W[:, j]‖² per input column j
+        return (var * col_norm2).float().cpu()
+
+    for block, g in zip(layer_list(model), grams, strict=True):
+        p = block_parts(block)
+        n_scores.append(column_scores(p.ffn_out, g["ffn_out"], p.conv1d))
+        if heads:
+            cols = column_scores(p.attn_out, g["attn_out"], p.conv1d)
+            h_scores.append(cols.reshape(_units(block), -1).sum(1))
+    return (h_scores if heads else None), n_scores
+
+
 def unit_scores(
     model: nn.Module,
     criterion: str,
@@ -211,4 +248,6 @@ def unit_scores(
         )
     if criterion == "weight_taylor":
         return _weight_taylor(model, batches, heads, torch.device(device), get_task(task))
+    if criterion == "fluctuation":
+        return _fluctuation(model, list(batches), heads, torch.device(device))
     raise ValueError(f"unknown pruning criterion {criterion!r} (known: {', '.join(CRITERIA)})")

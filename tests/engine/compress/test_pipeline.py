@@ -23,7 +23,7 @@ BEFORE = {
         "neuron_sparsity": 0.25, "weight_sparsity": 0.5, "initial_sparsity": 0.0,
         "exponent": 3.0, "steps": 0, "prune_every": 1, "score_batches": 4,
         "head_ranking": "global",  # added later (issue 18); default keeps the old global ranking
-        "reconstruct": False,  # added later (issue 18); off: no refit, as before
+        "reconstruct": "none",  # added later (issue 18, a flag at first); off: no refit, as before
         "neuron_ranking": "per_layer",  # added later (issue 18); uniform widths, as before
         "lr": 1e-4,
         "batch_size": 32, "weight_decay": 0.01, "kd": True, "temperature": 2.0,

@@ -1,0 +1,66 @@
+"""Unit scores (engine/compress/scores.py): the ``fluctuation`` criterion against a per-example
+loop over each example's real tokens and NumPy's variance (the other criteria are checked in
+``test_prune.py``, beside the stage that uses them)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from engine.compress.scores import unit_scores
+from tests.conftest import tiny_bert, toy_batches
+
+D = 8  # tiny_bert head size
+
+
+def _inputs_per_example(model: torch.nn.Module, batches: list[dict], module_of) -> list[np.ndarray]:
+    """Per layer, the inputs of ``module_of(block)`` at every real token, one example at a time
+    with its padding cut off (so no mask is involved)."""
+    seen: list[list[torch.Tensor]] = [[] for _ in model.bert.encoder.layer]
+    handles = [
+        module_of(blk).register_forward_hook(lambda _m, a, _o, i=i: seen[i].append(a[0][0]))
+        for i, blk in enumerate(model.bert.encoder.layer)
+    ]
+    try:
+        with torch.no_grad():
+            for b in batches:
+                for ids, mask in zip(b["input_ids"], b["attention_mask"], strict=True):
+                    n = int(mask.sum())
+                    model(input_ids=ids[None, :n], attention_mask=mask[None, :n])
+    finally:
+        for h in handles:
+            h.remove()
+    return [torch.cat(s).double().numpy() for s in seen]
+
+
+def test_fluctuation_is_token_variance_times_the_squared_output_column_norm() -> None:
+    model = tiny_bert(num_layers=2).eval()
+    batches = toy_batches(3, seed=7)
+    h, n = unit_scores(model, "fluctuation", heads=True, batches=batches)
+    assert h is not None
+    ffn_x = _inputs_per_example(model, batches, lambda blk: blk.output.dense)
+    att_x = _inputs_per_example(model, batches, lambda blk: blk.attention.output.dense)
+    for i, blk in enumerate(model.bert.encoder.layer):
+        w_ffn = blk.output.dense.weight.detach().double().numpy()  # [out, in]
+        want_n = ffn_x[i].var(0) * (w_ffn**2).sum(0)
+        np.testing.assert_allclose(n[i].numpy(), want_n, rtol=1e-4, atol=1e-9)
+        w_att = blk.attention.output.dense.weight.detach().double().numpy()
+        per_col = att_x[i].var(0) * (w_att**2).sum(0)
+        want_h = per_col.reshape(-1, D).sum(1)  # head h owns columns h·D … (h+1)·D
+        np.testing.assert_allclose(h[i].numpy(), want_h, rtol=1e-4, atol=1e-9)
+    assert float(torch.stack(h).min()) > 0  # every head varies, so the check is informative
+
+
+def test_a_constant_unit_has_zero_fluctuation_however_large_its_output() -> None:
+    model = tiny_bert(num_layers=2).eval()
+    with torch.no_grad():
+        blk = model.bert.encoder.layer[0]
+        blk.intermediate.dense.weight[3] = 0.0
+        blk.intermediate.dense.bias[3] = 4.0  # gelu(4) on every token
+        blk.output.dense.weight[:, 3] = 10.0
+    _, n = unit_scores(model, "fluctuation", heads=False, batches=toy_batches(2))
+    assert float(n[0][3]) < 1e-9
+    assert int(n[0].argmin()) == 3
+    # magnitude ranks it the most important neuron of the layer
+    _, m = unit_scores(model, "magnitude", heads=False)
+    assert int(m[0].argmax()) == 3
