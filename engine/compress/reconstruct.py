@@ -28,7 +28,7 @@ stay as they are and only the bias absorbs the removed units' *mean* contributio
 (the bias compensation of FLAP: An et al., "Fluctuation-based Adaptive Structured Pruning for
 Large Language Models", AAAI 2024). The removed units' output then errs by their fluctuation
 around the mean only; nothing is fitted, so nothing can overfit a few calibration batches.
-The means come from the same Gram (its bias column holds Σ x and the token count).
+The means come from one forward pass that keeps only each column's sum (:func:`input_moments`).
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ __all__ = [
     "assign",
     "compensate_bias",
     "input_grams",
+    "input_moments",
     "refit",
     "remove_refitted",
 ]
@@ -56,24 +57,25 @@ MODES = ("none", "bias", "least_squares")  # pipeline.prune.reconstruct
 DAMPING = 1e-4
 
 
-def input_grams(
-    model: nn.Module, batches: Sequence[dict], device: torch.device | str
+def _accumulate(
+    model: nn.Module,
+    batches: Sequence[dict],
+    device: torch.device | str,
+    reduce: Callable[[torch.Tensor], torch.Tensor],
 ) -> list[dict[str, torch.Tensor]]:
-    """Per block, ``{"attn_out": G, "ffn_out": G}``: Σ [x; 1][x; 1]ᵀ over the non-padding
-    tokens of ``batches`` of each projection's input (float64; ``attn_out`` absent when the
-    block has no prunable attention)."""
+    """Per block, ``{"attn_out": Σ, "ffn_out": Σ}``: the sum over ``batches`` of ``reduce``
+    of each output projection's input at the non-padding tokens ([tokens, in], float64), in
+    one forward pass (``attn_out`` absent when the block has no prunable attention)."""
     if not batches:
         raise ValueError("reconstruction needs calibration batches (pipeline.prune.score_batches)")
-    grams: list[dict[str, torch.Tensor]] = [{} for _ in layer_list(model)]
+    acc: list[dict[str, torch.Tensor]] = [{} for _ in layer_list(model)]
     keep_tokens: list[torch.Tensor] = []
 
     def hook(layer: int, name: str):
         def fn(_m: nn.Module, args: tuple, _out: torch.Tensor) -> None:
             x = args[0]
             x = x[keep_tokens[0]] if x.dim() == 3 else x  # [tokens, in]
-            x = torch.cat([x.double(), x.new_ones(x.shape[0], 1, dtype=torch.float64)], 1)
-            g = x.T @ x
-            grams[layer][name] = grams[layer].get(name, 0) + g
+            acc[layer][name] = acc[layer].get(name, 0) + reduce(x.double())
 
         return fn
 
@@ -97,7 +99,41 @@ def input_grams(
         for h in handles:
             h.remove()
         model.train(was_training)
-    return grams
+    return acc
+
+
+def input_grams(
+    model: nn.Module, batches: Sequence[dict], device: torch.device | str
+) -> list[dict[str, torch.Tensor]]:
+    """Per block, ``{"attn_out": G, "ffn_out": G}``: Σ [x; 1][x; 1]ᵀ over the non-padding
+    tokens of ``batches`` of each projection's input (float64; ``attn_out`` absent when the
+    block has no prunable attention)."""
+
+    def gram(x: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([x, x.new_ones(x.shape[0], 1)], 1)
+        return x.T @ x
+
+    return _accumulate(model, batches, device, gram)
+
+
+def input_moments(
+    model: nn.Module, batches: Sequence[dict], device: torch.device | str
+) -> list[dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """Per block, ``{"attn_out": (mean, var), "ffn_out": (mean, var)}``: each input column's
+    mean and (population) variance over the non-padding tokens of ``batches`` — the Gram's
+    bias column and diagonal, at O(tokens × in) instead of O(tokens × in²)."""
+
+    def moments(x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([x.sum(0), (x * x).sum(0), x.new_full((x.shape[1],), x.shape[0])])
+
+    out = []
+    for block in _accumulate(model, batches, device, moments):
+        stats = {}
+        for name, (s, sq, n) in block.items():
+            mean = s / n
+            stats[name] = (mean, (sq / n - mean**2).clamp_min(0))
+        out.append(stats)
+    return out
 
 
 def refit(
@@ -134,11 +170,11 @@ def refit(
 
 
 def compensate_bias(
-    module: nn.Module, gram: torch.Tensor, keep: Sequence[int], conv1d: bool = False
+    module: nn.Module, mean: torch.Tensor, keep: Sequence[int], conv1d: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``module``'s (still unpruned) kept input columns ``keep`` unchanged and its bias plus
-    the removed columns' mean contribution, Σ_{j ∉ keep} W[:, j] · mean(x_j), in the layout of
-    :func:`refit`. The means are the Gram's bias column over its token count."""
+    the removed columns' mean contribution, Σ_{j ∉ keep} W[:, j] · mean[j], in the layout of
+    :func:`refit`. ``mean``: the input's per-column mean (:func:`input_moments`)."""
     if getattr(module, "bias", None) is None:
         raise ValueError(
             f"bias compensation needs a bias on {type(module).__name__}; this model's output "
@@ -147,7 +183,7 @@ def compensate_bias(
     w = module.weight.detach().double()
     w_t = w if conv1d else w.T  # [in, out]
     n_in = w_t.shape[0]
-    mean = gram[:n_in, n_in] / gram[n_in, n_in]
+    mean = mean.to(w_t)
     kept = torch.tensor(list(keep), dtype=torch.long)
     gone = torch.ones(n_in, dtype=torch.bool)
     gone[kept] = False
@@ -172,7 +208,7 @@ def assign(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -
 def remove_refitted(
     block: nn.Module,
     part: str,
-    gram: torch.Tensor,
+    stats: torch.Tensor,
     gone: set[int],
     remove: Callable[[], None],
     mode: str = "least_squares",
@@ -180,13 +216,14 @@ def remove_refitted(
     """Run ``remove()``, which drops input columns ``gone`` of the block's ``part`` projection
     (``"attn_out"`` or ``"ffn_out"`` of :class:`~engine.compress.structure.BlockParts`), and
     put into that projection the columns that stay refitted by ``mode``: ``least_squares``
-    (:func:`refit`) or ``bias`` (:func:`compensate_bias`)."""
+    (:func:`refit`; ``stats`` is the input's Gram) or ``bias`` (:func:`compensate_bias`;
+    ``stats`` is the input's mean)."""
     parts = block_parts(block)
     module = getattr(parts, part)
     n_in = module.weight.shape[0 if parts.conv1d else 1]
     fit = {"least_squares": refit, "bias": compensate_bias}.get(mode)
     if fit is None:
         raise ValueError(f"unknown reconstruct mode {mode!r} (known: least_squares, bias)")
-    new = fit(module, gram, [c for c in range(n_in) if c not in gone], parts.conv1d)
+    new = fit(module, stats, [c for c in range(n_in) if c not in gone], parts.conv1d)
     remove()
     assign(getattr(block_parts(block), part), *new)

@@ -198,27 +198,23 @@ def _fluctuation(
     heads: bool,
     device: torch.device,
 ) -> UnitScores:
-    from engine.compress.reconstruct import input_grams
+    from engine.compress.reconstruct import input_moments
 
     if not batches:
         raise ValueError("fluctuation scores need at least one batch")
-    grams = input_grams(model, batches, device)
     h_scores: list[torch.Tensor] = []
     n_scores: list[torch.Tensor] = []
 
-    def column_scores(module: nn.Module, gram: torch.Tensor, conv1d: bool) -> torch.Tensor:
-        n = gram[-1, -1]
-        mean = gram[:-1, -1] / n
-        var = (torch.diagonal(gram)[:-1] / n - mean**2).clamp_min(0)
+    def column_scores(module: nn.Module, var: torch.Tensor, conv1d: bool) -> torch.Tensor:
         w = module.weight.detach().double()
         col_norm2 = (w**2).sum(1 if conv1d else 0)  # ‖W[:, j]‖² per input column j
         return (var * col_norm2).float().cpu()
 
-    for block, g in zip(layer_list(model), grams, strict=True):
+    for block, m in zip(layer_list(model), input_moments(model, batches, device), strict=True):
         p = block_parts(block)
-        n_scores.append(column_scores(p.ffn_out, g["ffn_out"], p.conv1d))
+        n_scores.append(column_scores(p.ffn_out, m["ffn_out"][1], p.conv1d))
         if heads:
-            cols = column_scores(p.attn_out, g["attn_out"], p.conv1d)
+            cols = column_scores(p.attn_out, m["attn_out"][1], p.conv1d)
             h_scores.append(cols.reshape(_units(block), -1).sum(1))
     return (h_scores if heads else None), n_scores
 

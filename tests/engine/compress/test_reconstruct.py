@@ -17,7 +17,14 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from engine.compress.prune import PruneConfig, prune_structured_to
-from engine.compress.reconstruct import DAMPING, assign, compensate_bias, input_grams, refit
+from engine.compress.reconstruct import (
+    DAMPING,
+    assign,
+    compensate_bias,
+    input_grams,
+    input_moments,
+    refit,
+)
 from engine.compress.structure import block_parts, remove_heads, remove_neurons
 from tests.conftest import tiny_bert, toy_batches
 
@@ -85,6 +92,16 @@ def test_grams_cover_real_tokens_only() -> None:
     assert len(x) == real < sum(b["input_ids"].numel() for b in batches)  # padding exists
     torch.testing.assert_close(grams[1]["ffn_out"], xa.T @ xa, rtol=1e-5, atol=1e-6)
     assert grams[1]["ffn_out"][-1, -1].item() == real  # the bias column counts tokens
+
+
+def test_moments_are_the_per_column_mean_and_variance_of_real_tokens() -> None:
+    model = tiny_bert(num_layers=2)
+    batches = toy_batches(2)
+    stats = input_moments(model, batches, "cpu")
+    x = _ffn_inputs_per_example(model, batches, 1).numpy()
+    mean, var = stats[1]["ffn_out"]
+    np.testing.assert_allclose(mean.numpy(), x.mean(0), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(var.numpy(), x.var(0), rtol=1e-4, atol=1e-7)
 
 
 def _logits(model: nn.Module, batches: list[dict]) -> torch.Tensor:
@@ -187,8 +204,7 @@ def test_bias_compensation_keeps_the_mean_output_and_the_kept_weights(conv1d: bo
         module.bias.normal_(generator=g)
     w_io = (module.weight if conv1d else module.weight.T).detach().numpy()  # [in, out]
     keep = [0, 2, 3, 7, 9]
-    xa = torch.cat([x, torch.ones(tokens, 1, dtype=torch.float64)], 1)
-    w, b = compensate_bias(module, xa.T @ xa, keep, conv1d=conv1d)
+    w, b = compensate_bias(module, x.mean(0), keep, conv1d=conv1d)
     xn, bn = x.numpy(), module.bias.detach().numpy()
     full_mean = (xn @ w_io + bn).mean(0)  # the unpruned projection's mean output
     got_w = w.numpy() if conv1d else w.numpy().T
@@ -218,13 +234,15 @@ def test_bias_compensation_undoes_the_removal_of_planted_constant_units() -> Non
     calib, fresh = toy_batches(3, seed=4), toy_batches(2, seed=5)
     before = _hidden(model, fresh)
     plain = copy.deepcopy(model)
-    grams = input_grams(model, calib, "cpu")
+    stats = input_moments(model, calib, "cpu")
     b0, b1 = model.bert.encoder.layer
     w_a = compensate_bias(
-        block_parts(b0).attn_out, grams[0]["attn_out"], [c for c in range(32) if not D <= c < 2 * D]
+        block_parts(b0).attn_out,
+        stats[0]["attn_out"][0],
+        [c for c in range(32) if not D <= c < 2 * D],
     )
     w_n = compensate_bias(
-        block_parts(b1).ffn_out, grams[1]["ffn_out"], [c for c in range(64) if c != 5]
+        block_parts(b1).ffn_out, stats[1]["ffn_out"][0], [c for c in range(64) if c != 5]
     )
     for m in (model, plain):
         remove_heads(m.bert.encoder.layer[0], [1])
@@ -254,7 +272,7 @@ def test_pruning_with_bias_compensation_changes_only_the_output_biases() -> None
 def test_bias_compensation_without_a_bias_is_a_clear_error() -> None:
     module = nn.Linear(4, 3, bias=False)
     with pytest.raises(ValueError, match="needs a bias"):
-        compensate_bias(module, torch.eye(5, dtype=torch.float64), [0, 1])
+        compensate_bias(module, torch.zeros(4, dtype=torch.float64), [0, 1])
 
 
 def test_reconstruct_reads_the_old_flag_and_refuses_unknown_modes() -> None:
