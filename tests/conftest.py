@@ -212,6 +212,28 @@ def toy_batches(
     return out
 
 
+def inputs_per_example(model, batches: list[dict], module_of) -> list[torch.Tensor]:
+    """Per BERT layer, the inputs of ``module_of(block)`` at every real token (float64,
+    [tokens, in]), run one example at a time with its padding cut off, so no attention mask
+    is involved: the oracle for statistics the engine gathers over masked batches."""
+    seen: list[list[torch.Tensor]] = [[] for _ in model.bert.encoder.layer]
+    handles = [
+        module_of(blk).register_forward_hook(lambda _m, a, _o, i=i: seen[i].append(a[0][0]))
+        for i, blk in enumerate(model.bert.encoder.layer)
+    ]
+    model.eval()
+    try:
+        with torch.no_grad():
+            for b in batches:
+                for ids, mask in zip(b["input_ids"], b["attention_mask"], strict=True):
+                    n = int(mask.sum())
+                    model(input_ids=ids[None, :n], attention_mask=mask[None, :n])
+    finally:
+        for h in handles:
+            h.remove()
+    return [torch.cat(x).double() for x in seen]
+
+
 def toy_arrays(seed: int, n_batches: int = 2) -> dict[str, np.ndarray]:
     """:func:`toy_batches` joined into one split of numpy arrays (what a study's splits hold)."""
     bs = toy_batches(n_batches, batch_size=8, seed=seed)

@@ -378,10 +378,12 @@ def prune_structured_to(
     )
     if reconstruct not in MODES:
         raise ValueError(f"unknown reconstruct mode {reconstruct!r} (known: {', '.join(MODES)})")
+    # per block and projection, what remove_refitted needs: the input's Gram (least squares)
+    # or its mean (bias); None: plain removal
     grams: list[dict[str, Any]] | None = None
     if reconstruct == "least_squares":
         grams = input_grams(model, batches or [], device)
-    elif reconstruct == "bias":  # the means only
+    elif reconstruct == "bias":
         grams = [
             {k: v[0] for k, v in b.items()} for b in input_moments(model, batches or [], device)
         ]

@@ -26,7 +26,7 @@ from engine.compress.reconstruct import (
     refit,
 )
 from engine.compress.structure import block_parts, remove_heads, remove_neurons
-from tests.conftest import tiny_bert, toy_batches
+from tests.conftest import inputs_per_example, tiny_bert, toy_batches
 
 D = 8  # tiny_bert head size
 
@@ -64,29 +64,11 @@ def test_refit_is_the_ridge_least_squares_solution(conv1d: bool) -> None:
     np.testing.assert_allclose(b.numpy(), want[-1], rtol=1e-8, atol=1e-10)
 
 
-def _ffn_inputs_per_example(model: nn.Module, batches: list[dict], layer: int) -> torch.Tensor:
-    """Inputs of layer ``layer``'s FFN down-projection, one example at a time, each run on
-    its real tokens only (no padding at all)."""
-    seen: list[torch.Tensor] = []
-    out = model.bert.encoder.layer[layer].output.dense
-    handle = out.register_forward_hook(lambda _m, a, _o: seen.append(a[0][0].double()))
-    model.eval()
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                for ids, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True):
-                    n = int(mask.sum())
-                    model(input_ids=ids[None, :n], attention_mask=mask[None, :n])
-    finally:
-        handle.remove()
-    return torch.cat(seen)
-
-
 def test_grams_cover_real_tokens_only() -> None:
     model = tiny_bert(num_layers=2)
     batches = toy_batches(2)
     grams = input_grams(model, batches, "cpu")
-    x = _ffn_inputs_per_example(model, batches, 1)
+    x = inputs_per_example(model, batches, lambda blk: blk.output.dense)[1]
     xa = torch.cat([x, torch.ones(len(x), 1, dtype=torch.float64)], 1)
     real = sum(int(b["attention_mask"].sum()) for b in batches)
     assert len(x) == real < sum(b["input_ids"].numel() for b in batches)  # padding exists
@@ -98,7 +80,7 @@ def test_moments_are_the_per_column_mean_and_variance_of_real_tokens() -> None:
     model = tiny_bert(num_layers=2)
     batches = toy_batches(2)
     stats = input_moments(model, batches, "cpu")
-    x = _ffn_inputs_per_example(model, batches, 1).numpy()
+    x = inputs_per_example(model, batches, lambda blk: blk.output.dense)[1].numpy()
     mean, var = stats[1]["ffn_out"]
     np.testing.assert_allclose(mean.numpy(), x.mean(0), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(var.numpy(), x.var(0), rtol=1e-4, atol=1e-7)

@@ -8,29 +8,9 @@ import numpy as np
 import torch
 
 from engine.compress.scores import unit_scores
-from tests.conftest import tiny_bert, toy_batches
+from tests.conftest import inputs_per_example, tiny_bert, toy_batches
 
 D = 8  # tiny_bert head size
-
-
-def _inputs_per_example(model: torch.nn.Module, batches: list[dict], module_of) -> list[np.ndarray]:
-    """Per layer, the inputs of ``module_of(block)`` at every real token, one example at a time
-    with its padding cut off (so no mask is involved)."""
-    seen: list[list[torch.Tensor]] = [[] for _ in model.bert.encoder.layer]
-    handles = [
-        module_of(blk).register_forward_hook(lambda _m, a, _o, i=i: seen[i].append(a[0][0]))
-        for i, blk in enumerate(model.bert.encoder.layer)
-    ]
-    try:
-        with torch.no_grad():
-            for b in batches:
-                for ids, mask in zip(b["input_ids"], b["attention_mask"], strict=True):
-                    n = int(mask.sum())
-                    model(input_ids=ids[None, :n], attention_mask=mask[None, :n])
-    finally:
-        for h in handles:
-            h.remove()
-    return [torch.cat(s).double().numpy() for s in seen]
 
 
 def test_fluctuation_is_token_variance_times_the_squared_output_column_norm() -> None:
@@ -38,8 +18,10 @@ def test_fluctuation_is_token_variance_times_the_squared_output_column_norm() ->
     batches = toy_batches(3, seed=7)
     h, n = unit_scores(model, "fluctuation", heads=True, batches=batches)
     assert h is not None
-    ffn_x = _inputs_per_example(model, batches, lambda blk: blk.output.dense)
-    att_x = _inputs_per_example(model, batches, lambda blk: blk.attention.output.dense)
+    ffn_x = [x.numpy() for x in inputs_per_example(model, batches, lambda blk: blk.output.dense)]
+    att_x = [
+        x.numpy() for x in inputs_per_example(model, batches, lambda b: b.attention.output.dense)
+    ]
     for i, blk in enumerate(model.bert.encoder.layer):
         w_ffn = blk.output.dense.weight.detach().double().numpy()  # [out, in]
         want_n = ffn_x[i].var(0) * (w_ffn**2).sum(0)
