@@ -24,6 +24,7 @@ from engine.measure import (
     weights_bytes,
 )
 from engine.models import num_layers
+from engine.phases import PhaseClock
 from engine.tasks import get_task, metric_columns
 
 __all__ = ["assess"]
@@ -37,6 +38,7 @@ def assess(
     record: dict[str, Any] | None = None,
     autocast_dtype: torch.dtype | None = None,
     on_examples: Callable[[str, Any], None] | None = None,
+    clock: PhaseClock | None = None,
 ) -> dict[str, Any]:
     """Quality on each split (``test`` unprefixed, others prefixed ``<split>_``) and cost.
 
@@ -51,8 +53,11 @@ def assess(
     ``latency_in_trial_*`` and fills the public columns in its latency phase
     (:mod:`engine.latency_phase`). ``on_examples(split, table)`` receives the task's
     per-example table of the test split and of a ``transfer`` split
-    (:meth:`engine.tasks.Task.example_table`; None for tasks without one).
+    (:meth:`engine.tasks.Task.example_table`; None for tasks without one). ``clock``: the
+    quality passes count as phase ``eval``, everything after them (GFLOPs, sizes, the stages'
+    columns, latency) as ``measure``.
     """
+    clock = clock or PhaseClock()
     place = measure_placement(record, model, device)  # e.g. dynamic int8 runs on CPU
     device = place.device
     if not place.autocast:
@@ -60,6 +65,21 @@ def assess(
     if place.move:
         model.to(device)
     model.eval()
+    with clock.phase("eval"):
+        row = _quality(model, splits, study, device, autocast_dtype, on_examples)
+    with clock.phase("measure"):
+        row.update(_cost(model, splits, study, device, record, autocast_dtype, row))
+    return row
+
+
+def _quality(
+    model: PreTrainedModel,
+    splits: dict[str, dict[str, np.ndarray]],
+    study: StudyConfig,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+    on_examples: Callable[[str, Any], None] | None,
+) -> dict[str, Any]:
     row: dict[str, Any] = {}
     for split, data in splits.items():
         outputs, metrics = evaluate(
@@ -75,10 +95,24 @@ def assess(
         if split in ("test", "transfer") and on_examples is not None:
             on_examples(split, get_task(study.task).example_table(outputs, data))
         del outputs
+    return row
+
+
+def _cost(
+    model: PreTrainedModel,
+    splits: dict[str, dict[str, np.ndarray]],
+    study: StudyConfig,
+    device: torch.device,
+    record: dict[str, Any] | None,
+    autocast_dtype: torch.dtype | None,
+    quality: dict[str, Any],
+) -> dict[str, Any]:
+    row: dict[str, Any] = {}
     seq = study.data.max_length
     row["gflops"] = float(count_gflops(model, seq))
     task = get_task(study.task)
-    row.update(stage_columns(record, model, splits, row, task))  # e.g. quant, exit_curve
+    # e.g. quant, exit_curve
+    row.update(stage_columns(record, model, splits, {**quality, **row}, task))
     row["params"] = int(count_params(model))
     row["params_nonzero"] = int(count_params_nonzero(model))
     row["weights_bytes"] = int(weights_bytes(model))

@@ -190,6 +190,9 @@ class SearchConfig(Section):
     study's settings, run (× seeds) after the search's own points by ``grid``,
     ``one_at_a_time`` and ``random`` — e.g. an ablation's component arms (pruning on/off,
     quantization on/off) beside its grid, without multiplying the grid by them.
+    ``reuse_actors``: a worker that finished a trial runs the next one (no new process,
+    imports or fetch of the shared inputs; :mod:`engine.worker`); false starts a fresh Ray
+    actor per trial (the results are the same either way).
     """
 
     algorithm: str = "grid"
@@ -205,6 +208,7 @@ class SearchConfig(Section):
     max_concurrent_trials: int | None = Field(None, ge=1)
     max_failures: int = Field(1, ge=0)
     checkpoint_every: int | None = Field(None, ge=1)
+    reuse_actors: bool = True
 
     @model_validator(mode="after")
     def _consistent(self) -> SearchConfig:

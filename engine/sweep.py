@@ -222,6 +222,7 @@ def _run_study(cfg: StudyConfig, run_dir: Path, *, address: str | None, resume: 
         data, art, shared = prepare(cfg, timings)
         t0 = time.perf_counter()
         teacher = teacher_row(cfg, shared, run_dir)
+        timings["tune_started_at"] = time.time()  # Unix s, as the trials' started_at
         grid = run_tune(cfg, shared, run_dir, resume)
         timings["sweep_s"] = time.perf_counter() - t0
         trials = trial_rows(cfg, grid)

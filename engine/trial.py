@@ -35,8 +35,16 @@ from engine.compress.base import trial_columns
 from engine.config import StudyConfig, with_values
 from engine.device import autocast, autocast_dtype, ray_gpu_ids, worker_device
 from engine.importance import LayerScores
+from engine.phases import PhaseClock
 from engine.tasks import get_task, metric_columns
 from engine.train import TrainingState
+from engine.worker import (
+    SharedHandle,
+    begin_trial,
+    mark_imported,
+    shared_inputs,
+    worker_columns,
+)
 
 __all__ = [
     "SharedInputs",
@@ -96,9 +104,14 @@ class TrialReporter:
     start: float = field(default_factory=time.perf_counter)
     checkpointer: TrialCheckpointer | None = None
     autocast_dtype: torch.dtype | None = None
+    clock: PhaseClock = field(default_factory=PhaseClock)  # charged as phase "report"
     _cost: dict[tuple, dict[str, float]] = field(default_factory=dict)
 
     def measure(self, model: torch.nn.Module) -> dict[str, float]:
+        with self.clock.phase("report"):
+            return self._measure(model)
+
+    def _measure(self, model: torch.nn.Module) -> dict[str, float]:
         from engine.measure import count_gflops, count_params, evaluate, weights_bytes
 
         _, metrics = evaluate(
@@ -140,6 +153,10 @@ class TrialReporter:
     def __call__(self, metrics: dict[str, Any], training: TrainingState | None = None) -> None:
         """Report ``metrics``; with a checkpointer, the live ``training`` state rides along
         when a checkpoint is due."""
+        with self.clock.phase("report"):
+            self._report(metrics, training)
+
+    def _report(self, metrics: dict[str, Any], training: TrainingState | None) -> None:
         payload = {**self.base, **metrics, "wall_s": time.perf_counter() - self.start}
         if self.checkpointer is None:
             self.sink(payload)
@@ -162,6 +179,7 @@ def build_student(
     checkpointer: TrialCheckpointer | None = None,
     resume: TrialResume | None = None,
     dtype: torch.dtype | None = None,
+    clock: PhaseClock | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Run the pipeline on a fresh copy of the teacher; returns the model and the record
     (the stages' typed records as ``compression.json`` holds them, plus the trial's ``oom``
@@ -171,8 +189,50 @@ def build_student(
     With ``resume`` the pipeline continues from a checkpoint: stages before its stage are
     skipped and that stage's training continues at the saved step. ``dtype``: the autocast
     dtype of the stages' forwards (None = float32). The record's ``oom`` entry counts the
-    training's out-of-memory retries (:class:`engine.train.OomLog`).
+    training's out-of-memory retries (:class:`engine.train.OomLog`). ``clock``: where the time
+    goes (phases ``build``, ``train`` — every stage — and ``save``).
     """
+    clock = clock or PhaseClock()
+    with clock.phase("build"):
+        model, ctx, first = _start(study, shared, seed, device, report, resume, dtype)
+    for i, name in enumerate(study.pipeline.order):
+        if i < first:
+            continue  # finished before the checkpoint
+        ctx.resume = resume.stage_resume() if resume is not None and i == first else None
+        if checkpointer is not None:
+            checkpointer.enter(i, name, model, ctx, step=ctx.resume.step if ctx.resume else 0)
+        stage_cfg = getattr(study.pipeline, name, None)
+        with clock.phase("train"):
+            model = STAGES.get(name)(model, stage_cfg, ctx)
+        if ctx.resume is not None:
+            ctx.resume.check_taken()  # a resumed stage must continue its training
+    ctx.resume = None
+    oom = {"retries": ctx.oom.retries, "micro_batch_size": ctx.oom.micro_batch_size}
+    if save_dir is not None:
+        from engine.compress.save import save_compressed
+
+        pipeline = study.pipeline.model_dump(mode="json")
+        with clock.phase("save"):
+            save_compressed(
+                model, save_dir, records=ctx.records, trial={"oom": oom}, pipeline=pipeline
+            )
+    record = {**ctx.record, "oom": oom}
+    if save_dir is not None:
+        record["saved_to"] = str(save_dir)
+    return model, record
+
+
+def _start(
+    study: StudyConfig,
+    shared: SharedInputs,
+    seed: int,
+    device: torch.device,
+    report: Any,
+    resume: TrialResume | None,
+    dtype: torch.dtype | None,
+) -> tuple[torch.nn.Module, StageContext, int]:
+    """The teacher, the stages' context and the model the pipeline starts from (a copy of
+    the teacher, or the checkpoint's model), and the index of the first stage to run."""
     from engine.teacher import load_model
 
     torch.manual_seed(seed)
@@ -191,35 +251,17 @@ def build_student(
         report=report,
         task=get_task(study.task),
     )
-    first = 0
     if resume is None:
-        model = load_model(shared.teacher_config, shared.teacher_state, study.task).to(device)
-    else:
-        model, first = resume.model.to(device), resume.stage_index
-        ctx.records = dict(resume.record)
-        if resume.attn_implementation and hasattr(model, "set_attn_implementation"):
-            model.set_attn_implementation(resume.attn_implementation)
-    for i, name in enumerate(study.pipeline.order):
-        if i < first:
-            continue  # finished before the checkpoint
-        ctx.resume = resume.stage_resume() if resume is not None and i == first else None
-        if checkpointer is not None:
-            checkpointer.enter(i, name, model, ctx, step=ctx.resume.step if ctx.resume else 0)
-        stage_cfg = getattr(study.pipeline, name, None)
-        model = STAGES.get(name)(model, stage_cfg, ctx)
-        if ctx.resume is not None:
-            ctx.resume.check_taken()  # a resumed stage must continue its training
-    ctx.resume = None
-    oom = {"retries": ctx.oom.retries, "micro_batch_size": ctx.oom.micro_batch_size}
-    if save_dir is not None:
-        from engine.compress.save import save_compressed
-
-        pipeline = study.pipeline.model_dump(mode="json")
-        save_compressed(model, save_dir, records=ctx.records, trial={"oom": oom}, pipeline=pipeline)
-    record = {**ctx.record, "oom": oom}
-    if save_dir is not None:
-        record["saved_to"] = str(save_dir)
-    return model, record
+        return (
+            load_model(shared.teacher_config, shared.teacher_state, study.task).to(device),
+            ctx,
+            0,
+        )
+    model = resume.model.to(device)
+    ctx.records = dict(resume.record)
+    if resume.attn_implementation and hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation(resume.attn_implementation)
+    return model, ctx, resume.stage_index
 
 
 def _placement(run_dir: str | None, trial_id: str) -> dict[str, Any]:
@@ -253,7 +295,7 @@ def run_trial(
     config: dict[str, Any],
     *,
     study: StudyConfig,
-    shared: SharedInputs,
+    shared: SharedInputs | SharedHandle,
     run_dir: str | None = None,
     unknown: dict[str, dict[str, Any]] | None = None,
 ) -> None:
@@ -265,7 +307,12 @@ def run_trial(
     that finds its row there (finished, but not yet marked so when the driver died) reports it
     again, marked ``replayed``, instead of training. ``unknown`` (on ``--resume``,
     :func:`engine.ledger.unknown_finished`) holds the rows of trials that finished after Tune's
-    last snapshot, by configuration × seed: a trial of one of those replays that row."""
+    last snapshot, by configuration × seed: a trial of one of those replays that row.
+
+    ``shared`` is fetched once per worker (:mod:`engine.worker`, which also resets the process
+    between the trials a reused worker runs); the row's ``phase_*_s`` columns say where the
+    trial's time went (:mod:`engine.phases`) and its ``worker_*`` columns which process ran it
+    and what that process paid to start."""
     from ray import tune
 
     from engine.assess import assess
@@ -286,9 +333,13 @@ def run_trial(
         tune.report(done)
         return
     threads = study.threads_per_trial or max(1, int(study.resources.cpus))
-    torch.set_num_threads(threads)
+    clock = PhaseClock()
+    with clock.phase("reset"):  # a reused worker starts the trial as a fresh one would
+        begin_trial(seed, threads)
     row: dict[str, Any] = {"seed": seed, "config_id": config_key, **_placement(run_dir, trial_id)}
     try:
+        with clock.phase("fetch"):  # once per worker and study (engine.worker)
+            shared = shared_inputs(shared)
         trial_study = with_values(study, trial_values(config))
         device = worker_device(trial_study.resources.gpus)  # the GPU Ray assigned, if any
         dtype = autocast_dtype(trial_study.resources.precision, device)
@@ -313,6 +364,7 @@ def run_trial(
                 base,
                 checkpointer=checkpointer,
                 autocast_dtype=dtype,
+                clock=clock,
             )
         if resume is not None:
             row.update(resumed_stage=resume.stage_name, resumed_step=resume.step)
@@ -320,7 +372,16 @@ def run_trial(
         if run_dir and trial_study.measure.save_models:
             save_dir = Path(run_dir, "models", trial_id)
         model, record = build_student(
-            trial_study, shared, seed, device, save_dir, reporter, checkpointer, resume, dtype
+            trial_study,
+            shared,
+            seed,
+            device,
+            save_dir,
+            reporter,
+            checkpointer,
+            resume,
+            dtype,
+            clock,
         )
         evals = {k: v for k, v in shared.splits.items() if k in ("valid", "test", "transfer")}
         task = get_task(trial_study.task)
@@ -331,7 +392,9 @@ def run_trial(
             def write(split: str, table: Any) -> None:
                 write_examples(run_dir, examples_name(split, trial_id), table, task)
 
-        row.update(assess(model, evals, trial_study, device, record, dtype, on_examples=write))
+        row.update(
+            assess(model, evals, trial_study, device, record, dtype, on_examples=write, clock=clock)
+        )
         row["oom_retries"] = record["oom"]["retries"]
         row["train_micro_batch_size"] = record["oom"]["micro_batch_size"]
         if checkpointer is not None and checkpointer.error:
@@ -345,6 +408,8 @@ def run_trial(
         row["traceback"] = traceback.format_exc(limit=8)
         for o in study.search.objectives:  # Tune requires the searched metrics in every result
             row.setdefault(o.metric, float("nan"))
+    row.update(clock.columns())
+    row.update(worker_columns())
     row["wall_s"] = time.perf_counter() - start
     row["finished_at"] = time.time()
     if run_dir:
@@ -353,3 +418,6 @@ def run_trial(
         except OSError as e:  # the row still reaches Tune; only the replay guard is lost
             row["ledger_error"] = f"{type(e).__name__}: {e}"
     tune.report(row)
+
+
+mark_imported()  # this module loads torch, transformers and the engine: a worker's start-up

@@ -15,12 +15,14 @@ from typing import Any
 from engine.config import StudyConfig
 
 __all__ = [
+    "concurrency_line",
     "drop_checkpoints",
     "full_budget",
     "latency_phase",
     "pareto_summary",
     "run_tune",
     "trainable_for",
+    "trials_at_once",
 ]
 
 
@@ -41,6 +43,40 @@ def trainable_for(cfg: StudyConfig, fn: Any, **params: Any) -> Any:
     )
 
 
+def trials_at_once(cfg: StudyConfig, resources: dict[str, float]) -> int:
+    """How many trials fit at once in ``resources`` (Ray's ``CPU``/``GPU`` totals) at the
+    study's per-trial CPUs and GPUs, capped by ``search.max_concurrent_trials``."""
+    fits = [int(resources.get("CPU", 0.0) // cfg.resources.cpus)] if cfg.resources.cpus else []
+    if cfg.resources.gpus:
+        fits.append(int(resources.get("GPU", 0.0) // cfg.resources.gpus))
+    n = min(fits) if fits else 0
+    cap = cfg.search.max_concurrent_trials
+    return min(n, cap) if cap else n
+
+
+def concurrency_line(cfg: StudyConfig, resources: dict[str, float]) -> str:
+    """One line on how the sweep uses the machine: trials at once, CPUs/GPUs and torch
+    threads per trial, out of what the Ray cluster has now."""
+    threads = cfg.threads_per_trial or max(1, int(cfg.resources.cpus))
+    gpus = f", {cfg.resources.gpus:g} GPU" if cfg.resources.gpus else ""
+    have = f"{resources.get('CPU', 0.0):g} CPUs"
+    if resources.get("GPU"):
+        have += f", {resources['GPU']:g} GPUs"
+    n = trials_at_once(cfg, resources)
+    return (
+        f"{n} trial{'s' if n != 1 else ''} at once: {cfg.resources.cpus:g} "
+        f"CPU{'s' if cfg.resources.cpus > 1 else ''}{gpus} and "
+        f"{threads} torch thread{'s' if threads != 1 else ''} each, on the cluster's {have} "
+        f"now (workers reused between trials: {'yes' if cfg.search.reuse_actors else 'no'})"
+    )
+
+
+def _cluster_resources() -> dict[str, float]:
+    import ray
+
+    return {k: float(v) for k, v in ray.cluster_resources().items()}
+
+
 def run_tune(cfg: StudyConfig, shared: Any, run_dir: Path, resume: bool) -> Any:
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
 
@@ -48,18 +84,21 @@ def run_tune(cfg: StudyConfig, shared: Any, run_dir: Path, resume: bool) -> Any:
     from engine.schedulers import SchedulerState, build_scheduler
     from engine.search import plan_search
     from engine.trial import run_trial
+    from engine.worker import share
 
     storage = run_dir.resolve()
+    # by reference: each worker fetches the inputs once, whatever number of trials it runs
+    handle = share(shared)
     exp_dir = storage / "tune"
     if resume and Tuner.can_restore(str(exp_dir)):
         print(f"[sweep] resuming {exp_dir}", flush=True)
         unknown = _unknown_finished(storage, exp_dir)
         trainable = trainable_for(
-            cfg, run_trial, study=cfg, shared=shared, run_dir=str(storage), unknown=unknown
+            cfg, run_trial, study=cfg, shared=handle, run_dir=str(storage), unknown=unknown
         )
         tuner = Tuner.restore(str(exp_dir), trainable, resume_unfinished=True, restart_errored=True)
     else:
-        trainable = trainable_for(cfg, run_trial, study=cfg, shared=shared, run_dir=str(storage))
+        trainable = trainable_for(cfg, run_trial, study=cfg, shared=handle, run_dir=str(storage))
         plan = plan_search(cfg)
         max_t = full_budget(cfg, len(shared.splits["train"]["labels"]))
         print(
@@ -68,6 +107,7 @@ def run_tune(cfg: StudyConfig, shared: Any, run_dir: Path, resume: bool) -> Any:
             f"({max_t} results per full trial)",
             flush=True,
         )
+        print(f"[sweep] {concurrency_line(cfg, _cluster_resources())}", flush=True)
         # No metric/mode here: the searcher and scheduler carry their own (ray #35909).
         # SchedulerState saves the scheduler's rungs with each experiment snapshot, which
         # Tune does not do, so --resume continues them; trial checkpoints keep only the last.
@@ -80,6 +120,9 @@ def run_tune(cfg: StudyConfig, shared: Any, run_dir: Path, resume: bool) -> Any:
                 scheduler=scheduler,
                 num_samples=plan.num_samples,
                 max_concurrent_trials=cfg.search.max_concurrent_trials,
+                # a finished trial's worker runs the next one: no new process, imports or
+                # fetch of the shared inputs (engine.worker resets it between trials)
+                reuse_actors=cfg.search.reuse_actors,
             ),
             run_config=RunConfig(
                 name="tune",

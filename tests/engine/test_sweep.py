@@ -155,8 +155,12 @@ def test_distill_reports_every_n_steps_through_the_trial_reporter() -> None:
 
 
 def test_extra_arm_columns_name_what_it_changed() -> None:
-    cfg = load_study("ablation")
-    grid_point, arm = cfg.search.space, cfg.search.extra[-1]
+    arm = {
+        "pipeline.truncate.keep_ratio": 0.67,
+        "pipeline.order": ["truncate", "distill", "prune", "quantize"],
+    }
+    cfg = load_study("ablation", [f"search.extra=[{arm}]"])
+    grid_point = cfg.search.space
     assert "pipeline.order" not in grid_point
     on = _columns(dict(arm), cfg)
     off = _columns({"pipeline.truncate.keep_ratio": 0.67}, cfg)
