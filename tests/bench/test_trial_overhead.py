@@ -4,16 +4,10 @@ trial ends), reused ones continue after their own previous trial."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pandas as pd
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-
-from bench.trial_overhead import slot_table  # noqa: E402
+from bench.trial_overhead import slot_table
 
 
 def _trial(tid, node, pid, k, imp0, imp_s, start, end, **phases) -> dict:
