@@ -4,7 +4,8 @@ A tabular benchmark on the ``pareto`` study's space, made discrete (issue 30):
 
 1. ``grid``: the real sweep (``python -m engine.sweep pareto`` through the CLI) of every point
    of :data:`SPACE` — 6 depths × 3 strategies × 3 temperatures × 3 distillation weights, one
-   seed, no scheduler, intermediate reports every 10 steps as the study has them. Training is
+   seed, no scheduler, intermediate reports every 10 steps as the study has them (no trial
+   checkpoints, no saved students: fault tolerance and files are not search). Training is
    deterministic (``tests/e2e/test_determinism.py``), so this run is the *table*: every point's
    validation accuracy and GFLOPs at each report, and the trial-seconds it took to get there.
 2. ``replay``: each search — ``random``, ``optuna_mo`` (multi-objective TPE) and ``optuna_mo``
@@ -260,7 +261,10 @@ def _first(c: pd.DataFrame, target: float, col: str) -> float | None:
 def run_grid(out: Path) -> None:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     cmd = [sys.executable, "-m", "engine.sweep", "pareto", _space_override(), *METHODS["grid"]]
-    cmd += ["measure.save_models=false", "--no-report", "--out", str(out)]
+    # no trial checkpoints (fault tolerance, not search) and no saved students: the table
+    # needs the reports only
+    cmd += ["search.checkpoint_every=null", "measure.save_models=false", "--no-report"]
+    cmd += ["--out", str(out)]
     with (out.parent / f"{out.name}.log").open("w") as log:
         rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
     if rc != 0:
