@@ -196,6 +196,8 @@ def replay(
     rows = []
     for r in grid:
         df = r.metrics_dataframe
+        if df is None or df.empty or "charged_s" not in df:
+            continue  # started as the budget ran out: it reported nothing, was charged nothing
         last = df.iloc[-1]
         rows.append(
             {
