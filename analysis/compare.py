@@ -458,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m analysis.compare",
         description="Put two run directories side by side: matched configurations, B − A "
-        "with 95 %% intervals.",
+        "with 95 % intervals.",
     )
     parser.add_argument("run_a", type=Path, help="the run before the change (A)")
     parser.add_argument("run_b", type=Path, help="the run after the change (B)")

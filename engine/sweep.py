@@ -198,6 +198,20 @@ def _report(run_dir: Path) -> None:
         print(proc.stderr.strip()[-2000:], file=sys.stderr)
 
 
+def study_lines(studies: dict[str, str], width: int) -> list[str]:
+    """``--list``: one line per study, at most ``width`` characters: the name in a column as
+    wide as the longest, then the description's first sentence, cut with "…" to fit."""
+    col = max((len(n) for n in studies), default=0) + 2
+    room = max(width - col, 10)
+    lines = []
+    for name, desc in studies.items():
+        first = re.split(r"(?<=[.?!])\s", desc.strip(), maxsplit=1)[0]
+        if len(first) > room:
+            first = first[: room - 1].rstrip() + "…"
+        lines.append(f"{name:{col}s}{first}")
+    return lines
+
+
 def _run_study(cfg: StudyConfig, run_dir: Path, *, address: str | None, resume: bool) -> None:
     import ray
 
@@ -244,8 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(k, v)
     args = _parser().parse_args(argv)
     if args.list:
-        for name, desc in list_studies().items():
-            print(f"{name:14s} {desc}")
+        for line in study_lines(list_studies(), shutil.get_terminal_size((100, 24)).columns):
+            print(line)
         return 0
     if not args.study:
         return _fail("name a study (see --list)")

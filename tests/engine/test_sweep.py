@@ -185,3 +185,20 @@ def test_preflight_passes_a_writable_directory_and_leaves_only_the_directory(
     assert preflight(tmp_path / "f", 1) == (
         f"cannot write the run directory {tmp_path / 'f'}: File exists"
     )
+
+
+def test_list_prints_one_line_per_study_within_the_width() -> None:
+    from engine.sweep import study_lines
+
+    studies = {
+        "a": "Short. Second sentence is not shown.",
+        "cross-domain-rec-reverse": "The reverse of cross-domain-rec.",
+        "long": "Which " + "very " * 40 + "long question? Then more.",
+    }
+    lines = study_lines(studies, width=60)
+    assert len(lines) == 3 and all(len(x) <= 60 for x in lines)
+    col = len("cross-domain-rec-reverse") + 2  # the longest name, then two spaces
+    assert lines[0] == "a".ljust(col) + "Short."
+    assert lines[1] == "cross-domain-rec-reverse".ljust(col) + "The reverse of cross-domain-rec."
+    assert lines[2].startswith("long".ljust(col) + "Which very very") and lines[2].endswith("…")
+    assert len(lines[2]) == 60
