@@ -26,7 +26,7 @@ from typing import Any
 from engine.config import ConfigError, StudyConfig, list_studies, load_study
 from engine.provenance import REPO, git_commit, packages
 
-__all__ = ["MIN_FREE_MB", "main", "preflight"]
+__all__ = ["MIN_FREE_MB", "dry_run_line", "main", "preflight"]
 
 # Room a run directory needs before a study starts: results, plots and report take a few MB,
 # the trials' checkpoints and saved students (models/) tens of MB each at MiniLM size.
@@ -67,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
         help="continue an interrupted run in --out (finished trials are kept)",
     )
     p.add_argument("--no-report", action="store_true", help="skip the analysis report")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the study, the overrides and the run directory, say what would run, and "
+        "exit without starting Ray (nothing is written)",
+    )
     p.add_argument(
         "--verbose",
         action="store_true",
@@ -198,6 +204,23 @@ def _report(run_dir: Path) -> None:
         print(proc.stderr.strip()[-2000:], file=sys.stderr)
 
 
+def dry_run_line(cfg: StudyConfig, run_dir: Path, address: str | None, resume: bool) -> str:
+    """``--dry-run``: what the command would run, from the validated study alone (the search
+    plan is built, so a space the algorithm cannot search fails here as in a real run)."""
+    from engine.search import plan_search
+
+    plan = plan_search(cfg)
+    seeds = len(cfg.repeats)
+    where = f"on the Ray cluster at {address}" if address else "on a local Ray"
+    verb = "continue" if resume else "write"
+    return (
+        f"[dry-run] {cfg.name}: {cfg.search.algorithm}, {plan.configs} configurations × "
+        f"{seeds} seed{'s' if seeds != 1 else ''} = {plan.configs * seeds} trials, "
+        f"scheduler {cfg.search.scheduler.name}, {where}; would {verb} {run_dir} "
+        "(not created, Ray not started)"
+    )
+
+
 def study_lines(studies: dict[str, str], width: int) -> list[str]:
     """``--list``: one line per study, at most ``width`` characters: the name in a column as
     wide as the longest, then the description's first sentence, cut with "…" to fit."""
@@ -274,6 +297,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None and (problem := _uri_problem(args.out)) is not None:
         return _fail(problem)
     run_dir = Path(args.out) if args.out else REPO / "reports" / cfg.name / _run_id(cfg)
+    if args.dry_run:
+        try:
+            print(dry_run_line(cfg, run_dir, args.address, args.resume))
+        except ConfigError as e:
+            for line in e.problems:
+                print(f"error: {line}", file=sys.stderr)
+            return 2
+        return 0
     if (problem := preflight(run_dir, args.min_free_mb)) is not None:
         return _fail(problem)
     from engine.data import DataError

@@ -22,13 +22,34 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 
 
+# The teacher cache of every CLI run that does not test preparation itself: one per test
+# session (never the user's), so a teacher the suite fine-tuned once at a given size is found
+# cached by every later run of that size. Set by the ``_session_cache`` fixture below.
+_SESSION_CACHE: list[Path] = []
+
+
+def session_cache() -> Path:
+    """The session's shared teacher cache (see ``_SESSION_CACHE``)."""
+    if not _SESSION_CACHE:  # outside pytest's session fixture (e.g. a helper run by hand)
+        import tempfile
+
+        _SESSION_CACHE.append(Path(tempfile.mkdtemp(prefix="cs-cache-")))
+    return _SESSION_CACHE[0]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory: pytest.TempPathFactory):
+    _SESSION_CACHE[:] = [tmp_path_factory.mktemp("shared-cache")]
+    yield _SESSION_CACHE[0]
+
+
 def cli_env(cache: Path | None = None, **extra: str) -> dict[str, str]:
     """The environment a CLI subprocess runs in: this process's, Ray token auth off, the
-    teacher/data cache in ``cache`` when given (so a test never shares the user's), plus
-    ``extra`` (e.g. ``PYTHONPATH``, ``TUNE_GLOBAL_CHECKPOINT_S``)."""
+    teacher cache in ``cache`` (default: the session's shared one, never the user's), plus
+    ``extra`` (e.g. ``PYTHONPATH``, ``TUNE_GLOBAL_CHECKPOINT_S``). A test of preparation
+    itself (a cold cache, two independent fine-tunings) passes its own ``cache``."""
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    if cache is not None:
-        env["COMPRESSION_SWEEPS_CACHE"] = str(cache)
+    env["COMPRESSION_SWEEPS_CACHE"] = str(cache if cache is not None else session_cache())
     return {**env, **extra}
 
 
@@ -40,10 +61,10 @@ def run_cli(
     timeout: float = 900,
 ) -> subprocess.CompletedProcess[str]:
     """``python -m <module> ARGS [--out OUT]`` from the repository root, output captured as
-    text. ``env`` defaults to :func:`cli_env` with the cache beside ``out`` (``out.parent /
-    "cache"``) when ``out`` is given. The caller checks the exit code."""
+    text. ``env`` defaults to :func:`cli_env` (the session's shared teacher cache). The caller
+    checks the exit code."""
     if env is None:
-        env = cli_env(out.parent / "cache" if out is not None else None)
+        env = cli_env()
     cmd = [sys.executable, "-m", module, *args]
     if out is not None:
         cmd += ["--out", str(out)]
@@ -99,6 +120,20 @@ def kill_writer_half_way(target: Path, data: bytes) -> None:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
+
+
+@pytest.fixture(scope="session")
+def smoke_run(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """The ``smoke`` study through the real CLI, once per session, from a cold cache of its
+    own (so its terminal shows the teacher's fine-tuning): the run directory and the finished
+    process, for every read-only check of a run's outputs, report and terminal. Its cache is
+    ``RUN.parent / "cache"`` (a second run there finds the teacher cached)."""
+    out = tmp_path_factory.mktemp("smoke") / "run"
+    proc = run_sweep("smoke", out=out, env=cli_env(out.parent / "cache"), timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc
 
 
 @pytest.fixture(scope="session")

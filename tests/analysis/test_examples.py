@@ -61,6 +61,7 @@ def test_seed_interval_is_welchs_t_interval() -> None:
     assert seed_interval([0.5], b) != seed_interval([0.5], b)  # nan: one seed is no interval
 
 
+@pytest.mark.slow
 def test_paired_bootstrap_covers_a_known_mean_difference_95_percent() -> None:
     """400 simulated comparisons of 300 examples with a planted Δ = 0.1 between correlated
     per-example scores (two seeds in B). Nominal 95 %; tolerance [0.92, 0.98] (±2.7 binomial

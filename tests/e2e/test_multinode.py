@@ -125,10 +125,21 @@ def _work_by_node(address: str) -> dict[str, set[str]]:
     return where
 
 
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The module's teacher cache: cold for the first test (which checks that the teacher's
+    fine-tuning ran on a worker node), so the node-loss test after it finds the teacher
+    cached (it tests retries, not preparation)."""
+    return tmp_path_factory.mktemp("multinode-cache")
+
+
 @pytest.mark.parametrize("nodes", [2], indirect=True)
-def test_study_runs_on_worker_nodes_and_matches_one_node(nodes: Nodes, tmp_path: Path) -> None:
+def test_study_runs_on_worker_nodes_and_matches_one_node(
+    nodes: Nodes, tmp_path: Path, cache: Path
+) -> None:
     out = tmp_path / "cluster"
-    env = cli_env(tmp_path / "cache", PYTHONPATH=str(REPO))
+    assert not any(cache.iterdir()), "the first test of the module needs a cold cache"
+    env = cli_env(cache, PYTHONPATH=str(REPO))
     args = ["smoke", *QUICK, "--no-report"]
     t0 = time.monotonic()
     ran = run_sweep(*args, "--address", nodes.address, out=out, env=env, timeout=900)
@@ -165,7 +176,7 @@ def test_study_runs_on_worker_nodes_and_matches_one_node(nodes: Nodes, tmp_path:
     # same, bit for bit (the trials train: a different node and process change nothing)
     local = tmp_path / "local"
     t0 = time.monotonic()
-    one = run_sweep(*args, out=local, env=cli_env(tmp_path / "cache"), timeout=900)
+    one = run_sweep(*args, out=local, env=cli_env(cache), timeout=900)
     assert one.returncode == 0, _study(one)
     assert "[teacher] cached" in one.stdout
     local_s = time.monotonic() - t0
@@ -222,9 +233,11 @@ def _checkpointed_trial_on(out: Path, nodes: set[str]) -> tuple[str, str] | None
 
 
 @pytest.mark.parametrize("nodes", [2], indirect=True)
-def test_node_lost_mid_trial_is_retried_elsewhere(nodes: Nodes, tmp_path: Path) -> None:
+def test_node_lost_mid_trial_is_retried_elsewhere(
+    nodes: Nodes, tmp_path: Path, cache: Path
+) -> None:
     out = tmp_path / "run"
-    env = cli_env(tmp_path / "cache", PYTHONPATH=str(REPO))
+    env = cli_env(cache, PYTHONPATH=str(REPO))
     cli = [sys.executable, "-m", "engine.sweep", "smoke", *LOSS, "--no-report"]
     cli += ["--address", nodes.address, "--out", str(out)]
     log = tmp_path / "cli.log"

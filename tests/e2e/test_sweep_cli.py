@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -13,13 +12,7 @@ import pytest
 
 from tests.conftest import REPO, run_sweep
 
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
-    out = tmp_path_factory.mktemp("smoke") / "run"
-    proc = run_sweep("smoke", out=out, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out, proc
+# smoke_run: the session's one smoke run (tests/conftest.py)
 
 
 @pytest.mark.slow

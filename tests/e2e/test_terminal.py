@@ -38,17 +38,16 @@ def _ray_lines(text: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def runs(
-    tmp_path_factory: pytest.TempPathFactory,
+    smoke_run: tuple[Path, subprocess.CompletedProcess],
 ) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
-    root = tmp_path_factory.mktemp("terminal")
-    env = cli_env(root / "cache")  # both runs share it: the second finds the teacher cached
-    out: dict[str, tuple[Path, subprocess.CompletedProcess]] = {}
-    for name, extra in (("quiet", ()), ("verbose", ("--verbose", "--no-report"))):
-        run_dir = root / name
-        proc = run_sweep("smoke", *extra, out=run_dir, env=env, timeout=900)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        out[name] = (run_dir, proc)
-    return out
+    """``quiet``: the session's smoke run (cold cache, report); ``verbose``: the same study
+    with ``--verbose --no-report`` in the same cache, so it finds the teacher cached."""
+    quiet_dir, _ = smoke_run
+    run_dir = quiet_dir.parent / "verbose"
+    env = cli_env(quiet_dir.parent / "cache")
+    proc = run_sweep("smoke", "--verbose", "--no-report", out=run_dir, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return {"quiet": smoke_run, "verbose": (run_dir, proc)}
 
 
 @pytest.mark.slow

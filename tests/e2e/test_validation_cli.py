@@ -45,6 +45,7 @@ MISTAKES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mistake", list(MISTAKES))
 def test_mistake_exits_2_before_ray(tmp_path: Path, mistake: str) -> None:
     overrides, expected = MISTAKES[mistake]
@@ -91,6 +92,7 @@ def _one_error_before_ray(proc: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_a_run_directory_under_a_file_is_refused_before_ray(tmp_path: Path) -> None:
     """Fails for root too: no directory can be made under a regular file."""
     (tmp_path / "a-file").write_text("not a directory\n")
@@ -99,6 +101,7 @@ def test_a_run_directory_under_a_file_is_refused_before_ray(tmp_path: Path) -> N
     assert error == f"error: cannot write the run directory {out}: Not a directory"
 
 
+@pytest.mark.slow
 def test_a_uri_as_the_run_directory_is_refused_before_ray(tmp_path: Path) -> None:
     """``s3://`` is not a path: taken as one it became a local ``s3:/`` directory."""
     error = _one_error_before_ray(_sweep("s3://bucket/run", tmp_path))  # type: ignore[arg-type]
@@ -122,6 +125,7 @@ def test_a_read_only_directory_is_refused_before_ray(tmp_path: Path) -> None:
         parent.chmod(0o700)
 
 
+@pytest.mark.slow
 def test_a_run_directory_without_room_is_refused_before_ray(tmp_path: Path) -> None:
     """More than the whole filesystem holds can never be free; the directories the check
     made are removed again."""

@@ -206,6 +206,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return run_sweep(*args, timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_rejects_bad_input_with_exit_2_before_ray() -> None:
     t0 = time.perf_counter()
     r = _cli("smoke", "pipeline.distill.temperature=-1")
@@ -218,12 +219,14 @@ def test_cli_rejects_bad_input_with_exit_2_before_ray() -> None:
     assert time.perf_counter() - t0 < 60  # no Ray start, no data
 
 
+@pytest.mark.slow
 def test_cli_unknown_study_suggests_nearest() -> None:
     r = _cli("smok")
     assert r.returncode == 2
     assert "unknown study 'smok'; did you mean 'smoke'?" in r.stderr
 
 
+@pytest.mark.slow
 def test_cli_list_and_help() -> None:
     r = _cli("--list")
     assert r.returncode == 0

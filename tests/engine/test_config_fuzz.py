@@ -309,6 +309,7 @@ BAD_OVERRIDES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", BAD_OVERRIDES, ids=["malformed", "hostile-values"])
 def test_cli_bad_overrides_exit_2_with_error_lines_before_ray(
     tmp_path: Path, overrides: list[str]

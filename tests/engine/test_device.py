@@ -116,6 +116,7 @@ PROBE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_importance_actors_share_or_spread_over_logical_gpus(tmp_path: Path) -> None:
     env = cli_env(PYTHONPATH=str(REPO))
     proc = subprocess.run(

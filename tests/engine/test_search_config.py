@@ -50,6 +50,7 @@ def test_every_scheduler_is_held_to_its_declared_facts(name: str) -> None:
     )
 
 
+@pytest.mark.slow
 def test_the_search_section_and_the_study_loader_import_without_ray_tune() -> None:
     code = "import sys, engine.config; print('ray.tune' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)

@@ -11,6 +11,8 @@ import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from engine.config import load_study
 from engine.progress import ProgressTable
 from engine.rundir import trial_columns as _columns
@@ -54,6 +56,7 @@ PROBE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_fractional_gpu_request_reaches_each_trial(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}
     proc = subprocess.run(
@@ -202,3 +205,42 @@ def test_list_prints_one_line_per_study_within_the_width() -> None:
     assert lines[1] == "cross-domain-rec-reverse".ljust(col) + "The reverse of cross-domain-rec."
     assert lines[2].startswith("long".ljust(col) + "Which very very") and lines[2].endswith("…")
     assert len(lines[2]) == 60
+
+
+def test_dry_run_counts_the_trials_and_writes_nothing(tmp_path: Path, capsys) -> None:
+    """``--dry-run`` says what would run without starting Ray or creating the run directory;
+    the count is the study file's grid (product of the value lists, plus the extra arms)
+    times its seeds, read here from the YAML itself."""
+    import yaml
+
+    from engine.sweep import main
+
+    raw = yaml.safe_load((Path(__file__).parents[2] / "sweeps" / "ablation.yaml").read_text())
+    configs = 1
+    for values in raw["search"]["space"].values():
+        configs *= len(values)
+    configs += len(raw["search"].get("extra", []))
+    seeds = len(raw["repeats"])
+    out = tmp_path / "never" / "run"
+    assert main(["ablation", "--dry-run", "--out", str(out)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert f"{configs} configurations × {seeds} seeds = {configs * seeds} trials" in line
+    assert line.startswith("[dry-run] ablation: grid,") and str(out) in line
+    assert not (tmp_path / "never").exists()
+    assert main(["ablation", "repeats=[0]", "--dry-run", "--out", str(out)]) == 0
+    assert f"× 1 seed = {configs} trials" in capsys.readouterr().out
+
+
+def test_dry_run_refuses_what_a_run_would_refuse(capsys) -> None:
+    from engine.sweep import main
+
+    assert main(["ablation", "pipeline.distill.temperature=hot", "--dry-run"]) == 2
+    assert "pipeline.distill.temperature" in capsys.readouterr().err
+    # a range cannot be a grid axis
+    assert (
+        main(
+            ["smoke", "search.space={pipeline.distill.temperature: {low: 1, high: 4}}", "--dry-run"]
+        )
+        == 2
+    )
+    assert "grid needs a list of values for every key" in capsys.readouterr().err

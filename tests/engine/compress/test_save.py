@@ -111,6 +111,7 @@ def test_a_save_that_fails_half_way_leaves_a_directory_load_refuses(tmp_path: Pa
     assert torch.equal(_logits(model), _logits(load_compressed(tmp_path)))
 
 
+@pytest.mark.slow
 def test_trials_save_their_model_unless_measure_save_models_is_false(
     tmp_path: Path, ray_local
 ) -> None:

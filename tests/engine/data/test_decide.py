@@ -189,6 +189,7 @@ BLOCKS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_prepare_data_matches_the_driver_side_reference(ray_local, case: str) -> None:
     cfg = DataConfig(**CASES[case])

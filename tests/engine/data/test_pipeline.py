@@ -148,6 +148,7 @@ def test_sample_fraction_keeps_hash_chosen_pairs(ray_local) -> None:
     assert got.stats["sampled_out"] == dropped_rows
 
 
+@pytest.mark.slow
 def test_cross_domain_test_split_comes_from_the_eval_corpus(
     beauty: PreparedData, ray_local
 ) -> None:

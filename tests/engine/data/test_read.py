@@ -48,6 +48,7 @@ def amazon(ray_local) -> PreparedData:
 # --- planted-bad fixtures ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_womens_fixture_exact_counts_and_quarantine(womens: PreparedData) -> None:
     (rec,) = womens.files
     assert rec.path == str(WOMENS.resolve())
@@ -102,6 +103,7 @@ def test_tokenised_arrays_have_the_promised_shapes(womens: PreparedData) -> None
     assert len(keys) == len(set(keys)) == 40  # splits are disjoint
 
 
+@pytest.mark.slow
 def test_splits_follow_the_hash_rule_and_ignore_block_count(
     womens: PreparedData, ray_local
 ) -> None:
@@ -119,6 +121,7 @@ def test_splits_follow_the_hash_rule_and_ignore_block_count(
             np.testing.assert_array_equal(getattr(one_block, split)[name], arr)
 
 
+@pytest.mark.slow
 def test_seed_changes_the_split_and_caps_take_smallest_hashes(
     womens: PreparedData, ray_local
 ) -> None:
@@ -134,6 +137,7 @@ def test_seed_changes_the_split_and_caps_take_smallest_hashes(
     assert capped.stats["split_sizes_before_caps"]["train"] == len(train7)
 
 
+@pytest.mark.slow
 def test_amazon_fixture_counts_dedup_and_disjoint_pairs(amazon: PreparedData) -> None:
     recs = {Path(r.path).name: r for r in amazon.files}
     toys, games, meta = recs["Toys_5.json.gz"], recs["Games_5.json.gz"], recs["meta_Toys.json.gz"]
@@ -246,6 +250,7 @@ def _toy_lines(n: int) -> bytes:
     ).encode()
 
 
+@pytest.mark.slow
 def test_truncated_gzip_keeps_the_complete_lines(ray_local, tmp_path: Path) -> None:
     cut = gzip.compress(_toy_lines(400), mtime=0)
     cut = cut[: len(cut) * 2 // 3]
@@ -270,6 +275,7 @@ def test_truncated_gzip_with_nothing_readable_raises(ray_local, tmp_path: Path) 
 # --- the embedded real data -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_embedded_womens_reviews_end_to_end(ray_local) -> None:
     got = prep(train_size=300, valid_size=50, test_size=50)
     (rec,) = got.files
@@ -282,6 +288,7 @@ def test_embedded_womens_reviews_end_to_end(ray_local) -> None:
     assert len(set(all_keys(got))) == 400
 
 
+@pytest.mark.slow
 def test_embedded_all_beauty_has_no_surviving_duplicates(ray_local) -> None:
     path = REPO_ROOT / "datasets/amazon-2018/All_Beauty_5.json.gz"
     got = prep(corpus="amazon-2018", path=str(path))

@@ -45,6 +45,7 @@ def _unpad(row: np.ndarray) -> list[int]:
     return [int(x) for x in row if x]
 
 
+@pytest.mark.slow
 def test_valid_and_test_are_each_users_two_latest_items(prepared, movielens) -> None:
     hist, n_items = movielens
     assert prepared.num_labels == n_items + 1
@@ -76,6 +77,7 @@ def test_training_rows_are_every_prefix_and_hold_no_held_out_item(prepared, movi
         assert label not in held and not held & set(_unpad(ids))
 
 
+@pytest.mark.slow
 def test_train_size_keeps_a_seeded_subset_of_the_same_rows(prepared, ray_local) -> None:
     a = prepare_sequences(DataConfig(corpus="movielens", max_length=WIDTH, train_size=500))
     b = prepare_sequences(DataConfig(corpus="movielens", max_length=WIDTH, train_size=500))
@@ -120,6 +122,7 @@ def test_left_pad_right_aligns_the_most_recent_items() -> None:
     np.testing.assert_array_equal(got, [[2, 3, 4], [0, 0, 7], [0, 0, 0]])
 
 
+@pytest.mark.slow
 def test_title_init_carries_each_items_title_vector(ray_local, movielens) -> None:
     """``data.recsys.item_init: titles``: the train split carries the embedded MiniLM's
     mean-pooled encoding of each item's title from u.item (oracle: pandas + the stock

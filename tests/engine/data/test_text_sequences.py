@@ -69,6 +69,7 @@ def test_user_texts_are_the_latest_titles_most_recent_first() -> None:
     assert catalogue_titles(["x", "y"], {"x": "  Gift  card "}) == (["Gift card", "item y"], 1)
 
 
+@pytest.mark.slow
 def test_each_test_users_text_is_their_earlier_titles(prepared, gift_cards) -> None:
     hist, titles = gift_cards
     tok = AutoTokenizer.from_pretrained(resolve_model_path("embedded:all-MiniLM-L6-v2"))

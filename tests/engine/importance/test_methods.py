@@ -217,6 +217,7 @@ def test_oom_split_keeps_every_example() -> None:
 # --- Ray runner ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_actors_equal_one_actor_and_table(ray_local) -> None:
     from engine.importance.runner import compute_importance, importance_table
 

@@ -304,6 +304,7 @@ def test_rating_study_stages_build_and_score_a_regression_student(regression_sha
     assert row["params"] < sum(p.numel() for p in teacher.parameters())
 
 
+@pytest.mark.slow
 def test_prepare_on_the_real_pipeline_gives_each_review_its_stars_and_ids(ray_local) -> None:
     """Amazon 2023 fixture through the task's prepare: each row's float target is the rating
     the reader gives its (user, item) pair, and the ids are numbered on the train split."""
