@@ -103,6 +103,12 @@ def _fail(msg: str) -> int:
     return 2
 
 
+def _fail_config(e: ConfigError) -> int:
+    for line in e.problems:
+        print(f"error: {line}", file=sys.stderr)
+    return 2
+
+
 def preflight(run_dir: Path, min_free_mb: int) -> str | None:
     """Why ``run_dir`` cannot take a run (one line), or None when it can.
 
@@ -289,9 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_study(args.study, args.overrides)
     except ConfigError as e:
-        for line in e.problems:
-            print(f"error: {line}", file=sys.stderr)
-        return 2
+        return _fail_config(e)
     if args.resume and args.out is None:
         return _fail("--resume needs --out DIR (the run directory to continue)")
     if args.out is not None and (problem := _uri_problem(args.out)) is not None:
@@ -301,9 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             print(dry_run_line(cfg, run_dir, args.address, args.resume))
         except ConfigError as e:
-            for line in e.problems:
-                print(f"error: {line}", file=sys.stderr)
-            return 2
+            return _fail_config(e)
         return 0
     if (problem := preflight(run_dir, args.min_free_mb)) is not None:
         return _fail(problem)

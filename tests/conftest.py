@@ -30,10 +30,6 @@ _SESSION_CACHE: list[Path] = []
 
 def session_cache() -> Path:
     """The session's shared teacher cache (see ``_SESSION_CACHE``)."""
-    if not _SESSION_CACHE:  # outside pytest's session fixture (e.g. a helper run by hand)
-        import tempfile
-
-        _SESSION_CACHE.append(Path(tempfile.mkdtemp(prefix="cs-cache-")))
     return _SESSION_CACHE[0]
 
 

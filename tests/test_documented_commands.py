@@ -22,7 +22,6 @@ checking the script exists). ``python`` blocks are compiled and their imports ru
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import shutil
@@ -35,7 +34,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from tests.conftest import REPO
+from tests.conftest import REPO, cli_env, run_cli
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 SHELL = {"bash", "sh", "shell", "console"}
@@ -141,59 +140,35 @@ def _flags(words: list[str]) -> list[str]:
     return [w.split("=", 1)[0] for w in words if w.startswith("--")]
 
 
+def _recorded_run(tmp_path: Path, name: str) -> str:
+    """A copy of the recorded run directory, standing in for a documented placeholder."""
+    shutil.copytree(RECORDED_RUN, tmp_path / name)
+    return str(tmp_path / name)
+
+
 def check_engine_sweep(args: list[str], tmp_path: Path, env: dict[str, str]) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "engine.sweep", *args, "--dry-run"],
-        cwd=REPO,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_cli("engine.sweep", *args, "--dry-run", env=cli_env(**env), timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"[dry-run] {args[0]}:"), proc.stdout
 
 
 def check_analysis_report(args: list[str], tmp_path: Path, env: dict[str, str]) -> None:
-    run = tmp_path / "run"
-    shutil.copytree(RECORDED_RUN, run)
-    proc = subprocess.run(
-        [sys.executable, "-m", "analysis.report", str(run), *args[1:]],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run = _recorded_run(tmp_path, "run")
+    proc = run_cli("analysis.report", run, *args[1:], timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert (run / "report.md").is_file()
+    assert (Path(run) / "report.md").is_file()
 
 
 def check_analysis_compare(args: list[str], tmp_path: Path, env: dict[str, str]) -> None:
-    """Placeholder run directories become two copies of a recorded run."""
-    args = list(args)
-    for i, word in enumerate(args):
-        if word in PLACEHOLDER_RUNS:
-            shutil.copytree(RECORDED_RUN, tmp_path / word)
-            args[i] = str(tmp_path / word)
-    proc = subprocess.run(
-        [sys.executable, "-m", "analysis.compare", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    """Placeholder run directories become copies of a recorded run."""
+    args = [_recorded_run(tmp_path, w) if w in PLACEHOLDER_RUNS else w for w in args]
+    proc = run_cli("analysis.compare", *args, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "B − A" in proc.stdout or "B - A" in proc.stdout, proc.stdout[:500]
 
 
 def check_pytest(args: list[str], tmp_path: Path, env: dict[str, str]) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", *args, "--collect-only", "-q", "-p", "no:cacheprovider"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = run_cli("pytest", *args, "--collect-only", "-q", "-p", "no:cacheprovider", timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert re.search(r"\d+ tests collected", proc.stdout), proc.stdout[-500:]
 
