@@ -1,7 +1,8 @@
 """Preparation, once per study: data → teacher → importance, and the teacher's results row.
 
-Each piece is computed once for the whole study (the teacher and its logits are cached by
-content hash) and handed to every trial as :class:`engine.trial.SharedInputs`. With
+Each piece is computed once for the whole study, cached by content hash (the splits, the
+teacher with its logits, the importance scores: :mod:`engine.cache`) and handed to every
+trial as :class:`engine.trial.SharedInputs`. With
 ``teacher.ensemble: N`` the teacher is member 0 of N fine-tuned members (each cached), and
 the trials' train logits are the members' mean (:mod:`engine.ensemble`).
 """
@@ -13,6 +14,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
+from engine.cache import cache_dir
 from engine.config import StudyConfig
 from engine.ensemble import build_ensemble, member_configs, member_outputs
 from engine.tasks import get_task
@@ -21,17 +23,20 @@ from engine.teacher import TeacherConfig
 __all__ = ["prepare", "teacher_row"]
 
 
-def prepare(cfg: StudyConfig, timings: dict[str, float]) -> tuple[Any, Any, Any]:
-    """Data → teacher → importance, each computed once for the whole study."""
+def prepare(
+    cfg: StudyConfig, timings: dict[str, float], cache: dict[str, Any] | None = None
+) -> tuple[Any, Any, Any]:
+    """Data → teacher → importance, each computed once for the whole study, or found in the
+    preparation cache (:mod:`engine.cache`). ``cache``, when given, is told each piece's
+    cache key and whether it was found (the manifest's ``cache`` section)."""
     import torch
 
-    from engine.importance.runner import compute_importance
-    from engine.progress import Phase
-    from engine.teacher import load_model
     from engine.trial import SharedInputs
 
+    cache = {} if cache is None else cache
+    cache["dir"] = str(cache_dir())
     t0 = time.perf_counter()
-    data = get_task(cfg.task).prepare(cfg.data, cfg.teacher.model)
+    data, cache["data"] = _data(cfg)
     splits = {"train": data.train, "valid": data.valid, "test": data.test}
     if data.transfer is not None:  # another domain, scored as transfer_* columns
         splits["transfer"] = data.transfer
@@ -39,7 +44,7 @@ def prepare(cfg: StudyConfig, timings: dict[str, float]) -> tuple[Any, Any, Any]
     print(
         f"[data] {cfg.data.corpus}: train {len(data.train['labels'])}, "
         f"valid {len(data.valid['labels'])}, test {len(data.test['labels'])} "
-        f"({timings['data_s']:.1f} s)",
+        f"({'cached, ' if cache['data']['cached'] else ''}{timings['data_s']:.1f} s)",
         flush=True,
     )
 
@@ -63,15 +68,12 @@ def prepare(cfg: StudyConfig, timings: dict[str, float]) -> tuple[Any, Any, Any]
         print(f"[teacher] ensemble of {len(members)} (mean output): test {quality}", flush=True)
 
     t0 = time.perf_counter()
-    teacher = load_model(art.config, art.state_dict, cfg.task)
-    with Phase("importance", unit="batch×method") as phase:
-        scores = compute_importance(teacher, data.train, cfg.importance, progress=phase.show)
-    del teacher
+    scores, cache["importance"] = _importance(cfg, art, data.train)
+    if cache["importance"]["cached"]:
+        print(f"[importance] cached (cache key {cache['importance']['key']})", flush=True)
     if art.ensemble is not None:  # the other members' ranks, for the manifest only
         for info, member in zip(art.ensemble.members[1:], members[1:], strict=True):
-            model = load_model(member.config, member.state_dict, cfg.task)
-            with Phase("importance", unit="batch×method") as phase:
-                ranked = compute_importance(model, data.train, cfg.importance, progress=phase.show)
+            ranked, _ = _importance(cfg, member, data.train)
             info["importance_ranks"] = {m: list(s.ranks()) for m, s in ranked.items()}
         art.ensemble.members[0]["importance_ranks"] = {
             m: list(s.ranks()) for m, s in scores.items()
@@ -85,6 +87,40 @@ def prepare(cfg: StudyConfig, timings: dict[str, float]) -> tuple[Any, Any, Any]
     logits = art.train_logits if art.ensemble is None else art.ensemble.train_logits
     shared = SharedInputs(art.config, art.state_dict, logits, splits, outputs, scores)
     return data, art, shared
+
+
+def _data(cfg: StudyConfig) -> tuple[Any, dict[str, Any]]:
+    """The study's prepared data: from the cache, else prepared by its task (with Ray Data)
+    and cached; and ``{"key", "cached"}`` (key None: inputs that cannot be fingerprinted)."""
+    from engine.data.cache import data_key, load_data, save_data
+
+    key = data_key(cfg.task, cfg.data, cfg.teacher.model)
+    data = None if key is None else load_data(key)
+    if data is not None:
+        return data, {"key": key, "cached": True}
+    data = get_task(cfg.task).prepare(cfg.data, cfg.teacher.model)
+    if key is not None:
+        save_data(key, data)
+    return data, {"key": key, "cached": False}
+
+
+def _importance(cfg: StudyConfig, art: Any, train: Any) -> tuple[Any, dict[str, Any]]:
+    """The layer-importance scores of the teacher ``art``: from the cache, else computed by
+    the importance actors and cached; and ``{"key", "cached"}``."""
+    from engine.importance.cache import importance_key, load_scores, save_scores
+    from engine.importance.runner import compute_importance
+    from engine.progress import Phase
+    from engine.teacher import load_model
+
+    key = importance_key(art.key, train, cfg.importance, cfg.task)
+    scores = load_scores(key)
+    if scores is not None:
+        return scores, {"key": key, "cached": True}
+    teacher = load_model(art.config, art.state_dict, cfg.task)
+    with Phase("importance", unit="batch×method") as phase:
+        scores = compute_importance(teacher, train, cfg.importance, progress=phase.show)
+    save_scores(key, scores)
+    return scores, {"key": key, "cached": False}
 
 
 def _teacher(cfg: StudyConfig, teacher: TeacherConfig, data: Any, outputs: int) -> Any:

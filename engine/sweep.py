@@ -262,7 +262,7 @@ def _run_study(cfg: StudyConfig, run_dir: Path, *, address: str | None, resume: 
     _init_ray(address)
     quiet_ray_data()
     try:
-        data, art, shared = prepare(cfg, timings)
+        data, art, shared = prepare(cfg, timings, manifest.setdefault("cache", {}))
         t0 = time.perf_counter()
         teacher = teacher_row(cfg, shared, run_dir)
         timings["tune_started_at"] = time.time()  # Unix s, as the trials' started_at

@@ -23,6 +23,7 @@ import torch
 from pydantic import Field, field_validator
 from transformers import PreTrainedModel
 
+from engine.cache import cache_dir
 from engine.configbase import OptimConfig
 from engine.device import autocast_dtype, precision_name, worker_device
 from engine.models import EMBEDDED_TEACHER
@@ -79,12 +80,6 @@ class TeacherArtifacts:
     key: str
     cached: bool = False
     ensemble: Any = None  # teacher.ensemble: engine.ensemble.EnsembleArtifacts (None: one teacher)
-
-
-def cache_dir() -> Path:
-    """``$COMPRESSION_SWEEPS_CACHE`` or ``<repo>/.cache``."""
-    env = os.environ.get("COMPRESSION_SWEEPS_CACHE")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / ".cache"
 
 
 def fingerprint(arrays: dict[str, np.ndarray]) -> str:

@@ -118,18 +118,32 @@ def kill_writer_half_way(target: Path, data: bytes) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
+# the session's smoke run: the smoke study's 2 configurations (fisher, uniform) × 2 seeds
+SMOKE_RUN = ("smoke", "repeats=[0, 1]")
+
+
 @pytest.fixture(scope="session")
 def smoke_run(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    """The ``smoke`` study through the real CLI, once per session, from a cold cache of its
-    own (so its terminal shows the teacher's fine-tuning): the run directory and the finished
-    process, for every read-only check of a run's outputs, report and terminal. Its cache is
-    ``RUN.parent / "cache"`` (a second run there finds the teacher cached)."""
+    """The ``smoke`` study at two seeds (``SMOKE_RUN``) through the real CLI, once per session,
+    from a cold cache of its own (so its terminal shows the preparation, and the determinism
+    test can compare it with a second cold run): the run directory and the finished process,
+    for every read-only check of a run's outputs, report and terminal. Its cache
+    (:func:`smoke_cache`) is ``RUN.parent / "cache"``."""
     out = tmp_path_factory.mktemp("smoke") / "run"
-    proc = run_sweep("smoke", out=out, env=cli_env(out.parent / "cache"), timeout=900)
+    proc = run_sweep(*SMOKE_RUN, out=out, env=cli_env(out.parent / "cache"), timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, proc
+
+
+@pytest.fixture(scope="session")
+def smoke_cache(smoke_run: tuple[Path, subprocess.CompletedProcess[str]]) -> Path:
+    """The session's prepared cache: the ``smoke`` run's (its data, teacher and importance,
+    built once). Every end-to-end run that does not test preparation itself and prepares
+    what ``smoke`` prepares (the ``smoke`` study, or ``pareto`` at ``PARETO_TINY`` sizes) runs
+    with it, so it finds all three cached."""
+    return smoke_run[0].parent / "cache"
 
 
 @pytest.fixture(scope="session")

@@ -154,7 +154,7 @@ def test_cluster_yaml_node_types_derive_to_a_valid_fake_config() -> None:
     }
 
 
-def test_smoke_study_scales_workers_up_then_down(tmp_path: Path) -> None:
+def test_smoke_study_scales_workers_up_then_down(tmp_path: Path, smoke_cache: Path) -> None:
     cluster = yaml.safe_load((REPO / "cluster.yaml").read_text())
     head_res = cluster["available_node_types"][cluster["head_node_type"]]["resources"]
     temp_dir = Path(tempfile.gettempdir()) / f"as-{uuid.uuid4().hex[:8]}"
@@ -164,7 +164,7 @@ def test_smoke_study_scales_workers_up_then_down(tmp_path: Path) -> None:
     config.write_text(yaml.safe_dump(fake_autoscaling_config(cluster, address)))
     # Fake nodes are started by the head's autoscaler and inherit its environment: the
     # worktree's code (PYTHONPATH) and the test's cache reach every node.
-    env = cli_env(tmp_path / "cache", PYTHONPATH=str(REPO))
+    env = cli_env(smoke_cache, PYTHONPATH=str(REPO))  # the smoke study's preparation, cached
     head_env = {**env, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
     head = [
         str(RAY),

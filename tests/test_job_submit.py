@@ -39,7 +39,9 @@ def ray_cli(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess
     )
 
 
-def test_job_submit_runs_the_study_and_returns_its_run_directory(tmp_path: Path) -> None:
+def test_job_submit_runs_the_study_and_returns_its_run_directory(
+    tmp_path: Path, smoke_cache: Path
+) -> None:
     temp_dir = Path(tempfile.gettempdir()) / f"as-job-{uuid.uuid4().hex[:8]}"
     port, dash = free_port(), free_port()
     env = cli_env()  # RAY_AUTH_MODE=disabled
@@ -61,7 +63,9 @@ def test_job_submit_runs_the_study_and_returns_its_run_directory(tmp_path: Path)
     job_id = f"as-smoke-{uuid.uuid4().hex[:8]}"
     runtime_env = {
         "excludes": EXCLUDES,
-        "env_vars": {"COMPRESSION_SWEEPS_CACHE": str(tmp_path / "cache")},
+        # the smoke study's teacher and importance, cached (its data: the files are read from
+        # the uploaded copy, whose paths the data cache's key names)
+        "env_vars": {"COMPRESSION_SWEEPS_CACHE": str(smoke_cache)},
     }
     submit = [
         "job",

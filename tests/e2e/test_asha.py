@@ -25,12 +25,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import run_sweep
+from tests.conftest import cli_env, run_sweep
 from tests.e2e.test_sweep_cli import PARETO_TINY
 
 ASHA = [
     *[o for o in PARETO_TINY if not o.startswith("search.num_samples")],
-    "importance.methods=[fisher]",
     "search.algorithm=grid",
     "search.space={pipeline.truncate.keep_layers: [1, 4, 2, 3]}",
     "search.objectives=[{metric: gflops, mode: min}]",
@@ -45,9 +44,9 @@ EXPECTED = {1: ("ok", 4, 6), 4: ("stopped", 1, 2), 2: ("stopped", 2, 4), 3: ("st
 
 
 @pytest.mark.slow  # four small students one after another: ~1-2 min on 2 idle cores
-def test_asha_stops_trials_at_rungs_and_records_them(tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    proc = run_sweep("pareto", *ASHA, "--no-report", out=out, timeout=900)
+def test_asha_stops_trials_at_rungs_and_records_them(tmp_path: Path, smoke_cache: Path) -> None:
+    out = tmp_path / "run"  # the smoke study's preparation, found in its cache
+    proc = run_sweep("pareto", *ASHA, "--no-report", out=out, env=cli_env(smoke_cache), timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "scheduler asha (4 results per full trial)" in proc.stdout
     df = pd.read_parquet(out / "results.parquet")

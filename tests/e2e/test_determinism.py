@@ -1,6 +1,7 @@
 """Determinism (issue 17): the same study with the same seeds, run twice through the real CLI
-into two run directories (each with its own cache, so the data preparation and the teacher's
-fine-tuning run twice too), gives the same results per configuration × seed — every quality
+into two run directories (each with its own cold cache, so the data preparation, the teacher's
+fine-tuning and the importance scoring run twice too), gives the same results per
+configuration × seed — every quality
 metric, GFLOPs, size — and bit-identical saved students, teacher (weights and train logits)
 and importance scores. At this size every student predicts the majority class, so equal
 metrics alone would prove little: the weights and logits are the sensitive check. Times
@@ -8,10 +9,15 @@ metrics alone would prove little: the weights and logits are the sensitive check
 
 The check can fail: the two seeds of one configuration must give different students (the
 seed reaches the training), so equal weights across runs are not equal by accident.
+
+The first run is the session's smoke run (``conftest.SMOKE_RUN``: the smoke study at seeds 0
+and 1, from a cold cache of its own); the second is the same command here, ``--no-report``.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +26,8 @@ import pytest
 from safetensors.torch import load_file
 
 from engine.tasks import get_task
-from tests.conftest import cli_env, run_sweep
+from tests.conftest import SMOKE_RUN, cli_env, run_sweep
 
-OVERRIDES = [
-    "search.space={pipeline.truncate.strategy: [fisher, uniform]}",
-    "repeats=[0, 1]",
-    "importance.methods=[fisher, ablation]",
-]
 TASK = "rating_classification"  # the smoke study's
 # everything a trial's result is, as opposed to how long it took or how much memory it used
 SAME = [
@@ -44,10 +45,9 @@ SAME = [
 KEY = ["config_id", "seed"]
 
 
-def _run(tmp_path: Path, name: str) -> Path:
-    out = tmp_path / name
-    env = cli_env(tmp_path / f"cache-{name}")
-    proc = run_sweep("smoke", *OVERRIDES, "--no-report", out=out, env=env, timeout=1800)
+def _run(tmp_path: Path, cache: Path) -> Path:
+    out = tmp_path / "b"
+    proc = run_sweep(*SMOKE_RUN, "--no-report", out=out, env=cli_env(cache), timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out
 
@@ -57,8 +57,16 @@ def _weights(model_dir: str) -> dict:
 
 
 @pytest.mark.slow
-def test_same_seed_twice_gives_identical_results(tmp_path: Path) -> None:
-    a_dir, b_dir = _run(tmp_path, "a"), _run(tmp_path, "b")
+def test_same_seed_twice_gives_identical_results(
+    tmp_path: Path, smoke_run: tuple[Path, subprocess.CompletedProcess], smoke_cache: Path
+) -> None:
+    a_dir, cache_a = smoke_run[0], smoke_cache
+    cache_b = tmp_path / "cache-b"
+    b_dir = _run(tmp_path, cache_b)
+    for run in (a_dir, b_dir):  # each prepared everything itself
+        found = json.loads((run / "manifest.json").read_text())
+        assert not found["teacher"]["cached"], run
+        assert not found["cache"]["data"]["cached"] and not found["cache"]["importance"]["cached"]
     a = pd.read_parquet(a_dir / "results.parquet")
     b = pd.read_parquet(b_dir / "results.parquet")
     a, b = (df[df.trial_id != "teacher"].set_index(KEY).sort_index() for df in (a, b))
@@ -82,8 +90,8 @@ def test_same_seed_twice_gives_identical_results(tmp_path: Path) -> None:
         assert any(not w0[n].equal(w1[n]) for n in w0), "seed does not reach the training"
 
     # the teacher (fine-tuned in each run's own cache): weights and train logits, bit for bit
-    (ta_dir,) = (tmp_path / "cache-a" / "teachers").iterdir()
-    tb_dir = tmp_path / "cache-b" / "teachers" / ta_dir.name  # same recipe, same cache key
+    key = json.loads((a_dir / "manifest.json").read_text())["teacher"]["cache_key"]
+    ta_dir, tb_dir = cache_a / "teachers" / key, cache_b / "teachers" / key  # same recipe
     sa, sb = (load_file(str(d / "state_dict.safetensors")) for d in (ta_dir, tb_dir))
     assert sa.keys() == sb.keys() and all(sa[n].equal(sb[n]) for n in sa)
     la, lb = (np.load(d / "train_logits.npy") for d in (ta_dir, tb_dir))

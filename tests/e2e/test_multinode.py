@@ -12,6 +12,7 @@ at the end (never ``ray stop``).
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -127,9 +128,10 @@ def _work_by_node(address: str) -> dict[str, set[str]]:
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The module's teacher cache: cold for the first test (which checks that the teacher's
-    fine-tuning ran on a worker node), so the node-loss test after it finds the teacher
-    cached (it tests retries, not preparation)."""
+    """The module's preparation cache: cold for the first test (which checks that the data
+    tasks, the teacher's fine-tuning and the importance actors ran on worker nodes), so the
+    node-loss test after it finds its data, teacher and importance cached (it tests retries,
+    not preparation)."""
     return tmp_path_factory.mktemp("multinode-cache")
 
 
@@ -172,13 +174,17 @@ def test_study_runs_on_worker_nodes_and_matches_one_node(
     assert latency["timed"] == 3  # the teacher and both students, on a worker node
 
     # the same study on one node (a fresh local Ray; the teacher the cluster run fine-tuned,
-    # from the cache, to keep the test short): the trials' and importance's numbers are the
-    # same, bit for bit (the trials train: a different node and process change nothing)
+    # from a cache holding only it, to keep the test short, while the data and the importance
+    # are computed again here): the trials' and importance's numbers are the same, bit for bit
+    # (the trials train: a different node and process change nothing)
     local = tmp_path / "local"
+    teacher_only = tmp_path / "teacher-only"
+    shutil.copytree(cache / "teachers", teacher_only / "teachers")
     t0 = time.monotonic()
-    one = run_sweep(*args, out=local, env=cli_env(cache), timeout=900)
+    one = run_sweep(*args, out=local, env=cli_env(teacher_only), timeout=900)
     assert one.returncode == 0, _study(one)
     assert "[teacher] cached" in one.stdout
+    assert "[importance] cached" not in one.stdout and "(cached, " not in one.stdout
     local_s = time.monotonic() - t0
     key = "pipeline.truncate.strategy"
     a_t = trials.set_index(key)[COMPARED].sort_index()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO, run_sweep
+from tests.conftest import REPO, cli_env, run_sweep
 
 # smoke_run: the session's one smoke run (tests/conftest.py)
 
@@ -64,7 +64,7 @@ def test_smoke_results_contract(smoke_run) -> None:
     for metric, value in manifest["baselines"]["majority"].items():
         assert reference[metric].iloc[0] == pytest.approx(value)
     df = df[df.status != "reference"]
-    assert len(students) == 2  # grid of 2 strategies x 1 seed
+    assert len(students) == 4  # grid of 2 strategies × 2 seeds (conftest.SMOKE_RUN)
     assert set(students["pipeline.truncate.strategy"]) == {"fisher", "uniform"}
     assert (students.status == "ok").all(), students.error.tolist()
     for col in ("accuracy", "macro_f1", "gflops", "params", "latency_ms_p50"):
@@ -91,22 +91,22 @@ def test_smoke_results_contract(smoke_run) -> None:
 def test_smoke_latency_phase_runs_after_the_trials(smoke_run) -> None:
     """The phase starts once every trial has written its final row, times the saved
     students and the teacher in one task on the whole node, and the report states the
-    noise floor from the two identical 2-layer students (fisher and uniform)."""
+    noise floor from the four identical 2-layer students (fisher and uniform, 2 seeds each)."""
     out, proc = smoke_run
     man = json.loads((out / "manifest.json").read_text())
     lat = man["latency"]
     started = dt.datetime.fromisoformat(lat["started"]).timestamp()
     ledger = list((out / "trials").glob("*.json"))
-    assert len(ledger) == 2 and all(p.stat().st_mtime <= started for p in ledger)
+    assert len(ledger) == 4 and all(p.stat().st_mtime <= started for p in ledger)
     assert lat["finished"] >= lat["started"] and man["timings"]["latency_s"] > 0
-    assert (lat["phase"], lat["timed"], lat["untimed"], lat["groups"]) == ("serial", 3, 0, 1)
+    assert (lat["phase"], lat["timed"], lat["untimed"], lat["groups"]) == ("serial", 5, 0, 1)
     assert (lat["batch_size"], lat["warmup"], lat["repeats"], lat["threads"]) == (16, 1, 3, 1)
     assert lat["node_cpus"] >= 1 and lat["devices"] == ["cpu"]
     last_progress = proc.stdout.rindex("[progress]")  # the table printed as trials finish
-    assert proc.stdout.index("[latency] timing the teacher and 2 trials") > last_progress
+    assert proc.stdout.index("[latency] timing the teacher and 4 trials") > last_progress
     section = (out / "report.md").read_text().split("## Latency and its noise floor")[1]
     assert "identical architectures (same GFLOPs, parameters and weight bytes)" in section
-    assert "1 group(s), 2 models" in section.split("\n## ")[0]
+    assert "1 group(s), 4 models" in section.split("\n## ")[0]
 
 
 @pytest.mark.slow
@@ -124,7 +124,7 @@ def test_smoke_importance_and_manifest(smoke_run) -> None:
     files = man["data"]["files"]
     assert files and all(len(f["sha256"]) == 64 for f in files)
     assert all(f["rows_kept"] > 0 for f in files)
-    assert man["trials"] == {"total": 2, "ok": 2, "failed": 0, "stopped": 0}
+    assert man["trials"] == {"total": 4, "ok": 4, "failed": 0, "stopped": 0}
 
 
 @pytest.mark.slow
@@ -162,10 +162,13 @@ PARETO_TINY = [
 
 
 @pytest.mark.slow
-def test_pareto_study_with_mo_asha_returns_only_non_dominated(tmp_path: Path) -> None:
-    """The shipped ``pareto`` study (multi-objective Optuna + MO-ASHA) at smoke sizes."""
+def test_pareto_study_with_mo_asha_returns_only_non_dominated(
+    tmp_path: Path, smoke_cache: Path
+) -> None:
+    """The shipped ``pareto`` study (multi-objective Optuna + MO-ASHA) at smoke sizes, whose
+    data, teacher and importance are the smoke study's (found in its cache)."""
     out = tmp_path / "run"
-    proc = run_sweep("pareto", *PARETO_TINY, out=out, timeout=900)
+    proc = run_sweep("pareto", *PARETO_TINY, out=out, env=cli_env(smoke_cache), timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "[progress]" in proc.stdout and "best valid_accuracy (max)" in proc.stdout
     assert "[sweep] Pareto set on valid_accuracy (max), gflops (min)" in proc.stdout
@@ -194,3 +197,6 @@ def test_pareto_study_with_mo_asha_returns_only_non_dominated(tmp_path: Path) ->
     assert on == brute and not trials[trials.status != "ok"].on_front.any()
     man = json.loads((out / "manifest.json").read_text())
     assert man["trials"]["total"] == 4 and man["trials"]["stopped"] == len(stopped)
+    assert man["teacher"]["cached"] and all(
+        man["cache"][p]["cached"] for p in ("data", "importance")
+    )

@@ -13,6 +13,7 @@ detailed results here"). Now the terminal holds one line per phase with plain pr
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -38,13 +39,13 @@ def _ray_lines(text: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def runs(
-    smoke_run: tuple[Path, subprocess.CompletedProcess],
+    smoke_run: tuple[Path, subprocess.CompletedProcess], smoke_cache: Path
 ) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
     """``quiet``: the session's smoke run (cold cache, report); ``verbose``: the same study
-    with ``--verbose --no-report`` in the same cache, so it finds the teacher cached."""
+    with ``--verbose --no-report`` in the same cache, so it finds its preparation cached."""
     quiet_dir, _ = smoke_run
     run_dir = quiet_dir.parent / "verbose"
-    env = cli_env(quiet_dir.parent / "cache")
+    env = cli_env(smoke_cache)
     proc = run_sweep("smoke", "--verbose", "--no-report", out=run_dir, env=env, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return {"quiet": smoke_run, "verbose": (run_dir, proc)}
@@ -66,8 +67,8 @@ def test_terminal_shows_phases_not_ray_logs(runs) -> None:
     assert teacher and re.match(r"\[teacher\]\s+100% 5/5 steps", teacher[-1]), teacher
     assert len(teacher) <= 11  # at most one line per 10 % (smoke: 5 steps, one line each)
     sweep = [line for line in lines if line.startswith("[progress]")]
-    assert re.match(r"\[progress\]\s+100% 2/2 trials", sweep[-1]), sweep
-    assert "2 ok; best valid_accuracy (max)" in sweep[-1]
+    assert re.match(r"\[progress\]\s+100% 4/4 trials", sweep[-1]), sweep  # 2 configs × 2 seeds
+    assert "4 ok; best valid_accuracy (max)" in sweep[-1]
     importance = [line for line in lines if re.match(r"\[importance\]\s+\d+% ", line)]
     # smoke: 2 calibration batches × 2 methods (fisher, ablation)
     assert re.match(r"\[importance\]\s+100% 4/4 batch×method", importance[-1]), importance
@@ -94,5 +95,15 @@ def test_verbose_shows_the_ray_log_live(runs) -> None:
     # everything shown live is also in the file
     log = (run_dir / "driver.log").read_text().splitlines()
     assert set(live) <= set(log)
-    assert "[teacher] cached" in proc.stdout  # the second run reused the first one's teacher
+    # the second run reused the first one's preparation: data, teacher and importance
+    assert re.search(r"^\[data\] womens-ecommerce: .* \(cached, \d+\.\d s\)$", proc.stdout, re.M)
+    assert "[teacher] cached" in proc.stdout
+    assert re.search(r"^\[importance\] cached \(cache key [0-9a-f]{16}\)$", proc.stdout, re.M)
+    assert not re.search(r"^\[importance\]\s+\d+% ", proc.stdout, re.M)  # nothing scored
+    man = json.loads((run_dir / "manifest.json").read_text())
+    first = json.loads((runs["quiet"][0] / "manifest.json").read_text())
+    for piece in ("data", "importance"):
+        assert first["cache"][piece]["cached"] is False, piece  # the smoke run's cold cache
+        assert man["cache"][piece] == {"key": first["cache"][piece]["key"], "cached": True}
+    assert man["teacher"]["cached"] is True and first["teacher"]["cached"] is False
     assert proc.stdout.splitlines()[-1] == f"Run directory: {run_dir}"

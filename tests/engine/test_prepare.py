@@ -76,12 +76,22 @@ def prepared(ray_local, model_folder, tmp_path_factory):
     try:
         base = ["teacher.model=" + str(model_folder), *TINY]
         cfg = load_study("rating", [*base, f"teacher.ensemble={MEMBERS}"])
-        ens = prepare(cfg, {})
+        found: dict[str, dict] = {"ensemble": {}, "single": {}}
+        ens = prepare(cfg, {}, found["ensemble"])
         members = sorted(p.name for p in (cache / "teachers").iterdir())
-        single = prepare(load_study("rating", [*base, "teacher.ensemble=null"]), {})
+        single = prepare(
+            load_study("rating", [*base, "teacher.ensemble=null"]), {}, found["single"]
+        )
     finally:
         mp.undo()
-    return {"ensemble": ens, "single": single, "cache": cache, "members": members, "cfg": cfg}
+    return {
+        "ensemble": ens,
+        "single": single,
+        "cache": cache,
+        "members": members,
+        "cfg": cfg,
+        "found": found,
+    }
 
 
 def _member(cache: Path, key: str) -> torch.nn.Module:
@@ -218,3 +228,26 @@ def test_a_students_kd_target_is_the_ensemble_mean(prepared, member_predictions,
     expected = sum((a - b) ** 2 for a, b in zip(own, mean, strict=True)) / n
     assert expected > 1e-3  # the planted gap is visible
     assert loss == pytest.approx(expected, rel=1e-3)
+
+
+def test_the_second_preparation_finds_the_data_and_the_importance_cached(prepared):
+    """The single-teacher study shares the ensemble study's data and member 0 (the teacher it
+    would train): its splits and importance scores come from the cache, equal to the ones
+    the first preparation computed."""
+    from engine.importance.runner import importance_table
+
+    first, second = prepared["found"]["ensemble"], prepared["found"]["single"]
+    assert first["dir"] == second["dir"] == str(prepared["cache"])
+    assert not first["data"]["cached"] and not first["importance"]["cached"]
+    assert second["data"] == {"key": first["data"]["key"], "cached": True}
+    assert second["importance"] == {"key": first["importance"]["key"], "cached": True}
+    # one entry each: member 0's importance (the other members' ranks are cached apart)
+    assert len(list((prepared["cache"] / "data").iterdir())) == 1
+    assert len(list((prepared["cache"] / "importance").iterdir())) == MEMBERS
+    (d1, _, s1), (d2, _, s2) = prepared["ensemble"], prepared["single"]
+    for split in ("train", "valid", "test"):
+        a, b = getattr(d1, split), getattr(d2, split)
+        assert list(a) == list(b) and all(np.array_equal(a[k], b[k]) for k in a), split
+    assert list(s1.importance) == list(s2.importance)
+    t1, t2 = importance_table(s1.importance), importance_table(s2.importance)
+    assert t1.equals(t2)
