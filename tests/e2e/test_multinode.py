@@ -12,7 +12,6 @@ at the end (never ``ray stop``).
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,13 +24,12 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import REPO, cli_env, run_sweep
+from tests.conftest import REPO, SMOKE_RUN, cli_env, run_sweep
 from tests.processes import alive_under, kill_all
 
 pytestmark = pytest.mark.cluster
 
 STORE = 200 * 2**20  # object store per node: the shared inputs (teacher ~90 MB) fit the head's
-QUICK = ["teacher.max_steps=3", "importance.num_batches=1", "measure.latency_repeats=1"]
 # Ray Data's own coordination actors and the engine's progress counter (engine/progress.py)
 # ask for no CPU, so Ray may place them on the head; everything that computes (data tasks,
 # teacher, importance, trials, latency) may not
@@ -129,28 +127,36 @@ def _work_by_node(address: str) -> dict[str, set[str]]:
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The module's preparation cache: cold for the first test (which checks that the data
-    tasks, the teacher's fine-tuning and the importance actors ran on worker nodes), so the
-    node-loss test after it finds its data, teacher and importance cached (it tests retries,
-    not preparation)."""
+    tasks, the teacher's fine-tuning and the importance actors ran on worker nodes, and that
+    they computed what one node computes), so the node-loss test after it finds the smoke
+    study's data, teacher and importance cached (it tests retries, not preparation)."""
     return tmp_path_factory.mktemp("multinode-cache")
 
 
 @pytest.mark.parametrize("nodes", [2], indirect=True)
 def test_study_runs_on_worker_nodes_and_matches_one_node(
-    nodes: Nodes, tmp_path: Path, cache: Path
+    nodes: Nodes,
+    tmp_path: Path,
+    cache: Path,
+    smoke_run: tuple[Path, subprocess.CompletedProcess[str]],
 ) -> None:
+    """The session's smoke run (``conftest.SMOKE_RUN``: one node, a cold cache) again on the
+    cluster from a cold cache: preparation and trials on the worker nodes only, and every
+    figure they compute the same as on one node, bit for bit."""
     out = tmp_path / "cluster"
     assert not any(cache.iterdir()), "the first test of the module needs a cold cache"
     env = cli_env(cache, PYTHONPATH=str(REPO))
-    args = ["smoke", *QUICK, "--no-report"]
     t0 = time.monotonic()
-    ran = run_sweep(*args, "--address", nodes.address, out=out, env=env, timeout=900)
+    ran = run_sweep(*SMOKE_RUN, "--no-report", "--address", nodes.address, out=out, env=env)
     assert ran.returncode == 0, _study(ran)
     cluster_s = time.monotonic() - t0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert not manifest["teacher"]["cached"]  # everything prepared here, on the cluster
+    assert not manifest["cache"]["data"]["cached"] and not manifest["cache"]["importance"]["cached"]
 
     # what the engine records: each trial's node is a worker, one attempt, no retry
     trials = _trials(out)
-    assert len(trials) == 2 and (trials.status == "ok").all(), trials.error.tolist()
+    assert len(trials) == 4 and (trials.status == "ok").all(), trials.error.tolist()
     assert set(trials.node_id) <= nodes.worker_ids
     assert (trials.node_history == trials.node_id).all()
     assert (trials.attempts == 1).all() and (trials.retries == 0).all()
@@ -170,23 +176,14 @@ def test_study_runs_on_worker_nodes_and_matches_one_node(
     assert not computed_on_head, computed_on_head
     trial_nodes = {n for name, where in work.items() if "run_trial" in name for n in where}
     assert set(trials.node_id) <= trial_nodes  # the column names the node Ray ran it on
-    latency = json.loads((out / "manifest.json").read_text())["latency"]
-    assert latency["timed"] == 3  # the teacher and both students, on a worker node
+    assert manifest["latency"]["timed"] == 5  # the teacher and the students, on a worker node
 
-    # the same study on one node (a fresh local Ray; the teacher the cluster run fine-tuned,
-    # from a cache holding only it, to keep the test short, while the data and the importance
-    # are computed again here): the trials' and importance's numbers are the same, bit for bit
-    # (the trials train: a different node and process change nothing)
-    local = tmp_path / "local"
-    teacher_only = tmp_path / "teacher-only"
-    shutil.copytree(cache / "teachers", teacher_only / "teachers")
-    t0 = time.monotonic()
-    one = run_sweep(*args, out=local, env=cli_env(teacher_only), timeout=900)
-    assert one.returncode == 0, _study(one)
-    assert "[teacher] cached" in one.stdout
-    assert "[importance] cached" not in one.stdout and "(cached, " not in one.stdout
-    local_s = time.monotonic() - t0
-    key = "pipeline.truncate.strategy"
+    # the same study on one node, prepared there from a cold cache (the session's smoke run):
+    # the teacher, the importance and the trials' numbers are the same, bit for bit (a
+    # different node and process change nothing)
+    local, _ = smoke_run
+    assert manifest["teacher"] == json.loads((local / "manifest.json").read_text())["teacher"]
+    key = ["pipeline.truncate.strategy", "seed"]
     a_t = trials.set_index(key)[COMPARED].sort_index()
     b_t = _trials(local).set_index(key)[COMPARED].sort_index()
     pd.testing.assert_frame_equal(a_t, b_t, check_exact=True)
@@ -195,15 +192,15 @@ def test_study_runs_on_worker_nodes_and_matches_one_node(
     pd.testing.assert_frame_equal(imp_a, imp_b, check_exact=True)
     # the trained students themselves: every weight bit-equal (the most sensitive check:
     # the tiny students' test predictions may all be one class)
-    for strategy in a_t.index:
-        here, there = (_saved_student(run, key, strategy) for run in (out, local))
+    for which in a_t.index:
+        here, there = (_saved_student(run, key, which) for run in (out, local))
         assert here.keys() == there.keys()
         for name, tensor in here.items():
-            assert torch.equal(tensor, there[name]), (strategy, name)
-    print(f"cluster run {cluster_s:.0f} s, local run {local_s:.0f} s", file=sys.stderr)
+            assert torch.equal(tensor, there[name]), (which, name)
+    print(f"cluster run {cluster_s:.0f} s", file=sys.stderr)
 
 
-def _saved_student(run: Path, key: str, value: str) -> dict[str, torch.Tensor]:
+def _saved_student(run: Path, key: list[str], value: tuple) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     (model_dir,) = _trials(run).set_index(key).loc[[value], "model_dir"]
@@ -213,7 +210,6 @@ def _saved_student(run: Path, key: str, value: str) -> dict[str, torch.Tensor]:
 # Long enough to be caught mid-training: 40 distillation steps, reporting every 2 and
 # checkpointing every 4, so a trial retried on another node continues from its checkpoint.
 LOSS = [
-    *QUICK,
     "pipeline.distill.epochs=20",
     "pipeline.distill.max_steps=40",
     "search.report_every_steps=2",
