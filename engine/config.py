@@ -17,13 +17,21 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 import reprlib
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from engine.compress import pipeline_config
 from engine.compress.pipeline import order_problems, stage_problems
@@ -103,6 +111,28 @@ class StudyConfig(Section):
     measure: MeasureConfig = MeasureConfig()
     report: ReportConfig = ReportConfig()
     threads_per_trial: int | None = Field(None, ge=1)
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        """The name is the run directory's folder under ``reports/``: one plain folder name."""
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or ".." in name:
+            raise ValueError(
+                f"{name!r} is not a plain name: it names the run's folder under reports/, so "
+                "use letters, digits, '.', '_' and '-' (no '/', no '..')"
+            )
+        return name
+
+    @field_validator("repeats")
+    @classmethod
+    def _distinct_seeds(cls, repeats: tuple[int, ...]) -> tuple[int, ...]:
+        twice = sorted({s for s in repeats if repeats.count(s) > 1})
+        if twice:
+            raise ValueError(
+                f"seed {', '.join(map(str, twice))} appears more than once: each seed is one "
+                "repeat of every configuration (e.g. repeats: [0, 1, 2])"
+            )
+        return repeats
 
     @model_validator(mode="before")
     @classmethod
@@ -301,6 +331,7 @@ def _format_errors(source: str, err: ValidationError) -> list[str]:
     for e in err.errors():
         loc = ".".join(_key_part(p) for p in e["loc"])
         msg = " ".join(e["msg"].split())  # a validator's message is one line here
+        msg = msg.removeprefix("Value error, ")  # pydantic's tag on a validator's own words
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         value = e.get("input")

@@ -26,15 +26,23 @@ from sweepcore.atomic import atomic_path, write_atomic
 __all__ = [
     "PLACEMENT_COLUMNS",
     "REFERENCE_STATUS",
+    "STUDY_FILE",
     "TUNE_KEYS",
     "examples_name",
+    "record_study",
     "reference_rows",
+    "study_mismatch",
     "trial_columns",
     "trial_rows",
     "tune_failures",
     "write_examples",
     "write_outputs",
 ]
+
+# the study as it started (written before Ray starts; ``--resume`` must match it)
+STUDY_FILE = "study.json"
+# settings a resumed run may change: where and how wide it runs, not what it computes
+RESUMABLE_CHANGES = ("resources.", "threads_per_trial", "search.max_concurrent_trials")
 
 # the status of a task's reference rows (no model: popularity, majority, global mean, ...)
 REFERENCE_STATUS = "reference"
@@ -214,3 +222,36 @@ def write_outputs(
     manifest["finished"] = dt.datetime.now(dt.UTC).isoformat()
     # last: a manifest with "finished" means every file above is complete
     write_atomic(run_dir / "manifest.json", json.dumps(manifest, indent=2, default=str))
+
+
+def record_study(run_dir: Path, cfg: StudyConfig) -> None:
+    """Write ``run_dir/study.json``: the study's settings as the run starts."""
+    text = json.dumps(cfg.model_dump(mode="json"), indent=1, sort_keys=True)
+    write_atomic(run_dir / STUDY_FILE, text + "\n")
+
+
+def study_mismatch(run_dir: Path, cfg: StudyConfig) -> str | None:
+    """Why ``--resume`` of ``run_dir`` with ``cfg`` would mix two studies in one results file
+    (one line), or None: every setting but where and how wide it runs
+    (:data:`RESUMABLE_CHANGES`) must equal the recorded ``study.json``. A run without the
+    file (written before it existed) is not checked."""
+    try:
+        recorded = json.loads((run_dir / STUDY_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        return f"--resume: {run_dir / STUDY_FILE} cannot be read ({e})"
+    old, new = flatten(recorded), flatten(cfg.model_dump(mode="json"))
+    differ = sorted(
+        k
+        for k in old.keys() | new.keys()
+        if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES)
+    )
+    if not differ:
+        return None
+    shown = ", ".join(f"{k} {old.get(k)!r} → {new.get(k)!r}" for k in differ[:3])
+    more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
+    return (
+        f"--resume: {run_dir} is a run of study {recorded.get('name')!r} with other settings "
+        f"({shown}{more}): resume it with the study and overrides it started with"
+    )

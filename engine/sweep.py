@@ -109,6 +109,22 @@ def _fail_config(e: ConfigError) -> int:
     return 2
 
 
+def resume_problem(run_dir: Path) -> str | None:
+    """Why ``--resume`` cannot continue ``run_dir`` (one line), or None: it must hold the
+    Tune state of a sweep that started there (``run_dir/tune``)."""
+    if not run_dir.is_dir():
+        return (
+            f"--resume: {run_dir} does not exist, so there is no run to continue "
+            "(leave out --resume to start one there)"
+        )
+    if not (run_dir / "tune").is_dir():
+        return (
+            f"--resume: {run_dir} holds no sweep to continue (no tune/ folder; "
+            "leave out --resume to start one there)"
+        )
+    return None
+
+
 def preflight(run_dir: Path, min_free_mb: int) -> str | None:
     """Why ``run_dir`` cannot take a run (one line), or None when it can.
 
@@ -301,6 +317,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None and (problem := _uri_problem(args.out)) is not None:
         return _fail(problem)
     run_dir = Path(args.out) if args.out else REPO / "reports" / cfg.name / _run_id(cfg)
+    if args.resume:
+        from engine.rundir import study_mismatch
+
+        if (problem := resume_problem(run_dir) or study_mismatch(run_dir, cfg)) is not None:
+            return _fail(problem)
     if args.dry_run:
         try:
             print(dry_run_line(cfg, run_dir, args.address, args.resume))
@@ -309,6 +330,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if (problem := preflight(run_dir, args.min_free_mb)) is not None:
         return _fail(problem)
+    if not args.resume:
+        from engine.rundir import record_study
+
+        record_study(run_dir, cfg)
     from engine.data import DataError
 
     try:

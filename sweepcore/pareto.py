@@ -32,6 +32,7 @@ __all__ = [
     "pareto_mask",
     "rank_order",
     "seed_means",
+    "snap_equal",
 ]
 
 
@@ -211,10 +212,28 @@ def config_front(
 ) -> pd.DataFrame:
     """:func:`seed_means` of ``objectives`` (and ``metrics``) with a boolean ``on_front``:
     the configuration's averaged objectives are non-dominated among all configurations
-    (:func:`objective_front`; a configuration with a NaN mean is never on the front)."""
+    (:func:`objective_front`; a configuration with a NaN mean is never on the front; means
+    equal up to rounding, :func:`snap_equal`, tie)."""
     cols = [c for c, _ in objectives]
     configs = seed_means(rows, [*cols, *metrics], key)
     configs["on_front"] = False
     if not configs.empty:
-        configs.loc[objective_front(configs, objectives).index, "on_front"] = True
+        # means equal up to the rounding of their sums compare as equal (e.g. mean(.4, .4, .6,
+        # .4) = 0.44999999999999996 and mean(.6, .6, .2, .4) = 0.45000000000000007)
+        snapped = configs.assign(**{c: snap_equal(configs[c].to_numpy(float)) for c in cols})
+        configs.loc[objective_front(snapped, objectives).index, "on_front"] = True
     return configs
+
+
+def snap_equal(values: np.ndarray, rel: float = 1e-9) -> np.ndarray:
+    """``values`` with each run of sorted values closer than ``rel`` (relative to the larger
+    magnitude) to the run's first value replaced by that first value; NaN stays NaN."""
+    out = np.array(values, dtype=float)
+    order = [i for i in np.argsort(out, kind="stable") if np.isfinite(out[i])]
+    first = None
+    for i in order:
+        if first is not None and out[i] - first <= rel * max(abs(first), abs(out[i])):
+            out[i] = first
+        else:
+            first = out[i]
+    return out

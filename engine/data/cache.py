@@ -22,6 +22,7 @@ from engine.cache import cache_dir, code_fingerprint, digest, library_versions
 from engine.data.pipeline import PreparedData
 from engine.data.read import get_corpus, resolve_files, sha256_of
 from engine.data.registry import DataError, FileRecord
+from engine.models import resolve_model_path
 from sweepcore.atomic import atomic_path, write_atomic
 
 __all__ = ["data_key", "load_data", "save_data"]
@@ -46,8 +47,6 @@ def data_key(task: str, data: Any, model: str) -> str | None:
     """Cache key of the splits ``task`` prepares from ``data`` (:class:`engine.data.DataConfig`)
     for the teacher ``model``; None when an input cannot be fingerprinted (a dataset opened by
     name) or is missing or unreadable (preparing it then says what is wrong)."""
-    from engine.models import resolve_model_path
-
     inputs = []
     for source in (data, data.eval, data.transfer):
         if source is None:

@@ -18,6 +18,7 @@ import numpy as np
 
 from engine.cache import cache_dir, code_fingerprint, digest, library_versions
 from engine.importance.base import LayerScores
+from engine.teacher import fingerprint
 from sweepcore.atomic import write_atomic
 
 __all__ = ["importance_key", "load_scores", "save_scores"]
@@ -31,8 +32,6 @@ _ROWS = ("per_batch", "per_example")  # tuples of tuples; the other sequences ar
 def importance_key(teacher_key: str, train: dict[str, np.ndarray], cfg: Any, task: str) -> str:
     """Cache key of ``cfg``'s scores (:class:`engine.importance.config.ImportanceConfig`) for
     the teacher cached under ``teacher_key``, calibrated on ``train``."""
-    from engine.teacher import fingerprint
-
     payload = {
         "code": code_fingerprint(*IMPORTANCE_CODE),
         "teacher": teacher_key,

@@ -10,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO, cli_env, run_sweep
+from engine.config import load_study
+from tests.conftest import REPO, SMOKE_RUN, cli_env, run_sweep
 
 # smoke_run: the session's one smoke run (tests/conftest.py)
 
@@ -25,8 +26,12 @@ def test_smoke_writes_every_output(smoke_run) -> None:
         "report.md",
         "report.html",
         "bad_rows.jsonl",
+        "study.json",
     ):
         assert (out / name).is_file(), name
+    # the study as it started, which --resume must match
+    started = load_study(SMOKE_RUN[0], list(SMOKE_RUN[1:])).model_dump(mode="json")
+    assert json.loads((out / "study.json").read_text()) == started
     pngs = list(out.glob("*.png"))
     assert any("pareto" in p.name for p in pngs) and all(p.stat().st_size > 1000 for p in pngs)
     assert f"Run directory: {out}" in proc.stdout

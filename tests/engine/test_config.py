@@ -64,6 +64,27 @@ def test_out_of_range_value_says_what_is_allowed() -> None:
     assert "data.max_length" in p and "greater than or equal to 8" in p and "(got 4)" in p
 
 
+@pytest.mark.parametrize(
+    "repeats,twice", [("[0, 0]", "0"), ("[2, 0, 1, 2, 0]", "0, 2"), ("[3, 3, 3]", "3")]
+)
+def test_a_seed_given_twice_is_an_error(repeats: str, twice: str) -> None:
+    """Issue 33: ``repeats=[0,0]`` ran duplicate trials and reported n_seeds=2 with a
+    zero-width interval."""
+    (p,) = _problems([f"repeats={repeats}"])
+    assert p.startswith(f"sweeps/smoke.yaml: repeats: seed {twice} appears more than once")
+    assert "Value error" not in p
+    assert load_study("smoke", ["repeats=[2, 0, 1]"]).repeats == (2, 0, 1)
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", "..", ".hidden", "x y", "/abs", "a\\b", ""])
+def test_a_name_that_is_not_one_plain_folder_is_an_error(name: str) -> None:
+    """Issue 33: ``name=../../x`` put the run directory outside ``reports/``."""
+    (p,) = _problems([f"name={name!r}"])
+    assert p.startswith("sweeps/smoke.yaml: name: ") and "is not a plain name" in p
+    for ok in ("smoke", "cross-domain-rec-reverse", "my_study.v2", "A1"):
+        assert load_study("smoke", [f"name={ok}"]).name == ok
+
+
 def test_errors_are_collected_together() -> None:
     problems = _problems(["data.max_length=4", "teacher.lr=-1", "bogus=1"])
     keys = " ".join(problems)

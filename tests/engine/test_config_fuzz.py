@@ -305,7 +305,12 @@ def test_billion_laughs_is_bounded(tmp_path: Path) -> None:
 # and hostile values that used to end in a TypeError traceback, all reported together.
 BAD_OVERRIDES = [
     ["=5"],
-    ["task=[1]", "pipeline.distill.temperature={x: [1, 2]}", "repeats=[[0]]"],
+    [
+        "task=[1]",
+        "pipeline.distill.temperature={x: [1, 2]}",
+        "repeats=[[0]]",
+        "name=../../x",  # would have put the run directory outside reports/ (issue 33)
+    ],
 ]
 
 

@@ -244,3 +244,63 @@ def test_dry_run_refuses_what_a_run_would_refuse(capsys) -> None:
         == 2
     )
     assert "grid needs a list of values for every key" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_directory_without_a_sweep(tmp_path: Path, capsys) -> None:
+    """Issue 33: ``--resume`` on a missing directory silently started a fresh run. Refused
+    with one line before Ray, for a missing folder and for one without Tune state; a
+    directory holding ``tune/`` gets past the check (the dry run then says it would
+    continue)."""
+    from engine.sweep import main
+
+    missing = tmp_path / "nope"
+    assert main(["smoke", "--resume", "--out", str(missing)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"error: --resume: {missing} does not exist, so there is no run to continue "
+        "(leave out --resume to start one there)"
+    ]
+    assert not missing.exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["smoke", "--resume", "--out", str(empty)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: --resume: {empty} holds no sweep to continue (no tune/")
+    assert list(empty.iterdir()) == []
+    (empty / "tune").mkdir()
+    assert main(["smoke", "--resume", "--out", str(empty), "--dry-run"]) == 0
+    assert "would continue" in capsys.readouterr().out
+
+
+def test_resume_refuses_a_run_of_another_study_or_other_settings(tmp_path: Path, capsys) -> None:
+    """Issue 33: ``smoke-rec --resume --out <a smoke run>`` mixed two studies' rows in one
+    results file. The run records its study as it starts (``study.json``); a resume with
+    other settings is one line naming them, before Ray; where and how wide the run goes
+    (resources, concurrency) may change."""
+    import json
+
+    from engine.config import load_study
+    from engine.rundir import record_study
+    from engine.sweep import main
+
+    run = tmp_path / "run"
+    (run / "tune").mkdir(parents=True)
+    record_study(run, load_study("smoke", []))
+    recorded = json.loads((run / "study.json").read_text())
+    assert recorded == load_study("smoke", []).model_dump(mode="json")
+
+    assert main(["smoke-rec", "--resume", "--out", str(run), "--dry-run"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(
+        f"error: --resume: {run} is a run of study 'smoke' with other settings ("
+    )
+    assert line.endswith("more): resume it with the study and overrides it started with")
+    args = ["smoke", "pipeline.distill.temperature=3", "--resume", "--out", str(run), "--dry-run"]
+    assert main(args) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "(pipeline.distill.temperature 2.0 → 3.0)" in line
+    wider = ["resources.cpus=2", "search.max_concurrent_trials=1", "threads_per_trial=2"]
+    assert main(["smoke", *wider, "--resume", "--out", str(run), "--dry-run"]) == 0
+    assert "would continue" in capsys.readouterr().out
+    (run / "study.json").unlink()  # a run from before the file existed: not checked
+    assert main(["smoke-rec", "--resume", "--out", str(run), "--dry-run"]) == 0

@@ -185,3 +185,47 @@ def test_seed_means_and_config_front_with_explicit_key() -> None:
     assert len(seed_means(rows, ["acc"], [])) == len(rows)
     with pytest.raises(KeyError, match="'nope'"):
         seed_means(rows, ["nope"], ["cfg"])
+
+
+def test_config_front_keeps_means_equal_up_to_rounding() -> None:
+    """Issue 33: mean(.4, .4, .6, .4) and mean(.6, .6, .2, .4) are both 0.45 but come out of
+    floating point as 0.44999999999999996 and 0.45000000000000007; at equal cost neither
+    dominates the other, so both are on the front. The oracle is exact arithmetic: each
+    configuration's mean as a fraction, then dominance by definition."""
+    from fractions import Fraction
+
+    rng = np.random.default_rng(0)
+    grid = [0.2, 0.4, 0.6, 0.8]
+    for trial in range(60):
+        seeds = {f"c{i}": rng.choice(grid, 4).tolist() for i in range(5)}
+        if trial == 0:  # the issue's case
+            seeds = {"a": [0.4, 0.4, 0.6, 0.4], "b": [0.6, 0.6, 0.2, 0.4]}
+        cost = {c: float(rng.choice([1.0, 2.0])) if trial else 1.0 for c in seeds}
+        rows = pd.DataFrame(
+            [(c, acc, cost[c]) for c, accs in seeds.items() for acc in accs],
+            columns=["cid", "acc", "gflops"],
+        )
+        got = config_front(rows, [("acc", "max"), ("gflops", "min")], ["cid"])
+        exact = {c: sum(Fraction(str(a)) for a in accs) / len(accs) for c, accs in seeds.items()}
+        front = {
+            c
+            for c in seeds
+            if not any(
+                exact[o] >= exact[c]
+                and cost[o] <= cost[c]
+                and (exact[o] > exact[c] or cost[o] < cost[c])
+                for o in seeds
+            )
+        }
+        assert set(got.loc[got.on_front, "cid"]) == front, (seeds, cost)
+    assert trial == 59
+
+
+def test_snap_equal_joins_values_within_rounding_and_keeps_the_rest() -> None:
+    from sweepcore.pareto import snap_equal
+
+    x = np.array([0.45000000000000007, 0.3, np.nan, 0.44999999999999996, 0.45 + 1e-6])
+    out = snap_equal(x)
+    assert out[0] == out[3] == 0.44999999999999996  # the run's first (smallest) value
+    assert out[1] == 0.3 and np.isnan(out[2]) and out[4] == 0.45 + 1e-6
+    assert snap_equal(np.array([0.0, 1e-300])).tolist() == [0.0, 1e-300]  # no absolute slack
