@@ -18,15 +18,22 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from engine.config import ConfigError, StudyConfig, list_studies, load_study
+from engine.preflight import (
+    address_problem,
+    gpu_problem,
+    lock_run_dir,
+    preflight,
+    resume_problem,
+    uri_problem,
+)
 from engine.provenance import REPO, git_commit, packages
 
-__all__ = ["MIN_FREE_MB", "dry_run_line", "main", "preflight"]
+__all__ = ["MIN_FREE_MB", "dry_run_line", "main"]
 
 # Room a run directory needs before a study starts: results, plots and report take a few MB,
 # the trials' checkpoints and saved students (models/) tens of MB each at MiniLM size.
@@ -87,17 +94,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _uri_problem(out: str) -> str | None:
-    """Why ``--out`` cannot be used as given: a URI (``Path`` would quietly turn
-    ``s3://b/r`` into the local directory ``s3:/b/r``, and the run would land on one disk)."""
-    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", out):
-        return (
-            f"--out {out} is a URI; the run directory must be a path (on a cluster, a shared "
-            "NFS/EFS mount at the same path on every node, e.g. /mnt/sweeps/RUN)"
-        )
-    return None
-
-
 def _fail(msg: str) -> int:
     print(f"error: {msg}", file=sys.stderr)
     return 2
@@ -107,54 +103,6 @@ def _fail_config(e: ConfigError) -> int:
     for line in e.problems:
         print(f"error: {line}", file=sys.stderr)
     return 2
-
-
-def resume_problem(run_dir: Path) -> str | None:
-    """Why ``--resume`` cannot continue ``run_dir`` (one line), or None: it must hold the
-    Tune state of a sweep that started there (``run_dir/tune``)."""
-    if not run_dir.is_dir():
-        return (
-            f"--resume: {run_dir} does not exist, so there is no run to continue "
-            "(leave out --resume to start one there)"
-        )
-    if not (run_dir / "tune").is_dir():
-        return (
-            f"--resume: {run_dir} holds no sweep to continue (no tune/ folder; "
-            "leave out --resume to start one there)"
-        )
-    return None
-
-
-def preflight(run_dir: Path, min_free_mb: int) -> str | None:
-    """Why ``run_dir`` cannot take a run (one line), or None when it can.
-
-    The directory is created if missing and a probe file written and removed in it (the
-    only test that holds for root and read-only filesystems alike); its filesystem must have
-    ``min_free_mb`` MB free. Directories it created are removed again when it fails."""
-    created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".preflight."):
-            pass
-    except OSError as e:
-        _remove_empty(created)
-        return f"cannot write the run directory {run_dir}: {e.strerror or e}"
-    free_mb = shutil.disk_usage(run_dir).free / 2**20
-    if free_mb < min_free_mb:
-        _remove_empty(created)
-        return (
-            f"only {free_mb:.0f} MB free for the run directory {run_dir}; a run needs "
-            f"{min_free_mb} MB (--min-free-mb)"
-        )
-    return None
-
-
-def _remove_empty(dirs: list[Path]) -> None:
-    for d in dirs:  # leaf first
-        try:
-            d.rmdir()
-        except OSError:
-            return
 
 
 def _run_id(cfg: StudyConfig) -> str:
@@ -314,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail_config(e)
     if args.resume and args.out is None:
         return _fail("--resume needs --out DIR (the run directory to continue)")
-    if args.out is not None and (problem := _uri_problem(args.out)) is not None:
+    if args.out is not None and (problem := uri_problem(args.out)) is not None:
         return _fail(problem)
     run_dir = Path(args.out) if args.out else REPO / "reports" / cfg.name / _run_id(cfg)
     if args.resume:
@@ -328,15 +276,21 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as e:
             return _fail_config(e)
         return 0
+    for problem in (gpu_problem(cfg, args.address), address_problem(args.address)):
+        if problem is not None:
+            return _fail(problem)
     if (problem := preflight(run_dir, args.min_free_mb)) is not None:
         return _fail(problem)
-    if not args.resume:
-        from engine.rundir import record_study
-
-        record_study(run_dir, cfg)
+    lock, problem = lock_run_dir(run_dir)
+    if lock is None:
+        return _fail(problem or "")
     from engine.data import DataError
 
     try:
+        if not args.resume:
+            from engine.rundir import record_study
+
+            record_study(run_dir, cfg)
         out = run(
             cfg,
             run_dir,
@@ -347,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     except (DataError, FileNotFoundError) as e:
         return _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    finally:
+        lock.release()
     report = out / "report.md"
     if report.exists():
         print(f"Report: {report}")

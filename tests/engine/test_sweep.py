@@ -176,7 +176,7 @@ def test_extra_arm_columns_name_what_it_changed() -> None:
 def test_preflight_passes_a_writable_directory_and_leaves_only_the_directory(
     tmp_path: Path,
 ) -> None:
-    from engine.sweep import preflight
+    from engine.preflight import preflight
 
     out = tmp_path / "reports" / "smoke" / "run-1"
     assert preflight(out, 1) is None
