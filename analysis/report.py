@@ -74,20 +74,31 @@ def _blank_teacher(df: pd.DataFrame, varying: list[str]) -> pd.DataFrame:
 def _header(run: RunData) -> list[Block]:
     man, df = run.manifest, run.results
     trials = students(df)
-    ok = int((trials.get("status", pd.Series(dtype=str)) == "ok").sum())
-    stopped = int((trials.get("status", pd.Series(dtype=str)) == "stopped").sum())
+    status = trials.get("status", pd.Series(dtype=str))
+    ok = int((status == "ok").sum())
+    stopped = int((status == "stopped").sum())
+    cut = int((status == "interrupted").sum())
     seeds = man.get("seeds", sorted(df["seed"].dropna().unique().tolist()) if "seed" in df else [])
     info = [
         f"Run directory: `{run.run_dir}`",
         f"git commit `{man.get('git_commit', '?')}`",
         f"started {man.get('started', '?')}, finished {man.get('finished', '?')}",
         f"seeds {list(seeds)}",
-        f"trials: {len(trials)} ({ok} ok, {stopped} stopped early, "
-        f"{len(trials) - ok - stopped} failed)",
+        f"trials: {len(trials)} ({ok} ok, {stopped} stopped early by the scheduler, "
+        + (f"{cut} interrupted, " if cut else "")
+        + f"{len(trials) - ok - stopped - cut} failed)",
     ]
     blocks: list[Block] = [Heading(f"Compression study: {run.name}", 1)]
     if run.description:
         blocks.append(Para(run.description))
+    if (stop := man.get("interrupted")) is not None:
+        blocks.append(
+            Para(
+                f"This run was interrupted (Ctrl-C): {stop.get('finished', '?')} of "
+                f"{stop.get('planned', '?')} trials finished, and the figures below cover only "
+                f"those. Continue it with: {stop.get('resume', '--resume --out ' + str(run.run_dir))}"
+            )
+        )
     blocks.append(Para("; ".join(info) + "."))
     return blocks
 
@@ -250,8 +261,9 @@ def _pareto(
 
 def _failures(run: RunData, varying: list[str]) -> list[Block]:
     df = run.results
-    # stopped = cut short by the scheduler on purpose, not a failure
-    failed = df[~df["status"].isin(["ok", "stopped"])] if "status" in df else df.iloc[:0]
+    # stopped = cut short by the scheduler on purpose, interrupted = by Ctrl-C: not failures
+    done = ["ok", "stopped", "interrupted"]
+    failed = df[~df["status"].isin(done)] if "status" in df else df.iloc[:0]
     blocks: list[Block] = [Heading("Failed trials")]
     if failed.empty:
         return [*blocks, Para("None.")]

@@ -35,6 +35,7 @@ __all__ = [
     "trial_columns",
     "trial_rows",
     "tune_failures",
+    "tune_unfinished",
     "write_examples",
     "write_outputs",
 ]
@@ -92,6 +93,16 @@ def tune_failures(experiment_path: str) -> dict[str, int]:
     return {t.trial_id: int(t.num_failures) for t in ExperimentAnalysis(experiment_path).trials}
 
 
+def tune_unfinished(experiment_path: str) -> set[str]:
+    """Trials Tune's saved experiment state does not call finished (``TERMINATED``, a
+    scheduler's stop included, or ``ERROR``): the ones an interrupt (Ctrl-C) left running or
+    waiting."""
+    from ray.tune import ExperimentAnalysis
+
+    trials = ExperimentAnalysis(experiment_path).trials
+    return {t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")}
+
+
 def trial_columns(values: dict[str, Any], study: StudyConfig) -> dict[str, Any]:
     """Config columns named by dotted path: the pipeline and search settings of a trial."""
     from engine.config import with_values
@@ -106,13 +117,15 @@ def trial_columns(values: dict[str, Any], study: StudyConfig) -> dict[str, Any]:
 def trial_rows(cfg: StudyConfig, grid: Any) -> list[dict[str, Any]]:
     """One row per trial (a configuration under one seed).
 
-    ``status``: ``ok`` (ran to its full budget), ``failed`` (raised; ``error`` says why) or
-    ``stopped`` (cut by the scheduler; the metrics are its last intermediate report).
+    ``status``: ``ok`` (ran to its full budget), ``failed`` (raised; ``error`` says why),
+    ``stopped`` (cut by the scheduler; the metrics are its last intermediate report) or
+    ``interrupted`` (still running when the sweep was interrupted; ``--resume`` continues it).
     """
     from engine.trial import trial_seed
 
     rows = []
     failures = tune_failures(grid.experiment_path)
+    unfinished = tune_unfinished(grid.experiment_path)
     for res in grid:
         config = res.config or {}
         values = config.get("values", {})
@@ -126,7 +139,11 @@ def trial_rows(cfg: StudyConfig, grid: Any) -> list[dict[str, Any]]:
         if res.error is not None:
             metrics.update(status="failed", error=f"{type(res.error).__name__}: {res.error}")
         elif "status" not in metrics:
-            metrics.update(status="stopped", error=None)
+            # a trial that never reported has no trial_id: Tune's folder name holds it
+            name = f"_{Path(res.path).name}_"
+            cut = row["trial_id"] in unfinished or any(f"_{t}_" in name for t in unfinished)
+            status = "interrupted" if cut else "stopped"
+            metrics.update(status=status, error=None)
         row["trial_time_s"] = metrics.pop("time_total_s", None)  # Tune's clock, incl. startup
         for k in TUNE_KEYS:
             metrics.pop(k, None)
@@ -219,6 +236,8 @@ def write_outputs(
         "failed": int((df["status"] == "failed").sum()),
         "stopped": int((df["status"] == "stopped").sum()),
     }
+    if (df["status"] == "interrupted").any():
+        manifest["trials"]["interrupted"] = int((df["status"] == "interrupted").sum())
     manifest["finished"] = dt.datetime.now(dt.UTC).isoformat()
     # last: a manifest with "finished" means every file above is complete
     write_atomic(run_dir / "manifest.json", json.dumps(manifest, indent=2, default=str))

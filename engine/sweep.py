@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
+import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -38,6 +40,7 @@ __all__ = ["MIN_FREE_MB", "dry_run_line", "main"]
 # Room a run directory needs before a study starts: results, plots and report take a few MB,
 # the trials' checkpoints and saved students (models/) tens of MB each at MiniLM size.
 MIN_FREE_MB = 200
+INTERRUPTED = 130  # the exit code of a run stopped by Ctrl-C (128 + SIGINT)
 
 # Never download weights or data unless the user asks for it (HF_HUB_OFFLINE=0).
 QUIET_ENV = {
@@ -133,14 +136,17 @@ def run(
     resume: bool,
     report: bool,
     verbose: bool = False,
+    argv: list[str] | None = None,
 ) -> Path:
     """The study's Ray session, its standard error in ``run_dir/driver.log``
-    (:func:`engine.console.route_output`; ``verbose`` also shows it live), then the report."""
+    (:func:`engine.console.route_output`; ``verbose`` also shows it live), then the report.
+    ``argv``: the command line's arguments (default ``sys.argv[1:]``), for the ``--resume``
+    command an interrupted run records."""
     from engine.console import route_output
 
     run_dir.mkdir(parents=True, exist_ok=True)
     with route_output(run_dir, verbose=verbose):
-        _run_study(cfg, run_dir, address=address, resume=resume)
+        _run_study(cfg, run_dir, address=address, resume=resume, argv=argv)
     if report:
         _report(run_dir)
     return run_dir
@@ -205,12 +211,21 @@ def study_lines(studies: dict[str, str], width: int) -> list[str]:
     return lines
 
 
-def _run_study(cfg: StudyConfig, run_dir: Path, *, address: str | None, resume: bool) -> None:
+def _run_study(
+    cfg: StudyConfig,
+    run_dir: Path,
+    *,
+    address: str | None,
+    resume: bool,
+    argv: list[str] | None = None,
+) -> None:
     import ray
 
     from engine.console import quiet_ray_data
+    from engine.latency_phase import apply_latency, untimed_phase
     from engine.prepare import prepare, teacher_row
     from engine.rundir import trial_rows, write_outputs
+    from engine.search import plan_search
     from engine.tune_run import drop_checkpoints, latency_phase, pareto_summary, run_tune
 
     manifest: dict[str, Any] = {
@@ -233,9 +248,24 @@ def _run_study(cfg: StudyConfig, run_dir: Path, *, address: str | None, resume: 
         grid = run_tune(cfg, shared, run_dir, resume)
         timings["sweep_s"] = time.perf_counter() - t0
         trials = trial_rows(cfg, grid)
-        drop_checkpoints(grid)
-        # after every trial has finished, so the timing shares the node with nothing
-        rows, manifest["latency"] = latency_phase(cfg, shared, [teacher, *trials], timings)
+        planned = plan_search(cfg).configs * len(cfg.repeats)
+        cut = sum(r.get("status") == "interrupted" for r in trials)
+        if cut or len(trials) < planned:  # Ctrl-C: Tune stopped the sweep and saved its state
+            manifest["interrupted"] = {
+                "finished": len(trials) - cut,
+                "planned": planned,
+                "resume": resume_command(run_dir, argv),
+            }
+            # the trial checkpoints stay for --resume, which times every student
+            phase = untimed_phase(
+                ["teacher", *(str(r.get("trial_id")) for r in trials)],
+                "the sweep was interrupted; --resume times every student",
+            )
+            rows, manifest["latency"] = apply_latency([teacher, *trials], phase), phase.info
+        else:
+            drop_checkpoints(grid)
+            # after every trial has finished, so the timing shares the node with nothing
+            rows, manifest["latency"] = latency_phase(cfg, shared, [teacher, *trials], timings)
         on_front = pareto_summary(cfg, rows)  # a latency objective is judged on the serial figures
         for r in rows[1:]:  # the trials (rows[0] is the teacher)
             r["on_front"] = r.get("config_id") in on_front and r.get("status") == "ok"
@@ -298,17 +328,52 @@ def main(argv: list[str] | None = None) -> int:
             resume=args.resume,
             report=not args.no_report,
             verbose=args.verbose,
+            argv=argv,
         )
     except (DataError, FileNotFoundError) as e:
         return _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    except KeyboardInterrupt:  # Ctrl-C outside the sweep (which Tune stops cleanly itself)
+        print(f"\n{_interrupted_line(run_dir, None, argv)}", file=sys.stderr)
+        return INTERRUPTED
     finally:
         lock.release()
     report = out / "report.md"
     if report.exists():
         print(f"Report: {report}")
     print(f"Ray and Tune log: {out / 'driver.log'}")
+    stopped = json.loads((out / "manifest.json").read_text()).get("interrupted")
+    if stopped is not None:
+        print(_interrupted_line(out, stopped, argv))
     print(f"Run directory: {out}")  # last: scripts and tests read it from the final line
-    return 0
+    return INTERRUPTED if stopped is not None else 0
+
+
+def resume_command(run_dir: Path, argv: list[str] | None) -> str:
+    """The command that continues this run: the same study and overrides, ``--resume
+    --out RUN_DIR``."""
+    words = [w for w in (sys.argv[1:] if argv is None else argv) if w != "--resume"]
+    if "--out" not in words and not any(w.startswith("--out=") for w in words):
+        words += ["--out", str(run_dir)]
+    return shlex.join(["python", "-m", "engine.sweep", *words, "--resume"])
+
+
+def _interrupted_line(run_dir: Path, stopped: dict[str, int] | None, argv: list[str] | None) -> str:
+    """What an interrupt left and how to go on: the ``--resume`` command once the sweep has
+    started (its Tune state is in ``run_dir/tune``), else the same command again."""
+    if stopped is None and not (run_dir / "tune").is_dir():
+        again = shlex.join(
+            ["python", "-m", "engine.sweep", *(sys.argv[1:] if argv is None else argv)]
+        )
+        return (
+            "interrupted before the sweep started; nothing to resume. Run the same command "
+            f"again (what was prepared is cached): {again}"
+        )
+    done = (
+        ""
+        if stopped is None
+        else f"{stopped['finished']} of {stopped['planned']} trials finished; "
+    )
+    return f"interrupted: {done}continue with: {resume_command(run_dir, argv)}"
 
 
 if __name__ == "__main__":

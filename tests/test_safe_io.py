@@ -45,6 +45,7 @@ NOT_ATOMIC = {
     ("engine/compress/save.py", "save"): "a model directory: compression.json, written last, marks it whole",
     ("engine/compress/save.py", "save_pretrained"): "a model directory (as above)",
     ("engine/compress/early_exit.py", "save_file"): "a model directory (as above)",
+    ("engine/preflight.py", "write_text"): "the holder's pid, into the lock file it holds: a note for people, read by nothing",
 }  # fmt: skip
 PICKLE_LOADS = {"engine/checkpoint.py": "a trial's own checkpoint (a live model object) in Tune's storage, trusted as Tune's own pickled state that --resume loads"}  # fmt: skip
 
