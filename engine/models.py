@@ -31,6 +31,7 @@ __all__ = [
     "embedded_model_path",
     "keep_layers",
     "layer_list",
+    "model_folder_problem",
     "model_source_problem",
     "num_layers",
     "resolve_model_path",
@@ -189,10 +190,74 @@ def build_classifier(
     return model
 
 
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+# a tokenizer's vocabulary, in the formats transformers saves
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+
+
+def model_folder_problem(path: Path) -> str | None:
+    """Why the model folder ``path`` (with a ``config.json``) cannot be a teacher, or None:
+    its config must load, it must hold weights (a safetensors file's header must read), and
+    a tokenizer must load from it. Only metadata is read, never the weights themselves."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:
+        AutoConfig.from_pretrained(path)
+    except Exception as e:  # transformers raises several kinds for a bad config
+        return f"{str(path)!r}: config.json cannot be read as a model config ({_first_line(e)})"
+    weights = [f for f in WEIGHT_FILES if (path / f).is_file()]
+    if not weights:
+        return (
+            f"{str(path)!r} holds no weights (expected one of {', '.join(WEIGHT_FILES)}); "
+            "save the model with save_pretrained"
+        )
+    if weights[0] == "model.safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(path / weights[0], framework="pt") as f:
+                f.keys()
+        except Exception as e:  # safetensors' own error types vary by version
+            return f"{str(path / weights[0])!r} cannot be read ({_first_line(e)})"
+    # transformers builds an empty tokenizer (special tokens only) from a config alone, so a
+    # folder must hold a vocabulary file, and it must load
+    vocab = [f for f in TOKENIZER_FILES if (path / f).is_file()]
+    try:
+        if not vocab:
+            raise FileNotFoundError(f"none of {', '.join(TOKENIZER_FILES)}")
+        AutoTokenizer.from_pretrained(path)
+    except Exception as e:
+        return (
+            f"{str(path)!r} holds no tokenizer that loads ({_first_line(e)}); save the "
+            "tokenizer beside the model (tokenizer.save_pretrained)"
+        )
+    return None
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:200]
+
+
 def model_source_problem(name: str) -> str | None:
     """Why ``teacher.model`` cannot be loaded here, or None.
 
-    A local folder must hold ``config.json``; a name that is not a folder is a hub id, which
+    A local folder must be a model folder that loads (:func:`model_folder_problem`: config,
+    weights, tokenizer); a name that is not a folder is a hub id, which
     needs downloads allowed (``HF_HUB_OFFLINE`` other than ``1``) unless its config is in the
     local Hugging Face cache already.
     """
@@ -202,7 +267,7 @@ def model_source_problem(name: str) -> str | None:
     if path.is_dir():
         if not (path / "config.json").is_file():
             return f"{name!r} is a folder without config.json (not a Hugging Face model folder)"
-        return None
+        return model_folder_problem(path)
     if name.startswith(("/", ".", "~")) or name.count("/") > 1:
         return f"{name!r}: no such folder"
     if os.environ.get("HF_HUB_OFFLINE", "1") not in ("0", "false", "False", ""):

@@ -37,6 +37,9 @@ def _source_problems(section: DataConfig | EvalDataConfig, source: str, key: str
     if section.corpus not in CORPORA:
         return [f"{where}.corpus: {CORPORA.unknown_message(section.corpus)}"]
     corpus = CORPORA.get(section.corpus)
+    checked = corpus.check_header is not None and corpus.opener is None
+    if checked and (out := _corpus_header_problems(corpus, section, where)):
+        return out
     if "columns" not in corpus.options:
         takes = ", ".join(n for n in CORPORA.names() if "columns" in CORPORA.get(n).options)
         out = []
@@ -54,6 +57,21 @@ def _source_problems(section: DataConfig | EvalDataConfig, source: str, key: str
     if corpus.opener is not None:  # opens itself (a dataset, maybe on the hub): not read here
         return []
     return _header_problems(corpus, section, where, key)
+
+
+def _corpus_header_problems(
+    corpus: Any, section: DataConfig | EvalDataConfig, where: str
+) -> list[str]:
+    """The corpus's own header check (``check_header``) on each review file."""
+    try:
+        reviews, _ = resolve_files(corpus, section.path)
+    except DataError:
+        return []  # the reader says what is wrong with the path, in its own words
+    return [
+        f"{where}.path: {f.name}: {problem}"
+        for f in reviews
+        if (problem := corpus.check_header(f)) is not None
+    ]
 
 
 def _header_problems(

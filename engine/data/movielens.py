@@ -16,13 +16,20 @@ fails with an error that says so.
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 from engine.data.registry import bad_row, item_row, register_corpus, review_row
 from engine.data.textio import allow_fields_of, decompress, iter_lines
 
-__all__ = ["delimiter_problem", "read_movielens_items", "read_movielens_ratings"]
+__all__ = [
+    "delimiter_problem",
+    "ratings_header_problem",
+    "read_movielens_items",
+    "read_movielens_ratings",
+]
 
 RATING_RANGE = (0.5, 5.0)
 RATINGS_HEADER = ("userId", "movieId", "rating", "timestamp")
@@ -106,6 +113,45 @@ def read_movielens_items(path: str, data: bytes) -> Iterator[dict]:
         )
 
 
+def ratings_header_problem(path: Path) -> str | None:
+    """What is wrong with a ``ratings.csv`` header, or None. Its columns are read by position
+    (``userId,movieId,rating,timestamp``), so a header that names other columns, or these in
+    another order (user and item swapped), would be read wrongly without a word. A file with
+    no header (a first line of numbers) and one not comma-separated (the reader says so) pass."""
+    if not _is_csv(path.name):
+        return None
+    names = _csv_header(path)
+    if names is None or len(names) < 2 or all(_is_number(n) for n in names):
+        return None
+    if tuple(names) == RATINGS_HEADER:
+        return None
+    return (
+        f"its header names {', '.join(names)}, but a MovieLens ratings.csv is read as "
+        f"{', '.join(RATINGS_HEADER)} in that order; rename or reorder the columns (or read "
+        "the file as corpus 'table' with data.columns)"
+    )
+
+
+def _csv_header(path: Path) -> list[str] | None:
+    """The first line's comma-separated fields, stripped (None: unreadable; the reader
+    then reports it with its line)."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as fh:
+            first = fh.readline().lstrip("\ufeff")
+        return [n.strip() for n in next(csv.reader([first]))]
+    except (OSError, EOFError, StopIteration, csv.Error):
+        return None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 @register_corpus(
     "movielens",
     default_path="datasets/movielens-100k",
@@ -113,6 +159,7 @@ def read_movielens_items(path: str, data: bytes) -> Iterator[dict]:
     item_globs=("u.item", "movies.dat", "movies.csv", "movies.csv.gz"),
     read_items=read_movielens_items,
     has_text=False,
+    check_header=ratings_header_problem,
 )
 def read_movielens_ratings(
     path: str, data: bytes, item_titles: Mapping[str, str]

@@ -18,6 +18,7 @@ import math
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -230,6 +231,9 @@ class Corpus:
     # a corpus that is not a set of files (a Hugging Face dataset) opens itself:
     # ``opener(source_config) -> (ray Dataset of ROW_SCHEMA rows, record name, checksum)``
     opener: Callable[..., tuple] | None = None
+    # ``check_header(path) -> problem | None``: what is wrong with a review file's header,
+    # read before Ray starts (:mod:`engine.data.check`); None: the corpus checks none
+    check_header: Callable[[Path], str | None] | None = None
 
     def __call__(self, path: str, data: bytes, item_titles: Mapping[str, str]) -> Iterator[dict]:
         return self.read_reviews(path, data, item_titles)
@@ -248,6 +252,7 @@ def register_corpus(
     has_text: bool = True,
     options: tuple[str, ...] = (),
     opener: Callable[..., tuple] | None = None,
+    check_header: Callable[[Path], str | None] | None = None,
 ) -> Callable[[ReviewReader], ReviewReader]:
     """Decorator: register ``read_reviews`` as corpus ``name`` (a duplicate name is an error)."""
 
@@ -262,6 +267,7 @@ def register_corpus(
             has_text=has_text,
             options=tuple(options),
             opener=opener,
+            check_header=check_header,
         )
         CORPORA.register(name)(corpus)
         return read_reviews

@@ -9,6 +9,7 @@ trials rebuild the teacher.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -91,8 +92,15 @@ def folders(tmp_path_factory) -> dict[str, Path]:
     for family, (kw, _) in FAMILIES.items():
         torch.manual_seed(0)
         AutoModel.from_config(AutoConfig.for_model(family, **kw)).save_pretrained(root / family)
+        _with_tokenizer(root / family)  # a teacher folder holds the tokenizer its study uses
         out[family] = root / family
     return out
+
+
+def _with_tokenizer(folder: Path) -> Path:
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(embedded_model_path() / name, folder / name)
+    return folder
 
 
 def _train(batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -156,6 +164,31 @@ def test_model_source_problems_are_reported_before_any_work(tmp_path: Path, monk
     empty.mkdir()
     assert "without config.json" in model_source_problem(str(empty))
     assert "no such folder" in model_source_problem(str(tmp_path / "missing"))
+    # a folder with config.json must be a model folder that loads, checked up front (issue 33:
+    # these reached Ray and data preparation and ended in 56-200 traceback lines)
+    only_config = tmp_path / "only-config"
+    only_config.mkdir()
+    (only_config / "config.json").write_text('{"model_type": "bert"}')
+    assert "holds no weights (expected one of model.safetensors" in model_source_problem(
+        str(only_config)
+    )
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "config.json").write_text("{not json")
+    assert "config.json cannot be read as a model config" in model_source_problem(str(junk))
+    good = tiny_bert(num_layers=1)
+    good.save_pretrained(tmp_path / "no-tokenizer")
+    assert "holds no tokenizer that loads" in model_source_problem(str(tmp_path / "no-tokenizer"))
+    complete = _with_tokenizer(tmp_path / "no-tokenizer")
+    assert model_source_problem(str(complete)) is None
+    weights = complete / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:50])  # cut short: the header no longer reads
+    assert f"{str(weights)!r} cannot be read" in model_source_problem(str(complete))
+    with pytest.raises(ConfigError) as err:
+        load_study("smoke", [f"teacher.model={only_config}"])
+    (line,) = err.value.problems
+    assert line.startswith("sweeps/smoke.yaml: teacher.model: ") and "holds no weights" in line
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     msg = model_source_problem("no-such-org/no-such-model-xyz")
     assert "HF_HUB_OFFLINE=0" in msg

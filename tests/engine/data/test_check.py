@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from engine.config import ConfigError, load_study
 from engine.data.check import problems
 from engine.data.config import DataConfig, EvalDataConfig
 
@@ -92,3 +93,42 @@ def test_the_shipped_corpus_defaults_pass() -> None:
 def test_data_config_rejects_unknown_mapping_targets() -> None:
     with pytest.raises(ValueError, match="unknown normalised column"):
         DataConfig(corpus="table", columns={"stars": "rating"})
+
+
+ML_ROWS = ["1,31,2.5,1260759144", "1,1029,3.0,1260759179", "2,31,4.0,1260759185"]
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["movieId,userId,rating,timestamp", "user_id,item_id,rating,ts", "userId,movieId,stars,time"],
+    ids=["user-and-item-swapped", "other-names", "other-value-names"],
+)
+def test_a_movielens_ratings_csv_header_that_would_be_misread(tmp_path: Path, header: str) -> None:
+    """Issue 33: a ratings.csv with userId and movieId swapped was silently read by position
+    (users as items); one whose header names other columns was misread. One line, before
+    Ray, naming the columns found and the ones expected in their order."""
+    f = tmp_path / "ratings.csv"
+    f.write_text("\n".join([header, *ML_ROWS]) + "\n")
+    with pytest.raises(ConfigError) as err:
+        load_study("smoke-rec", [f"data.path={f}"])
+    (line,) = err.value.problems
+    found = ", ".join(header.split(","))
+    assert line == (
+        f"sweeps/smoke-rec.yaml: data.path: ratings.csv: its header names {found}, but a "
+        "MovieLens ratings.csv is read as userId, movieId, rating, timestamp in that order; "
+        "rename or reorder the columns (or read the file as corpus 'table' with data.columns)"
+    )
+
+
+@pytest.mark.parametrize("first", ["userId,movieId,rating,timestamp", None, "userId;movieId"])
+def test_movielens_headers_that_read_right_pass(tmp_path: Path, first: str | None) -> None:
+    """The published header, no header (numbers: read by position), and a file that is not
+    comma-separated (its reader reports the delimiter, with the line) pass this check."""
+    import gzip
+
+    f = tmp_path / "ratings.csv.gz"
+    f.write_bytes(
+        gzip.compress(("\n".join([*([first] if first else []), *ML_ROWS]) + "\n").encode())
+    )
+    assert load_study("smoke-rec", [f"data.path={f}"]).data.path == str(f)
+    assert load_study("smoke-rec", []).data.corpus == "movielens"  # the shipped u.data
