@@ -26,7 +26,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cache_dir", "code_fingerprint", "digest", "library_versions"]
+__all__ = ["cache_dir", "code_fingerprint", "digest", "library_versions", "plain_json"]
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -55,12 +55,21 @@ def code_fingerprint(*parts: str | Path, root: Path = REPO) -> str:
     return h.hexdigest()
 
 
-def library_versions(*names: str) -> dict[str, str]:
-    """Installed version of each distribution in ``names`` ("" when not installed)."""
+def library_versions(*names: str, missing: str = "") -> dict[str, str]:
+    """Installed version of each distribution in ``names`` (``missing`` when not installed)."""
     out = {}
     for name in names:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
-            out[name] = ""
+            out[name] = missing
     return out
+
+
+def plain_json(value: Any) -> Any:
+    """``json.dumps(default=...)`` for NumPy scalars (statistics and scores hold a few)."""
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

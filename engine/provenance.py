@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import platform
 import subprocess
-from importlib import metadata
 from pathlib import Path
+
+from engine.cache import library_versions
 
 __all__ = ["PACKAGES", "REPO", "git_commit", "packages"]
 
@@ -45,10 +46,7 @@ def git_commit() -> str:
 
 
 def packages() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+    return {
+        "python": platform.python_version(),
+        **library_versions(*PACKAGES, missing="not installed"),
+    }

@@ -348,10 +348,14 @@ def main(argv: list[str] | None = None) -> int:
     return INTERRUPTED if stopped is not None else 0
 
 
+def _argv(argv: list[str] | None) -> list[str]:
+    return sys.argv[1:] if argv is None else list(argv)
+
+
 def resume_command(run_dir: Path, argv: list[str] | None) -> str:
     """The command that continues this run: the same study and overrides, ``--resume
     --out RUN_DIR``."""
-    words = [w for w in (sys.argv[1:] if argv is None else argv) if w != "--resume"]
+    words = [w for w in _argv(argv) if w != "--resume"]
     if "--out" not in words and not any(w.startswith("--out=") for w in words):
         words += ["--out", str(run_dir)]
     return shlex.join(["python", "-m", "engine.sweep", *words, "--resume"])
@@ -361,9 +365,7 @@ def _interrupted_line(run_dir: Path, stopped: dict[str, int] | None, argv: list[
     """What an interrupt left and how to go on: the ``--resume`` command once the sweep has
     started (its Tune state is in ``run_dir/tune``), else the same command again."""
     if stopped is None and not (run_dir / "tune").is_dir():
-        again = shlex.join(
-            ["python", "-m", "engine.sweep", *(sys.argv[1:] if argv is None else argv)]
-        )
+        again = shlex.join(["python", "-m", "engine.sweep", *_argv(argv)])
         return (
             "interrupted before the sweep started; nothing to resume. Run the same command "
             f"again (what was prepared is cached): {again}"

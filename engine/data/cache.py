@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.cache import cache_dir, code_fingerprint, digest, library_versions
+from engine.cache import cache_dir, code_fingerprint, digest, library_versions, plain_json
 from engine.data.pipeline import PreparedData
 from engine.data.read import get_corpus, resolve_files, sha256_of
 from engine.data.registry import DataError, FileRecord
@@ -77,13 +77,6 @@ def data_key(task: str, data: Any, model: str) -> str | None:
     return digest(payload)
 
 
-def _plain(value: Any) -> Any:
-    """JSON for NumPy scalars (the statistics hold a few)."""
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
 def save_data(key: str, data: PreparedData, root: Path | None = None) -> Path | None:
     """Cache ``data`` under ``key``; None (nothing written) when an array holds Python
     objects, which only a pickle could store."""
@@ -102,7 +95,7 @@ def save_data(key: str, data: PreparedData, root: Path | None = None) -> Path | 
             "bad_rows": data.bad_rows,
             "stats": data.stats,
         },
-        default=_plain,
+        default=plain_json,
     )
     d = (root or cache_dir()) / "data" / key
     with atomic_path(d / "splits.npz") as tmp, tmp.open("wb") as f:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.cache import cache_dir, code_fingerprint, digest, library_versions
+from engine.cache import cache_dir, code_fingerprint, digest, library_versions, plain_json
 from engine.importance.base import LayerScores
 from engine.teacher import fingerprint
 from sweepcore.atomic import write_atomic
@@ -43,17 +43,11 @@ def importance_key(teacher_key: str, train: dict[str, np.ndarray], cfg: Any, tas
     return digest(payload)
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
 def save_scores(key: str, scores: dict[str, LayerScores], root: Path | None = None) -> Path:
     """Cache ``scores`` (method → scores, in the order given) under ``key``."""
     d = (root or cache_dir()) / "importance" / key
     methods = [asdict(s) for s in scores.values()]
-    write_atomic(d / "meta.json", json.dumps({"methods": methods}, default=_plain))
+    write_atomic(d / "meta.json", json.dumps({"methods": methods}, default=plain_json))
     return d
 
 
