@@ -6,8 +6,9 @@ A tabular benchmark on the ``pareto`` study's space, made discrete (issue 30):
    of :data:`SPACE` — 6 depths × 3 strategies × 3 temperatures × 3 distillation weights, one
    seed, no scheduler, intermediate reports every 10 steps as the study has them (no trial
    checkpoints, no saved students: fault tolerance and files are not search). Training is
-   deterministic (``tests/e2e/test_determinism.py``), so this run is the *table*: every point's
-   validation accuracy and GFLOPs at each report, and the trial-seconds it took to get there.
+   deterministic (``tests/e2e/test_multinode.py``, first test), so this run is the *table*:
+   every point's validation accuracy and GFLOPs at each report, and the trial-seconds it took
+   to get there.
 2. ``replay``: each search — ``random``, ``optuna_mo`` (multi-objective TPE) and ``optuna_mo``
    with ``mo_asha`` — under search seeds 0, 1, 2, run by the engine's own search plans and
    schedulers (:func:`engine.search.plan_search`, :func:`engine.schedulers.build_scheduler`) in

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -78,6 +81,43 @@ def run_sweep(
     return run_cli("engine.sweep", *args, out=out, env=env, timeout=timeout)
 
 
+def _ray_session() -> tuple[bool, str | None]:
+    """Whether this process is connected to Ray, and the newest local Ray session on disk."""
+    import ray
+
+    latest = Path(tempfile.gettempdir()) / "ray" / "session_latest"
+    return ray.is_initialized(), os.path.realpath(latest) if latest.exists() else None
+
+
+def sweep_in_process(
+    *args: str, out: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m engine.sweep ARGS [--out OUT]`` for a command that must end *before Ray
+    starts* (a user's mistake): the CLI's entry point ``engine.sweep.main`` in this process,
+    under ``env`` added to the environment (restored after), its output captured. A
+    subprocess would spend ~5 s importing what this process holds already. Asserts that the
+    command neither started nor joined nor stopped a Ray (this process's connection and the
+    newest local session are as they were), then returns what a subprocess run would: the exit
+    code (argparse's ``SystemExit`` included) and the text written to stdout and stderr."""
+    from engine.sweep import main
+
+    argv = [*args, *(["--out", str(out)] if out is not None else [])]
+    saved, before = dict(os.environ), _ray_session()
+    stdout, stderr = io.StringIO(), io.StringIO()
+    try:
+        os.environ.update(env or {})
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                code = main(argv)
+            except SystemExit as exit_:  # argparse's own: --help (0) or a usage error (2)
+                code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    assert _ray_session() == before, "the command reached Ray"
+    return subprocess.CompletedProcess(argv, code, stdout.getvalue(), stderr.getvalue())
+
+
 _HALF_WRITER = textwrap.dedent(
     """
     import sys, time
@@ -127,8 +167,9 @@ def smoke_run(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[Path, subprocess.CompletedProcess[str]]:
     """The ``smoke`` study at two seeds (``SMOKE_RUN``) through the real CLI, once per session,
-    from a cold cache of its own (so its terminal shows the preparation, and the determinism
-    test can compare it with a second cold run): the run directory and the finished process,
+    from a cold cache of its own (so its terminal shows the preparation, and the two-node test
+    in ``e2e/test_multinode.py`` can compare it with a second cold run, bit for bit): the run
+    directory and the finished process,
     for every read-only check of a run's outputs, report and terminal. Its cache
     (:func:`smoke_cache`) is ``RUN.parent / "cache"``."""
     out = tmp_path_factory.mktemp("smoke") / "run"

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -37,7 +35,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from engine.config import SWEEPS_DIR, ConfigError, StudyConfig, load_study, parse_override
-from tests.conftest import REPO
+from tests.conftest import sweep_in_process
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
 FUZZ = settings(
@@ -301,8 +299,9 @@ def test_billion_laughs_is_bounded(tmp_path: Path) -> None:
     assert sum(len(p) for p in out.problems) < 20 * MAX_LINE
 
 
-# Two CLI runs (each pays for importing torch, transformers and Ray): a malformed override,
-# and hostile values that used to end in a TypeError traceback, all reported together.
+# Two CLI runs (the entry point in this process, which also checks that no Ray started): a
+# malformed override, and hostile values that used to end in a TypeError traceback, all
+# reported together.
 BAD_OVERRIDES = [
     ["=5"],
     [
@@ -314,19 +313,12 @@ BAD_OVERRIDES = [
 ]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("overrides", BAD_OVERRIDES, ids=["malformed", "hostile-values"])
 def test_cli_bad_overrides_exit_2_with_error_lines_before_ray(
     tmp_path: Path, overrides: list[str]
 ) -> None:
     out = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "engine.sweep", "smoke", *overrides, "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = sweep_in_process("smoke", *overrides, out=out)
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
     assert len(lines) >= len(overrides), proc.stderr[-2000:]  # collected, not first-only
