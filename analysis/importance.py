@@ -35,17 +35,28 @@ __all__ = [
 BASELINE_STRATEGIES = ("uniform", "first_last", "random")
 
 
-def _interval_note(g: pd.DataFrame, level: float) -> str:
-    """What one method's intervals resampled, and whether there were enough units."""
+def _interval_note(g: pd.DataFrame, level: float, floors: dict[str, int]) -> str:
+    """What one method's intervals resampled, and whether they can be trusted: enough units
+    (``floors``: the run's minimum per unit) and, layer by layer, not too skewed."""
     if "ci_unit" not in g or g["ci_low"].isna().all():
         return "No interval (fewer than 2 resampling units)." if "ci_unit" in g else ""
     unit, n = str(g["ci_unit"].iloc[0]), int(g["ci_units"].iloc[0])
     units = {"example": "examples", "batch": "calibration batches"}.get(unit, unit)
     text = f"Interval: {level:.0%} BCa bootstrap over {n} {units}"
-    if not bool(g["ci_reliable"].iloc[0]):
+    floor = n < floors.get(unit, 0)
+    shaky = [int(r.layer) for r in g.itertuples() if not bool(r.ci_reliable)]
+    if floor or len(shaky) == len(g):
+        why = f"too few {units}" if floor else f"{units} too skewed for their number"
         return (
-            f"{text} — **unreliable**: too few {units} for the interval to reach its nominal "
-            "coverage (see `importance.ci_min_examples` / `ci_min_batches`)."
+            f"{text}; unreliable: {why} for the interval to reach its nominal coverage "
+            "(see `importance.ci_min_examples` / `ci_min_batches`; skew: n > 25·skewness²)."
+        )
+    if shaky:
+        layers = ", ".join(map(str, sorted(shaky)))
+        return (
+            f"{text}; unreliable for layer{'s' if len(shaky) > 1 else ''} {layers}: their "
+            f"{units} are too skewed for their number (n > 25·skewness² fails), so those "
+            "intervals may cover less than nominal."
         )
     return f"{text}."
 
@@ -62,7 +73,12 @@ def importance_blocks(run: RunData, images: dict[str, Path]) -> list[Block]:
     imp = run.importance
     if imp is None or imp.empty:
         return []
-    level = float((run.config.get("importance") or {}).get("ci_level", 0.95))
+    cfg = run.config.get("importance") or {}
+    level = float(cfg.get("ci_level", 0.95))
+    floors = {
+        "example": int(cfg.get("ci_min_examples", 100)),
+        "batch": int(cfg.get("ci_min_batches", 50)),
+    }
     blocks: list[Block] = [
         Heading("Layer importance"),
         Para(
@@ -78,7 +94,7 @@ def importance_blocks(run: RunData, images: dict[str, Path]) -> list[Block]:
             blocks.append(
                 Para(f"Mean rank-normalised score of: {', '.join(consensus_members(run))}.")
             )
-        note = _interval_note(g, level)
+        note = _interval_note(g, level, floors)
         if note:
             blocks.append(Para(note))
         blocks.append(

@@ -38,7 +38,8 @@ class ImportanceConfig(Section):
 
     # confidence intervals: BCa bootstrap over examples where a method yields per-example
     # contributions, over calibration batches where it does not (base.bootstrap_ci); below
-    # these counts an interval is flagged unreliable (ci_reliable = False)
+    # these counts, or where a layer's units are too skewed for their count (Cochran's rule,
+    # n > 25·skewness²), an interval is flagged unreliable (ci_reliable = False)
     bootstrap_samples: int = Field(1000, ge=10)
     ci_level: float = Field(0.95, gt=0, lt=1)
     ci_min_examples: int = Field(100, ge=2)

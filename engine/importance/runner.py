@@ -214,7 +214,7 @@ def importance_table(scores: Mapping[str, LayerScores] | Sequence[LayerScores]) 
                     "ci_high": np.nan if s.ci_high is None else s.ci_high[layer],
                     "ci_unit": s.ci_unit or "",
                     "ci_units": -1 if s.ci_units is None else int(s.ci_units),
-                    "ci_reliable": bool(s.ci_reliable),
+                    "ci_reliable": s.ci_reliable is not None and s.ci_reliable[layer],
                     "score_rank_normalised": float(norm[layer]),
                 }
             )

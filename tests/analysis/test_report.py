@@ -339,15 +339,19 @@ def test_no_agreement_file_no_agreement_section(tmp_path: Path) -> None:
 
 
 def test_report_importance_section_says_what_each_interval_resampled(tmp_path: Path) -> None:
-    """Per method: the resampling unit and count, the unreliable flag below the minimum, and
-    the consensus members read from the run's config."""
+    """Per method: the resampling unit and count, the unreliable flag below the minimum or
+    for the layers too skewed for their count (Cochran's rule), and the consensus members
+    read from the run's config."""
     from engine.importance.base import bootstrap_ci, from_per_batch, from_per_example
     from engine.importance.runner import importance_table
 
     run_dir = _write_importance_run(tmp_path / "run")
     rng = np.random.default_rng(0)
+    spiky = rng.normal(size=(120, 4))
+    spiky[0, 2] = 1000.0  # layer 2: one huge contribution among 120 (G₁ ≈ 11, 25·G₁² ≫ 120)
     ls = {
         "fisher": bootstrap_ci(from_per_example("fisher", [rng.normal(size=(60, 4))] * 2)),
+        "taylor": bootstrap_ci(from_per_example("taylor", [spiky])),
         "mutual_info": bootstrap_ci(
             from_per_batch("mutual_info", rng.normal(size=(6, 4)), [8] * 6)
         ),
@@ -367,7 +371,10 @@ def test_report_importance_section_says_what_each_interval_resampled(tmp_path: P
     assert "Interval: 90% BCa bootstrap over 120 examples." in fisher
     assert "unreliable" not in fisher
     mi = section.split("### mutual_info")[1].split("###")[0]
-    assert "over 6 calibration batches — **unreliable**" in mi
+    assert "over 6 calibration batches; unreliable: too few calibration batches" in mi
+    taylor = section.split("### taylor")[1].split("###")[0]
+    assert "over 120 examples; unreliable for layer 2: their examples are too skewed" in taylor
+    assert "**" not in section  # no Markdown emphasis, which the HTML showed literally
     cons = section.split("### consensus")[1].split("###")[0]
     assert "Mean rank-normalised score of: fisher, ablation, block_influence." in cons
     agreement = md.split("## Agreement between importance methods")[1]
