@@ -22,7 +22,15 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis.frontier import config_front
-from analysis.rundir import KD_COL, STRATEGY_COL, TEACHER_ID, RunData, better_first
+from analysis.rundir import (
+    KD_COL,
+    ORDER_COL,
+    STRATEGY_COL,
+    TEACHER_ID,
+    RunData,
+    better_first,
+    student_kind,
+)
 from sweepcore.atomic import atomic_path
 from sweepcore.registry import Registry
 
@@ -133,9 +141,17 @@ def pareto_plot(
 
     by_strategy = STRATEGY_COL in configs and configs[STRATEGY_COL].notna().any()
     has_kd = KD_COL in configs and configs[KD_COL].nunique() > 1
+    by_kind = ORDER_COL in configs and configs[ORDER_COL].notna().any()
 
     def styled(d: pd.DataFrame) -> pd.DataFrame:  # legend name and marker of each row
-        name = d[STRATEGY_COL].astype(str) if by_strategy else "configurations"
+        if by_kind:  # what the students are, from the stages that ran
+            strategy = d[STRATEGY_COL] if by_strategy else pd.Series(None, index=d.index)
+            name = pd.Series(
+                [student_kind(o, s) for o, s in zip(d[ORDER_COL], strategy, strict=True)],
+                index=d.index,
+            )
+        else:
+            name = d[STRATEGY_COL].astype(str) if by_strategy else "configurations"
         marker = _truthy(d[KD_COL]).map({True: "o", False: "^"}) if has_kd else "o"
         return d.assign(_name=name, _marker=marker)
 
@@ -211,7 +227,7 @@ def pareto_plot(
     ax.set_title(title or f"{AXIS_LABELS.get(quality, quality)} vs cost")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        legend_title = "layer selection" if by_strategy else None
+        legend_title = "students" if by_kind else "layer selection" if by_strategy else None
         ax.legend(title=legend_title, fontsize=8, title_fontsize=8, loc="best")
     if len(configs):
         fig.text(

@@ -36,10 +36,12 @@ from analysis.render import (
 )
 from analysis.report_answer import answer_blocks
 from analysis.rundir import (
+    ORDER_COL,
     TEACHER_ID,
     RunData,
     RunDirError,
     better_first,
+    blank_unapplied,
     load_run,
     students,
     varying_config_columns,
@@ -141,7 +143,7 @@ def _results(run: RunData, varying: list[str], quality: str, cost: str) -> list[
     ]
     return [
         Heading("Results (one row per trial)"),
-        column_table(_blank_teacher(run.results, varying), cols),
+        column_table(_blank_teacher(blank_unapplied(run.results, varying), varying), cols),
     ]
 
 
@@ -158,7 +160,9 @@ def _summary(run: RunData, varying: list[str], quality: str, cost: str) -> list[
     if summ.empty or (summ["n"] == 0).all():
         return [*blocks, Para("No successful trials.")]
     cols = [*varying, "n", "n_failed"] + (["n_stopped"] if summ["n_stopped"].any() else [])
-    show = summ[cols].copy()
+    keep = [*cols, *([ORDER_COL] if ORDER_COL in summ and ORDER_COL not in cols else [])]
+    show = blank_unapplied(summ[keep], varying)
+    show = show[cols]
     for m in metrics:
         show[f"{m}_mean"] = summ[f"{m}_mean"]
         show[f"{m}_std"] = summ[f"{m}_std"]
@@ -214,7 +218,7 @@ def _pareto(
                 f"these per-configuration means: {same}."
             )
         )
-        table = front.copy()
+        table = blank_unapplied(front, varying)
         table["seeds"] = table["n_seeds"]
         columns = ["config_id", *varying, "seeds", quality, f"{quality} seed min–max", cost]
         table[f"{quality} seed min–max"] = interval_cells(
@@ -267,7 +271,7 @@ def _failures(run: RunData, varying: list[str]) -> list[Block]:
     blocks: list[Block] = [Heading("Failed trials")]
     if failed.empty:
         return [*blocks, Para("None.")]
-    shown = failed.copy()
+    shown = blank_unapplied(failed, varying)
     errors = shown["error"].fillna("") if "error" in shown else pd.Series("", shown.index)
     shown["error"] = [(str(e).strip().splitlines() or ["(no message)"])[-1][:200] for e in errors]
     blocks.append(column_table(shown, ["trial_id", "seed", *varying, "status", "error"]))

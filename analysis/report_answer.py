@@ -9,10 +9,11 @@ Three facts, each from statistics the report already uses:
   "Across seeds" table's interval) divided by the teacher's value, which is one fine-tuned
   model and enters as a fixed reference (its own seed-to-seed spread is not in the interval);
 - which searched choices made a difference beyond noise: per searched knob, the trials
-  grouped by its value (pooled over the other knobs) with the same t interval
-  (:func:`analysis.stats.summarize`); two values whose intervals do not overlap differ
-  beyond noise, all overlapping is within noise, and a value with fewer than 2 successful
-  trials leaves it undecided.
+  where it took effect (its stage ran: :func:`analysis.rundir.applied`) grouped by its value
+  (pooled over the other knobs) with the same t interval (:func:`analysis.stats.summarize`);
+  two values whose intervals do not overlap differ beyond noise, all overlapping is within
+  noise, and a value with fewer than 2 successful trials leaves it undecided. Tables show a
+  stage's setting only where the stage ran.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pandas as pd
 from analysis.frontier import config_front, config_key
 from analysis.paired import matches
 from analysis.render import Block, Heading, Para, Table, format_table, format_value, short_name
-from analysis.rundir import TEACHER_ID, RunData, students
+from analysis.rundir import TEACHER_ID, RunData, applied, blank_unapplied, students
 from analysis.stats import summarize, t_interval
 
 __all__ = ["answer_blocks", "knob_verdicts"]
@@ -40,10 +41,12 @@ def _teacher_value(df: pd.DataFrame, metric: str) -> float | None:
 
 def knob_verdicts(df: pd.DataFrame, knobs: list[str], metric: str) -> pd.DataFrame:
     """One row per knob: ``knob``, ``verdict`` ("beyond noise", "within noise" or "undecided")
-    and ``evidence`` (the two most distant values' means and intervals, or why undecided)."""
+    and ``evidence`` (the two most distant values' means and intervals, or why undecided),
+    each from the trials where the knob took effect (:func:`analysis.rundir.applied`), n
+    counted that way."""
     rows = []
     for knob in knobs:
-        summ = summarize(df, by=[knob], metrics=[metric])
+        summ = summarize(df[applied(df, knob)], by=[knob], metrics=[metric])
         summ = summ[summ["n"] > 0] if not summ.empty else summ
         if len(summ) < 2:
             rows.append({"knob": knob, "verdict": "undecided", "evidence": "one value ran"})
@@ -127,7 +130,11 @@ def answer_blocks(
                 "—" if math.isnan(low) else f"[{low / teacher:.1%}, {high / teacher:.1%}]"
             )
         rows.append(row)
-    table = pd.DataFrame(rows)
+    as_run = pd.DataFrame(rows)
+    table = blank_unapplied(as_run, varying)
+    blanked = bool(varying) and int(table[varying].isna().sum().sum()) > int(
+        as_run[varying].isna().sum().sum()
+    )
     pick = max if direction == "max" else min
     best = pick(rows, key=lambda r: r[quality])
     cheapest = rows[0]
@@ -152,6 +159,8 @@ def answer_blocks(
         "fewer than 2), divided by the teacher's value (one fine-tuned model, a fixed "
         "reference)."
     )
+    if blanked:
+        lead += " A stage's setting shows — where that stage did not run."
     if users_resampled:
         lead += (
             " Retention with an interval that resamples test users (paired BCa bootstrap, "
@@ -167,8 +176,9 @@ def answer_blocks(
             Para(
                 "Choices that made a difference beyond noise on "
                 f"{quality}: {', '.join(f'`{b}`' for b in beyond) if beyond else 'none'}. Per "
-                "searched knob, its trials grouped by value (pooled over the other knobs) with "
-                "the same 95 % t interval; intervals that do not overlap = beyond noise."
+                "searched knob, the trials where it took effect (its stage ran) grouped by value "
+                "(pooled over the other knobs) with the same 95 % t interval; intervals that do "
+                "not overlap = beyond noise."
             )
         )
         verdicts["knob"] = [short_name(k) for k in verdicts["knob"]]

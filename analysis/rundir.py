@@ -25,14 +25,19 @@ __all__ = [
     "KD_COL",
     "KEPT_LAYERS_COL",
     "METRIC_COLUMNS",
+    "ORDER_COL",
     "REFERENCE_STATUS",
     "STRATEGY_COL",
     "TEACHER_ID",
     "RunData",
     "RunDirError",
+    "applied",
     "better_first",
+    "blank_unapplied",
     "config_columns",
     "load_run",
+    "stage_of",
+    "student_kind",
     "students",
     "varying_config_columns",
 ]
@@ -92,9 +97,73 @@ def students(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def varying_config_columns(df: pd.DataFrame) -> list[str]:
-    """Config columns that take more than one value across the (non-teacher) trials."""
+    """Config columns that take more than one value across the (non-teacher) trials where
+    they took effect (:func:`applied`): a stage's setting recorded by trials that never ran
+    the stage does not make it vary."""
     rows = students(df)
-    return [c for c in config_columns(df) if rows[c].astype(str).nunique(dropna=False) > 1]
+    return [
+        c
+        for c in config_columns(df)
+        if rows.loc[applied(rows, c), c].astype(str).nunique(dropna=False) > 1
+    ]
+
+
+# each trial's stages, in order: a comma-joined string (a list in older runs)
+ORDER_COL = "pipeline.order"
+
+
+def stage_of(column: str) -> str | None:
+    """The pipeline stage a config column belongs to (``pipeline.<stage>.<key>``), else None
+    (``pipeline.order`` itself, ``data.*``, ``teacher.*``, ...)."""
+    parts = str(column).split(".")
+    return parts[1] if len(parts) >= 3 and parts[0] == "pipeline" else None
+
+
+def _stages(order: Any) -> list[str]:
+    if isinstance(order, str):
+        return [s.strip() for s in order.split(",") if s.strip()]
+    if isinstance(order, list | tuple) or hasattr(order, "tolist"):
+        return [str(s) for s in list(order)]
+    return []  # missing (the teacher row): no stage ran
+
+
+def applied(df: pd.DataFrame, column: str) -> pd.Series:
+    """Per row, whether ``column``'s setting took effect: its stage is in the row's
+    ``pipeline.order``. A column of no stage, or a table without the order, always does."""
+    stage = stage_of(column)
+    if stage is None or ORDER_COL not in df:
+        return pd.Series(True, index=df.index)
+    return df[ORDER_COL].map(lambda order: stage in _stages(order)).astype(bool)
+
+
+def student_kind(order: Any, strategy: Any = None) -> str:
+    """What a student is, from the stages that ran (``pipeline.order``) and the layer
+    selection where ``truncate`` ran: "depth (fisher)", "width (pruned)", "depth (uniform) +
+    width (pruned)", other stages by name ("… + quantize", "early exit"); "distilled, full
+    size" when only distillation ran."""
+    stages = _stages(order)
+    parts = []
+    if "truncate" in stages:
+        known = strategy is not None and not (isinstance(strategy, float) and strategy != strategy)
+        parts.append(f"depth ({strategy})" if known else "depth")
+    if "prune" in stages:
+        parts.append("width (pruned)")
+    parts += [s.replace("_", " ") for s in stages if s not in ("truncate", "prune", "distill")]
+    return " + ".join(parts) or "distilled, full size"
+
+
+def blank_unapplied(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """A copy of ``df`` with each of ``columns`` blank (None) in the rows where it did not take
+    effect (:func:`applied`): a table shows a stage's setting only where the stage ran."""
+    out = df.copy()
+    for c in columns:
+        if c not in out:
+            continue
+        off = ~applied(out, c)
+        if off.any():
+            out[c] = out[c].astype(object)
+            out.loc[off, c] = None
+    return out
 
 
 @dataclass(frozen=True)

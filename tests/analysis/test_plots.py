@@ -109,3 +109,41 @@ def test_every_plot_skips_or_says_so_on_a_run_with_nothing_to_show(name: str, tm
         assert not list(out.iterdir())  # skipped: nothing written
     else:
         assert _is_png(path)  # drawn with what it could show (e.g. "no successful trials")
+
+
+def test_pareto_groups_name_what_the_students_are(tmp_path: Path, monkeypatch) -> None:
+    """Pruned-only students record the default layer selection ("fisher") although they never
+    truncated: the legend groups them as width-pruned, the truncated ones by depth and the
+    strategy that chose their layers."""
+    import matplotlib.pyplot as plt
+
+    from analysis import plots
+
+    rows = [{"trial_id": "teacher", "status": "ok", "accuracy": 0.8, "gflops": 1.5}]
+    planted = [  # order, strategy recorded, gflops, config
+        ("truncate,distill", "fisher", 0.5, "c0"),
+        ("truncate,distill", "uniform", 0.5, "c1"),
+        ("prune,distill", "fisher", 0.7, "c2"),
+        ("truncate,prune,distill", "uniform", 0.3, "c3"),
+    ]
+    for order, strategy, gflops, cid in planted:
+        for seed in (0, 1):
+            rows.append(
+                {"trial_id": f"{cid}_{seed}", "config_id": cid, "seed": seed, "status": "ok",
+                 "accuracy": 0.6 + 0.01 * seed, "gflops": gflops, "pipeline.order": order,
+                 "pipeline.truncate.strategy": strategy}
+            )  # fmt: skip
+    drawn: list = []
+    close = plt.close
+    monkeypatch.setattr(plots.plt, "close", drawn.append)  # keep the figure to read it back
+    plots.pareto_plot(pd.DataFrame(rows), tmp_path / "pareto.png", "accuracy", "gflops")
+    (fig,) = drawn
+    try:
+        legend = fig.axes[0].get_legend()
+        labels = {t.get_text() for t in legend.get_texts()}
+        assert legend.get_title().get_text() == "students"
+        assert {"depth (fisher)", "depth (uniform)", "width (pruned)"} <= labels
+        assert "depth (uniform) + width (pruned)" in labels
+        assert "fisher" not in labels  # no group named by a selection that never ran
+    finally:
+        close(fig)

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analysis.render import Para, Table
+from analysis.render import Para, Table, short_name
 from analysis.report_answer import answer_blocks, knob_verdicts
-from analysis.rundir import load_run
+from analysis.rundir import load_run, varying_config_columns
 
 TEACHER_ACC = 0.80
 SEEDS = (0, 1, 2, 3)
@@ -101,3 +101,83 @@ def test_answer_says_when_a_column_is_missing(tmp_path: Path, drop: str) -> None
     df.drop(columns=[drop]).to_parquet(tmp_path / "run" / "results.parquet", index=False)
     blocks = answer_blocks(load_run(tmp_path / "run"), [], "accuracy", "gflops")
     assert any(isinstance(b, Para) and "missing" in b.text for b in blocks)
+
+
+# A pooled-knob case (issue 33): two arms. ``truncate,distill`` trials search keep_ratio
+# (0.34 / 0.67) with no effect; ``prune,distill`` trials never truncate, yet their rows record
+# the default keep_ratio 0.67 and a head_sparsity 0.25 (truncate trials record 0.0), and they
+# score higher. Pooled over every trial, keep_ratio 0.67 and head_sparsity would both look
+# "beyond noise"; counted only where their stage ran, keep_ratio is within noise at n = 3
+# per value and head_sparsity took effect at one value only.
+KEEP, HEADS = "pipeline.truncate.keep_ratio", "pipeline.prune.head_sparsity"
+ARMS = [  # order, keep_ratio, head_sparsity, accuracies over 3 seeds
+    ("truncate,distill", 0.34, 0.0, (0.50, 0.50, 0.51)),
+    ("truncate,distill", 0.67, 0.0, (0.50, 0.51, 0.52)),
+    ("prune,distill", 0.67, 0.25, (0.60, 0.61, 0.60)),
+    ("prune,distill", 0.67, 0.25, (0.61, 0.60, 0.62)),
+]
+
+
+def _pooled_knob_run(run_dir: Path) -> pd.DataFrame:
+    rows = [
+        {"trial_id": "teacher", "seed": 0, "status": "ok", "accuracy": TEACHER_ACC,
+         "gflops": 1.5, "pipeline.order": None, KEEP: 0.67, HEADS: 0.0}
+    ]  # fmt: skip
+    for i, (order, keep, heads, accs) in enumerate(ARMS):
+        for seed, acc in enumerate(accs):
+            rows.append(
+                {"trial_id": f"a{i}_{seed}", "config_id": f"c{i}", "seed": seed,
+                 "status": "ok", "accuracy": acc, "gflops": 0.5 + 0.1 * i,
+                 "pipeline.order": order, KEEP: keep, HEADS: heads,
+                 # the pruned arms differ by a setting of their own (searched)
+                 "pipeline.prune.steps": 10 + i}
+            )  # fmt: skip
+    df = pd.DataFrame(rows)
+    run_dir.mkdir(parents=True)
+    df.to_parquet(run_dir / "results.parquet", index=False)
+    manifest = {"config": {"name": "pooled", "report": {"quality_metric": "accuracy",
+                                                        "cost_metric": "gflops"}},
+                "seeds": [0, 1, 2]}  # fmt: skip
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    return df
+
+
+def test_a_knob_is_judged_only_on_the_trials_where_its_stage_ran(tmp_path: Path) -> None:
+    df = _pooled_knob_run(tmp_path / "run")
+    v = knob_verdicts(df, [KEEP, HEADS], "accuracy").set_index("knob")
+    # the oracle: the planted truncate trials alone, by value, with scipy's t interval
+    for keep in (0.34, 0.67):
+        accs = np.array([a for o, k, _, xs in ARMS if "truncate" in o and k == keep for a in xs])
+        lo, hi = _t_interval(accs)
+        assert (
+            f"{keep:g}: {accs.mean():.4f} [{lo:.4f}, {hi:.4f}], n={len(accs)}"
+            in (v.loc[KEEP, "evidence"])
+        ), v.loc[KEEP, "evidence"]
+    lows, highs = zip(
+        *(_t_interval(np.array([a for o, k, _, xs in ARMS if "truncate" in o and k == keep
+                                for a in xs])) for keep in (0.34, 0.67)),
+        strict=True,
+    )  # fmt: skip
+    assert max(lows) <= min(highs)  # the planted truncate trials overlap: within noise
+    assert v.loc[KEEP, "verdict"] == "within noise"
+    assert "n=9" not in v.loc[KEEP, "evidence"]  # not pooled with the pruned arms
+    assert (v.loc[HEADS, "verdict"], v.loc[HEADS, "evidence"]) == ("undecided", "one value ran")
+    # ... whereas pooling every trial (the old behaviour) calls both beyond noise
+    pooled = df[df.trial_id != "teacher"].drop(columns="pipeline.order")
+    assert set(knob_verdicts(pooled, [KEEP, HEADS], "accuracy")["verdict"]) == {"beyond noise"}
+
+
+def test_tables_show_a_stage_setting_only_where_the_stage_ran(tmp_path: Path) -> None:
+    _pooled_knob_run(tmp_path / "run")
+    run = load_run(tmp_path / "run")
+    varying = varying_config_columns(run.results)
+    # head_sparsity varies only between trials that pruned and trials that did not
+    assert HEADS not in varying and KEEP in varying and "pipeline.order" in varying
+    blocks = answer_blocks(run, varying, "accuracy", "gflops")
+    table = next(b for b in blocks if isinstance(b, Table)).df.set_index("config_id")
+    for i, (order, keep, _, _) in enumerate(ARMS):
+        if f"c{i}" not in table.index:
+            continue
+        shown = table.loc[f"c{i}", "truncate.keep_ratio"]
+        assert shown == (f"{keep:g}" if "truncate" in order else "—"), (i, shown)
+    assert table[short_name("pipeline.order")].str.startswith("prune").any()  # a pruned arm: front

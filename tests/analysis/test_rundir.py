@@ -54,3 +54,25 @@ def test_analysis_does_not_import_engine() -> None:
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_a_stage_setting_applies_only_where_its_stage_ran() -> None:
+    """``pipeline.order`` as the engine writes it (comma-joined) or as a list (older runs);
+    a column of no stage applies everywhere; the teacher (no order) runs no stage."""
+    from analysis.rundir import applied, blank_unapplied
+
+    df = pd.DataFrame(
+        {
+            "pipeline.order": ["truncate,distill", ["prune", "distill"], "prune,quantize", None],
+            "pipeline.truncate.keep_ratio": [0.5, 0.67, 0.67, 0.67],
+            "pipeline.quantize.bits": [4, 4, 8, 4],
+            "data.max_length": [32, 32, 32, 32],
+        }
+    )
+    assert applied(df, "pipeline.truncate.keep_ratio").tolist() == [True, False, False, False]
+    assert applied(df, "pipeline.quantize.bits").tolist() == [False, False, True, False]
+    assert applied(df, "data.max_length").all() and applied(df, "pipeline.order").all()
+    shown = blank_unapplied(df, ["pipeline.truncate.keep_ratio", "pipeline.quantize.bits"])
+    assert shown["pipeline.truncate.keep_ratio"].tolist() == [0.5, None, None, None]
+    assert shown["pipeline.quantize.bits"].tolist() == [None, None, 8, None]
+    assert df["pipeline.quantize.bits"].tolist() == [4, 4, 8, 4]  # a copy: the input is kept
