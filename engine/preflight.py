@@ -22,6 +22,8 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from engine.checkpoint import LEGACY_FILE, legacy_problem
+
 __all__ = [
     "LOCK_FILE",
     "address_problem",
@@ -60,6 +62,9 @@ def resume_problem(run_dir: Path) -> str | None:
             f"--resume: {run_dir} holds no sweep to continue (no tune/ folder; "
             "leave out --resume to start one there)"
         )
+    old = sorted((run_dir / "tune").glob(f"*/checkpoint_*/{LEGACY_FILE}"))
+    if old:
+        return f"--resume: {legacy_problem(old[0].parent)}"
     return None
 
 

@@ -354,7 +354,7 @@ def run_trial(
                 checkpointer = TrialCheckpointer(
                     ckpt_every, shared.teacher_state, fault=config.get(FAULT_KEY)
                 )
-                resume = resume_from(tune.get_checkpoint(), shared.teacher_state)
+                resume = resume_from(tune.get_checkpoint(), shared.teacher_state, trial_study)
             reporter = TrialReporter(
                 trial_study,
                 shared.splits["valid"],

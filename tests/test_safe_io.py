@@ -36,7 +36,7 @@ WRITERS = {
 # (file, call name) → why it is not an atomic write
 NOT_ATOMIC = {
     ("engine/checkpoint.py", "write_text"): "test-only fault-injection marker",
-    ("engine/checkpoint.py", "save"): "into Tune's temporary checkpoint directory; Tune persists it",
+    ("engine/checkpoint.py", "save_file"): "into Tune's temporary checkpoint directory, which Tune persists; trial_state.json, written last, marks it whole",
     ("engine/search.py", "save"): "Tune's searcher state: Tune names and persists the file",
     ("engine/search.py", "open"): "Tune's searcher state: Tune names and persists the file",
     ("engine/search.py", "dump"): "Tune's searcher state: Tune names and persists the file",
@@ -47,7 +47,8 @@ NOT_ATOMIC = {
     ("engine/compress/early_exit.py", "save_file"): "a model directory (as above)",
     ("engine/preflight.py", "write_text"): "the holder's pid, into the lock file it holds: a note for people, read by nothing",
 }  # fmt: skip
-PICKLE_LOADS = {"engine/checkpoint.py": "a trial's own checkpoint (a live model object) in Tune's storage, trusted as Tune's own pickled state that --resume loads"}  # fmt: skip
+# none: trial checkpoints are safetensors and JSON (engine/checkpoint.py)
+PICKLE_LOADS: dict[str, str] = {}
 
 
 def _name(call: ast.Call) -> str | None:

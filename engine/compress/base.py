@@ -131,6 +131,10 @@ class Stage:
         default_on: part of the pipeline of a study that sets no ``pipeline.order``.
         train_steps: ``(cfg, n_train) -> steps`` on the stage's report axis (None: no training).
         resumable: a trial checkpoint taken inside it continues it mid-training.
+        rebuild: ``(model, cfg) -> model``: for a stage that wraps the model (its HF model
+            kept as ``backbone``), the wrapper a trial checkpoint taken inside it is rebuilt
+            as around the reloaded HF model, from the stage's settings (the weights are
+            loaded after); None: the stage leaves the model an HF model.
         last: it must be the last stage (``last_reason`` says why; so two such stages never
             combine); ``not_with``: further stages it cannot be combined with.
         columns: ``(record | None, model, splits, row, task) -> {column: value}`` measured
@@ -154,6 +158,7 @@ class Stage:
     default_on: bool = False
     train_steps: Callable[[Any, int], int] | None = None
     resumable: bool = False
+    rebuild: Callable[[Any, Any], Any] | None = None
     last: bool = False
     last_reason: str = ""
     not_with: tuple[str, ...] = ()

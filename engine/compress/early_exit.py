@@ -255,12 +255,26 @@ def _train_heads(model: EarlyExitClassifier, cfg: EarlyExitConfig, ctx: StageCon
     return st.losses[-1] if st.losses else 0.0
 
 
+def _exit_layers(cfg: EarlyExitConfig, backbone: nn.Module) -> list[int]:
+    total = len(layer_list(backbone))
+    exits = list(cfg.exit_layers) if cfg.exit_layers else list(range(total - 1))
+    if min(exits) < 0 or max(exits) >= total - 1:
+        raise ValueError(f"exit_layers {exits} must lie in [0, {total - 2}] (the last is final)")
+    return exits
+
+
+def _rebuild(backbone: PreTrainedModel, cfg: EarlyExitConfig) -> EarlyExitClassifier:
+    """The wrapper a checkpoint taken while the exit heads trained is rebuilt as."""
+    return EarlyExitClassifier(backbone, _exit_layers(cfg, backbone), cfg.threshold)
+
+
 @register_stage(
     "early_exit",
     config=EarlyExitConfig,
     record=EarlyExitRecord,
     train_steps=lambda cfg, n_train: cfg.steps,
     resumable=True,
+    rebuild=_rebuild,
     last=True,
     last_reason="its exits decide how deep the finished model runs",
     columns=_columns,
@@ -270,10 +284,7 @@ def _train_heads(model: EarlyExitClassifier, cfg: EarlyExitConfig, ctx: StageCon
 )
 def apply(model: PreTrainedModel, cfg: EarlyExitConfig, ctx: StageContext) -> nn.Module:
     backbone = model.backbone if isinstance(model, EarlyExitClassifier) else model
-    total = len(layer_list(backbone))
-    exits = list(cfg.exit_layers) if cfg.exit_layers else list(range(total - 1))
-    if min(exits) < 0 or max(exits) >= total - 1:
-        raise ValueError(f"exit_layers {exits} must lie in [0, {total - 2}] (the last is final)")
+    exits = _exit_layers(cfg, backbone)
     if isinstance(model, EarlyExitClassifier):  # resumed from a checkpoint of this stage
         if ctx.resume is None or model.exit_layers != sorted(exits):
             raise ValueError("early_exit got a model that has exit heads already")

@@ -44,6 +44,7 @@ read by :func:`head_ids` (a block's layer is its attention module's ``layer_idx`
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,7 @@ __all__ = [
     "PRUNED_HEADS",
     "BlockParts",
     "block_parts",
+    "build_shaped",
     "head_group",
     "head_ids",
     "head_size",
@@ -68,6 +70,7 @@ __all__ = [
     "remove_heads",
     "remove_neurons",
     "removed_heads",
+    "structure_config",
     "sync_config",
 ]
 
@@ -286,9 +289,11 @@ def sync_config(model: PreTrainedModel) -> None:
     """Write the model's current structure into its config so ``save_pretrained`` round-trips:
     the FFN width (the widest, with ``ffn_widths`` per layer when they differ) and the heads
     removed per layer."""
-    blocks = list(layer_list(model))
+    _write_structure(model.config, list(layer_list(model)))
+
+
+def _write_structure(cfg: Any, blocks: list[nn.Module]) -> None:
     widths = [ffn_width(b) for b in blocks]
-    cfg = model.config
     key = "n_inner" if hasattr(cfg, "n_inner") else "intermediate_size"
     setattr(cfg, key, max(widths))
     setattr(cfg, FFN_LAYER_WIDTHS, widths if len(set(widths)) > 1 else None)
@@ -301,6 +306,45 @@ def sync_config(model: PreTrainedModel) -> None:
         if gone:
             pruned[str(i)] = gone
     cfg.pruned_heads = pruned
+
+
+def structure_config(model: PreTrainedModel) -> dict[str, Any]:
+    """The model's config as a JSON dict with its current structure written in (as
+    :func:`sync_config` would, on a copy: the live config is left as it is), for
+    :func:`build_shaped`. A model whose blocks cannot be pruned has its config as is."""
+    import copy
+
+    cfg = copy.deepcopy(model.config)
+    try:
+        blocks = list(layer_list(model))
+        block_parts(blocks[0])
+    except ValueError:  # a layout the pruning code does not know: never pruned
+        blocks = []
+    if blocks:
+        _write_structure(cfg, blocks)
+    return json.loads(cfg.to_json_string(use_diff=False))
+
+
+def build_shaped(
+    config: dict[str, Any], build: Callable[[dict[str, Any]], PreTrainedModel]
+) -> PreTrainedModel:
+    """An unweighted model of the structure ``config`` records (:func:`structure_config`):
+    ``build`` makes the full-size model from the config with no heads removed, then each
+    recorded head is removed and each layer's FFN cut to its recorded width."""
+    pruned = {int(k): list(v) for k, v in (config.get(PRUNED_HEADS) or {}).items()}
+    widths = config.get(FFN_LAYER_WIDTHS)
+    model = build({**config, PRUNED_HEADS: {}})
+    if pruned or widths:
+        _shape(model, pruned, widths)
+    return model
+
+
+def _shape(model: PreTrainedModel, pruned: dict[int, list[int]], widths: list[int] | None) -> None:
+    blocks = layer_list(model)
+    for i, gone in pruned.items():
+        remove_heads(blocks[i], gone)  # full model: current positions = original ids
+    for block, width in zip(blocks, widths or [], strict=bool(widths)):
+        remove_neurons(block, list(range(width, ffn_width(block))))  # weights are loaded next
 
 
 def load_pruned(path: str | Path) -> PreTrainedModel:
@@ -322,11 +366,7 @@ def load_pruned(path: str | Path) -> PreTrainedModel:
         return AutoModelForSequenceClassification.from_pretrained(path).eval()
     setattr(cfg, PRUNED_HEADS, {})  # the full model first; remove_heads records them again
     model = AutoModelForSequenceClassification.from_config(cfg)
-    blocks = layer_list(model)
-    for i, gone in pruned.items():
-        remove_heads(blocks[i], gone)  # full model: current positions = original ids
-    for block, width in zip(blocks, widths or [], strict=bool(widths)):
-        remove_neurons(block, list(range(width, ffn_width(block))))  # weights are loaded next
+    _shape(model, pruned, widths)
     state = load_file(str(path / "model.safetensors"))
     missing, unexpected = model.load_state_dict(state, strict=False)
     # a tied parameter (an item model's catalogue head is its item embedding) is saved once

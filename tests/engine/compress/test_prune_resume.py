@@ -8,6 +8,7 @@ training reports and resumes the same way."""
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,7 +126,7 @@ def _run(study, shared, tmp: Path, resume=None, keep: bool = False):
         steps.append(int(payload["step"]))
         if checkpoint is not None and keep:
             with checkpoint.as_directory() as d:
-                shutil.copy(Path(d) / CHECKPOINT_FILE, tmp / f"{payload['step']}.pt")
+                shutil.copytree(d, tmp / f"step{payload['step']}")
 
     ck = TrialCheckpointer(2, shared.teacher_state)
     model, record = build_student(
@@ -147,16 +148,16 @@ def test_resumed_prune_equals_the_uninterrupted_stage(method: str, tmp_path: Pat
     study, shared = _study(method), _shared()
     clean, record, steps = _run(study, shared, tmp_path, keep=True)
     assert steps == [2, 4, 6, 8, 10]
-    assert sorted(int(p.stem) for p in tmp_path.glob("*.pt")) == steps
+    assert sorted(int(p.name[4:]) for p in tmp_path.glob("step*")) == steps
     for k in steps:
-        resume = load_trial_state(tmp_path / f"{k}.pt", shared.teacher_state)
+        resume = load_trial_state(tmp_path / f"step{k}", shared.teacher_state, study)
         assert resume.step == k and resume.stage_name == "prune"
         model, rec, later = _run(study, shared, tmp_path, resume=resume)
         assert later == [s for s in steps if s > k]  # continued, not restarted
         assert rec == record, k
         assert _same(model, clean), k
     # control: the same checkpoint without the example order (as if restarted) differs
-    resume = load_trial_state(tmp_path / "4.pt", shared.teacher_state)
+    resume = load_trial_state(tmp_path / "step4", shared.teacher_state, study)
     resume.training.update(order=None, pos=0)
     resume.training["generator"] = torch.Generator().manual_seed(0).get_state()
     model, _, _ = _run(study, shared, tmp_path, resume=resume)
@@ -176,10 +177,10 @@ def test_structured_pruned_model_round_trips_through_a_trial_checkpoint(tmp_path
     )
     ck = TrialCheckpointer(1, teacher_state)
     ck.enter(0, "prune", model, ctx)
-    ck._save(tmp_path / CHECKPOINT_FILE, model, {"step": 0})
-    raw = torch.load(tmp_path / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    ck._save(tmp_path, model, {"step": 0})
+    raw = json.loads((tmp_path / CHECKPOINT_FILE).read_text())
     assert "bert.embeddings.word_embeddings.weight" in raw["from_reference"]
-    back = load_trial_state(tmp_path / CHECKPOINT_FILE, teacher_state).model
+    back = load_trial_state(tmp_path, teacher_state, load_study("smoke")).model
     batch = toy_batches(2, batch_size=8, seq=SEQ)[1]
     with torch.no_grad():
         a = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -278,16 +279,16 @@ def test_early_exit_head_training_reports_and_resumes_exactly(tmp_path: Path) ->
     assert isinstance(clean, EarlyExitClassifier) and not clean.training
     assert steps == [2, 4, 6, 8, 10]
     # the frozen backbone still equals the teacher: left out of the file, refilled on load
-    raw = torch.load(tmp_path / "4.pt", map_location="cpu", weights_only=False)
+    raw = json.loads((tmp_path / "step4" / CHECKPOINT_FILE).read_text())
     assert set(raw["from_reference"]) == {f"backbone.{k}" for k in shared.teacher_state}
     for k in (4, 10):
-        resume = load_trial_state(tmp_path / f"{k}.pt", shared.teacher_state)
+        resume = load_trial_state(tmp_path / f"step{k}", shared.teacher_state, study)
         assert resume.stage_name == "early_exit" and isinstance(resume.model, EarlyExitClassifier)
         model, rec, later = _run(study, shared, tmp_path, resume=resume)
         assert later == [s for s in steps if s > k]
         assert rec == record and _same(model, clean), k
     # control: the sampler's state dropped (as if restarted at step 4 with a fresh draw)
-    resume = load_trial_state(tmp_path / "4.pt", shared.teacher_state)
+    resume = load_trial_state(tmp_path / "step4", shared.teacher_state, study)
     resume.training["generator"] = torch.Generator().manual_seed(0).get_state()
     model, _, _ = _run(study, shared, tmp_path, resume=resume)
     assert not _same(model, clean)
