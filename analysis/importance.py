@@ -206,10 +206,15 @@ def agreement_blocks(run: RunData, images: dict[str, Path]) -> list[Block]:
         Para(
             "Layers ordered by their mean rank over the methods above (0 = most important, "
             "ties by layer index); `in top-k` = share of methods that put the layer among "
-            "their k most important. (The `consensus` importance method, usable as a "
-            "layer-selection strategy, is computed differently: the mean rank-normalised score "
-            "of `importance.consensus_methods` — here "
-            f"{', '.join(consensus_members(run))} — per calibration batch.)"
+            "their k most important."
+            + (
+                " (The `consensus` importance method this study ran, usable as a "
+                "layer-selection strategy, is computed differently: the mean rank-normalised "
+                "score of `importance.consensus_methods` — here "
+                f"{', '.join(consensus_members(run))} — per calibration batch.)"
+                if run.importance is not None and "consensus" in set(run.importance["method"])
+                else ""
+            )
         ),
         Table(
             format_table(table[["consensus rank", *[c for c in table if c != "consensus rank"]]])

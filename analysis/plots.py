@@ -10,6 +10,7 @@ ones in their sections and appends any other registered plot at the end::
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -229,16 +230,8 @@ def pareto_plot(
     if ax.get_legend_handles_labels()[0]:
         legend_title = "students" if by_kind else "layer selection" if by_strategy else None
         ax.legend(title=legend_title, fontsize=8, title_fontsize=8, loc="best")
-    if len(configs):
-        fig.text(
-            0.5,
-            0.01,
-            aggregation_caption(configs, figure=True),
-            ha="center",
-            va="bottom",
-            fontsize=7,
-        )
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    # the caption (what a point and a bar are) is the report's, under the figure: once
+    fig.tight_layout()
     save_figure(fig, path)
     return path
 
@@ -303,7 +296,8 @@ def agreement_heatmap(agreement_df: pd.DataFrame, path: Path) -> Path:
     mat = agreement_matrix(agreement_df, "kendall_tau")
     w = agreement_df.loc[agreement_df["statistic"] == "kendall_w", "value"]
     n = mat.shape[0]
-    fig, ax = plt.subplots(figsize=(2.4 + 0.62 * n, 1.6 + 0.55 * n), dpi=120)
+    width = max(4.8, 2.4 + 0.62 * n)  # inches: room for the title with few methods too
+    fig, ax = plt.subplots(figsize=(width, 1.9 + 0.55 * n), dpi=120)
     im = ax.imshow(mat.to_numpy(float), cmap="RdBu_r", vmin=-1, vmax=1)
     for (r, c), v in np.ndenumerate(mat.to_numpy(float)):
         text = "—" if not np.isfinite(v) else f"{v:.2f}"
@@ -318,10 +312,12 @@ def agreement_heatmap(agreement_df: pd.DataFrame, path: Path) -> Path:
         )
     ax.set_xticks(range(n), [str(m) for m in mat.columns], rotation=60, ha="right")
     ax.set_yticks(range(n), [str(m) for m in mat.index])
-    title = "Agreement between importance methods (Kendall τ-b of layer scores)"
+    lines = ["Agreement between importance methods (Kendall τ-b of layer scores)"]
     if len(w) and np.isfinite(w.iloc[0]):
-        title += f"\nKendall's W over all {n} methods = {w.iloc[0]:.3f}"
-    ax.set_title(title, fontsize=10)
+        lines.append(f"Kendall's W over all {n} methods = {w.iloc[0]:.3f}")
+    # wrapped to the figure: about 0.6 em per character of a 10-point title, 72 points an inch
+    chars = int(width * 72 / (10 * 0.6))
+    fig.suptitle("\n".join(textwrap.fill(line, chars) for line in lines), fontsize=10)
     fig.colorbar(im, ax=ax, label="Kendall τ-b", shrink=0.8)
     fig.tight_layout()
     save_figure(fig, path)

@@ -161,6 +161,7 @@ th { background: #f2f2f2; cursor: pointer; }
 th[aria-sort=ascending]::after { content: " ▲"; } th[aria-sort=descending]::after { content: " ▼"; } td:first-child, th:first-child { text-align: left; }
 code, pre { background: #f6f6f6; } pre { padding: 0.6em; overflow-x: auto; font-size: 0.85em; }
 img { max-width: 100%; }
+.wide { overflow-x: auto; max-width: 100%; }
 """
 
 
@@ -242,9 +243,9 @@ def to_html(blocks: list[Block], title: str, base: Path | None = None) -> str:
                 "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
                 for row in b.df.itertuples(index=False)
             )
-            body.append(
-                f'<table class="sortable"><thead><tr>{head}</tr></thead>'
-                f"<tbody>{rows}</tbody></table>"
+            body.append(  # a table wider than the page scrolls in its own box, not the page
+                f'<div class="wide"><table class="sortable"><thead><tr>{head}</tr></thead>'
+                f"<tbody>{rows}</tbody></table></div>"
             )
     return (
         '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'

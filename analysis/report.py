@@ -256,10 +256,8 @@ def _pareto(
                     f"the teacher's {cost} {ref[1]:.4g})."
                 )
             )
-    if "pareto" in images:
-        blocks.append(Image(images["pareto"].name, f"{quality} vs {cost}"))
-        if not configs.empty:
-            blocks.append(Para(f"Figure: {aggregation_caption(configs, figure=True)}"))
+    if "pareto" in images and not configs.empty:
+        blocks.append(Para("The figure of these configurations leads the Answer above."))
     return blocks
 
 
@@ -291,7 +289,7 @@ def build_blocks(run: RunData, images: dict[str, Path]) -> list[Block]:
     retention = retention_blocks(run)  # ranking runs: retention with users resampled
     blocks = [
         *_header(run),
-        *answer_blocks(run, varying, quality, cost, users_resampled=bool(retention)),
+        *answer_blocks(run, varying, quality, cost, users_resampled=bool(retention), images=images),
         *_teacher(run),
         *ranking_blocks(run),
         *retention,

@@ -1,9 +1,12 @@
 """The report's opening section: the study's answer before the tables.
 
-Three facts, each from statistics the report already uses:
+The Pareto plot first, then three facts, each from statistics the report already uses:
 
 - the best student at each cost: the Pareto set of seed-averaged configurations on
-  (quality, cost) (:func:`analysis.frontier.config_front`, as in the Pareto section);
+  (quality, cost) (:func:`analysis.frontier.config_front`, as in the Pareto section), each
+  described by what it is (layers, heads, FFN width: ``student_shape``; quantization, early
+  exit) with its cost, latency and quality, and flagged when it is no better than the task's
+  reference baseline (e.g. predicting the majority class);
 - its quality as a share of the teacher's, with an interval: the configuration's 95 %
   Student-t interval over its successful seeds (:func:`analysis.stats.t_interval`, the
   "Across seeds" table's interval) divided by the teacher's value, which is one fine-tuned
@@ -19,13 +22,24 @@ Three facts, each from statistics the report already uses:
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pandas as pd
 
 from analysis.frontier import config_front, config_key
 from analysis.paired import matches
-from analysis.render import Block, Heading, Para, Table, format_table, format_value, short_name
-from analysis.rundir import TEACHER_ID, RunData, applied, blank_unapplied, students
+from analysis.plots import aggregation_caption
+from analysis.render import (
+    Block,
+    Heading,
+    Image,
+    Para,
+    Table,
+    format_table,
+    format_value,
+    short_name,
+)
+from analysis.rundir import ORDER_COL, TEACHER_ID, RunData, applied, students
 from analysis.stats import summarize, t_interval
 
 __all__ = ["answer_blocks", "knob_verdicts"]
@@ -88,23 +102,61 @@ def knob_verdicts(df: pd.DataFrame, knobs: list[str], metric: str) -> pd.DataFra
     return pd.DataFrame(rows, columns=["knob", "verdict", "evidence"])
 
 
+def _student(c: pd.Series) -> str:
+    """A configuration's students described by what they are: layers, heads, FFN width
+    (``student_shape``, else the layer count), quantization and early exit where they ran."""
+    shape = c.get("student_shape")
+    order = c.get(ORDER_COL)
+    stages = order.split(",") if isinstance(order, str) else []
+    if not isinstance(shape, str) or not shape:  # a run from before the column
+        layers = c.get("student_layers")
+        n = int(layers) if pd.notna(layers) else None
+        shape = f"{n} layer{'s' if n != 1 else ''}" if n is not None else str(c.get("config_id"))
+        if "prune" in stages:
+            shape += ", pruned"
+    quant = c.get("quant")
+    if isinstance(quant, str) and quant not in ("", "none"):
+        shape += f", {quant}"
+    if "early_exit" in stages:
+        shape += ", early exit"
+    return shape
+
+
+def _baseline(run: RunData, quality: str) -> tuple[str, float] | None:
+    """The task's first reference baseline that reports ``quality`` (e.g. the majority class)."""
+    for name, metrics in (run.manifest.get("baselines") or {}).items():
+        value = (metrics or {}).get(quality)
+        if value is not None and math.isfinite(float(value)):
+            return str(name), float(value)
+    return None
+
+
 def answer_blocks(
-    run: RunData, varying: list[str], quality: str, cost: str, *, users_resampled: bool = False
+    run: RunData,
+    varying: list[str],
+    quality: str,
+    cost: str,
+    *,
+    users_resampled: bool = False,
+    images: dict[str, Path] | None = None,
 ) -> list[Block]:
     """The opening section (module docstring); says so when the run cannot answer.
     ``users_resampled``: the report also has the ranking retention section (a paired
-    interval over test users, :func:`analysis.ranking.retention_interval`); the lead names it."""
+    interval over test users, :func:`analysis.ranking.retention_interval`); the lead names it.
+    ``images``: the report's figures; the Pareto plot (``pareto``) leads the section."""
     df = run.results
     blocks: list[Block] = [Heading("Answer")]
     if quality not in df or cost not in df:
         return [*blocks, Para(f"Columns {quality!r} / {cost!r} are missing from the results.")]
     direction = run.quality_direction
-    configs = config_front(df, [(quality, direction), (cost, "min")], [])
+    latency = "latency_ms_p50" if "latency_ms_p50" in df and cost != "latency_ms_p50" else None
+    configs = config_front(df, [(quality, direction), (cost, "min")], [latency] if latency else [])
     front = configs[configs["on_front"]].sort_values(cost, kind="stable")
     if front.empty:
         return [*blocks, Para("No successful student with finite metrics: no answer.")]
     teacher = _teacher_value(df, quality)
     teacher_cost = _teacher_value(df, cost)
+    baseline = _baseline(run, quality)
     ok = students(df)
     ok = ok[ok["status"] == "ok"] if "status" in ok else ok
     key = config_key(df)
@@ -112,61 +164,85 @@ def answer_blocks(
     for i, c in front.iterrows():
         seeds = ok[matches(ok, c.to_dict(), key)] if key else ok.iloc[:0]
         low, high = t_interval(seeds[quality].to_numpy(float)) if len(seeds) else (math.nan,) * 2
-        name = c.get("config_id", f"config {i}")
-        row = {"config_id": name, **{k: c.get(k) for k in varying}}
+        row = {"student": _student(c), "config_id": c.get("config_id", f"config {i}")}
         row[cost] = c[cost]
         if teacher_cost:
             row[f"{cost} / teacher"] = f"{c[cost] / teacher_cost:.0%}"
-        row["seeds"] = int(c.get("n_seeds", len(seeds)))
+        if latency:
+            row[latency] = c[latency]
         row[quality] = c[quality]
-        row[f"{quality} 95% t interval"] = (
-            "—"
-            if math.isnan(low)
-            else f"[{format_value(low, quality)}, {format_value(high, quality)}]"
-        )
         if teacher is not None:
             row["of teacher"] = f"{c[quality] / teacher:.1%}"
-            row["of teacher, interval"] = (
+            row["of teacher, 95% t interval"] = (
                 "—" if math.isnan(low) else f"[{low / teacher:.1%}, {high / teacher:.1%}]"
             )
+        else:
+            row[f"{quality} 95% t interval"] = (
+                "—"
+                if math.isnan(low)
+                else f"[{format_value(low, quality)}, {format_value(high, quality)}]"
+            )
+        row["seeds"] = int(c.get("n_seeds", len(seeds)))
+        if baseline is not None:
+            no_better = (
+                c[quality] <= baseline[1] if direction == "max" else c[quality] >= baseline[1]
+            )
+            row["note"] = f"no better than the {baseline[0]} baseline" if no_better else ""
         rows.append(row)
-    as_run = pd.DataFrame(rows)
-    table = blank_unapplied(as_run, varying)
-    blanked = bool(varying) and int(table[varying].isna().sum().sum()) > int(
-        as_run[varying].isna().sum().sum()
-    )
+    table = pd.DataFrame(rows)
+    if "note" in table and not table["note"].astype(bool).any():
+        table = table.drop(columns="note")
     pick = max if direction == "max" else min
     best = pick(rows, key=lambda r: r[quality])
     cheapest = rows[0]
+
+    def who(r: dict) -> str:
+        return f"{r['student']} (`{r['config_id']}`)"
+
     ref = "" if teacher is None else f" (teacher: {format_value(teacher, quality)})"
     lead = (
         f"Best student at each {cost} (the Pareto set on {quality} × {cost}, configurations "
-        f"averaged over seeds, cheapest first){ref}: the cheapest, `{cheapest['config_id']}` at "
+        f"averaged over seeds, cheapest first){ref}: the cheapest, {who(cheapest)} at "
         f"{cost} {format_value(cheapest[cost], cost)}, reaches {quality} "
         f"{format_value(cheapest[quality], quality)}"
     )
     if teacher is not None:
-        lead += f" ({cheapest['of teacher']} of the teacher, interval {cheapest['of teacher, interval']})"
+        lead += (
+            f" ({cheapest['of teacher']} of the teacher, interval "
+            f"{cheapest['of teacher, 95% t interval']})"
+        )
     if best["config_id"] != cheapest["config_id"]:
         lead += (
-            f"; the best, `{best['config_id']}` at {cost} {format_value(best[cost], cost)}, "
+            f"; the best, {who(best)} at {cost} {format_value(best[cost], cost)}, "
             f"reaches {format_value(best[quality], quality)}"
         )
         if teacher is not None:
-            lead += f" ({best['of teacher']}, interval {best['of teacher, interval']})"
+            lead += f" ({best['of teacher']}, interval {best['of teacher, 95% t interval']})"
     lead += (
         ". Intervals: 95 % Student-t over each configuration's successful seeds (— with "
         "fewer than 2), divided by the teacher's value (one fine-tuned model, a fixed "
         "reference)."
     )
-    if blanked:
-        lead += " A stage's setting shows — where that stage did not run."
+    if "note" in table:
+        lead += (
+            f" A student no better than the {baseline[0]} baseline "  # type: ignore[index]
+            f"({format_value(baseline[1], quality)}) has learnt nothing the baseline "  # type: ignore[index]
+            "does not know: its row says so."
+        )
     if users_resampled:
         lead += (
             " Retention with an interval that resamples test users (paired BCa bootstrap, "
             "defined with one seed too) is in 'Retention of the teacher' below."
         )
-    blocks += [Para(lead), Table(format_table(table, {k: short_name(k) for k in varying}))]
+    blocks.append(Para(lead))
+    if images and "pareto" in images:
+        blocks.append(Image(images["pareto"].name, f"{quality} vs {cost}"))
+        blocks.append(Para(f"Figure: {aggregation_caption(configs, figure=True)}"))
+    settings = "; their settings are in 'Pareto set' below" if varying else ""
+    blocks += [
+        Para(f"The students on the front{settings}:"),
+        Table(format_table(table)),
+    ]
     if varying:
         verdicts = knob_verdicts(df, varying, quality)
         beyond = [

@@ -13,6 +13,7 @@ import torch
 from transformers import PreTrainedModel
 
 from engine.compress.base import measure_placement, stage_columns
+from engine.compress.structure import shape_text
 from engine.config import StudyConfig
 from engine.device import autocast, precision_name
 from engine.measure import (
@@ -117,6 +118,7 @@ def _cost(
     row["params_nonzero"] = int(count_params_nonzero(model))
     row["weights_bytes"] = int(weights_bytes(model))
     row["student_layers"] = int(num_layers(getattr(model, "backbone", model)))
+    row["student_shape"] = shape_text(getattr(model, "config", None), row["student_layers"])
     test = splits["test"]
     bs = study.measure.batch_size
     batch = {

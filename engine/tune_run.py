@@ -278,4 +278,11 @@ def pareto_summary(cfg: StudyConfig, rows: list[dict[str, Any]]) -> Any:
         for key in [k for k in cfg.search.space if k in front]:
             shown[key] = front.set_index("config_id")[key]
         print(shown.sort_values(cols[-1]).to_string(float_format=lambda v: f"{v:.4g}"))
+    split = {m.split("_", 1)[0] for m in cols if m.startswith(("valid_", "transfer_"))}
+    if split:  # the search judged on held-out validation data; the report on test
+        print(
+            f"[sweep] (this is the search's front, judged on {', '.join(sorted(split))}; the "
+            "report's Answer and Pareto set judge the students on test)",
+            flush=True,
+        )
     return set(front["config_id"])

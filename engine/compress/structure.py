@@ -70,6 +70,7 @@ __all__ = [
     "remove_heads",
     "remove_neurons",
     "removed_heads",
+    "shape_text",
     "structure_config",
     "sync_config",
 ]
@@ -306,6 +307,31 @@ def _write_structure(cfg: Any, blocks: list[nn.Module]) -> None:
         if gone:
             pruned[str(i)] = gone
     cfg.pruned_heads = pruned
+
+
+def _range_text(values: list[int]) -> str:
+    return f"{min(values)}" if len(set(values)) == 1 else f"{min(values)}–{max(values)}"
+
+
+def shape_text(config: Any, layers: int) -> str:
+    """What a model of ``layers`` blocks is, from its config: "6 layers, 12 heads, FFN 1536";
+    per-layer heads and FFN widths that differ as a range ("4–9 heads", "FFN 20–36"). The
+    parts a config does not say (no attention-head count, say) are left out."""
+    parts = [f"{layers} layer{'s' if layers != 1 else ''}"]
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
+    if heads and layers:
+        gone = removed_heads(config)
+        kept = [int(heads) - len(gone.get(str(i), ())) for i in range(layers)]
+        parts.append(f"{_range_text(kept)} heads")
+    widths = getattr(config, FFN_LAYER_WIDTHS, None)
+    if not widths:
+        width = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None)
+        if width is None and getattr(config, "n_embd", None):
+            width = 4 * int(config.n_embd)  # GPT-2's default inner width
+        widths = [int(width)] * layers if width and layers else []
+    if widths:
+        parts.append(f"FFN {_range_text([int(w) for w in widths])}")
+    return ", ".join(parts)
 
 
 def structure_config(model: PreTrainedModel) -> dict[str, Any]:

@@ -119,7 +119,7 @@ def test_config_front_averages_seeds(with_config_id: bool) -> None:
     assert means.loc["uniform", KEEP] == 0.34
 
 
-def test_engine_on_front_uses_the_same_definition() -> None:
+def test_engine_on_front_uses_the_same_definition(capsys) -> None:
     from engine.config import load_study
     from engine.tune_run import pareto_summary as _summary
 
@@ -129,6 +129,10 @@ def test_engine_on_front_uses_the_same_definition() -> None:
         ("gflops", "min"),
     ]
     assert _summary(cfg, _rows()) == FRONT
+    # the terminal says its front is the validation one and where the test one is
+    assert "judged on valid; the report's Answer and Pareto set judge the students on test" in (
+        capsys.readouterr().out
+    )
 
 
 @pytest.mark.parametrize("with_config_id", [True, False])
@@ -152,8 +156,9 @@ def test_report_table_and_hypervolume_use_seed_means(tmp_path: Path, with_config
     assert "0.8400" not in section and "fisher" not in section
     hv = float(section.split("Student hypervolume: ")[1].split(" ")[0])
     assert hv == pytest.approx(HV, rel=1e-3)  # printed to 4 significant digits
-    assert "Figure: Each point = one configuration, mean over 3 seeds" in section
-    assert "Bars = min–max over those seeds" in section
+    answer = md.split("## Answer")[1].split("\n## ")[0]  # the figure leads the Answer
+    assert "Figure: Each point = one configuration, mean over 3 seeds" in answer
+    assert "Bars = min–max over those seeds" in answer
 
 
 def test_report_says_when_on_front_uses_other_objectives(tmp_path: Path) -> None:
@@ -196,9 +201,8 @@ def test_plot_draws_the_seed_averaged_front(tmp_path: Path, monkeypatch) -> None
         ]
         assert (0.5, 0.6, 0.5, 0.84) in segments
         assert (0.25, 0.55, 0.25, 0.57) in segments
-        caption = " ".join(t.get_text() for t in fig.texts)
-        assert "Each point = one configuration, mean over 3 seeds" in caption
-        assert "Bars = min–max over those seeds" in caption
+        # the caption is the report's paragraph under the figure, not printed in it too
+        assert not any("Each point" in t.get_text() for t in fig.texts)
     finally:
         close(fig)
 

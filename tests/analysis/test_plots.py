@@ -147,3 +147,35 @@ def test_pareto_groups_name_what_the_students_are(tmp_path: Path, monkeypatch) -
         assert "fisher" not in labels  # no group named by a selection that never ran
     finally:
         close(fig)
+
+
+@pytest.mark.parametrize("methods", [2, 10])
+def test_the_agreement_heatmap_title_fits_its_figure(tmp_path: Path, monkeypatch, methods) -> None:
+    """With 2 methods the figure is narrow: its title (what the cells are and Kendall's W)
+    must still lie inside the figure, not be cut at its edges."""
+    import matplotlib.pyplot as plt
+
+    from analysis import plots
+    from engine.importance.base import LayerScores
+    from engine.importance.consensus import agreement_table
+
+    rng = np.random.default_rng(methods)
+    scores = {
+        f"method_{i}": LayerScores(f"method_{i}", tuple(rng.normal(size=6)), 64)
+        for i in range(methods)
+    }
+    drawn: list = []
+    close = plt.close
+    monkeypatch.setattr(plots.plt, "close", drawn.append)  # keep the figure to read it back
+    plots.agreement_heatmap(agreement_table(scores), tmp_path / "agreement.png")
+    (fig,) = drawn
+    try:
+        fig.canvas.draw()
+        box = fig.bbox
+        title = fig._suptitle
+        assert title is not None and "Kendall's W over all" in title.get_text()
+        extent = title.get_window_extent()
+        assert box.x0 <= extent.x0 and extent.x1 <= box.x1, (extent, box)
+        assert box.y0 <= extent.y0 and extent.y1 <= box.y1, (extent, box)
+    finally:
+        close(fig)

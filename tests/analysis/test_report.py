@@ -144,11 +144,15 @@ def test_report_from_synthetic_run(tmp_path: Path) -> None:
     assert [c.strip() for c in rows[1]][:5] == ["fisher", "True", "1", "0.5800", "[0.5800, 0.5800]"]
     assert len(rows) == 2 and not any("teacher" in "|".join(r) for r in rows)
     assert "1 non-dominated of 5 configurations" in pareto
-    assert "Each point = one configuration, mean over 1 seed" in pareto
+    # the figure leads the Answer, with its caption; the Pareto section points to it
+    answer = md.split("## Answer")[1].split("\n## ")[0]
+    assert "Each point = one configuration, mean over 1 seed" in answer
+    assert "The figure of these configurations leads the Answer above." in pareto
     # hypervolume by hand: one rectangle (0.58 − majority 0.5432) × (teacher 1.397 − 0.47)
     hv = float(pareto.split("Student hypervolume: ")[1].split(" ")[0])
     assert hv == pytest.approx((0.58 - 0.5432) * (1.397 - 0.47), rel=1e-3)
-    assert "![accuracy vs gflops](pareto.png)" in pareto
+    assert "![accuracy vs gflops](pareto.png)" in answer
+    assert answer.index("pareto.png") < answer.index("| student")  # the plot, then the table
     # failed trial with its (escaped) error
     failed = md.split("## Failed trials")[1]
     assert "trial_05" in failed and "RuntimeError: planted \\| failure" in failed

@@ -90,7 +90,9 @@ def test_answer_names_the_front_and_its_retention(tmp_path: Path) -> None:
         x = df.loc[df.config_id == row["config_id"], "accuracy"].to_numpy()
         lo, hi = _t_interval(x)
         assert row["of teacher"] == f"{x.mean() / TEACHER_ACC:.1%}"
-        assert row["of teacher, interval"] == f"[{lo / TEACHER_ACC:.1%}, {hi / TEACHER_ACC:.1%}]"
+        assert row["of teacher, 95% t interval"] == (
+            f"[{lo / TEACHER_ACC:.1%}, {hi / TEACHER_ACC:.1%}]"
+        )
     text = " ".join(b.text for b in blocks if isinstance(b, Para))
     assert "beyond noise on accuracy: `truncate.keep_layers`." in text
 
@@ -167,17 +169,65 @@ def test_a_knob_is_judged_only_on_the_trials_where_its_stage_ran(tmp_path: Path)
     assert set(knob_verdicts(pooled, [KEEP, HEADS], "accuracy")["verdict"]) == {"beyond noise"}
 
 
+def _md_table(section: str) -> list[dict[str, str]]:
+    lines = [ln for ln in section.splitlines() if ln.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [
+        dict(zip(header, (c.strip() for c in ln.strip("|").split("|")), strict=True))
+        for ln in lines[2:]
+    ]
+
+
 def test_tables_show_a_stage_setting_only_where_the_stage_ran(tmp_path: Path) -> None:
+    from analysis.report import write_report
+
     _pooled_knob_run(tmp_path / "run")
     run = load_run(tmp_path / "run")
     varying = varying_config_columns(run.results)
     # head_sparsity varies only between trials that pruned and trials that did not
     assert HEADS not in varying and KEEP in varying and "pipeline.order" in varying
-    blocks = answer_blocks(run, varying, "accuracy", "gflops")
+    md = write_report(tmp_path / "run").read_text()
+    for section in ("## Pareto set", "## Across seeds"):
+        rows = _md_table(md.split(section)[1].split("\n## ")[0])
+        assert rows, section
+        for row in rows:
+            truncated = "truncate" in row[short_name("pipeline.order")]
+            keep = row[short_name(KEEP)]
+            assert (keep != "—") == truncated, (section, row)
+    pareto = _md_table(md.split("## Pareto set")[1].split("\n## ")[0])
+    assert any(r[short_name("pipeline.order")].startswith("prune") for r in pareto)
+
+
+def test_the_answer_describes_students_and_flags_ones_no_better_than_the_baseline(
+    tmp_path: Path,
+) -> None:
+    """Students described by what they are (``student_shape``, quantization), and a student
+    whose accuracy equals the majority-class baseline's is flagged, not presented as a find."""
+    run_dir = tmp_path / "run"
+    rows = [{"trial_id": "teacher", "status": "ok", "accuracy": 0.8, "gflops": 1.5}]
+    planted = [  # config, shape, quant, gflops, accuracy
+        ("c0", "2 layers, 12 heads, FFN 1536", "none", 0.5, 0.55),  # = the majority class
+        ("c1", "6 layers, 4–9 heads, FFN 599", "dynamic_int8", 0.9, 0.70),
+    ]
+    for cid, shape, quant, gflops, acc in planted:
+        for seed in (0, 1):
+            rows.append(
+                {"trial_id": f"{cid}_{seed}", "config_id": cid, "seed": seed, "status": "ok",
+                 "accuracy": acc, "gflops": gflops, "latency_ms_p50": 3.0 + seed,
+                 "student_shape": shape, "quant": quant, "pipeline.order": "truncate,distill"}
+            )  # fmt: skip
+    run_dir.mkdir(parents=True)
+    pd.DataFrame(rows).to_parquet(run_dir / "results.parquet", index=False)
+    manifest = {"config": {"name": "shapes", "report": {"quality_metric": "accuracy",
+                                                        "cost_metric": "gflops"}},
+                "seeds": [0, 1], "baselines": {"majority class": {"accuracy": 0.55}}}  # fmt: skip
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    blocks = answer_blocks(load_run(run_dir), [], "accuracy", "gflops")
     table = next(b for b in blocks if isinstance(b, Table)).df.set_index("config_id")
-    for i, (order, keep, _, _) in enumerate(ARMS):
-        if f"c{i}" not in table.index:
-            continue
-        shown = table.loc[f"c{i}", "truncate.keep_ratio"]
-        assert shown == (f"{keep:g}" if "truncate" in order else "—"), (i, shown)
-    assert table[short_name("pipeline.order")].str.startswith("prune").any()  # a pruned arm: front
+    assert table.loc["c0", "student"] == "2 layers, 12 heads, FFN 1536"
+    assert table.loc["c1", "student"] == "6 layers, 4–9 heads, FFN 599, dynamic_int8"
+    assert table.loc["c0", "note"] == "no better than the majority class baseline"
+    assert table.loc["c1", "note"] == ""
+    assert table.loc["c0", "latency_ms_p50"] == "3.50"  # the mean over its two seeds
+    text = " ".join(b.text for b in blocks if isinstance(b, Para))
+    assert "2 layers, 12 heads, FFN 1536 (`c0`)" in text

@@ -108,3 +108,47 @@ def test_report_in_headless_chromium(report_html: Path, tmp_path: Path) -> None:
     outside = [u for u in requests if not u.startswith(("file:", "data:"))]
     assert outside == [], outside
     assert requests[0] == report_html.as_uri()
+
+
+def test_the_answer_fits_a_1400_pixel_window(report_html: Path, tmp_path: Path) -> None:
+    """At 1400 × 900 the page never scrolls sideways (a wide table scrolls in its own box),
+    the Answer opens with the Pareto figure, and its table of students lies within the
+    window; the screenshot of the first screen, read back, is the window's size."""
+    if CHROMIUM is None:
+        pytest.skip("no chromium on PATH (.ci/run installs Debian's chromium when root + apt)")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright not installed (pip install -e '.[dev]')"
+    )
+    import matplotlib.image as mpimg
+
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(report_html.as_uri(), wait_until="load")
+            assert page.evaluate("document.documentElement.scrollWidth") <= 1400
+            # the Answer: from its heading to the next h2
+            answer = page.evaluate(
+                """() => {
+                  const h = [...document.querySelectorAll('h2')].find(e => e.textContent === 'Answer');
+                  const out = [];
+                  for (let e = h.nextElementSibling; e && e.tagName !== 'H2'; e = e.nextElementSibling) {
+                    const r = e.getBoundingClientRect();
+                    const t = e.querySelector('table');
+                    out.push([e.tagName, !!e.querySelector('img'), r.right,
+                              t ? t.getBoundingClientRect().right : null]);
+                  }
+                  return out;
+                }"""
+            )
+            kinds = ["img" if img else ("table" if right else tag) for tag, img, _, right in answer]
+            assert "img" in kinds and "table" in kinds, answer
+            assert kinds.index("img") < kinds.index("table"), kinds  # the figure leads
+            tables = [right for *_, right in answer if right is not None]
+            assert all(right <= 1400 for right in tables), answer
+            shot = tmp_path / "first-screen.png"
+            page.screenshot(path=str(shot))
+        finally:
+            browser.close()
+    height, width = mpimg.imread(shot).shape[:2]
+    assert (width, height) == (1400, 900)

@@ -163,3 +163,25 @@ def test_save_then_load_pruned_gives_the_same_model(tmp_path: Path, factory, hea
     if isinstance(again, GPT2ItemRanker | LlamaItemRanker):  # the catalogue head stays tied
         emb = again.get_input_embeddings().weight
         assert again.score.weight.data_ptr() == emb.data_ptr()
+
+
+def test_the_shape_text_says_what_the_modules_hold() -> None:
+    """The description comes from the config; the oracle counts what the modules hold: the
+    rows of each layer's query projection (heads × head size) and of its FFN input."""
+    from engine.compress.prune import prune_structured_to
+    from engine.compress.structure import shape_text, sync_config
+    from tests.conftest import tiny_bert
+
+    model = tiny_bert(num_layers=4)
+    size = model.config.hidden_size // model.config.num_attention_heads
+    prune_structured_to(model, heads_removed=7, neurons_removed=[20] * 4, criterion="magnitude")
+    sync_config(model)
+    blocks = layer_list(model)
+    heads = [b.attention.self.query.weight.shape[0] // size for b in blocks]
+    ffn = [b.intermediate.dense.weight.shape[0] for b in blocks]
+    assert len(set(heads)) > 1  # uneven: shown as a range
+    span = lambda v: str(v[0]) if len(set(v)) == 1 else f"{min(v)}–{max(v)}"  # noqa: E731
+    assert shape_text(model.config, len(blocks)) == (
+        f"4 layers, {span(heads)} heads, FFN {span(ffn)}"
+    )
+    assert shape_text(tiny_bert(num_layers=2).config, 2) == "2 layers, 4 heads, FFN 64"
