@@ -64,6 +64,8 @@ def ranking_blocks(run: RunData) -> list[Block]:
     label = str(df["ranking"].dropna().iloc[0])
     n_users = (run.manifest.get("data") or {}).get("stats", {}).get("split_sizes", {}).get("test")
     blocks: list[Block] = [Heading("Ranking protocol"), Para(_protocol_text(label, n_users))]
+    stats = (run.manifest.get("data") or {}).get("stats", {})
+    blocks += [Para(f"Data warning: {w}.") for w in stats.get("warnings") or []]
     side = [f"sampled_{m}" for m in SHOWN]
     if not all(c in df for c in side) or df[side[0]].dropna().empty:
         return blocks

@@ -47,6 +47,8 @@ def prepare(
         f"({'cached, ' if cache['data']['cached'] else ''}{timings['data_s']:.1f} s)",
         flush=True,
     )
+    for warning in data.stats.get("warnings", []):  # e.g. an order that is mostly tie-breaks
+        print(f"[data] warning: {warning}", flush=True)
 
     t0 = time.perf_counter()
     outputs = get_task(cfg.task).head_outputs(data.num_labels)  # the head's width

@@ -53,6 +53,7 @@ VIEW_SCHEMA = pa.schema(
         ("test_target", pa.int64()),
         ("n_interactions", pa.int64()),
         ("history", pa.list_(pa.int64())),  # every item id in order, never truncated
+        ("timestamps", pa.list_(pa.int64())),  # each history item's timestamp
     ]
 )
 
@@ -179,7 +180,8 @@ def _prune(t: pa.Table, drop: frozenset[str], k: int) -> pa.Table:
 
 def _views(t: pa.Table, vocab: dict[str, int], max_len: int, min_interactions: int) -> pa.Table:
     rows = []
-    for user, items in zip(t["user_id"].to_pylist(), t["items"].to_pylist(), strict=True):
+    columns = (t["user_id"].to_pylist(), t["items"].to_pylist(), t["timestamps"].to_pylist())
+    for user, items, stamps in zip(*columns, strict=True):
         ids = [vocab[i] for i in items]
         n = len(ids)
         if n >= max(min_interactions, 3):
@@ -197,6 +199,7 @@ def _views(t: pa.Table, vocab: dict[str, int], max_len: int, min_interactions: i
                 "test_target": test_target,
                 "n_interactions": n,
                 "history": ids,
+                "timestamps": stamps,
             }
         )
     return pa.Table.from_pylist(rows, schema=VIEW_SCHEMA)

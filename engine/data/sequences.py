@@ -19,6 +19,10 @@ user interacted with before the target, 0-padded, never truncated: the items a f
 excludes) and ``negatives`` (``data.recsys.negatives = N``): N distinct items drawn per user
 (seeded) from the items the user never interacted with, for the ``sampled-N`` protocol, and
 ``protocol`` (``data.recsys.ranking``: which protocol the metric columns use).
+``stats["order"]`` counts the targets whose order is a timestamp tie-break, and
+``stats["warnings"]`` says when a split's order is mostly tie-breaks or the sampled side
+figures are absent (:mod:`engine.data.order`); data no split can be ordered on (one
+timestamp for everything, a one-item catalogue) is a ``DataError``.
 With ``ranking: full`` the negatives are drawn too (for the ``sampled_*`` side columns) unless
 some user has fewer unseen items than N (then none are, and ``stats["sampled_negatives"]``
 is 0). ``row_key`` is the user id (``user:t`` for a training prefix). ``num_labels`` is V + 1 (the
@@ -33,6 +37,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from engine.data.config import DataConfig
+from engine.data.order import order_problem, order_stats, order_warnings
 from engine.data.pipeline import PreparedData
 from engine.data.read import collect, read_corpus
 from engine.data.recsys import RecsysViews, build_recsys
@@ -194,9 +199,11 @@ def sequence_data(cfg: DataConfig) -> tuple[PreparedData, dict[str, str]]:
         corpus.rows, rec, seed=cfg.seed, sample_fraction=cfg.sample_fraction
     )
 
-    table = collect(views.users.select_columns(["user_id", "history"]))
+    table = collect(views.users.select_columns(["user_id", "history", "timestamps"]))
     users = table.to_pylist()
     n_items = len(views.item_ids)
+    if (problem := order_problem(users, n_items, str(cfg.path or cfg.corpus))) is not None:
+        raise DataError(problem)
     splits = sequence_splits(users, n_items, cfg)
     if len(splits["test"]["labels"]) == 0:
         raise DataError(
@@ -211,7 +218,16 @@ def sequence_data(cfg: DataConfig) -> tuple[PreparedData, dict[str, str]]:
         "ranking": f"sampled-{rec.negatives}" if rec.ranking == "sampled" else "full",
         "sampled_negatives": int(splits["test"].get("negatives", np.zeros((0, 0))).shape[1]),
         "item_titles": len(corpus.item_titles),
+        "order": order_stats(users),
     }
+    stats["warnings"] = order_warnings(stats["order"])
+    wanted = cfg.recsys.negatives if cfg.recsys.ranking == "full" else 0
+    if wanted and not stats["sampled_negatives"]:  # why the sampled side figures are absent
+        longest = max(len(u["history"]) for u in users)
+        stats["warnings"].append(
+            f"no sampled-{wanted} figures: the catalogue has {n_items} items and a user has "
+            f"{longest} of them, so fewer than {wanted} unseen items to draw"
+        )
     if cfg.recsys.item_init == "titles":  # the LM-enhanced variant's starting embeddings
         from engine.models import EMBEDDED_TEACHER
         from engine.tasks.text_ranker import TEXT, title_vectors
