@@ -152,6 +152,12 @@ def prepare_text_sequences(cfg: DataConfig, model: str) -> PreparedData:
             "users": len(other.test["labels"]),
             "items": int(other.num_labels - 1),
             "items_without_title": other_stats["items_without_title"],
+            "order": other_stats.get("order"),
         },
+        # the other domain's order and sampling warnings too, said of it
+        "warnings": [
+            *data.stats.get("warnings", []),
+            *(f"data.transfer: {w}" for w in other_stats.get("warnings", [])),
+        ],
     }
     return data
