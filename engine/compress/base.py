@@ -131,6 +131,8 @@ class Stage:
         default_on: part of the pipeline of a study that sets no ``pipeline.order``.
         train_steps: ``(cfg, n_train) -> steps`` on the stage's report axis (None: no training).
         resumable: a trial checkpoint taken inside it continues it mid-training.
+        tasks: the tasks (``engine.tasks`` names) whose models it can compress, with
+            ``tasks_reason`` saying why only those; None: every task.
         rebuild: ``(model, cfg) -> model``: for a stage that wraps the model (its HF model
             kept as ``backbone``), the wrapper a trial checkpoint taken inside it is rebuilt
             as around the reloaded HF model, from the stage's settings (the weights are
@@ -158,6 +160,8 @@ class Stage:
     default_on: bool = False
     train_steps: Callable[[Any, int], int] | None = None
     resumable: bool = False
+    tasks: tuple[str, ...] | None = None
+    tasks_reason: str = ""
     rebuild: Callable[[Any, Any], Any] | None = None
     last: bool = False
     last_reason: str = ""

@@ -274,6 +274,8 @@ def _rebuild(backbone: PreTrainedModel, cfg: EarlyExitConfig) -> EarlyExitClassi
     record=EarlyExitRecord,
     train_steps=lambda cfg, n_train: cfg.steps,
     resumable=True,
+    tasks=("rating_classification",),
+    tasks_reason="it exits on a classifier's softmax confidence at [CLS]",
     rebuild=_rebuild,
     last=True,
     last_reason="its exits decide how deep the finished model runs",

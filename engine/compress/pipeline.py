@@ -89,10 +89,28 @@ def resumable(name: str) -> bool:
     return name in STAGES and STAGES.get(name).resumable
 
 
+def _orders(study: Any) -> list[list[str]]:
+    """Every pipeline order a study can run: its own, its search arms', its searched ones."""
+    orders = [list(study.pipeline.order)]
+    orders += [list(p["pipeline.order"]) for p in study.search.extra if "pipeline.order" in p]
+    orders += [list(o) for o in study.search.space.get("pipeline.order", []) or []]
+    return orders
+
+
 def stage_problems(study: Any) -> list[str]:
     """``pipeline.<name>.<key>: problem`` from each stage in ``pipeline.order`` whose
-    settings depend on the rest of the study (e.g. a strategy naming an importance method)."""
+    settings depend on the rest of the study (e.g. a strategy naming an importance method),
+    and ``pipeline.order: problem`` for a stage any of the study's orders runs on a task it
+    does not declare (``Stage.tasks``)."""
     out: list[str] = []
+    ran = dict.fromkeys(name for order in _orders(study) for name in order)
+    for name in ran:
+        stage = STAGES.get(name) if name in STAGES else None
+        if stage is not None and stage.tasks is not None and study.task not in stage.tasks:
+            out.append(
+                f"pipeline.order: {name} compresses {', '.join(stage.tasks)} models only "
+                f"({stage.tasks_reason}), not {study.task}"
+            )
     for name in dict.fromkeys(study.pipeline.order):
         stage = STAGES.get(name) if name in STAGES else None
         if stage is not None and stage.check is not None:

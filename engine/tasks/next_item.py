@@ -149,14 +149,6 @@ class NextItem(Task):
                 "data.recsys.item_init: titles starts a sequence model's item embeddings; the "
                 "text family reads the titles themselves"
             )
-        orders = [study.pipeline.order]
-        orders += [p["pipeline.order"] for p in study.search.extra if "pipeline.order" in p]
-        orders += list(study.search.space.get("pipeline.order", []) or [])
-        if any("early_exit" in (o or ()) for o in orders if isinstance(o, list | tuple)):
-            problems.append(
-                "pipeline.order: early_exit exits on a classifier's confidence at [CLS]; the "
-                "next-item models rank a catalogue"
-            )
         if study.data.eval is not None:
             problems.append(
                 "data.eval: a second corpus as the test split is not supported by next_item "

@@ -69,3 +69,48 @@ def test_placement_rules_and_resumable_stages_as_before() -> None:
     for bad in (["quantize", "distill"], ["early_exit", "prune"], ["early_exit", "quantize"],
                 ["quantize", "early_exit"]):  # fmt: skip
         assert order_problems(bad), bad
+
+
+def test_a_stage_on_a_task_it_does_not_declare_is_one_error_wherever_the_order_is() -> None:
+    """``early_exit`` declares the classification task (it exits on softmax confidence): a
+    regression or next-item study that runs it — as its order, in a search arm or among
+    searched orders — gets one line naming the stage, its tasks and the study's."""
+    import pytest
+
+    from engine.config import ConfigError, load_study
+
+    orders = [
+        ["pipeline.order=[truncate,distill,early_exit]"],
+        ["search.extra=[{pipeline.order: [truncate, distill, early_exit]}]"],
+        ["search.space={pipeline.order: [[truncate, distill], [distill, early_exit]]}"],
+    ]
+    for study, task in (("rating", "rating_regression"), ("smoke-rec", "next_item")):
+        for override in orders:
+            with pytest.raises(ConfigError) as e:
+                load_study(study, override)
+            lines = [p for p in e.value.problems if "early_exit compresses" in p]
+            assert lines == [
+                f"sweeps/{study}.yaml: pipeline.order: early_exit compresses "
+                "rating_classification models only (it exits on a classifier's softmax "
+                f"confidence at [CLS]), not {task}"
+            ], (study, override, e.value.problems)
+    load_study("smoke", ["pipeline.order=[truncate,distill,early_exit]"])  # classification
+
+
+def test_no_task_module_names_a_stage() -> None:
+    """Which tasks a stage serves is the stage's declaration (``Stage.tasks``), not a task's
+    knowledge: no registered stage's name appears as a string in ``engine/tasks``."""
+    import ast
+    from pathlib import Path
+
+    from engine.compress.base import STAGES
+
+    root = Path(__file__).resolve().parents[3] / "engine" / "tasks"
+    named = {
+        (f.name, node.value)
+        for f in root.glob("*.py")
+        for node in ast.walk(ast.parse(f.read_text()))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+        and any(f"{s}" == node.value or f"pipeline.{s}" in node.value for s in STAGES.names())
+    }  # fmt: skip
+    assert named == set()

@@ -154,7 +154,7 @@ def test_example_quality_is_the_reciprocal_rank_over_all_items_but_padding() -> 
     [
         ("teacher.model=scratch:gpt5", "unknown preset 'gpt5'"),
         ("teacher.model=embedded:all-MiniLM-L6-v2", "scratch:gpt2"),
-        ("pipeline.order=[truncate,distill,early_exit]", "early_exit exits on a classifier"),
+        ("pipeline.order=[truncate,distill,early_exit]", "early_exit compresses rating_classif"),
         ("data.transfer={corpus: amazon-2018}", "data.transfer: another domain"),
         ("teacher.model=text:scratch:gpt2", "teacher.model"),
         ("data.recsys.item_init=titles", None),  # valid: the LM-enhanced sequence variant
