@@ -19,6 +19,16 @@ from typing import Any
 
 import pandas as pd
 
+from sweepcore.rundir import (
+    KD_COL,
+    KEPT_LAYERS_COL,
+    ORDER_COL,
+    REFERENCE_STATUS,
+    STRATEGY_COL,
+    TEACHER_ID,
+    schema_problem,
+)
+
 __all__ = [
     "CLASSIFICATION_METRICS",
     "COST_DIRECTIONS",
@@ -42,10 +52,9 @@ __all__ = [
     "varying_config_columns",
 ]
 
-TEACHER_ID = "teacher"
-# the status of the task's reference rows in results.parquet (popularity, majority, ...):
-# :func:`load_run` moves them to :attr:`RunData.references`, out of the trials
-REFERENCE_STATUS = "reference"
+# The shared names (TEACHER_ID, REFERENCE_STATUS: rows :func:`load_run` moves to
+# :attr:`RunData.references`, out of the trials; ORDER_COL, STRATEGY_COL, KD_COL,
+# KEPT_LAYERS_COL) are the run-directory contract's, sweepcore/rundir.py.
 METRIC_COLUMNS = (
     "accuracy",
     "macro_f1",
@@ -67,14 +76,6 @@ COST_DIRECTIONS = {
     "latency_ms_p50": "min",
     "latency_ms_p95": "min",
 }
-
-
-# Results-contract columns the analysis groups and labels by, named here once: the layer-
-# selection strategy and distillation on/off of a student (config columns the truncate and
-# distill stages write), and the layers a student kept.
-STRATEGY_COL = "pipeline.truncate.strategy"
-KD_COL = "pipeline.distill.kd"
-KEPT_LAYERS_COL = "kept_layers"
 
 
 def better_first(direction: str) -> bool:
@@ -106,10 +107,6 @@ def varying_config_columns(df: pd.DataFrame) -> list[str]:
         for c in config_columns(df)
         if rows.loc[applied(rows, c), c].astype(str).nunique(dropna=False) > 1
     ]
-
-
-# each trial's stages, in order: a comma-joined string (a list in older runs)
-ORDER_COL = "pipeline.order"
 
 
 def stage_of(column: str) -> str | None:
@@ -254,6 +251,8 @@ def load_run(run_dir: Path | str) -> RunData:
     importance = _read(imp_path, pd.read_parquet) if imp_path.is_file() else None
     man_path = run_dir / "manifest.json"
     manifest = _read(man_path, lambda p: json.loads(p.read_text())) if man_path.is_file() else {}
+    if (problem := schema_problem(manifest, str(man_path))) is not None:
+        raise RunDirError(problem)
     return RunData(
         run_dir=run_dir,
         results=results,

@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from engine.config import StudyConfig
+from sweepcore.rundir import TEACHER_ID
 
 __all__ = [
     "IN_TRIAL_COLUMNS",
@@ -66,7 +67,6 @@ IN_TRIAL_COLUMNS = {
     "latency_ms_p50": "latency_in_trial_ms_p50",
     "latency_ms_p95": "latency_in_trial_ms_p95",
 }
-TEACHER_ID = "teacher"
 
 
 @dataclass(frozen=True)

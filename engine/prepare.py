@@ -19,6 +19,7 @@ from engine.config import StudyConfig
 from engine.ensemble import build_ensemble, member_configs, member_outputs
 from engine.tasks import get_task
 from engine.teacher import TeacherConfig
+from sweepcore.rundir import TEACHER_ID
 
 __all__ = ["prepare", "teacher_row"]
 
@@ -240,9 +241,9 @@ def teacher_row(cfg: StudyConfig, shared: Any, run_dir: Any = None) -> dict[str,
         from engine.rundir import examples_name, write_examples
 
         for split, table in tables.items():
-            write_examples(run_dir, examples_name(split, "teacher"), table, get_task(cfg.task))
+            write_examples(run_dir, examples_name(split, TEACHER_ID), table, get_task(cfg.task))
     row.update(
-        trial_id="teacher",
+        trial_id=TEACHER_ID,
         seed=cfg.teacher.seed,
         status="ok",
         error=None,

@@ -22,6 +22,7 @@ from engine.ensemble import ENSEMBLE_ID
 from engine.ledger import config_id
 from engine.tasks import get_task, metric_columns
 from sweepcore.atomic import atomic_path, write_atomic
+from sweepcore.rundir import REFERENCE_STATUS, TEACHER_ID
 
 __all__ = [
     "PLACEMENT_COLUMNS",
@@ -45,8 +46,6 @@ STUDY_FILE = "study.json"
 # settings a resumed run may change: where and how wide it runs, not what it computes
 RESUMABLE_CHANGES = ("resources.", "threads_per_trial", "search.max_concurrent_trials")
 
-# the status of a task's reference rows (no model: popularity, majority, global mean, ...)
-REFERENCE_STATUS = "reference"
 
 TUNE_KEYS = (
     "trial_id",
@@ -229,7 +228,7 @@ def write_outputs(
     manifest["teacher"] = {"cache_key": art.key, "cached": art.cached, "metrics": art.metrics}
     if art.ensemble is not None:
         manifest["teacher"]["ensemble"] = art.ensemble.summary()
-    trials = (df["trial_id"] != "teacher") & (df["status"] != REFERENCE_STATUS)
+    trials = (df["trial_id"] != TEACHER_ID) & (df["status"] != REFERENCE_STATUS)
     manifest["trials"] = {
         "total": int(trials.sum()),
         "ok": int(((df["status"] == "ok") & trials).sum()),

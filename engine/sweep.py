@@ -34,6 +34,7 @@ from engine.preflight import (
     uri_problem,
 )
 from engine.provenance import REPO, git_commit, packages
+from sweepcore.rundir import SCHEMA_VERSION, TEACHER_ID
 
 __all__ = ["MIN_FREE_MB", "dry_run_line", "main"]
 
@@ -229,6 +230,7 @@ def _run_study(
     from engine.tune_run import drop_checkpoints, latency_phase, pareto_summary, run_tune
 
     manifest: dict[str, Any] = {
+        "schema": SCHEMA_VERSION,
         "git_commit": git_commit(),
         "packages": packages(),
         "config": cfg.model_dump(mode="json"),
@@ -258,7 +260,7 @@ def _run_study(
             }
             # the trial checkpoints stay for --resume, which times every student
             phase = untimed_phase(
-                ["teacher", *(str(r.get("trial_id")) for r in trials)],
+                [TEACHER_ID, *(str(r.get("trial_id")) for r in trials)],
                 "the sweep was interrupted; --resume times every student",
             )
             rows, manifest["latency"] = apply_latency([teacher, *trials], phase), phase.info

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import StudyConfig
+from sweepcore.rundir import TEACHER_ID
 
 __all__ = [
     "concurrency_line",
@@ -201,14 +202,14 @@ def latency_phase(
     items = [
         ToTime(str(r.get("trial_id")), r.get("status"), r.get("model_dir"))
         for r in rows
-        if r.get("trial_id") != "teacher"
+        if r.get("trial_id") != TEACHER_ID
     ]
     setup = timing_setup(cfg, shared.splits["test"])
     node = _measuring_node(setup.cuda)
     t0 = time.perf_counter()
     if node is None:
         phase = untimed_phase(
-            ["teacher", *(i.trial_id for i in items)],
+            [TEACHER_ID, *(i.trial_id for i in items)],
             "no alive node with a CPU" + (" and a GPU" if setup.cuda else "") + " to time on",
         )
     else:
@@ -238,7 +239,7 @@ def latency_phase(
             phase.info.update(node_cpus=cpus, node_gpus=gpus)
         except Exception as e:  # the study's results are kept; their latency says why not
             phase = untimed_phase(
-                ["teacher", *(i.trial_id for i in items)],
+                [TEACHER_ID, *(i.trial_id for i in items)],
                 f"latency phase failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}",
             )
     timings["latency_s"] = time.perf_counter() - t0
@@ -258,7 +259,7 @@ def pareto_summary(cfg: StudyConfig, rows: list[dict[str, Any]]) -> Any:
 
     from sweepcore.pareto import config_front
 
-    df = pd.DataFrame([r for r in rows if r.get("trial_id") != "teacher"])
+    df = pd.DataFrame([r for r in rows if r.get("trial_id") != TEACHER_ID])
     objectives = [(o.metric, o.mode) for o in cfg.search.objectives]
     cols = [m for m, _ in objectives]
     if df.empty or any(c not in df for c in cols):

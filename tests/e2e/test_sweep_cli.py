@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from engine.config import load_study
+from sweepcore.rundir import SCHEMA_VERSION
 from tests.conftest import REPO, SMOKE_RUN, cli_env, run_sweep
 
 # smoke_run: the session's one smoke run (tests/conftest.py)
@@ -126,6 +127,7 @@ def test_smoke_importance_and_manifest(smoke_run) -> None:
     for key in ("git_commit", "packages", "config", "seeds", "data", "started", "finished"):
         assert key in man, key
     assert man["config"]["name"] == "smoke"
+    assert man["schema"] == SCHEMA_VERSION  # the run-directory contract's version
     files = man["data"]["files"]
     assert files and all(len(f["sha256"]) == 64 for f in files)
     assert all(f["rows_kept"] > 0 for f in files)
