@@ -125,7 +125,32 @@ def _teacher(run: RunData) -> list[Block]:
     if not rows:
         return [*blocks, Para("No teacher row and no baseline in this run.")]
     table = pd.DataFrame(rows)
-    return [*blocks, column_table(table, ["model", *metric_cols])]
+    blocks.append(column_table(table, ["model", *metric_cols]))
+    training = ((run.manifest.get("teacher") or {}).get("metrics") or {}).get("training")
+    if training:
+        blocks.append(Para(_training_text(training)))
+    return blocks
+
+
+def _training_text(t: dict) -> str:
+    """How an early-stopped teacher trained (``manifest["teacher"]["metrics"]["training"]``)."""
+    how = (
+        f"stopped early after {t['epochs_run']:g} of a budget of {t['budget_epochs']:g} epochs"
+        f" ({t['steps_run']} of {t['budget_steps']} steps)"
+        if t["stopped_early"]
+        else f"trained its whole budget of {t['budget_epochs']:g} epochs ({t['budget_steps']} steps)"
+    )
+    kept = (
+        f"the weights of step {t['best_step']} (epoch {t['best_epoch']:g}) are kept, the best "
+        f"{t['selection_metric']} ({t['best_value']:.4f}) of {len(t['evaluations'])} "
+        f"evaluations on {t['selection_examples']} validation rows"
+        if t.get("best_step") is not None
+        else "no evaluation gave a finite score: the last weights are kept"
+    )
+    return (
+        f"Teacher training: {how}; {kept} (early stopping, patience {t['patience']} "
+        f"evaluations, one every {t['eval_every_steps']} steps)."
+    )
 
 
 def _results(run: RunData, varying: list[str], quality: str, cost: str) -> list[Block]:

@@ -132,7 +132,7 @@ def _teacher(cfg: StudyConfig, teacher: TeacherConfig, data: Any, outputs: int) 
     import ray
 
     from engine.progress import Phase, StepCounter, wait_with_progress
-    from engine.teacher import finetune, load_cache, save_cache, teacher_key
+    from engine.teacher import finetune, load_cache, save_cache, teacher_key, training_line
 
     res = cfg.resources
     precision = f"{res.precision}/{'gpu' if res.gpus > 0 else 'cpu'}"
@@ -143,6 +143,7 @@ def _teacher(cfg: StudyConfig, teacher: TeacherConfig, data: Any, outputs: int) 
         outputs,
         precision=None if precision in ("auto/cpu", "fp32/cpu") else precision,
         task=cfg.task,
+        valid=data.valid,
     )
     art = load_cache(key)
     if art is None:
@@ -168,6 +169,8 @@ def _teacher(cfg: StudyConfig, teacher: TeacherConfig, data: Any, outputs: int) 
         finally:
             counter.kill()
         save_cache(art)
+    if (line := training_line(art.metrics.get("training"))) is not None:
+        print(f"[teacher] {line}", flush=True)
     return art
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import pickle
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from transformers import PreTrainedModel
 from engine.cache import cache_dir
 from engine.configbase import OptimConfig
 from engine.device import autocast_dtype, precision_name, worker_device
+from engine.early_stopping import EarlyStopping, Monitor, selection_subset
 from engine.models import EMBEDDED_TEACHER
 from engine.tasks import DEFAULT_TASK, Task, get_task, metric_columns
 from engine.train import OomLog, train_classifier
@@ -39,6 +41,7 @@ __all__ = [
     "fingerprint",
     "load_model",
     "teacher_key",
+    "training_line",
 ]
 
 CODE_VERSION = "teacher-v1"  # bump when the fine-tuning recipe changes
@@ -58,6 +61,9 @@ class TeacherConfig(OptimConfig):
     # mean output the students distil from (engine.ensemble); None: one teacher. Not part of
     # a member's cache key: member 0 is the teacher a study without an ensemble would train.
     ensemble: int | None = None
+    # model selection on validation (engine.early_stopping): epochs / max_steps become the
+    # budget, the best evaluation's weights are kept; None: train the whole budget
+    early_stopping: EarlyStopping | None = None
 
     @field_validator("ensemble")
     @classmethod
@@ -98,14 +104,18 @@ def teacher_key(
     num_labels: int,
     precision: str | None = None,
     task: str | Task = DEFAULT_TASK,
+    valid: dict[str, np.ndarray] | None = None,
 ) -> str:
-    """Cache key of a fine-tuned teacher. ``precision`` (e.g. ``"auto/gpu"``) enters the key
+    """Cache key of a fine-tuned teacher. With early stopping the validation rows that choose
+    its weights (``valid``) enter the key. ``precision`` (e.g. ``"auto/gpu"``) enters the key
     only when given, so float32 CPU runs keep the keys they had before it existed;
     ``cfg.ensemble`` never enters it (member k's key is the recipe's with ``seed + k``).
     ``num_labels``: the head's outputs; the data hashed are ``task``'s arrays."""
+    # a member's own recipe; no early stopping keeps the keys it had before the setting
+    left_out = {"ensemble"} | ({"early_stopping"} if cfg.early_stopping is None else set())
     payload = {
         "code": CODE_VERSION,
-        "teacher": cfg.model_dump(mode="json", exclude={"ensemble"}),  # a member's own recipe
+        "teacher": cfg.model_dump(mode="json", exclude=left_out),
         "data": fingerprint({k: train[k] for k in get_task(task).view.arrays}),
         "num_labels": num_labels,
         "torch": torch.__version__.split("+")[0],
@@ -117,6 +127,11 @@ def teacher_key(
         payload["recipe"] = get_task(task).teacher_recipe
     if precision is not None:
         payload["precision"] = precision
+    if cfg.early_stopping is not None:  # the weights kept depend on the validation rows too
+        if valid is None:
+            raise ValueError("a teacher with early stopping is keyed by its validation rows")
+        subset = selection_subset(valid, cfg.early_stopping.eval_examples)
+        payload["selection"] = fingerprint({k: subset[k] for k in get_task(task).view.arrays})
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -165,9 +180,26 @@ def finetune(
     objective = task.teacher_training(train)
     tensors = {k: torch.as_tensor(v) for k, v in objective.arrays.items()}
     oom = OomLog()
+    monitor = None
+    n = len(tensors["labels"])
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    if cfg.early_stopping is not None:
+        total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+        total = min(total, cfg.max_steps) if cfg.max_steps is not None else total
+        monitor = Monitor(
+            model,
+            selection_subset(evals["valid"], cfg.early_stopping.eval_examples),
+            task,
+            cfg.early_stopping,
+            every=cfg.early_stopping.eval_every_steps or steps_per_epoch,
+            total=total,
+            device=device,
+            autocast_dtype=dtype,
+        )
     train_classifier(
         model,
         tensors,
+        on_step=monitor,
         loss_fn=lambda s, y, _t: objective.loss(s, y),
         forward_kwargs=dict(objective.forward_kwargs),
         epochs=cfg.epochs,
@@ -184,6 +216,9 @@ def finetune(
         report=progress,
     )
     metrics: dict[str, Any] = {}
+    if monitor is not None:
+        monitor.restore()  # the best evaluation's weights
+        metrics["training"] = monitor.summary(steps_per_epoch)
     for split, data in evals.items():
         _, split_metrics = evaluate(
             model, data, task=task, batch_size=128, device=device, autocast_dtype=dtype
@@ -198,6 +233,25 @@ def finetune(
     model.cpu()
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return TeacherArtifacts(model.config.to_dict(), state, train_logits, metrics, key)
+
+
+def training_line(training: dict[str, Any] | None) -> str | None:
+    """One line on an early-stopped teacher's run (``metrics["training"]``), or None."""
+    if not training:
+        return None
+    how = (
+        f"stopped early at step {training['steps_run']} of {training['budget_steps']}"
+        if training["stopped_early"]
+        else f"ran its whole budget of {training['budget_steps']} steps"
+    )
+    best = training["best_value"]
+    return (
+        f"{how} ({training['epochs_run']:g} of {training['budget_epochs']:g} epochs); kept "
+        f"step {training['best_step']} (epoch {training['best_epoch']:g}), "
+        f"{training['selection_metric']} {best:.4f} on {training['selection_examples']} rows"
+        if best is not None
+        else f"{how}; no finite {training['selection_metric']}: the last weights are kept"
+    )
 
 
 def save_cache(art: TeacherArtifacts, root: Path | None = None) -> Path:

@@ -61,6 +61,7 @@ __all__ = [
     "BatchOrder",
     "OomLog",
     "ProgressReport",
+    "StopTraining",
     "TrainStats",
     "TrainingState",
     "progress_hook",
@@ -72,6 +73,11 @@ log = logging.getLogger(__name__)
 # loss_fn(student_logits, labels, teacher_logits_or_None) -> scalar loss
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 StageState = Callable[[], dict[str, Any]]
+
+
+class StopTraining(Exception):
+    """Raised by an ``on_step`` callback to end :func:`train_classifier` after this step
+    (e.g. early stopping): the loop stops, the step counts, and the call returns normally."""
 
 
 @dataclass(frozen=True)
@@ -292,7 +298,8 @@ def train_classifier(
     The example order is a permutation drawn from ``seed`` each epoch, so a run is
     reproducible. ``epochs`` may be fractional; ``max_steps`` caps the step count.
     ``on_optimizer`` sees the optimizer once it is built; ``on_step(step, loss)`` runs after
-    every optimizer step (e.g. to re-apply pruning masks); then ``report`` (a stage context's
+    every optimizer step (e.g. to re-apply pruning masks; raising :class:`StopTraining` ends
+    the run after that step); then ``report`` (a stage context's
     ``report``) gets the step's progress through :func:`progress_hook`. ``resume`` (a stage
     context's ``resume``) continues from a trial checkpoint if no earlier call of the stage
     took it (module docstring). ``aux_loss(outputs, idx)`` adds a
@@ -386,10 +393,16 @@ def train_classifier(
                 st.step + 1, size, len(idx), st.micro_batch, why,
             )  # fmt: skip
         st.apply(loss_value, len(idx))
+        stop = False
         if on_step is not None:
-            on_step(step_offset + st.step, st.losses[-1])
+            try:
+                on_step(step_offset + st.step, st.losses[-1])
+            except StopTraining:
+                stop = True
         if progress is not None:
             progress(step_offset + st.step, st.losses[-1], st)
+        if stop:
+            break
     model.eval()
     last = st.losses[-10:]
     return TrainStats(

@@ -120,7 +120,11 @@ class NextItem(Task):
     )
     default_objectives = (("valid_ndcg_at_10", "max"), ("gflops", "min"))
     default_quality_metric = "ndcg_at_10"
-    teacher_defaults = MappingProxyType({"model": "scratch:gpt2", "freeze_embeddings": False})
+    # trained from scratch: its embeddings train, and it stops on validation NDCG@10 with the
+    # best weights kept (engine.early_stopping; teacher.epochs is then the budget)
+    teacher_defaults = MappingProxyType(
+        {"model": "scratch:gpt2", "freeze_embeddings": False, "early_stopping": {}}
+    )
     examples_dir = "rankings"
 
     # ------------------------------------------------------------------ data and model

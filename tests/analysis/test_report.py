@@ -400,3 +400,29 @@ def test_an_ensemble_teacher_is_a_row_of_the_teacher_table(tmp_path: Path) -> No
     assert "| ensemble teacher (mean output of 3 members) | 0.6789 | 0.4321 |" in table
     results = md.split("## Results (one row per trial)")[1].split("## Across seeds")[0]
     assert "ensemble" not in results
+
+
+def test_the_teacher_section_says_how_an_early_stopped_teacher_trained(tmp_path: Path) -> None:
+    run_dir = _write_run(tmp_path / "run")
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    evaluations = [[19, 0.041], [38, 0.052], [57, 0.049], [76, 0.050]]
+    manifest["teacher"] = {
+        "metrics": {
+            "training": {
+                "selection_metric": "valid_ndcg_at_10", "selection_examples": 943,
+                "patience": 2, "eval_every_steps": 19, "budget_steps": 380,
+                "budget_epochs": 20.0, "steps_run": 76, "epochs_run": 4.0,
+                "stopped_early": True, "best_step": 38, "best_epoch": 2.0,
+                "best_value": 0.052, "evaluations": evaluations,
+            }
+        }
+    }  # fmt: skip
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    section = write_report(run_dir).read_text().split("## Teacher and baseline")[1]
+    section = section.split("\n## ")[0]
+    assert (
+        "Teacher training: stopped early after 4 of a budget of 20 epochs (76 of 380 steps); "
+        "the weights of step 38 (epoch 2) are kept, the best valid_ndcg_at_10 (0.0520) of 4 "
+        "evaluations on 943 validation rows (early stopping, patience 2 evaluations, one every "
+        "19 steps)."
+    ) in section

@@ -59,3 +59,21 @@ def test_smoke_rec_report_states_the_protocol_and_both_figures(rec_run) -> None:
     assert "Ranking protocol: **full**" in report
     assert "hr_at_10 (sampled-100)" in report and "popularity (reference)" in report
     assert "## Retention of the teacher (test users resampled)" in report
+
+
+@pytest.mark.slow
+def test_the_teacher_is_selected_on_validation_and_says_so(rec_run) -> None:
+    """``next_item`` teachers stop early by default: the run records the selection (its
+    evaluations, the step kept) and the terminal and the report say it in one sentence."""
+    out, proc = rec_run
+    t = json.loads((out / "manifest.json").read_text())["teacher"]["metrics"]["training"]
+    assert t["selection_metric"] == "valid_ndcg_at_10"
+    values = [v for _, v in t["evaluations"]]
+    assert values and t["best_value"] == max(values)
+    assert [s for s, _ in t["evaluations"]][-1] == t["steps_run"]  # the last step is scored
+    assert any(
+        line.startswith("[teacher] ") and f"kept step {t['best_step']}" in line
+        for line in proc.stdout.splitlines()
+    ), proc.stdout[-2000:]
+    teacher = (out / "report.md").read_text().split("## Teacher and baseline")[1]
+    assert "Teacher training: " in teacher.split("\n## ")[0]
