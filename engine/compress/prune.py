@@ -52,7 +52,7 @@ from engine.compress.base import (
 from engine.compress.masked import apply_masks, magnitude_masks, mask_sparsity, two_four_masks
 from engine.compress.reconstruct import MODES, input_grams, input_moments, remove_refitted
 from engine.compress.schedule import pruning_events
-from engine.compress.scores import unit_scores
+from engine.compress.scores import CRITERIA, unit_scores
 from engine.compress.structure import (
     _span,
     block_parts,
@@ -130,9 +130,7 @@ class PruneConfig(OptimConfig, KDConfig):
     """
 
     method: Literal["structured", "unstructured", "semi_structured_2_4"] = "structured"
-    criterion: Literal["auto", "magnitude", "taylor", "fisher", "weight_taylor", "fluctuation"] = (
-        "auto"
-    )
+    criterion: str = "auto"  # "auto" or a registered criterion (engine.compress.scores)
     head_sparsity: float = Field(0.25, ge=0, lt=1)
     neuron_sparsity: float = Field(0.25, ge=0, lt=1)
     weight_sparsity: float = Field(0.5, ge=0, lt=1)
@@ -147,6 +145,13 @@ class PruneConfig(OptimConfig, KDConfig):
     recovery_steps: int = Field(0, ge=0)
     recovery_lr: float = Field(3e-4, gt=0, lt=1)
     recovery_warmup_ratio: float = Field(0.1, ge=0, lt=1)
+
+    @field_validator("criterion")
+    @classmethod
+    def _criterion(cls, v: str) -> str:
+        if v != "auto" and v not in CRITERIA:
+            raise ValueError(f"{CRITERIA.unknown_message(v)}, or 'auto'")
+        return v
 
     @field_validator("reconstruct", mode="before")
     @classmethod

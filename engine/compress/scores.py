@@ -44,12 +44,17 @@ from engine.compress.structure import (
 )
 from engine.models import layer_list
 from engine.tasks import DEFAULT_TASK, Task, get_task
+from sweepcore.registry import Registry
 
-__all__ = ["CRITERIA", "unit_scores"]
-
-CRITERIA = ("magnitude", "taylor", "fisher", "weight_taylor", "fluctuation")
+__all__ = ["CRITERIA", "CriterionFn", "unit_scores"]
 
 UnitScores = tuple[list[torch.Tensor] | None, list[torch.Tensor]]  # (heads, neurons) per layer
+# criterion(model, batches, heads, device, task) -> (head unit scores or None, neuron scores),
+# per layer in the blocks' current order; higher = more important to keep
+Batches = list[dict[str, torch.Tensor]]
+CriterionFn = Callable[[nn.Module, Batches, bool, torch.device, Task], UnitScores]
+# the pruning criteria, one function each (``pipeline.prune.criterion`` names one, or "auto")
+CRITERIA: Registry[CriterionFn] = Registry("pruning criterion")
 
 
 def _grouped(w: torch.Tensor, dim: int, size: int) -> torch.Tensor:
@@ -231,19 +236,41 @@ def unit_scores(
     """Per-layer scores of the head units (None when ``heads`` is false) and the FFN neurons,
     in the blocks' current order. ``batches`` (input_ids, attention_mask, labels) are needed by
     the gradient criteria."""
-    if criterion == "magnitude":
-        return _magnitude(model, heads)
-    if criterion in ("taylor", "fisher"):
-        return _mask_gradients(
-            model,
-            batches,
-            heads,
-            squared=criterion == "fisher",
-            device=torch.device(device),
-            task=get_task(task),
-        )
-    if criterion == "weight_taylor":
-        return _weight_taylor(model, batches, heads, torch.device(device), get_task(task))
-    if criterion == "fluctuation":
-        return _fluctuation(model, list(batches), heads, torch.device(device))
-    raise ValueError(f"unknown pruning criterion {criterion!r} (known: {', '.join(CRITERIA)})")
+    return CRITERIA.get(criterion)(
+        model, list(batches), heads, torch.device(device), get_task(task)
+    )
+
+
+@CRITERIA.register("magnitude")
+def _magnitude_criterion(
+    model: nn.Module, batches: Batches, heads: bool, device: torch.device, task: Task
+) -> UnitScores:
+    return _magnitude(model, heads)
+
+
+@CRITERIA.register("taylor")
+def _taylor_criterion(
+    model: nn.Module, batches: Batches, heads: bool, device: torch.device, task: Task
+) -> UnitScores:
+    return _mask_gradients(model, batches, heads, squared=False, device=device, task=task)
+
+
+@CRITERIA.register("fisher")
+def _fisher_criterion(
+    model: nn.Module, batches: Batches, heads: bool, device: torch.device, task: Task
+) -> UnitScores:
+    return _mask_gradients(model, batches, heads, squared=True, device=device, task=task)
+
+
+@CRITERIA.register("weight_taylor")
+def _weight_taylor_criterion(
+    model: nn.Module, batches: Batches, heads: bool, device: torch.device, task: Task
+) -> UnitScores:
+    return _weight_taylor(model, batches, heads, device, task)
+
+
+@CRITERIA.register("fluctuation")
+def _fluctuation_criterion(
+    model: nn.Module, batches: Batches, heads: bool, device: torch.device, task: Task
+) -> UnitScores:
+    return _fluctuation(model, batches, heads, device)

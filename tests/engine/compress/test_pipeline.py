@@ -57,8 +57,9 @@ def test_derived_pipeline_keeps_every_key_and_default() -> None:
 def test_teacher_keeps_its_fine_tuning_defaults() -> None:
     teacher = StudyConfig(name="x", description="y").teacher.model_dump()
     assert {k: teacher[k] for k in TEACHER_BEFORE} == TEACHER_BEFORE
-    assert set(teacher) == {*TEACHER_BEFORE, "model", "ensemble"}
+    assert set(teacher) == {*TEACHER_BEFORE, "model", "ensemble", "early_stopping"}
     assert teacher["ensemble"] is None  # one teacher unless a study asks for an ensemble
+    assert teacher["early_stopping"] is None  # the whole budget unless the study (task) asks
 
 
 def test_placement_rules_and_resumable_stages_as_before() -> None:

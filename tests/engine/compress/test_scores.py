@@ -46,3 +46,48 @@ def test_a_constant_unit_has_zero_fluctuation_however_large_its_output() -> None
     # magnitude ranks it the most important neuron of the layer
     _, m = unit_scores(model, "magnitude", heads=False)
     assert int(m[0].argmax()) == 3
+
+
+def test_every_registered_criterion_scores_each_unit_of_each_layer() -> None:
+    """The registry is the list: each criterion gives one score per head unit and per FFN
+    neuron of every block (counted from the modules' weights), finite."""
+    from engine.compress.scores import CRITERIA
+    from engine.models import layer_list
+
+    model = tiny_bert(num_layers=2).eval()
+    blocks = layer_list(model)
+    heads = [b.attention.self.query.weight.shape[0] // D for b in blocks]
+    neurons = [b.intermediate.dense.weight.shape[0] for b in blocks]
+    assert set(CRITERIA) == {"magnitude", "taylor", "fisher", "weight_taylor", "fluctuation"}
+    for name in CRITERIA:
+        h, n = unit_scores(model, name, heads=True, batches=toy_batches(2, seed=1))
+        assert [len(x) for x in h] == heads and [len(x) for x in n] == neurons, name
+        assert all(torch.isfinite(x).all() for x in [*h, *n]), name
+
+
+def test_a_criterion_is_one_registered_function_the_config_accepts() -> None:
+    """Registering a criterion is all it takes: the prune settings accept its name and
+    ``unit_scores`` calls it; an unknown name is one error that suggests the nearest."""
+    import pytest
+
+    from engine.compress.prune import PruneConfig
+    from engine.compress.scores import CRITERIA
+
+    @CRITERIA.register("by_position")
+    def by_position(model, batches, heads, device, task):
+        from engine.models import layer_list
+
+        blocks = layer_list(model)
+        width = [b.intermediate.dense.weight.shape[0] for b in blocks]
+        return None, [torch.arange(w, 0, -1, dtype=torch.float32) for w in width]
+
+    try:
+        assert PruneConfig(criterion="by_position").criterion == "by_position"
+        _, n = unit_scores(tiny_bert(num_layers=1), "by_position", heads=False)
+        assert n[0].tolist() == list(range(64, 0, -1))
+    finally:
+        CRITERIA.unregister("by_position")
+    with pytest.raises(ValueError, match="did you mean 'fisher'"):
+        PruneConfig(criterion="fisherr")
+    with pytest.raises(ValueError, match="unknown pruning criterion 'by_position'"):
+        PruneConfig(criterion="by_position")
