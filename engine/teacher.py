@@ -30,7 +30,7 @@ from engine.device import autocast_dtype, precision_name, worker_device
 from engine.early_stopping import EarlyStopping, Monitor, selection_subset
 from engine.models import EMBEDDED_TEACHER
 from engine.tasks import DEFAULT_TASK, Task, get_task, metric_columns
-from engine.train import OomLog, train_classifier
+from engine.train import OomLog, planned_steps, train_classifier
 from sweepcore.atomic import atomic_path, write_atomic
 
 __all__ = [
@@ -184,8 +184,7 @@ def finetune(
     n = len(tensors["labels"])
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     if cfg.early_stopping is not None:
-        total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
-        total = min(total, cfg.max_steps) if cfg.max_steps is not None else total
+        total = planned_steps(n, cfg.batch_size, cfg.epochs, cfg.max_steps)
         monitor = Monitor(
             model,
             selection_subset(evals["valid"], cfg.early_stopping.eval_examples),

@@ -64,6 +64,7 @@ __all__ = [
     "StopTraining",
     "TrainStats",
     "TrainingState",
+    "planned_steps",
     "progress_hook",
     "train_classifier",
 ]
@@ -73,6 +74,13 @@ log = logging.getLogger(__name__)
 # loss_fn(student_logits, labels, teacher_logits_or_None) -> scalar loss
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 StageState = Callable[[], dict[str, Any]]
+
+
+def planned_steps(n: int, batch_size: int, epochs: float, max_steps: int | None) -> int:
+    """Optimizer steps of a full run: ``epochs`` passes of ⌈n / batch_size⌉ batches (at least
+    one), capped at ``max_steps``."""
+    steps = max(1, math.ceil(epochs * math.ceil(n / batch_size)))
+    return steps if max_steps is None else min(steps, max_steps)
 
 
 class StopTraining(Exception):
@@ -315,10 +323,7 @@ def train_classifier(
     n = int(train["labels"].shape[0])
     if n == 0:
         raise ValueError("cannot train on an empty training set")
-    steps_per_epoch = math.ceil(n / batch_size)
-    total = max(1, math.ceil(epochs * steps_per_epoch))
-    if max_steps is not None:
-        total = min(total, max_steps)
+    total = planned_steps(n, batch_size, epochs, max_steps)
     if freeze_embeddings:
         _freeze_embeddings(model)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from transformers import PreTrainedModel
 
 from engine.compress.base import JSON_OFF, OMIT_NONE, StageContext, StageRecord, register_stage
 from engine.configbase import KDConfig, OptimConfig, Section
-from engine.train import train_classifier
+from engine.train import planned_steps, train_classifier
 
 __all__ = [
     "DistillConfig",
@@ -142,8 +141,7 @@ class DistillRecord(StageRecord):
 def train_steps(cfg: DistillConfig, n_train: int) -> int:
     """Optimizer steps of a full run: ``epochs`` passes of ⌈n / batch_size⌉ batches (at least
     one), capped at ``max_steps``."""
-    steps = max(1, math.ceil(cfg.epochs * math.ceil(n_train / cfg.batch_size)))
-    return steps if cfg.max_steps is None else min(steps, cfg.max_steps)
+    return planned_steps(n_train, cfg.batch_size, cfg.epochs, cfg.max_steps)
 
 
 def _row_columns(record: DistillRecord | None) -> dict[str, Any]:
